@@ -1,0 +1,132 @@
+"""The `gateway` command: run, check-config, simulate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway import __version__
+from gateway.errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+
+EXIT_CONFIG = 2
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Edge IoT telemetry gateway: MQTT in, durable LMDB buffer, InfluxDB out.",
+    )
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
+    run.add_argument("--config", "-c", type=Path, required=True)
+
+    check = sub.add_parser("check-config", help="print the effective configuration or its errors")
+    check.add_argument("config", type=Path)
+
+    sim = sub.add_parser("simulate", help="publish simulated sensor readings")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=1883)
+    sim.add_argument("--devices", type=int, default=10)
+    sim.add_argument(
+        "--rate",
+        type=float,
+        default=1000.0,
+        help="readings per second in total; 0 for as fast as possible",
+    )
+    group = sim.add_mutually_exclusive_group()
+    group.add_argument("--count", type=int, help="readings to publish (default 10000)")
+    group.add_argument("--duration", type=float, help="seconds to publish for")
+    sim.add_argument("--qos", type=int, choices=(0, 1, 2), default=1)
+    sim.add_argument("--topic", default="sensors/{device}/telemetry")
+    sim.add_argument(
+        "--per-message", type=int, default=1, help="readings per message (a JSON array above 1)"
+    )
+    sim.add_argument("--start-ms", type=int, help="timestamp of each device's first reading")
+    sim.add_argument("--client-id", default="gateway-simulator")
+
+    demo = sub.add_parser("demo", help="run broker, database, gateway and sensors locally")
+    demo.add_argument("--devices", type=int, default=20)
+    demo.add_argument("--rate", type=float, default=500.0)
+    demo.add_argument("--duration", type=float, default=20.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `gateway` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "run":
+        return _run(args.config)
+    if args.command == "simulate":
+        from gateway import simulate  # noqa: PLC0415 - paho only when needed
+
+        count = args.count if args.count is not None or args.duration is not None else 10_000
+        plan = simulate.Plan(
+            args.host,
+            args.port,
+            args.devices,
+            args.rate,
+            count,
+            args.duration,
+            args.qos,
+            args.topic,
+            args.per_message,
+            args.start_ms,
+            args.client_id,
+        )
+        simulate.run(plan)
+        return 0
+    from gateway import demo  # noqa: PLC0415
+
+    return demo.run(args.devices, args.rate, args.duration)
+
+
+def _load(path: Path) -> Settings | None:
+    """The validated configuration, or None after printing its problems."""
+    from gateway import config  # noqa: PLC0415
+
+    try:
+        return config.load(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _check_config(path: Path) -> int:
+    from gateway import config  # noqa: PLC0415
+
+    settings = _load(path)
+    if settings is None:
+        return EXIT_CONFIG
+    print(json.dumps(config.redacted(settings), indent=2))
+    return 0
+
+
+def _run(path: Path) -> int:
+    import anyio  # noqa: PLC0415
+
+    from gateway import logsetup, service  # noqa: PLC0415
+
+    settings = _load(path)
+    if settings is None:
+        return EXIT_CONFIG
+    logsetup.setup(settings.log.level, settings.log.format)
+    try:
+        anyio.run(service.run, settings)
+    except StorageError as exc:
+        logger.error("buffer failure: %s", exc)  # noqa: TRY400 - the message says it all
+        return 1
+    return 0

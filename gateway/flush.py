@@ -1,0 +1,229 @@
+"""The flusher: drains the buffer into the database, fairly, in order, deleting only what landed.
+
+Each of `max_in_flight` workers builds a batch from devices that no other worker holds (so one
+device's readings reach the database in order, DESIGN invariant 3), picking devices round-robin so a
+large backlog does not starve a small one. A batch goes out when it is full or its oldest reading
+has waited `linger_s`. On success the batch is deleted from the buffer (invariant 2); on a
+retryable error it stays and is retried with capped full-jitter backoff; a refused batch is split
+until the refused points are isolated and moved to the dead-letter store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import anyio
+
+from gateway.errors import SinkAuthError, SinkError, SinkRejected
+from gateway.lineproto import encode_point
+from gateway.record import unpack
+
+if TYPE_CHECKING:
+    from gateway.buffer import Buffer, Span
+    from gateway.config import FlushSettings
+    from gateway.metrics import Metrics
+    from gateway.model import Reading
+    from gateway.sink import Sink
+
+logger = logging.getLogger(__name__)
+
+
+class Flusher:
+    """Background drain of the buffer; see the module docstring."""
+
+    def __init__(
+        self,
+        buffer: Buffer,
+        sink: Sink,
+        settings: FlushSettings,
+        metrics: Metrics,
+        limiter: anyio.CapacityLimiter,
+    ) -> None:
+        """Wire the flusher; `run` starts it."""
+        self._buffer = buffer
+        self._sink = sink
+        self._settings = settings
+        self._metrics = metrics
+        self._limiter = limiter
+        self._batch_size = settings.batch_initial
+        self._busy: set[str] = set()
+        self._next_device = 0
+        self._wake = anyio.Event()
+        # (monotonic time of a commit, its readings not yet delivered): the age of the oldest
+        # waiting reading without a clock per reading. Readings found at start count as old.
+        self._waiting: deque[list[float]] = deque()
+        backlog = sum(buffer.backlog().values())
+        if backlog:
+            self._waiting.append([-math.inf, backlog])
+        self._draining = False
+        self._failures = 0
+        self.space_freed = anyio.Event()
+        metrics.batch_size.set(self._batch_size)
+
+    def notify(self, readings: int) -> None:
+        """Called by ingest after a commit of `readings` readings."""
+        self._waiting.append([time.monotonic(), readings])
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Run the workers until cancelled."""
+        async with anyio.create_task_group() as tg:
+            for n in range(self._settings.max_in_flight):
+                tg.start_soon(self._worker, name=f"gateway.flush.{n}")
+
+    async def drain(self) -> None:
+        """Flush everything without waiting for linger; returns once the buffer is empty."""
+        self._draining = True
+        self._wake.set()
+        while self._buffer.totals().readings:
+            with anyio.move_on_after(0.1):
+                await self.space_freed.wait()
+
+    async def _worker(self) -> None:
+        while True:
+            wanted = self._pick()
+            if wanted is None:
+                await self._sleep_until_woken(self._linger_left())
+                continue
+            for device, _ in wanted:
+                self._busy.add(device)
+            try:
+                await self._flush(wanted)
+            finally:
+                self._busy.difference_update(d for d, _ in wanted)
+                self._wake.set()  # another worker may now take those devices
+
+    def _linger_left(self) -> float:
+        if not self._waiting:
+            return math.inf
+        return max(0.0, self._waiting[0][0] + self._settings.linger_s - time.monotonic())
+
+    async def _sleep_until_woken(self, timeout_s: float) -> None:
+        if self._wake.is_set():
+            # Something changed since the last look: consume the wake-up and look again.
+            self._wake = anyio.Event()
+            return
+        with anyio.move_on_after(timeout_s):
+            await self._wake.wait()
+
+    def _pick(self) -> list[tuple[str, int]] | None:
+        """Devices and counts for the next batch, or None when it is not yet time to send."""
+        backlog = self._buffer.backlog()
+        ready = [(d, n) for d, n in backlog.items() if d not in self._busy]
+        available = sum(n for _, n in ready)
+        if not available:
+            return None
+        if available < self._batch_size and not self._draining and self._linger_left() > 0:
+            return None
+        quota = max(1, math.ceil(self._batch_size / len(ready)))
+        start = self._next_device % len(ready)
+        wanted, room = [], self._batch_size
+        for device, count in ready[start:] + ready[:start]:
+            take = min(count, quota, room)
+            wanted.append((device, take))
+            room -= take
+            if not room:
+                break
+        self._next_device = start + len(wanted)
+        return wanted
+
+    async def _flush(self, wanted: list[tuple[str, int]]) -> None:
+        spans = await anyio.to_thread.run_sync(self._buffer.read, wanted, limiter=self._limiter)
+        readings = [unpack(span.device, value) for span in spans for value in span.values]
+        if not readings:
+            return
+        try:
+            refused = await self._deliver(readings)
+        except SinkError as exc:
+            await self._back_off(exc)
+            return
+        if self._failures:
+            logger.info("database accepts writes again after %d failed attempts", self._failures)
+            self._failures = 0
+        dead = [(readings[i].device, encode_point(readings[i])) for i in refused]
+        deleted = await anyio.to_thread.run_sync(self._delete, spans, dead, limiter=self._limiter)
+        self._metrics.readings.labels("delivered").inc(deleted - len(dead))
+        self._metrics.readings.labels("dead_lettered").inc(len(dead))
+        self._mark_delivered(deleted)
+        self.space_freed.set()
+        self.space_freed = anyio.Event()
+
+    def _delete(self, spans: list[Span], dead: list[tuple[str, str]]) -> int:
+        deleted = self._buffer.delete([(s.device, s.first_seq, len(s.values)) for s in spans], dead)
+        self._metrics.observe_buffer(self._buffer.totals())
+        return deleted
+
+    def _mark_delivered(self, count: int) -> None:
+        while count and self._waiting:
+            front = self._waiting[0]
+            taken = min(count, int(front[1]))
+            front[1] -= taken
+            count -= taken
+            if not front[1]:
+                self._waiting.popleft()
+
+    async def _deliver(self, readings: list[Reading]) -> list[int]:
+        """Write the readings; returns the indices of points the database refused.
+
+        Raises:
+            SinkError: a retryable failure; nothing may be deleted.
+        """
+        lines = [encode_point(r) for r in readings]
+        refused: list[int] = []
+        pending = [(0, len(lines))]
+        while pending:
+            lo, hi = pending.pop()
+            try:
+                await self._write("\n".join(lines[lo:hi]).encode(), hi - lo)
+            except SinkRejected as exc:
+                if hi - lo == 1:
+                    logger.error(  # noqa: TRY400 - the refusal is expected, not a bug
+                        "database refused a point; moved to the dead-letter store: %s "
+                        "(point: %.300s)",
+                        exc,
+                        lines[lo],
+                    )
+                    refused.append(lo)
+                else:
+                    mid = (lo + hi) // 2
+                    pending += [(mid, hi), (lo, mid)]
+        return sorted(refused)
+
+    async def _write(self, body: bytes, points: int) -> None:
+        started = time.monotonic()
+        try:
+            await self._sink.write(body)
+        except SinkRejected:
+            self._metrics.writes.labels("rejected").inc()
+            raise
+        except SinkAuthError:
+            self._metrics.writes.labels("auth").inc()
+            raise
+        except SinkError:
+            self._metrics.writes.labels("retry").inc()
+            raise
+        self._metrics.writes.labels("ok").inc()
+        self._metrics.write_seconds.observe(time.monotonic() - started)
+        self._metrics.batch_points.observe(points)
+
+    async def _back_off(self, exc: SinkError) -> None:
+        self._failures += 1
+        if self._failures == 1:
+            level = logging.ERROR if isinstance(exc, SinkAuthError) else logging.WARNING
+            logger.log(
+                level, "database write failed, readings stay buffered and are retried: %s", exc
+            )
+        cap = min(
+            self._settings.retry_max_s,
+            self._settings.retry_initial_s * 2 ** min(self._failures, 20),
+        )
+        delay = random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
+        retry_after = getattr(exc, "retry_after_s", None)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self._settings.retry_max_s))
+        await anyio.sleep(delay)

@@ -1,0 +1,222 @@
+"""Ingest: MQTT messages -> decoded readings -> one LMDB group commit -> PUBACKs.
+
+This is the only module that acknowledges MQTT messages, and it does so only after the readings of
+those messages are committed (DESIGN invariant 1). A message that yields no valid reading is
+acknowledged with its batch, after being counted as invalid. Acks go out in arrival order, as MQTT
+requires. A message received but not committed when the connection or the process dies is never
+acknowledged, so the broker delivers it again from the persistent session.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiomqtt
+import anyio
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.errors import CapacityError
+from gateway.record import pack
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anyio.abc import ObjectReceiveStream
+
+    from gateway.buffer import Buffer
+    from gateway.config import MqttSettings
+    from gateway.decode import Decoded, Decoder
+    from gateway.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+# With manual acks the broker stops sending once this many QoS 1 messages await our PUBACK
+# (MQTT 5 Receive Maximum), which bounds the memory held while a commit is slow or paused.
+RECEIVE_MAXIMUM = 20_000
+# First reconnect delay; doubles up to `reconnect_max_s`, with full jitter.
+RECONNECT_INITIAL_S = 0.5
+
+
+@dataclass(slots=True)
+class _Pending:
+    mid: int
+    qos: int
+    decoded: Decoded
+
+
+def enable_manual_ack(client: aiomqtt.Client) -> None:
+    """Switch paho to manual acknowledgement before connecting.
+
+    aiomqtt 2.x has no public switch for it (empicano/aiomqtt#345); paho 2.x does. It must be on
+    before CONNECT: a persistent session delivers queued messages right after CONNACK.
+    """
+    client._client.manual_ack_set(True)  # noqa: SLF001
+
+
+def send_ack(client: aiomqtt.Client, mid: int, qos: int) -> None:
+    """Send the PUBACK (QoS 1) for a committed message."""
+    client._client.ack(mid, qos)  # noqa: SLF001
+
+
+class Ingest:
+    """Subscribes, decodes, group-commits and acknowledges; reconnects forever."""
+
+    def __init__(
+        self,
+        *,
+        settings: MqttSettings,
+        commit_max_readings: int,
+        commit_window_s: float,
+        buffer: Buffer,
+        decoder: Decoder,
+        metrics: Metrics,
+        limiter: anyio.CapacityLimiter,
+        on_commit: Callable[[int], None],
+        space_freed: Callable[[], anyio.Event],
+    ) -> None:
+        """Wire the ingest loop; `run` starts it."""
+        self._settings = settings
+        self._commit_max = commit_max_readings
+        self._commit_window_s = commit_window_s
+        self._buffer = buffer
+        self._decoder = decoder
+        self._metrics = metrics
+        self._limiter = limiter
+        self._on_commit = on_commit
+        self._space_freed = space_freed
+        self._full = False
+        for sub in settings.subscriptions:
+            if sub.qos == 2:  # noqa: PLR2004
+                logger.info(
+                    "subscription %r: QoS 2 is taken as QoS 1 (paho confirms a QoS 2 "
+                    "message to the broker before we could persist it)",
+                    sub.topic,
+                )
+
+    def _client(self) -> aiomqtt.Client:
+        s = self._settings
+        v5 = s.protocol == "5"
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.ReceiveMaximum = RECEIVE_MAXIMUM
+            if s.persistent_session:
+                properties.SessionExpiryInterval = s.session_expiry_s
+        client = aiomqtt.Client(
+            s.host,
+            s.port,
+            identifier=s.client_id,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password else None,
+            keepalive=s.keepalive_s,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if v5 else not s.persistent_session,
+            clean_start=not s.persistent_session,
+            properties=properties,
+        )
+        enable_manual_ack(client)
+        return client
+
+    async def run(self) -> None:
+        """Connect, consume and reconnect until cancelled."""
+        failures = 0
+        while True:
+            try:
+                async with self._client() as client:
+                    for sub in self._settings.subscriptions:
+                        await client.subscribe(sub.template.mqtt_filter, qos=min(sub.qos, 1))
+                    self._metrics.mqtt_connected.set(1)
+                    self._metrics.mqtt_connects.inc()
+                    logger.info(
+                        "connected to the broker at %s:%d%s",
+                        self._settings.host,
+                        self._settings.port,
+                        f" after {failures} failed attempts" if failures else "",
+                    )
+                    failures = 0
+                    await self._consume(client)
+            except aiomqtt.MqttError as exc:
+                self._metrics.mqtt_connected.set(0)
+                failures += 1
+                if failures == 1:
+                    logger.warning("broker connection lost or refused (%s); reconnecting", exc)
+                cap = min(self._settings.reconnect_max_s, RECONNECT_INITIAL_S * 2**failures)
+                await anyio.sleep(random.uniform(0, cap))  # noqa: S311 - jitter
+
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        send, receive = anyio.create_memory_object_stream[_Pending](
+            max_buffer_size=self._commit_max
+        )
+        async with anyio.create_task_group() as tg, send:
+            tg.start_soon(self._commit_loop, client, receive, name="gateway.ingest.commit")
+            async for message in client.messages:
+                self._metrics.messages.inc()
+                # paho hands over bytes; aiomqtt's type also admits str and numbers.
+                payload = message.payload
+                raw = payload if isinstance(payload, bytes) else str(payload or "").encode()
+                decoded = self._decoder.decode(message.topic.value, raw, time.time_ns())
+                await send.send(_Pending(message.mid, message.qos, decoded))
+
+    async def _commit_loop(
+        self, client: aiomqtt.Client, receive: ObjectReceiveStream[_Pending]
+    ) -> None:
+        async with receive:
+            while True:
+                batch = [await receive.receive()]
+                count = len(batch[0].decoded.readings)
+                with anyio.move_on_after(self._commit_window_s):
+                    while count < self._commit_max:
+                        batch.append(await receive.receive())
+                        count += len(batch[-1].decoded.readings)
+                # Once the commit starts, finish it and send its acks even if we are being
+                # stopped: stopping must not turn a committed batch into a redelivered one.
+                with anyio.CancelScope(shield=True):
+                    await self._commit(batch, count)
+                    for pending in batch:
+                        if pending.qos:
+                            send_ack(client, pending.mid, pending.qos)
+
+    async def _commit(self, batch: list[_Pending], count: int) -> None:
+        invalid = 0
+        for pending in batch:
+            for error in pending.decoded.errors:
+                self._metrics.invalid.labels(error.reason).inc()
+                invalid += 1
+            if pending.decoded.errors:
+                logger.debug("invalid reading: %s", pending.decoded.errors[0])
+        self._metrics.readings.labels("received").inc(count + invalid)
+        self._metrics.readings.labels("invalid").inc(invalid)
+        if not count:
+            return
+        items = [r for pending in batch for r in pending.decoded.readings]
+        while True:
+            started = time.monotonic()
+            try:
+                await anyio.to_thread.run_sync(self._append, items, limiter=self._limiter)
+                break
+            except CapacityError as exc:
+                if not self._full:
+                    logger.warning(
+                        "buffer full (%s): intake paused, nothing is acknowledged "
+                        "until the flusher frees space",
+                        exc,
+                    )
+                    self._full = True
+                with anyio.move_on_after(1.0):
+                    await self._space_freed().wait()
+        if self._full:
+            logger.info("buffer has room again: intake resumed")
+            self._full = False
+        self._metrics.commit_seconds.observe(time.monotonic() - started)
+        self._metrics.commit_readings.observe(count)
+        self._metrics.readings.labels("accepted").inc(count)
+        self._on_commit(count)
+
+    def _append(self, items: list) -> None:  # type: ignore[type-arg]
+        self._buffer.append([(r.device, pack(r)) for r in items])
+        self._metrics.observe_buffer(self._buffer.totals())

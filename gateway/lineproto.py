@@ -1,0 +1,128 @@
+r"""InfluxDB line protocol: exact, injection-proof encoding of points (DESIGN invariant 7).
+
+Identifiers (measurement, tag keys and values, field keys) escape the characters that delimit
+them. Control characters are refused, as is a backslash that the database would read as an escape
+(before a delimiter, another backslash, or at the end): InfluxDB 1.x does not unescape `\\` in
+identifiers, so such names cannot be stored exactly and are refused instead of altered.
+String field values escape `\\` and `"`, which every InfluxDB version unescapes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING
+
+from gateway.errors import DecodeError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from gateway.model import FieldValue, Reading
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Longest identifier we accept; the database's own limit (64 KiB) is far too generous for sensors.
+MAX_IDENTIFIER_LEN = 256
+
+# Names the databases reserve: InfluxDB 1.x refuses a "time" key, 2.x the underscore names of Flux.
+RESERVED_KEYS = frozenset({"time", "_measurement", "_field", "_value", "_time", "_start", "_stop"})
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_AMBIGUOUS_BACKSLASH = re.compile(r"\\(?=[\\, =\"]|$)")
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
+_KEY_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\="})
+_STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+
+
+def check_identifier(kind: str, name: str) -> None:
+    """Refuse a name that cannot be written exactly.
+
+    Raises:
+        DecodeError: naming what is wrong with it.
+    """
+    if not name:
+        raise DecodeError("empty_name", f"{kind} is empty")
+    if len(name) > MAX_IDENTIFIER_LEN:
+        raise DecodeError("name_too_long", f"{kind} is longer than {MAX_IDENTIFIER_LEN}")
+    if _CONTROL.search(name):
+        raise DecodeError("control_character", f"{kind} {name!r} holds a control character")
+    if _AMBIGUOUS_BACKSLASH.search(name):
+        raise DecodeError(
+            "ambiguous_backslash",
+            f"{kind} {name!r} holds a backslash the database would read as an escape",
+        )
+
+
+def check_field_value(key: str, value: FieldValue) -> None:
+    """Refuse a value the database cannot store.
+
+    Raises:
+        DecodeError: naming the field.
+    """
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise DecodeError("integer_out_of_range", f"field {key!r} does not fit in 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise DecodeError("not_finite", f"field {key!r} is NaN or infinite")
+    elif isinstance(value, str):
+        if "\n" in value or "\r" in value:
+            raise DecodeError("control_character", f"field {key!r} holds a line break")
+    else:
+        raise DecodeError("bad_value_type", f"field {key!r} is a {type(value).__name__}")
+
+
+def check_reading(reading: Reading) -> None:
+    """Refuse a reading that cannot be encoded exactly; see the module docstring.
+
+    Raises:
+        DecodeError: naming the offending part.
+    """
+    check_identifier("measurement", reading.measurement)
+    if reading.measurement.startswith("#"):
+        raise DecodeError("comment_measurement", "a measurement starting with '#' is a comment")
+    for key, value in reading.tags:
+        check_identifier("tag key", key)
+        if key in RESERVED_KEYS:
+            raise DecodeError("reserved_name", f"tag key {key!r} is reserved by the database")
+        check_identifier(f"tag {key!r} value", value)
+    if not reading.fields:
+        raise DecodeError("no_fields", "the reading has no field")
+    tag_keys = {key for key, _ in reading.tags}
+    for key, field_value in reading.fields:
+        check_identifier("field key", key)
+        if key in RESERVED_KEYS:
+            raise DecodeError("reserved_name", f"field key {key!r} is reserved by the database")
+        if key in tag_keys:
+            raise DecodeError("field_is_tag", f"field {key!r} has the name of a tag")
+        check_field_value(key, field_value)
+    if not INT64_MIN <= reading.ts_ns <= INT64_MAX:
+        raise DecodeError("timestamp_out_of_range", "timestamp does not fit in 64-bit ns")
+
+
+def encode_value(value: FieldValue) -> str:
+    """One field value in line-protocol syntax; assumes `check_field_value` passed."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value}i"
+    if isinstance(value, float):
+        return repr(value)  # shortest text that reads back as the same double
+    return f'"{value.translate(_STRING_ESCAPES)}"'
+
+
+def encode_point(reading: Reading) -> str:
+    """One point as a line (no newline); assumes `check_reading` passed."""
+    series = reading.measurement.translate(_MEASUREMENT_ESCAPES)
+    tags = "".join(
+        f",{k.translate(_KEY_ESCAPES)}={v.translate(_KEY_ESCAPES)}" for k, v in reading.tags
+    )
+    fields = ",".join(f"{k.translate(_KEY_ESCAPES)}={encode_value(v)}" for k, v in reading.fields)
+    return f"{series}{tags} {fields} {reading.ts_ns}"
+
+
+def encode_batch(readings: Iterable[Reading]) -> bytes:
+    """A write body: one line per point."""
+    return "\n".join(encode_point(r) for r in readings).encode()
