@@ -1,0 +1,161 @@
+"""Shared fixtures: real servers for the whole session, fresh state per test.
+
+Servers come from their binaries on PATH (scripts/test installs them), each on a free loopback
+port, or from the environment: GATEWAY_TEST_MQTT (host:port), GATEWAY_TEST_INFLUXDB_V1_URL (an
+InfluxDB 1.x) and GATEWAY_TEST_V2_URL (a VictoriaMetrics: tests read back through its export API).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from gateway import servers
+from tests.gatewayproc import GatewayProcess, config_text
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_logged_error(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """An ERROR record in the test process is a bug unless the test expects it."""
+    yield
+    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
+    if errors and not getattr(caplog, "errors_expected", False):
+        pytest.fail(f"logged at ERROR: {errors[0].getMessage()}")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a server listens."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """HTTP base URL."""
+        return f"http://{self.host}:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def mosquitto(servers_dir: Path) -> Iterator[Endpoint]:
+    if "GATEWAY_TEST_MQTT" in os.environ:
+        host, _, port = os.environ["GATEWAY_TEST_MQTT"].rpartition(":")
+        yield Endpoint(host, int(port))
+        return
+    server = servers.start_mosquitto(servers_dir / "mosquitto")
+    try:
+        yield Endpoint("127.0.0.1", server.port)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def influxd_url(servers_dir: Path) -> Iterator[str]:
+    if "GATEWAY_TEST_INFLUXDB_V1_URL" in os.environ:
+        yield os.environ["GATEWAY_TEST_INFLUXDB_V1_URL"]
+        return
+    server = servers.start_influxd(servers_dir / "influxd")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def victoria_url(servers_dir: Path) -> Iterator[str]:
+    if "GATEWAY_TEST_V2_URL" in os.environ:
+        yield os.environ["GATEWAY_TEST_V2_URL"]
+        return
+    server = servers.start_victoria_metrics(servers_dir / "victoria-metrics")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def run_id() -> str:
+    """A name unique to this test, for its database, topics and tags."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class InfluxV1:
+    """A database of this test's own on the session's InfluxDB 1.x."""
+
+    url: str
+    database: str
+
+    @property
+    def config(self) -> str:
+        """The body of an [influx] table that writes here."""
+        return f'url = "{self.url}"\napi = "v1"\ndatabase = "{self.database}"'
+
+    def query(self, statement: str) -> list[dict[str, Any]]:
+        """The series of an InfluxQL statement on this database."""
+        return servers.influxql(self.url, statement, self.database)
+
+    def count(self, field: str = "temp", measurement: str = "telemetry") -> int:
+        """How many points hold `field`."""
+        series = self.query(f'SELECT count("{field}") FROM "{measurement}"')
+        return int(series[0]["values"][0][1]) if series else 0
+
+
+@pytest.fixture
+def influx(influxd_url: str, run_id: str) -> Iterator[InfluxV1]:
+    """A fresh InfluxDB 1.x database for this test, dropped afterwards."""
+    servers.influxql(influxd_url, f"CREATE DATABASE {run_id}")
+    yield InfluxV1(influxd_url, run_id)
+    servers.influxql(influxd_url, f"DROP DATABASE {run_id}")
+
+
+JSON_SUBSCRIPTION = """
+[[mqtt.subscriptions]]
+topic = "{run}/{{device}}/{{measurement}}"
+qos = 1
+format = "json"
+tags = {{ run = "{run}" }}
+"""
+
+
+@pytest.fixture
+def gateway(
+    tmp_path: Path, mosquitto: Endpoint, run_id: str
+) -> Iterator[Callable[..., GatewayProcess]]:
+    """Starts gateways for this test (each with its own buffer) and stops them all afterwards."""
+    started: list[GatewayProcess] = []
+
+    def start(influx: str, subscriptions: str | None = None, **kwargs: str) -> GatewayProcess:
+        workdir = tmp_path / f"gateway-{len(started)}"
+        workdir.mkdir()
+        port = servers.free_port()
+        text = config_text(
+            mqtt_port=mosquitto.port,
+            buffer_dir=workdir / "buffer",
+            influx=influx,
+            metrics_port=port,
+            client_id=f"gw-{run_id}",
+            subscriptions=subscriptions or JSON_SUBSCRIPTION.format(run=run_id),
+            **kwargs,
+        )
+        process = GatewayProcess(workdir, text, port)
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.kill()

@@ -1,0 +1,112 @@
+"""Database outages and shutdown: readings wait in the buffer and none is lost."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from gateway import servers
+from tests.gatewayproc import publish_simulated, wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from tests.conftest import Endpoint, InfluxV1
+    from tests.gatewayproc import GatewayProcess
+
+pytestmark = pytest.mark.fault
+
+DEVICES = 10
+
+
+@pytest.fixture
+def own_victoria(tmp_path: Path) -> Iterator[list[servers.Server]]:
+    """A VictoriaMetrics of this test's own, so the test can stop and restart it."""
+    started = [servers.start_victoria_metrics(tmp_path / "vm")]
+    yield started
+    for server in started:
+        server.stop()
+
+
+def victoria_count(url: str, run_id: str) -> int:
+    return sum(
+        len(s["timestamps"])
+        for s in servers.victoria_export(url, f'telemetry_temp{{run="{run_id}"}}')
+    )
+
+
+def test_database_down_then_back_loses_nothing(
+    gateway: Callable[..., GatewayProcess],
+    mosquitto: Endpoint,
+    run_id: str,
+    own_victoria: list[servers.Server],
+    tmp_path: Path,
+) -> None:
+    """Readings accepted while the database is down are all written once it returns."""
+    vm = own_victoria[0]
+    gw = gateway(
+        f'url = "{vm.url}"\napi = "v2"\norg = "o"\nbucket = "b"',
+        flush="linger_s = 0.1\nretry_initial_s = 0.1\nretry_max_s = 0.5\n",
+    )
+    publish_simulated(mosquitto.port, run_id, 1000, DEVICES)
+    wait_for(lambda: gw.readings("delivered") == 1000, 30, "the first 1,000 delivered")
+
+    vm.kill()
+    publish_simulated(mosquitto.port, run_id, 3000, DEVICES)
+    wait_for(lambda: gw.readings("accepted") == 4000, 30, "4,000 accepted while down")
+    assert gw.readings("delivered") == 1000
+    assert gw.metrics()["gateway_buffer_readings"] == 3000
+    assert gw.metrics()["gateway_writes_total{result=retry}"] >= 1
+
+    own_victoria.append(servers.start_victoria_metrics(vm.workdir, port=vm.port))
+    wait_for(lambda: gw.metrics()["gateway_buffer_readings"] == 0, 60, "the backlog drained")
+    assert gw.readings("delivered") == 4000
+    # The first 1,000 were re-published with the same timestamps: 3,000 distinct new points.
+    assert victoria_count(vm.url, run_id) == 3000
+    assert "database write failed" in gw.log()
+    assert gw.log().count("database write failed") == 1, "one line per outage, not per retry"
+
+
+def test_sigterm_flushes_then_exits_zero(
+    gateway: Callable[..., GatewayProcess],
+    mosquitto: Endpoint,
+    influx: InfluxV1,
+    run_id: str,
+) -> None:
+    """SIGTERM flushes what is buffered and exits 0 with an empty buffer."""
+    gw = gateway(
+        influx.config,
+        flush="linger_s = 30\nbatch_initial = 5000\nbatch_ceiling = 5000\n",
+    )
+    publish_simulated(mosquitto.port, run_id, 500, DEVICES)
+    wait_for(lambda: gw.readings("accepted") == 500, 30, "500 accepted")
+    assert gw.readings("delivered") == 0, "linger of 30 s holds the partial batch"
+    assert gw.stop() == 0
+    assert "0 readings stay buffered" in gw.log()
+    assert influx.count() == 500
+
+
+def test_sigterm_with_database_down_keeps_the_backlog_for_next_start(
+    gateway: Callable[..., GatewayProcess],
+    mosquitto: Endpoint,
+    influx: InfluxV1,
+    run_id: str,
+) -> None:
+    """If the database is down at shutdown, the gateway exits 0 in the grace period and the
+    next start delivers the backlog."""
+    dead_url = f"http://127.0.0.1:{servers.free_port()}"
+    gw = gateway(
+        f'url = "{dead_url}"\napi = "v1"\ndatabase = "{influx.database}"',
+        flush="linger_s = 0.1\ngrace_s = 1\n",
+    )
+    publish_simulated(mosquitto.port, run_id, 700, DEVICES)
+    wait_for(lambda: gw.readings("accepted") == 700, 30, "700 accepted")
+    assert gw.stop(timeout_s=15) == 0
+    assert "700 readings stay buffered" in gw.log()
+
+    gw.config_path.write_text(gw.config_path.read_text().replace(dead_url, influx.url))
+    gw.start()
+    wait_for(lambda: gw.readings("delivered") == 700, 30, "the backlog delivered after restart")
+    assert influx.count() == 700

@@ -1,0 +1,159 @@
+"""Runs the gateway as a user would: `python -m gateway run --config FILE` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from gateway import servers, simulate
+from gateway.demo import scrape
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+START_TIMEOUT_S = 20.0
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> object:
+    """Poll `condition` until it returns something truthy, or fail naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+        except (OSError, servers.ServerError) as exc:
+            last_error = exc
+        else:
+            if result:
+                return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} ({last_error})")
+
+
+def config_text(
+    *,
+    mqtt_port: int,
+    buffer_dir: Path,
+    influx: str,
+    metrics_port: int,
+    subscriptions: str,
+    flush: str = "linger_s = 0.2\n",
+    client_id: str,
+) -> str:
+    """A gateway configuration; `influx` is the body of the [influx] table."""
+    return (
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nclient_id = "{client_id}"\n'
+        f"{subscriptions}\n"
+        f'[buffer]\npath = "{buffer_dir}"\ncapacity = "64MiB"\n'
+        f"[influx]\n{influx}\n"
+        f"[flush]\n{flush}\n"
+        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+    )
+
+
+class GatewayProcess:
+    """One gateway subprocess with its config, log and metrics endpoint."""
+
+    def __init__(self, workdir: Path, config: str, metrics_port: int) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "gateway.toml"
+        self.config_path.write_text(config, encoding="utf-8")
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.log_path = workdir / "gateway.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> GatewayProcess:
+        log = self.log_path.open("ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY__")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+        wait_for(
+            lambda: self._alive() and self.metrics().get("gateway_mqtt_connected") == 1,
+            START_TIMEOUT_S,
+            "the gateway to connect",
+        )
+        return self
+
+    def _alive(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"gateway exited with {self.process.returncode}:\n{self.log()}")
+        return True
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.metrics_url)
+
+    def readings(self, outcome: str) -> float:
+        return self.metrics().get(f"gateway_readings_total{{outcome={outcome}}}", 0.0)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """kill -9."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def publish_messages(port: int, messages: list[tuple[str, str | bytes]], qos: int = 1) -> None:
+    """Publish each (topic, payload) and wait until the broker acknowledged all of them."""
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(timeout=30)
+            assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+SIMULATED_START_MS = 1_700_000_000_000
+
+
+def publish_simulated(
+    port: int, run_id: str, count: int, devices: int, per_message: int = 1
+) -> None:
+    """Publish `count` simulated QoS 1 readings on the topics `<run_id>/<device>/telemetry`."""
+    plan = simulate.Plan(
+        port=port,
+        devices=devices,
+        rate=0,
+        count=count,
+        qos=1,
+        topic=f"{run_id}/{{device}}/telemetry",
+        start_ms=SIMULATED_START_MS,
+        client_id=f"sim-{run_id}",
+        per_message=per_message,
+    )
+    assert simulate.run(plan) == count
