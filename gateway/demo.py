@@ -19,6 +19,7 @@ from gateway import servers
 
 DATABASE = "telemetry"
 GATEWAY_STOP_TIMEOUT_S = 30
+GATEWAY_START_TIMEOUT_S = 30
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -97,6 +98,8 @@ def run(devices: int, rate: float, duration_s: float, out: TextIO = sys.stdout) 
                     stderr=subprocess.STDOUT,
                 )
             )
+            # Sensors published before the gateway's first subscription would reach nobody.
+            _wait_connected(f"http://127.0.0.1:{metrics_port}/metrics", processes[0])
             sim_log = (work / "simulate.log").open("wb")
             processes.append(
                 subprocess.Popen(
@@ -118,8 +121,9 @@ def run(devices: int, rate: float, duration_s: float, out: TextIO = sys.stdout) 
                     stderr=subprocess.STDOUT,
                 )
             )
-            _watch(f"http://127.0.0.1:{metrics_port}/metrics", processes, out)
-            _report(influx.url, out)
+            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            _watch(metrics_url, processes, out)
+            _report(influx.url, scrape(metrics_url), out)
         except KeyboardInterrupt:
             print("\ndemo: interrupted, stopping", file=out)
         except servers.ServerError as exc:
@@ -135,6 +139,20 @@ def run(devices: int, rate: float, duration_s: float, out: TextIO = sys.stdout) 
             for server in reversed(started):
                 server.stop()
         return 0
+
+
+def _wait_connected(metrics_url: str, gateway: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + GATEWAY_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if gateway.poll() is not None:
+            raise servers.ServerError(f"the gateway exited with code {gateway.returncode}")
+        try:
+            if scrape(metrics_url).get("gateway_mqtt_connected") == 1:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise servers.ServerError("the gateway did not connect to the broker")
 
 
 def _watch(metrics_url: str, processes: list[subprocess.Popen[bytes]], out: TextIO) -> None:
@@ -173,7 +191,7 @@ def _watch(metrics_url: str, processes: list[subprocess.Popen[bytes]], out: Text
             return
 
 
-def _report(influx_url: str, out: TextIO) -> None:
+def _report(influx_url: str, metrics: dict[str, float], out: TextIO) -> None:
     total = servers.influxql(influx_url, "SELECT count(temp) FROM telemetry", DATABASE)
     per_device = servers.influxql(
         influx_url, "SELECT count(temp) FROM telemetry GROUP BY device", DATABASE
@@ -182,9 +200,11 @@ def _report(influx_url: str, out: TextIO) -> None:
         influx_url, "SELECT last(temp), hum FROM telemetry GROUP BY device", DATABASE
     )
     count = total[0]["values"][0][1] if total else 0
+    accepted = int(metrics.get("gateway_readings_total{outcome=accepted}", 0))
+    verdict = "all of them" if count == accepted else f"MISSING {accepted - count}"
     print(
-        f"\ndemo: InfluxDB holds {count} points of measurement 'telemetry' from "
-        f"{len(per_device)} devices",
+        f"\ndemo: the gateway accepted {accepted} readings; InfluxDB holds {count} points "
+        f"of 'telemetry' from {len(per_device)} devices: {verdict}",
         file=out,
     )
     for series in latest[:5]:

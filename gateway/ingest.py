@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import aiomqtt
 import anyio
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -116,7 +117,8 @@ class Ingest:
             keepalive=s.keepalive_s,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             clean_session=None if v5 else not s.persistent_session,
-            clean_start=not s.persistent_session,
+            # paho refuses any clean_start but its default outside MQTT 5.
+            clean_start=not s.persistent_session if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
         )
         enable_manual_ack(client)

@@ -110,3 +110,29 @@ def test_sigterm_with_database_down_keeps_the_backlog_for_next_start(
     gw.start()
     wait_for(lambda: gw.readings("delivered") == 700, 30, "the backlog delivered after restart")
     assert influx.count() == 700
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_broker_keeps_messages_while_the_gateway_is_stopped(
+    gateway: Callable[..., GatewayProcess],
+    mosquitto: Endpoint,
+    influx: InfluxV1,
+    run_id: str,
+    protocol: str,
+) -> None:
+    """With the persistent session, readings published while the gateway is down arrive after
+    it starts again."""
+    gw = gateway(influx.config, flush="linger_s = 0.1\n")
+    text = gw.config_path.read_text()
+    gw.config_path.write_text(
+        text.replace(
+            "[[mqtt.subscriptions]]", f'protocol = "{protocol}"\n[[mqtt.subscriptions]]', 1
+        )
+    )
+    assert gw.stop() == 0
+    gw.start()  # subscribes with the protocol under test, then leaves
+    assert gw.stop() == 0
+    publish_simulated(mosquitto.port, run_id, 1500, DEVICES)
+    gw.start()
+    wait_for(lambda: influx.count() == 1500, 30, "1,500 points published while stopped")
+    assert gw.readings("accepted") == 1500
