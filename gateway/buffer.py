@@ -15,21 +15,28 @@ confirmed (or after moving it to `dead`). Every method blocks: the shell runs th
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import struct
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Self, TextIO
 
 import lmdb
 
 from gateway.errors import CapacityError, StorageError
 from gateway.record import timestamp_of
+from gateway.verify import Found, Report, compare, is_plausible
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from pathlib import Path
 
 SyncMode = Literal["commit", "interval", "none"]
+logger = logging.getLogger(__name__)
+# Held while a writer has the buffer open: the in-memory mirror of the accounting is only right
+# if no other process writes.
+LOCK_FILE = "gateway.lock"
 
 _KEY = struct.Struct(">IQ")
 _DEVICE = struct.Struct(">IQQQQq")
@@ -91,9 +98,11 @@ class Buffer:
         """
         self.capacity_bytes = capacity_bytes
         self.path = path
+        self._owner: TextIO | None = None
         try:
             if not readonly:
                 path.mkdir(parents=True, exist_ok=True)
+                self._owner = _lock_exclusively(path / LOCK_FILE)
             durable = sync == "commit"
             self._env = lmdb.open(
                 str(path),
@@ -106,25 +115,108 @@ class Buffer:
                 readahead=False,
                 max_readers=256,
             )
-            with self._env.begin(write=not readonly) as txn:
-                self._data = self._env.open_db(b"data", txn=txn, create=not readonly)
-                self._devices = self._env.open_db(b"devices", txn=txn, create=not readonly)
-                self._meta = self._env.open_db(b"meta", txn=txn, create=not readonly)
-                self._dead = self._env.open_db(b"dead", txn=txn, create=not readonly)
+            # Without a transaction of ours py-lmdb opens each database in one it commits, which
+            # keeps the handles valid in a read-only environment too.
+            self._data, self._devices, self._meta, self._dead = (
+                self._env.open_db(name, create=not readonly)
+                for name in (b"data", b"devices", b"meta", b"dead")
+            )
         except lmdb.Error as exc:
+            self._release()
             raise StorageError(f"cannot open buffer at {path}: {exc}") from exc
         # Mirror of `devices` for the flusher's scheduling; LMDB stays the source of truth and
         # the mirror is only replaced after a successful commit.
         self._lock = threading.Lock()
         self._states: dict[str, DeviceState] = {}
+        self._load_accounting()
+        if not readonly and not is_plausible(self._states, self._totals):
+            report = self.repair()
+            logger.error(
+                "buffer accounting did not match its data (%s); rebuilt it from a full scan",
+                "; ".join(report.problems[:5]),
+            )
+
+    def _load_accounting(self) -> None:
         with self._env.begin() as txn:
-            for name, value in txn.cursor(db=self._devices):
-                self._states[bytes(name).decode()] = DeviceState(*_DEVICE.unpack(value))
+            self._states = {
+                bytes(name).decode(): DeviceState(*_DEVICE.unpack(value))
+                for name, value in txn.cursor(db=self._devices)
+            }
             self._totals = self._read_totals(txn)
+
+    def __enter__(self) -> Self:
+        """Use as a context manager that closes the buffer."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close on leaving the block."""
+        self.close()
 
     def close(self) -> None:
         """Close the environment; committed data is already on disk per the sync mode."""
         self._env.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._owner is not None:
+            self._owner.close()
+            self._owner = None
+
+    def scan(self) -> dict[int, Found]:
+        """Walk every stored reading: what each device number really holds."""
+        found: dict[int, Found] = {}
+        with self._env.begin() as txn:
+            for key, value in txn.cursor(db=self._data):
+                number, seq = _KEY.unpack(key)
+                entry = found.get(number)
+                if entry is None:
+                    entry = found[number] = Found(first_seq=seq, oldest_ts_ns=timestamp_of(value))
+                entry.readings += 1
+                entry.nbytes += _KEY.size + len(value)
+                entry.last_seq = seq
+        return found
+
+    def verify(self) -> Report:
+        """Compare the stored accounting with a full scan of the data."""
+        with self._lock:
+            states, totals = dict(self._states), self._totals
+        return compare(states, totals, self.scan())
+
+    def repair(self) -> Report:
+        """Rebuild the accounting from a full scan; returns what was wrong before.
+
+        Readings whose device number has no device entry are kept under a device named
+        `orphan-<number>`: their records still carry their own device tag.
+        """
+        with self._lock:
+            found = self.scan()
+            report = compare(self._states, self._totals, found)
+            if report.is_consistent:
+                return report
+            states = dict(self._states)
+            for number in report.orphan_numbers:
+                states[f"orphan-{number}"] = DeviceState(number, 0, 0, 0, 0, 0)
+            with self._env.begin(write=True) as txn:
+                for name, state in states.items():
+                    seen = found.get(state.number, Found())
+                    if seen.readings:
+                        state.head, state.next = seen.first_seq, seen.last_seq + 1
+                    else:
+                        state.head = state.next = max(state.next, state.head)
+                    state.readings, state.nbytes = seen.readings, seen.nbytes
+                    state.oldest_ts_ns = seen.oldest_ts_ns
+                    txn.put(name.encode(), state.pack(), db=self._devices)
+                totals = (
+                    sum(f.readings for f in found.values()),
+                    sum(f.nbytes for f in found.values()),
+                )
+                txn.put(b"totals", _TOTALS.pack(*totals), db=self._meta)
+                next_number = max([s.number for s in states.values()], default=-1) + 1
+                raw = txn.get(b"next_device", db=self._meta)
+                if not raw or _U32.unpack(raw)[0] < next_number:
+                    txn.put(b"next_device", _U32.pack(next_number), db=self._meta)
+            self._load_accounting()
+            return report
 
     def sync(self) -> None:
         """Force committed transactions to disk (sync modes `interval` and `none`)."""
@@ -279,6 +371,12 @@ class Buffer:
             active = sum(1 for s in self._states.values() if s.readings)
         return Totals(readings, nbytes, active)
 
+    def dead_letter_count(self) -> int:
+        """How many points the dead-letter store holds."""
+        with self._env.begin() as txn:
+            entries: int = txn.stat(self._dead)["entries"]
+            return entries
+
     def dead_letters(self) -> list[tuple[str, str]]:
         """Every stored dead letter as (device, line)."""
         with self._env.begin() as txn:
@@ -287,3 +385,13 @@ class Buffer:
                 device, _, line = bytes(value).decode().partition("\0")
                 out.append((device, line))
             return out
+
+
+def _lock_exclusively(path: Path) -> TextIO:
+    handle = path.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StorageError(f"{path.parent} is in use by another gateway process") from None
+    return handle

@@ -33,6 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="print the effective configuration or its errors")
     check.add_argument("config", type=Path)
 
+    status = sub.add_parser("status", help="show the buffer (works while the gateway runs)")
+    status.add_argument("--config", "-c", type=Path, required=True)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--top", type=int, default=20, help="devices to list")
+
+    verify = sub.add_parser("verify-buffer", help="scan the buffer and check its accounting")
+    verify.add_argument("--config", "-c", type=Path, required=True)
+    verify.add_argument(
+        "--repair", action="store_true", help="rebuild the accounting (gateway stopped)"
+    )
+
     sim = sub.add_parser("simulate", help="publish simulated sensor readings")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=1883)
@@ -68,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "run":
         return _run(args.config)
+    if args.command in {"status", "verify-buffer"}:
+        return _inspect(args)
     if args.command == "simulate":
         from gateway import simulate  # noqa: PLC0415 - paho only when needed
 
@@ -113,6 +126,24 @@ def _check_config(path: Path) -> int:
         return EXIT_CONFIG
     print(json.dumps(config.redacted(settings), indent=2))
     return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from gateway import status  # noqa: PLC0415
+
+    settings = _load(args.config)
+    if settings is None:
+        return EXIT_CONFIG
+    try:
+        if args.command == "status":
+            print(status.status(settings.buffer, as_json=args.json, top=args.top))
+            return 0
+        code, text = status.verify(settings.buffer, repair=args.repair)
+    except StorageError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    print(text)
+    return code
 
 
 def _run(path: Path) -> int:

@@ -12,18 +12,35 @@ from gateway.model import Reading
 from gateway.record import pack, unpack
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 MIB = 1 << 20
+
+
+@pytest.fixture
+def opened() -> Iterator[Callable[..., Buffer]]:
+    """Opens buffers for a test and closes whatever is still open at its end."""
+    buffers: list[Buffer] = []
+
+    def open_buffer(path: Path, capacity: int = 16 * MIB) -> Buffer:
+        buffers.append(Buffer(path, capacity))
+        return buffers[-1]
+
+    yield open_buffer
+    for buf in buffers:
+        buf.close()
 
 
 def rec(device: str, ts: int) -> tuple[str, bytes]:
     return device, pack(Reading(device, "m", (("device", device),), (("v", float(ts)),), ts))
 
 
-def test_fifo_per_device_and_exact_accounting(tmp_path: Path) -> None:
+def test_fifo_per_device_and_exact_accounting(
+    tmp_path: Path, opened: Callable[..., Buffer]
+) -> None:
     """Readings come back per device in acceptance order; totals count every byte."""
-    buf = Buffer(tmp_path, 16 * MIB)
+    buf = opened(tmp_path)
     items = [rec("a", 1), rec("b", 2), rec("a", 3), rec("b", 4), rec("a", 5)]
     buf.append(items)
     assert buf.backlog() == {"a": 3, "b": 2}
@@ -42,31 +59,31 @@ def test_fifo_per_device_and_exact_accounting(tmp_path: Path) -> None:
     assert [unpack("a", v).ts_ns for v in buf.read([("a", 9)])[0].values] == [5]
 
 
-def test_read_does_not_remove(tmp_path: Path) -> None:
+def test_read_does_not_remove(tmp_path: Path, opened: Callable[..., Buffer]) -> None:
     """Reading twice returns the same readings."""
-    buf = Buffer(tmp_path, 16 * MIB)
+    buf = opened(tmp_path)
     buf.append([rec("a", 1)])
     assert buf.read([("a", 5)]) == buf.read([("a", 5)])
     assert buf.totals().readings == 1
 
 
-def test_accounting_survives_reopen(tmp_path: Path) -> None:
+def test_accounting_survives_reopen(tmp_path: Path, opened: Callable[..., Buffer]) -> None:
     """After close and reopen, counts, bytes and heads are what they were."""
-    buf = Buffer(tmp_path, 16 * MIB)
+    buf = opened(tmp_path)
     buf.append([rec(f"d{i % 7}", i) for i in range(100)])
     buf.delete([("d0", 0, 5), ("d3", 0, 14)])
     before = (buf.totals(), buf.devices())
     buf.close()
-    again = Buffer(tmp_path, 16 * MIB)
+    again = opened(tmp_path)
     assert (again.totals(), again.devices()) == before
     assert again.read([("d0", 1)])[0].first_seq == 5
     again.append([rec("d0", 1000), rec("new", 1)])
     assert again.devices()["new"].number == 7
 
 
-def test_delete_must_start_at_head(tmp_path: Path) -> None:
+def test_delete_must_start_at_head(tmp_path: Path, opened: Callable[..., Buffer]) -> None:
     """Deleting what was already deleted, or more than exists, fails and changes nothing."""
-    buf = Buffer(tmp_path, 16 * MIB)
+    buf = opened(tmp_path)
     buf.append([rec("a", 1), rec("a", 2)])
     buf.delete([("a", 0, 1)])
     for bad in ([("a", 0, 1)], [("a", 1, 5)], [("zz", 0, 1)]):
@@ -75,20 +92,22 @@ def test_delete_must_start_at_head(tmp_path: Path) -> None:
     assert buf.totals().readings == 1
 
 
-def test_failed_delete_is_all_or_nothing(tmp_path: Path) -> None:
+def test_failed_delete_is_all_or_nothing(tmp_path: Path, opened: Callable[..., Buffer]) -> None:
     """A delete with one bad span leaves every span in place."""
-    buf = Buffer(tmp_path, 16 * MIB)
+    buf = opened(tmp_path)
     buf.append([rec("a", 1), rec("b", 2)])
     with pytest.raises(StorageError):
         buf.delete([("a", 0, 1), ("b", 3, 1)])
     assert buf.backlog() == {"a": 1, "b": 1}
     buf.close()
-    assert Buffer(tmp_path, 16 * MIB).backlog() == {"a": 1, "b": 1}
+    assert opened(tmp_path).backlog() == {"a": 1, "b": 1}
 
 
-def test_budget_full_is_capacity_and_stores_nothing(tmp_path: Path) -> None:
+def test_budget_full_is_capacity_and_stores_nothing(
+    tmp_path: Path, opened: Callable[..., Buffer]
+) -> None:
     """Past the byte budget an append raises CapacityError and stores none of its readings."""
-    buf = Buffer(tmp_path, MIB)
+    buf = opened(tmp_path, MIB)
     batch = [rec("a", i) for i in range(1000)]
     batch_bytes = sum(12 + len(v) for _, v in batch)
     appended = 0
@@ -104,21 +123,62 @@ def test_budget_full_is_capacity_and_stores_nothing(tmp_path: Path) -> None:
     assert buf.totals().readings == appended
 
 
-def test_dead_letters_move_atomically(tmp_path: Path) -> None:
+def test_dead_letters_move_atomically(tmp_path: Path, opened: Callable[..., Buffer]) -> None:
     """A refused point leaves the FIFO and enters the dead-letter store in one transaction."""
-    buf = Buffer(tmp_path, 16 * MIB)
+    buf = opened(tmp_path)
     buf.append([rec("a", 1), rec("a", 2)])
     buf.delete([("a", 0, 2)], [("a", "m v=2.0 2")])
     assert buf.totals().readings == 0
     assert buf.dead_letters() == [("a", "m v=2.0 2")]
 
 
-def test_many_devices(tmp_path: Path) -> None:
+def test_many_devices(tmp_path: Path, opened: Callable[..., Buffer]) -> None:
     """10,000 devices with a few readings each keep separate, exact FIFOs."""
-    buf = Buffer(tmp_path, 64 * MIB)
+    buf = opened(tmp_path, 64 * MIB)
     buf.append([rec(f"dev-{i % 10_000}", i) for i in range(30_000)])
     backlog = buf.backlog()
     assert len(backlog) == 10_000
     assert set(backlog.values()) == {3}
     spans = buf.read([("dev-9999", 3)])
     assert [unpack("dev-9999", v).ts_ns for v in spans[0].values] == [9999, 19999, 29999]
+
+
+def test_second_writer_is_refused(tmp_path: Path, opened: Callable[..., Buffer]) -> None:
+    """Only one process may write a buffer."""
+    opened(tmp_path).append([rec("a", 1)])
+    with pytest.raises(StorageError, match="in use by another gateway process"):
+        Buffer(tmp_path, 16 * MIB)
+
+
+def corrupt_totals(path: Path, readings: int, nbytes: int) -> None:
+    import struct  # noqa: PLC0415
+
+    import lmdb  # noqa: PLC0415
+
+    env = lmdb.open(str(path), max_dbs=4)
+    with env.begin(write=True) as txn:
+        txn.put(b"totals", struct.pack(">QQ", readings, nbytes), db=env.open_db(b"meta", txn=txn))
+    env.close()
+
+
+def test_verify_finds_and_start_repairs_a_mismatch(
+    tmp_path: Path, opened: Callable[..., Buffer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Accounting that disagrees with the data is reported, and rebuilt at the next start."""
+    buf = opened(tmp_path)
+    buf.append([rec("a", 1), rec("b", 2), rec("a", 3)])
+    good = buf.totals()
+    assert buf.verify().is_consistent
+    buf.close()
+    corrupt_totals(tmp_path, 99, 5)
+
+    with Buffer(tmp_path, 16 * MIB, readonly=True) as reader:
+        report = reader.verify()
+        assert report.problems == [
+            f"totals (readings, bytes): stored (99, 5), found (3, {good.nbytes})"
+        ]
+    caplog.errors_expected = True  # type: ignore[attr-defined]
+    again = opened(tmp_path)
+    assert again.totals() == good
+    assert again.verify().is_consistent
+    assert "rebuilt it from a full scan" in caplog.text

@@ -1,0 +1,109 @@
+"""`gateway status` and `gateway verify-buffer`: views of the buffer from outside the service.
+
+`status` opens LMDB read-only, so it works while the gateway runs (LMDB serves concurrent
+readers) and while it is stopped, and it can change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from gateway.buffer import Buffer
+
+if TYPE_CHECKING:
+    from gateway.config import BufferSettings
+
+EXIT_MISMATCH = 1
+
+
+def snapshot(buffer: Buffer, now_ns: int) -> dict[str, Any]:
+    """Totals, capacity use and per-device backlog, as plain data."""
+    totals = buffer.totals()
+    devices = sorted(
+        ((name, state) for name, state in buffer.devices().items() if state.readings),
+        key=lambda item: (-item[1].readings, item[0]),
+    )
+    return {
+        "path": str(buffer.path),
+        "readings": totals.readings,
+        "bytes": totals.nbytes,
+        "capacity_bytes": buffer.capacity_bytes,
+        "fill_ratio": totals.nbytes / buffer.capacity_bytes,
+        "devices_with_backlog": totals.devices,
+        "dead_letters": buffer.dead_letter_count(),
+        "devices": [
+            {
+                "device": name,
+                "readings": state.readings,
+                "bytes": state.nbytes,
+                "oldest_ts_ns": state.oldest_ts_ns,
+                "oldest_age_s": max(0.0, (now_ns - state.oldest_ts_ns) / 1e9),
+            }
+            for name, state in devices
+        ],
+    }
+
+
+def render(view: dict[str, Any], top: int) -> str:
+    """The snapshot as a terminal table, largest backlog first."""
+    summary = (
+        f"buffer {view['path']}: {view['readings']:,} readings, {_size(view['bytes'])} of "
+        f"{_size(view['capacity_bytes'])} ({view['fill_ratio']:.1%}), "
+        f"{view['devices_with_backlog']:,} devices with a backlog, "
+        f"{view['dead_letters']:,} dead letters"
+    )
+    lines = [summary]
+    devices = view["devices"]
+    if devices:
+        oldest = max(devices, key=lambda d: d["oldest_age_s"])
+        lines.append(
+            f"oldest buffered reading: {_age(oldest['oldest_age_s'])} old ({oldest['device']})"
+        )
+        lines.append(f"{'device':<32} {'readings':>12} {'bytes':>10} {'oldest':>10}")
+        lines += [
+            f"{d['device'][:32]:<32} {d['readings']:>12,} {_size(d['bytes']):>10} "
+            f"{_age(d['oldest_age_s']):>10}"
+            for d in devices[:top]
+        ]
+        if len(devices) > top:
+            lines.append(f"... and {len(devices) - top:,} more devices")
+    return "\n".join(lines)
+
+
+def status(settings: BufferSettings, *, as_json: bool, top: int) -> str:
+    """The status text (or JSON) of the configured buffer."""
+    with Buffer(settings.path, int(settings.capacity), readonly=True) as buffer:
+        view = snapshot(buffer, time.time_ns())
+    return json.dumps(view, indent=2) if as_json else render(view, top)
+
+
+def verify(settings: BufferSettings, *, repair: bool) -> tuple[int, str]:
+    """Full scan of the buffer; (exit code, report text)."""
+    readonly = not repair
+    with Buffer(settings.path, int(settings.capacity), readonly=readonly) as buffer:
+        report = buffer.repair() if repair else buffer.verify()
+        totals = asdict(buffer.totals())
+    if report.is_consistent:
+        return 0, f"buffer {settings.path} is consistent: {totals}"
+    verdict = "repaired" if repair else "run with --repair while the gateway is stopped to fix"
+    text = "\n".join([f"buffer {settings.path} accounting mismatch ({verdict}):", *report.problems])
+    return EXIT_MISMATCH, text
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":  # noqa: PLR2004
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GiB"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:  # noqa: PLR2004
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
