@@ -67,7 +67,15 @@ class Flusher:
 
     def notify(self, readings: int) -> None:
         """Called by ingest after a commit of `readings` readings."""
-        self._waiting.append([time.monotonic(), readings])
+        now = time.monotonic()
+        # Once commits have waited `linger_s` only "due" matters, not exactly since when, so
+        # they merge: the queue stays at about one linger period of commits, however long the
+        # database is away.
+        waiting = self._waiting
+        while len(waiting) > 1 and waiting[1][0] + self._settings.linger_s <= now:
+            oldest = waiting.popleft()
+            waiting[0][0], waiting[0][1] = oldest[0], waiting[0][1] + oldest[1]
+        waiting.append([now, readings])
         self._wake.set()
 
     async def run(self) -> None:
