@@ -65,6 +65,21 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--start-ms", type=int, help="timestamp of each device's first reading")
     sim.add_argument("--client-id", default="gateway-simulator")
 
+    bench = sub.add_parser("bench", help="measure buffer and ingest throughput")
+    bench.add_argument(
+        "--scenario",
+        action="append",
+        choices=("append", "ingest", "backlog"),
+        help="repeatable; default: append and ingest",
+    )
+    bench.add_argument("--runs", type=int, default=3, help="runs per scenario (median shown)")
+    bench.add_argument("--count", type=int, default=100_000, help="ingest: readings per run")
+    bench.add_argument("--rate", type=float, default=0, help="ingest: readings/s, 0 for max")
+    bench.add_argument("--publishers", type=int, default=1, help="publisher processes")
+    bench.add_argument("--sync", choices=("commit", "interval", "none"), default="commit")
+    bench.add_argument("--backlog", type=int, default=5_000_000, help="backlog: readings")
+    bench.add_argument("--json", type=Path, help="also write the figures to this file")
+
     demo = sub.add_parser("demo", help="run broker, database, gateway and sensors locally")
     demo.add_argument("--devices", type=int, default=20)
     demo.add_argument("--rate", type=float, default=500.0)
@@ -100,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         simulate.run(plan)
         return 0
+    if args.command == "bench":
+        from gateway import bench  # noqa: PLC0415
+
+        return bench.run(args)
     from gateway import demo  # noqa: PLC0415
 
     return demo.run(args.devices, args.rate, args.duration)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import DecodeError
 from gateway.lineparse import parse_lines
-from gateway.lineproto import check_reading
+from gateway.lineproto import check_fields, check_series, check_tags
 from gateway.model import DEVICE_TAG, FieldValue, Reading
 
 if TYPE_CHECKING:
@@ -37,65 +37,106 @@ class Decoded:
     errors: list[DecodeError] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What a topic means: its subscription, device, measurement and the tags it sets."""
+
+    sub: Subscription
+    device: str
+    measurement: str
+    topic_tags: dict[str, str]
+    sorted_tags: tuple[tuple[str, str], ...]
+
+
+# Topics repeat for every reading of a device, so their meaning is cached; bounded, because a
+# sensor bug can put random ids in topics.
+ROUTE_CACHE_SIZE = 20_000
+
+
 class Decoder:
     """Maps a message to readings by the first subscription whose template fits its topic."""
 
     def __init__(self, subscriptions: Sequence[Subscription]) -> None:
         """Keep the subscriptions in configuration order: the first match wins."""
-        self._subscriptions = tuple(subscriptions)
+        self._templates = tuple((sub, sub.template) for sub in subscriptions)
+        self._routes: dict[str, _Route | DecodeError] = {}
 
     def decode(self, topic: str, payload: bytes, received_ns: int) -> Decoded:
         """Decode one message; `received_ns` stamps readings that carry no timestamp."""
         result = Decoded()
+        route = self._routes.get(topic)
+        if route is None:
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            route = self._routes[topic] = self._route(topic)
+        if isinstance(route, DecodeError):
+            result.errors.append(route)
+            return result
         try:
-            for sub in self._subscriptions:
-                values = sub.template.match(topic)
-                if values is not None:
-                    _decode_for(sub, values, payload, received_ns, result)
-                    return result
+            _decode_for(route, payload, received_ns, result)
         except DecodeError as exc:
             result.errors.append(exc)
-            return result
-        result.errors.append(
-            DecodeError("no_subscription", f"topic {topic[:200]!r} fits no subscription")
-        )
         return result
 
+    def _route(self, topic: str) -> _Route | DecodeError:
+        try:
+            for sub, template in self._templates:
+                values = template.match(topic)
+                if values is not None:
+                    return _make_route(sub, values)
+        except DecodeError as exc:
+            return exc
+        return DecodeError("no_subscription", f"topic {topic[:200]!r} fits no subscription")
 
-def _decode_for(
-    sub: Subscription, values: dict[str, str], payload: bytes, received_ns: int, result: Decoded
-) -> None:
-    device = values[DEVICE_TAG]
-    measurement = values.get("measurement", sub.measurement or "")
+
+def _make_route(sub: Subscription, values: dict[str, str]) -> _Route:
     topic_tags = dict(sub.tags)
     topic_tags.update((k, v) for k, v in values.items() if k != "measurement")
+    measurement = values.get("measurement", sub.measurement or "")
+    sorted_tags = tuple(sorted(topic_tags.items()))
+    if measurement:
+        check_series(measurement, sorted_tags)
+    else:  # format "line": each line names its measurement
+        check_tags(sorted_tags)
+    return _Route(sub, values[DEVICE_TAG], measurement, topic_tags, sorted_tags)
+
+
+def _add(
+    route: _Route,
+    result: Decoded,
+    *,
+    measurement: str,
+    tags: dict[str, str],
+    fields: list[tuple[str, FieldValue]],
+    ts_ns: int,
+) -> None:
+    if tags:
+        clash = route.topic_tags.keys() & tags.keys()
+        if clash:
+            raise DecodeError("tag_conflict", f"payload tag {min(clash)!r} is set by the topic")
+        tags.update(route.topic_tags)
+        sorted_tags = tuple(sorted(tags.items()))
+        check_series(measurement, sorted_tags)
+    elif measurement is route.measurement:
+        sorted_tags = route.sorted_tags  # checked when the route was made
+    else:
+        sorted_tags = route.sorted_tags
+        check_series(measurement, sorted_tags)
+    reading = Reading(route.device, measurement, sorted_tags, tuple(fields), ts_ns)
+    check_fields(reading)
+    result.readings.append(reading)
+
+
+def _decode_for(route: _Route, payload: bytes, received_ns: int, result: Decoded) -> None:
+    sub, measurement = route.sub, route.measurement
     try:
         text = payload.decode()
     except UnicodeDecodeError:
         raise DecodeError("not_utf8", "payload is not UTF-8 text") from None
 
-    def add(
-        measurement: str,
-        tags: dict[str, str],
-        fields: list[tuple[str, FieldValue]],
-        ts_ns: int | None,
-    ) -> None:
-        clash = topic_tags.keys() & tags.keys()
-        if clash:
-            raise DecodeError("tag_conflict", f"payload tag {min(clash)!r} is set by the topic")
-        tags.update(topic_tags)
-        reading = Reading(
-            device,
-            measurement,
-            tuple(sorted(tags.items())),
-            tuple(fields),
-            received_ns if ts_ns is None else ts_ns,
-        )
-        check_reading(reading)
-        result.readings.append(reading)
-
     if sub.format == "value":
-        add(measurement, {}, [(sub.value_field, _plain_number(text, sub.integers))], None)
+        fields = [(sub.value_field, _plain_number(text, sub.integers))]
+        _add(route, result, measurement=measurement, tags={}, fields=fields, ts_ns=received_ns)
         return
     unit = NS_PER_UNIT[sub.timestamp_unit or "ns"]
     items: list[Any] = parse_lines(text) if sub.format == "line" else _json_objects(text)
@@ -103,10 +144,27 @@ def _decode_for(
         # One bad reading must not cost the message's other readings.
         try:
             if sub.format == "line":
-                line_measurement, tags, fields, ts = item
-                add(line_measurement, dict(tags), fields, None if ts is None else ts * unit)
+                line_measurement, tags, line_fields, ts = item
+                stamp = received_ns if ts is None else ts * unit
+                _add(
+                    route,
+                    result,
+                    measurement=line_measurement,
+                    tags=dict(tags),
+                    fields=line_fields,
+                    ts_ns=stamp,
+                )
             else:
-                add(measurement, *_json_reading(sub, item))
+                tags, json_fields, ts = _json_reading(sub, item)
+                stamp = received_ns if ts is None else ts
+                _add(
+                    route,
+                    result,
+                    measurement=measurement,
+                    tags=tags,
+                    fields=json_fields,
+                    ts_ns=stamp,
+                )
         except DecodeError as exc:
             result.errors.append(exc)
 

@@ -35,7 +35,15 @@ def scrape(url: str) -> dict[str, float]:
 
 
 def write_config(
-    path: Path, mqtt_port: int, influx_url: str, buffer_dir: Path, metrics_port: int
+    path: Path,
+    mqtt_port: int,
+    influx_url: str,
+    buffer_dir: Path,
+    metrics_port: int,
+    *,
+    capacity: str = "256MiB",
+    sync: str = "commit",
+    log_level: str = "info",
 ) -> None:
     """A gateway configuration for the local servers."""
     path.write_text(
@@ -52,7 +60,8 @@ format = "json"
 
 [buffer]
 path = "{buffer_dir}"
-capacity = "256MiB"
+capacity = "{capacity}"
+sync = "{sync}"
 
 [influx]
 url = "{influx_url}"
@@ -64,6 +73,9 @@ linger_s = 0.5
 
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
+
+[log]
+level = "{log_level}"
 """,
         encoding="utf-8",
     )

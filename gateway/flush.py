@@ -62,6 +62,8 @@ class Flusher:
             self._waiting.append([-math.inf, backlog])
         self._draining = False
         self._failures = 0
+        self._probing = False
+        self._resume_at = 0.0
         self.space_freed = anyio.Event()
         metrics.batch_size.set(self._batch_size)
 
@@ -94,17 +96,31 @@ class Flusher:
 
     async def _worker(self) -> None:
         while True:
-            wanted = self._pick()
-            if wanted is None:
-                await self._sleep_until_woken(self._linger_left())
+            wait_s = self._outage_wait()
+            wanted: list[tuple[str, int]] = []
+            if not wait_s:
+                wanted, wait_s = self._pick()
+            if not wanted:
+                await self._sleep_until_woken(wait_s)
                 continue
-            for device, _ in wanted:
-                self._busy.add(device)
+            probing = self._failures > 0
+            self._probing = probing
+            self._busy.update(d for d, _ in wanted)
             try:
                 await self._flush(wanted)
             finally:
                 self._busy.difference_update(d for d, _ in wanted)
-                self._wake.set()  # another worker may now take those devices
+                if probing:
+                    self._probing = False
+                self._wake.set()  # other workers may now take those devices, or stop waiting
+
+    def _outage_wait(self) -> float:
+        """During an outage one worker probes per backoff period and the others wait."""
+        if not self._failures:
+            return 0.0
+        if self._probing:
+            return math.inf
+        return max(0.0, self._resume_at - time.monotonic())
 
     def _linger_left(self) -> float:
         if not self._waiting:
@@ -119,15 +135,16 @@ class Flusher:
         with anyio.move_on_after(timeout_s):
             await self._wake.wait()
 
-    def _pick(self) -> list[tuple[str, int]] | None:
-        """Devices and counts for the next batch, or None when it is not yet time to send."""
+    def _pick(self) -> tuple[list[tuple[str, int]], float]:
+        """Devices and counts for the next batch, or none and how long to wait for one."""
         backlog = self._buffer.backlog()
         ready = [(d, n) for d, n in backlog.items() if d not in self._busy]
         available = sum(n for _, n in ready)
         if not available:
-            return None
-        if available < self._batch_size and not self._draining and self._linger_left() > 0:
-            return None
+            return [], math.inf
+        linger_left = 0.0 if self._draining else self._linger_left()
+        if available < self._batch_size and linger_left > 0:
+            return [], linger_left
         quota = max(1, math.ceil(self._batch_size / len(ready)))
         start = self._next_device % len(ready)
         wanted, room = [], self._batch_size
@@ -138,7 +155,7 @@ class Flusher:
             if not room:
                 break
         self._next_device = start + len(wanted)
-        return wanted
+        return wanted, 0.0
 
     async def _flush(self, wanted: list[tuple[str, int]]) -> None:
         spans = await anyio.to_thread.run_sync(self._buffer.read, wanted, limiter=self._limiter)
@@ -148,7 +165,7 @@ class Flusher:
         try:
             refused = await self._deliver(readings)
         except SinkError as exc:
-            await self._back_off(exc)
+            self._back_off(exc)
             return
         if self._failures:
             logger.info("database accepts writes again after %d failed attempts", self._failures)
@@ -219,7 +236,8 @@ class Flusher:
         self._metrics.write_seconds.observe(time.monotonic() - started)
         self._metrics.batch_points.observe(points)
 
-    async def _back_off(self, exc: SinkError) -> None:
+    def _back_off(self, exc: SinkError) -> None:
+        """Schedule the next probe with capped full-jitter backoff (honouring Retry-After)."""
         self._failures += 1
         if self._failures == 1:
             level = logging.ERROR if isinstance(exc, SinkAuthError) else logging.WARNING
@@ -234,4 +252,4 @@ class Flusher:
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self._settings.retry_max_s))
-        await anyio.sleep(delay)
+        self._resume_at = time.monotonic() + delay

@@ -27,6 +27,11 @@ MAX_IDENTIFIER_LEN = 256
 # Names the databases reserve: InfluxDB 1.x refuses a "time" key, 2.x the underscore names of Flux.
 RESERVED_KEYS = frozenset({"time", "_measurement", "_field", "_value", "_time", "_start", "_stop"})
 
+# Names repeat in every reading (field keys, tag values such as device ids), so those found valid
+# are remembered; bounded, because hostile input can invent names without end.
+VALID_NAME_CACHE_SIZE = 50_000
+_valid_names: set[str] = set()
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _AMBIGUOUS_BACKSLASH = re.compile(r"\\(?=[\\, =\"]|$)")
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
@@ -40,6 +45,8 @@ def check_identifier(kind: str, name: str) -> None:
     Raises:
         DecodeError: naming what is wrong with it.
     """
+    if name in _valid_names:
+        return
     if not name:
         raise DecodeError("empty_name", f"{kind} is empty")
     if len(name) > MAX_IDENTIFIER_LEN:
@@ -51,6 +58,9 @@ def check_identifier(kind: str, name: str) -> None:
             "ambiguous_backslash",
             f"{kind} {name!r} holds a backslash the database would read as an escape",
         )
+    if len(_valid_names) >= VALID_NAME_CACHE_SIZE:
+        _valid_names.clear()
+    _valid_names.add(name)
 
 
 def check_field_value(key: str, value: FieldValue) -> None:
@@ -74,32 +84,59 @@ def check_field_value(key: str, value: FieldValue) -> None:
         raise DecodeError("bad_value_type", f"field {key!r} is a {type(value).__name__}")
 
 
+def check_series(measurement: str, tags: tuple[tuple[str, str], ...]) -> None:
+    """Refuse a measurement and tag set that cannot be written exactly.
+
+    Raises:
+        DecodeError: naming the offending part.
+    """
+    check_identifier("measurement", measurement)
+    if measurement.startswith("#"):
+        raise DecodeError("comment_measurement", "a measurement starting with '#' is a comment")
+    check_tags(tags)
+
+
+def check_tags(tags: tuple[tuple[str, str], ...]) -> None:
+    """Refuse tag keys and values that cannot be written exactly.
+
+    Raises:
+        DecodeError: naming the offending tag.
+    """
+    for key, value in tags:
+        check_identifier("tag key", key)
+        if key in RESERVED_KEYS:
+            raise DecodeError("reserved_name", f"tag key {key!r} is reserved by the database")
+        check_identifier(f"tag {key!r} value", value)
+
+
+def check_fields(reading: Reading) -> None:
+    """Refuse fields that cannot be written exactly (the series is checked by `check_series`).
+
+    Raises:
+        DecodeError: naming the offending field.
+    """
+    if not reading.fields:
+        raise DecodeError("no_fields", "the reading has no field")
+    for key, field_value in reading.fields:
+        check_identifier("field key", key)
+        if key in RESERVED_KEYS:
+            raise DecodeError("reserved_name", f"field key {key!r} is reserved by the database")
+        for tag_key, _ in reading.tags:
+            if key == tag_key:
+                raise DecodeError("field_is_tag", f"field {key!r} has the name of a tag")
+        check_field_value(key, field_value)
+    if not INT64_MIN <= reading.ts_ns <= INT64_MAX:
+        raise DecodeError("timestamp_out_of_range", "timestamp does not fit in 64-bit ns")
+
+
 def check_reading(reading: Reading) -> None:
     """Refuse a reading that cannot be encoded exactly; see the module docstring.
 
     Raises:
         DecodeError: naming the offending part.
     """
-    check_identifier("measurement", reading.measurement)
-    if reading.measurement.startswith("#"):
-        raise DecodeError("comment_measurement", "a measurement starting with '#' is a comment")
-    for key, value in reading.tags:
-        check_identifier("tag key", key)
-        if key in RESERVED_KEYS:
-            raise DecodeError("reserved_name", f"tag key {key!r} is reserved by the database")
-        check_identifier(f"tag {key!r} value", value)
-    if not reading.fields:
-        raise DecodeError("no_fields", "the reading has no field")
-    tag_keys = {key for key, _ in reading.tags}
-    for key, field_value in reading.fields:
-        check_identifier("field key", key)
-        if key in RESERVED_KEYS:
-            raise DecodeError("reserved_name", f"field key {key!r} is reserved by the database")
-        if key in tag_keys:
-            raise DecodeError("field_is_tag", f"field {key!r} has the name of a tag")
-        check_field_value(key, field_value)
-    if not INT64_MIN <= reading.ts_ns <= INT64_MAX:
-        raise DecodeError("timestamp_out_of_range", "timestamp does not fit in 64-bit ns")
+    check_series(reading.measurement, reading.tags)
+    check_fields(reading)
 
 
 def encode_value(value: FieldValue) -> str:

@@ -56,6 +56,13 @@ class Metrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
         )
+        self.ack_delay_seconds = Histogram(
+            "gateway_ack_delay_seconds",
+            "Receipt to PUBACK of the oldest message of each group commit (an upper bound "
+            "for every message of it)",
+            registry=r,
+            buckets=(0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1),
+        )
         self.write_seconds = Histogram(
             "gateway_write_duration_seconds",
             "Database write latency",

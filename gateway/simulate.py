@@ -37,6 +37,14 @@ class Plan:
     client_id: str = "gateway-simulator"
 
 
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a run published and how long it took."""
+
+    published: int
+    elapsed_s: float
+
+
 def device_name(k: int) -> str:
     """The name of simulated device k."""
     return f"dev-{k}"
@@ -47,8 +55,8 @@ def values(k: int, i: int) -> dict[str, float]:
     return {"temp": round(15.0 + (k * 7 + i) % 200 / 10, 1), "hum": round(30.0 + i % 500 / 10, 1)}
 
 
-def run(plan: Plan, out: TextIO = sys.stdout) -> int:
-    """Publish per `plan`, printing progress each second; returns the readings published."""
+def run(plan: Plan, out: TextIO | None = sys.stdout) -> Result:
+    """Publish per `plan`, printing progress each second unless `out` is None."""
     start_ms = plan.start_ms if plan.start_ms is not None else time.time_ns() // 10**6
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=plan.client_id, protocol=mqtt.MQTTv5
@@ -62,21 +70,16 @@ def run(plan: Plan, out: TextIO = sys.stdout) -> int:
     started = last_report = time.monotonic()
     sent_per_device = [0] * plan.devices
     try:
-        while True:
-            now = time.monotonic()
-            if plan.count is not None and published >= plan.count:
-                break
-            if plan.duration_s is not None and now - started >= plan.duration_s:
-                break
-            if plan.rate > 0:
-                due = started + published / plan.rate
-                if due > now:
-                    time.sleep(min(due - now, 0.05))
-                    continue
+        while not _is_done(plan, published, started):
+            if plan.rate > 0 and (wait := started + published / plan.rate - time.monotonic()) > 0:
+                time.sleep(min(wait, 0.05))
+                continue
             k = published // plan.per_message % plan.devices
-            n = plan.per_message
-            if plan.count is not None:
-                n = min(n, plan.count - published)
+            n = (
+                plan.per_message
+                if plan.count is None
+                else min(plan.per_message, plan.count - published)
+            )
             payload = _payload(plan, k, sent_per_device, n, start_ms)
             info = client.publish(plan.topic.format(device=device_name(k)), payload, qos=plan.qos)
             if plan.qos:
@@ -84,25 +87,30 @@ def run(plan: Plan, out: TextIO = sys.stdout) -> int:
                 if len(pending) >= MAX_INFLIGHT * 4:
                     _wait(pending)
             published += n
-            if now - last_report >= 1:
+            if out is not None and time.monotonic() - last_report >= 1:
+                last_report = time.monotonic()
+                rate = published / (last_report - started)
                 print(
-                    f"simulate: published {published} readings "
-                    f"({published / (now - started):.0f}/s)",
-                    file=out,
-                    flush=True,
+                    f"simulate: published {published} readings ({rate:.0f}/s)", file=out, flush=True
                 )
-                last_report = now
         _wait(pending)
     finally:
         client.loop_stop()
         client.disconnect()
     elapsed = time.monotonic() - started
-    print(
-        f"simulate: done, {published} readings from {plan.devices} devices in {elapsed:.1f} s",
-        file=out,
-        flush=True,
-    )
-    return published
+    if out is not None:
+        print(
+            f"simulate: done, {published} readings from {plan.devices} devices in {elapsed:.1f} s",
+            file=out,
+            flush=True,
+        )
+    return Result(published, elapsed)
+
+
+def _is_done(plan: Plan, published: int, started: float) -> bool:
+    if plan.count is not None and published >= plan.count:
+        return True
+    return plan.duration_s is not None and time.monotonic() - started >= plan.duration_s
 
 
 def _payload(plan: Plan, k: int, sent_per_device: list[int], n: int, start_ms: int) -> str:

@@ -156,4 +156,4 @@ def publish_simulated(
         client_id=f"sim-{run_id}",
         per_message=per_message,
     )
-    assert simulate.run(plan) == count
+    assert simulate.run(plan).published == count

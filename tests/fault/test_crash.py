@@ -92,7 +92,7 @@ def test_received_but_uncommitted_messages_are_redelivered(
         start_ms=SIMULATED_START_MS,
         client_id=f"sim-{run_id}",
     )
-    assert simulate.run(plan) == count
+    assert simulate.run(plan).published == count
     wait_for(lambda: "buffer full" in gw.log(), 30, "the buffer to fill")
     metrics = gw.metrics()
     accepted = metrics["gateway_readings_total{outcome=accepted}"]

@@ -25,21 +25,6 @@ START_MS = SIMULATED_START_MS
 DELIVERY_TIMEOUT_S = 120
 
 
-def publish(mosquitto: Endpoint, run_id: str, count: int = READINGS, **kwargs: object) -> None:
-    plan = simulate.Plan(
-        port=mosquitto.port,
-        devices=DEVICES,
-        rate=0,
-        count=count,
-        qos=1,
-        topic=f"{run_id}/{{device}}/telemetry",
-        start_ms=START_MS,
-        client_id=f"sim-{run_id}",
-        **kwargs,
-    )  # type: ignore[arg-type]
-    assert simulate.run(plan) == count
-
-
 def expected_points(count: int = READINGS) -> dict[tuple[str, int], dict[str, float]]:
     """(device, ts ms) -> field values, as the simulator publishes them."""
     expected = {}

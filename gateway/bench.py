@@ -1,0 +1,271 @@
+"""`gateway bench`: measured figures a user can reproduce on their own edge box.
+
+Scenarios:
+- `append`: buffer append throughput per sync mode at 1, 100 and 1,000 readings per transaction.
+- `ingest`: QoS 1 publishers (`loadgen`, in their own processes) -> local Mosquitto -> the
+  gateway, with the database stopped: accepted readings/s, commits, the gateway's
+  receipt-to-PUBACK delay, the publishers' PUBACK latency from the broker, gateway CPU and
+  peak RSS. `--rate` fixes the load.
+- `backlog`: the same with no rate limit until N readings are buffered, sampling the gateway's
+  resident memory along the way (it must not grow with the backlog).
+Each scenario runs `--runs` times; the table shows medians.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway import loadgen, servers
+from gateway.buffer import Buffer
+from gateway.demo import scrape, write_config
+from gateway.model import Reading
+from gateway.record import pack
+
+if TYPE_CHECKING:
+    import argparse
+
+APPEND_SECONDS = 2.0
+SYNC_INTERVAL_S = 1.0
+BENCH_DEVICES = 50
+POLL_S = 0.05
+
+
+def bench_append(sync: str, per_txn: int, seconds: float = APPEND_SECONDS) -> float:
+    """Readings per second appended in transactions of `per_txn` readings."""
+    records = [
+        (
+            f"dev-{k}",
+            pack(
+                Reading(
+                    f"dev-{k}",
+                    "telemetry",
+                    (("device", f"dev-{k}"),),
+                    (("temp", 21.5), ("hum", 40.2)),
+                    1_700_000_000_000_000_000,
+                )
+            ),
+        )
+        for k in range(BENCH_DEVICES)
+    ]
+    batch = [records[i % BENCH_DEVICES] for i in range(per_txn)]
+    with (
+        tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,
+        Buffer(
+            Path(tmp),
+            8 << 30,
+            sync,  # type: ignore[arg-type]
+        ) as buffer,
+    ):
+        stop = threading.Event()
+        syncer = threading.Thread(target=_sync_every, args=(buffer, stop), daemon=True)
+        if sync == "interval":
+            syncer.start()
+        appended, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            buffer.append(batch)
+            appended += per_txn
+        stop.set()
+    return appended / elapsed
+
+
+def _sync_every(buffer: Buffer, stop: threading.Event) -> None:
+    while not stop.wait(SYNC_INTERVAL_S):
+        buffer.sync()
+
+
+def _publish(load: loadgen.Load) -> loadgen.LoadResult:
+    return loadgen.publish(load)
+
+
+class _Gateway:
+    """A gateway subprocess with the database stopped (its URL points at a closed port)."""
+
+    def __init__(self, work: Path, broker_port: int, sync: str) -> None:
+        metrics_port = servers.free_port()
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        config = work / "gateway.toml"
+        dead_database = f"http://127.0.0.1:{servers.free_port()}"
+        write_config(
+            config,
+            broker_port,
+            dead_database,
+            work / "buffer",
+            metrics_port,
+            capacity="8GiB",
+            sync=sync,
+            log_level="warning",
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            stdout=(work / "gateway.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while self.metric("gateway_mqtt_connected") != 1:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise servers.ServerError("the gateway did not start; see its log")
+            time.sleep(POLL_S)
+
+    def metric(self, name: str) -> float:
+        try:
+            return scrape(self.metrics_url).get(name, 0.0)
+        except OSError:
+            return 0.0
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self, key: str = "VmRSS") -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def bench_ingest(
+    count: int, rate: float, publishers: int, sync: str, rss_every: int = 0
+) -> dict[str, Any]:
+    """Publish `count` QoS 1 readings (one per message) into a gateway; its figures."""
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        work = Path(tmp)
+        broker = servers.start_mosquitto(work / "mosquitto")
+        gateway = None
+        try:
+            gateway = _Gateway(work, broker.port, sync)
+            per = count // publishers
+            devices = BENCH_DEVICES // publishers
+            jobs = [
+                loadgen.Load(
+                    "127.0.0.1",
+                    broker.port,
+                    f"bench-{p}",
+                    range(p * devices, (p + 1) * devices),
+                    per,
+                    rate / publishers,
+                )
+                for p in range(publishers)
+            ]
+            cpu0, started = gateway.cpu_s(), time.perf_counter()
+            rss: list[tuple[int, float]] = []
+            with multiprocessing.get_context("fork").Pool(publishers) as pool:
+                pending = pool.map_async(_publish, jobs)
+                accepted = 0.0
+                while accepted < per * publishers:
+                    time.sleep(POLL_S)
+                    accepted = gateway.metric("gateway_readings_total{outcome=accepted}")
+                    if rss_every and accepted >= (len(rss) + 1) * rss_every:
+                        rss.append((int(accepted), gateway.rss_mib()))
+                elapsed = time.perf_counter() - started
+                results = pending.get(timeout=600)
+            metrics = scrape(gateway.metrics_url)
+            latencies = sorted(x for r in results for x in r.puback_latencies_s)
+            commits = metrics["gateway_commit_readings_count"]
+            return {
+                "readings": int(accepted),
+                "accepted_per_s": accepted / elapsed,
+                "commits_per_s": commits / elapsed,
+                "readings_per_commit": metrics["gateway_commit_readings_sum"] / commits,
+                "ack_delay_p50_ms": _histogram_quantile(metrics, "gateway_ack_delay_seconds", 0.5),
+                "ack_delay_p99_ms": _histogram_quantile(metrics, "gateway_ack_delay_seconds", 0.99),
+                "broker_puback_p50_ms": _quantile(latencies, 0.5) * 1000,
+                "broker_puback_p99_ms": _quantile(latencies, 0.99) * 1000,
+                "broker_puback_p999_ms": _quantile(latencies, 0.999) * 1000,
+                "gateway_cpu_percent": (gateway.cpu_s() - cpu0) / elapsed * 100,
+                "gateway_peak_rss_mib": gateway.rss_mib("VmHWM"),
+                "rss_mib_by_backlog": rss,
+            }
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            broker.stop()
+
+
+def _quantile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def _histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
+    """Upper bound of the bucket holding quantile q, in ms."""
+    buckets = sorted(
+        (float(key.split("le=")[1].rstrip("}")), value)
+        for key, value in metrics.items()
+        if key.startswith(f"{name}_bucket{{")
+    )
+    total = buckets[-1][1] if buckets else 0
+    for bound, cumulative in buckets:
+        if cumulative >= q * total:
+            return bound * 1000
+    return float("nan")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the scenarios of `gateway bench`, print a table of medians, optionally write JSON."""
+    scenarios = args.scenario or ["append", "ingest"]
+    figures: dict[str, Any] = {}
+    if "append" in scenarios:
+        _run_append(args.runs, figures)
+    if "ingest" in scenarios:
+        _run_ingest(args, figures)
+    if "backlog" in scenarios:
+        _run_backlog(args, figures)
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+def _run_append(runs: int, figures: dict[str, Any]) -> None:
+    for mode in ("commit", "interval", "none"):
+        for per_txn in (1, 100, 1000):
+            key = f"append {mode:<8} {per_txn:>4}/txn readings/s"
+            samples = [bench_append(mode, per_txn) for _ in range(runs)]
+            figures[key] = statistics.median(samples)
+            _show(figures, key, samples)
+
+
+def _run_ingest(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    samples_by_key: dict[str, list[float]] = {}
+    for _ in range(args.runs):
+        result = bench_ingest(args.count, args.rate, args.publishers, args.sync)
+        for key, value in result.items():
+            if isinstance(value, float | int):
+                samples_by_key.setdefault(key, []).append(float(value))
+    label = f"ingest sync={args.sync} rate={f'{args.rate:.0f}/s' if args.rate else 'max'}"
+    for key, samples in samples_by_key.items():
+        figures[f"{label} {key}"] = statistics.median(samples)
+        _show(figures, f"{label} {key}", samples)
+
+
+def _run_backlog(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    result = bench_ingest(
+        args.backlog, 0, args.publishers, args.sync, rss_every=max(1, args.backlog // 10)
+    )
+    figures["backlog rss_mib_by_readings"] = result["rss_mib_by_backlog"]
+    figures["backlog peak_rss_mib"] = result["gateway_peak_rss_mib"]
+    figures["backlog accepted_per_s"] = result["accepted_per_s"]
+    for readings, rss in result["rss_mib_by_backlog"]:
+        print(f"{'backlog rss MiB at ' + format(readings, ','):<58} {rss:>12.1f}", flush=True)
+    print(f"{'backlog peak rss MiB':<58} {result['gateway_peak_rss_mib']:>12.1f}")
+    print(f"{'backlog accepted readings/s':<58} {result['accepted_per_s']:>12,.1f}")
+
+
+def _show(figures: dict[str, Any], key: str, samples: list[float]) -> None:
+    spread = f"  (runs: {', '.join(f'{s:,.1f}' for s in samples)})" if len(samples) > 1 else ""
+    print(f"{key:<58} {figures[key]:>12,.1f}{spread}", flush=True)
