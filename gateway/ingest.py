@@ -204,13 +204,8 @@ class Ingest:
                 batch.append(self._decode(queued))
                 count += len(batch[-1].decoded.readings)
             self._metrics.messages.inc(len(batch))
-            # Once the commit starts, finish it and send its acks even if we are being
-            # stopped: stopping must not turn a committed batch into a redelivered one.
-            with anyio.CancelScope(shield=True):
-                await self._commit(batch, count)
-                for pending in batch:
-                    if pending.qos:
-                        send_ack(client, pending.mid, pending.qos)
+            self._count_invalid(batch, count)
+            await self._commit_and_ack(client, batch, count)
             self._metrics.ack_delay_seconds.observe(time.monotonic() - started)
 
     def _decode(self, message: mqtt.MQTTMessage) -> _Pending:
@@ -222,7 +217,7 @@ class Ingest:
             decoded = self._decoder.decode(topic, bytes(message.payload), time.time_ns())
         return _Pending(message.mid, message.qos, decoded)
 
-    async def _commit(self, batch: list[_Pending], count: int) -> None:
+    def _count_invalid(self, batch: list[_Pending], count: int) -> None:
         invalid = 0
         for pending in batch:
             for error in pending.decoded.errors:
@@ -232,13 +227,22 @@ class Ingest:
                 logger.debug("invalid reading: %s", pending.decoded.errors[0])
         self._metrics.readings.labels("received").inc(count + invalid)
         self._metrics.readings.labels("invalid").inc(invalid)
-        if not count:
-            return
+
+    async def _commit_and_ack(
+        self, client: aiomqtt.Client, batch: list[_Pending], count: int
+    ) -> None:
         items = [r for pending in batch for r in pending.decoded.readings]
         while True:
             started = time.monotonic()
             try:
-                await anyio.to_thread.run_sync(self._append, items, limiter=self._limiter)
+                # Once the append starts, finish it and send its acks even if we are being
+                # stopped: stopping must not turn a committed batch into a redelivered one.
+                with anyio.CancelScope(shield=True):
+                    if items:
+                        await anyio.to_thread.run_sync(self._append, items, limiter=self._limiter)
+                    for pending in batch:
+                        if pending.qos:
+                            send_ack(client, pending.mid, pending.qos)
                 break
             except CapacityError as exc:
                 if not self._full:
@@ -248,11 +252,15 @@ class Ingest:
                         exc,
                     )
                     self._full = True
+                # Cancellable: nothing of this batch is stored or acknowledged, so a shutdown
+                # here leaves its messages with the broker.
                 with anyio.move_on_after(1.0):
                     await self._space_freed().wait()
         if self._full:
             logger.info("buffer has room again: intake resumed")
             self._full = False
+        if not items:
+            return
         self._metrics.commit_seconds.observe(time.monotonic() - started)
         self._metrics.commit_readings.observe(count)
         self._metrics.readings.labels("accepted").inc(count)

@@ -68,12 +68,13 @@ def test_five_kill9_during_50k_readings_lose_nothing(
     assert gw.stop() == 0
 
 
-def test_received_but_uncommitted_messages_are_redelivered(
+FULL_COUNT, FULL_DEVICES = 15_000, 10
+
+
+def fill_buffer_with_database_down(
     gateway: Callable[..., GatewayProcess], mosquitto: Endpoint, influx: InfluxV1, run_id: str
-) -> None:
-    """Messages the gateway read but could not commit (buffer full) are not acknowledged:
-    after kill -9 the broker delivers them again and every reading lands."""
-    count, devices = 15_000, 10
+) -> tuple[GatewayProcess, str]:
+    """A gateway with a 1 MiB buffer and no database, sent more than it can hold."""
     dead_url = f"http://127.0.0.1:{servers.free_port()}"
     gw = gateway(
         f'url = "{dead_url}"\napi = "v1"\ndatabase = "{influx.database}"',
@@ -84,25 +85,48 @@ def test_received_but_uncommitted_messages_are_redelivered(
     gw.start()
     plan = simulate.Plan(
         port=mosquitto.port,
-        devices=devices,
+        devices=FULL_DEVICES,
         rate=0,
-        count=count,
+        count=FULL_COUNT,
         qos=1,
         topic=f"{run_id}/{{device}}/telemetry",
         start_ms=SIMULATED_START_MS,
         client_id=f"sim-{run_id}",
     )
-    assert simulate.run(plan).published == count
+    assert simulate.run(plan).published == FULL_COUNT
     wait_for(lambda: "buffer full" in gw.log(), 30, "the buffer to fill")
+    return gw, dead_url
+
+
+def restart_with_database(gw: GatewayProcess, dead_url: str, influx: InfluxV1) -> None:
+    text = gw.config_path.read_text()
+    gw.config_path.write_text(text.replace(dead_url, influx.url).replace('"1MiB"', '"64MiB"'))
+    gw.start()
+    wait_for(lambda: influx.count() >= FULL_COUNT, 60, "all 15,000 points")
+    assert stored_points(influx) == expected_points(FULL_COUNT, FULL_DEVICES)
+
+
+def test_received_but_uncommitted_messages_are_redelivered(
+    gateway: Callable[..., GatewayProcess], mosquitto: Endpoint, influx: InfluxV1, run_id: str
+) -> None:
+    """Messages the gateway read but could not commit (buffer full) are not acknowledged:
+    after kill -9 the broker delivers them again and every reading lands."""
+    gw, dead_url = fill_buffer_with_database_down(gateway, mosquitto, influx, run_id)
     metrics = gw.metrics()
     accepted = metrics["gateway_readings_total{outcome=accepted}"]
     received = metrics["gateway_mqtt_messages_total"]
-    assert 0 < accepted < received <= count, (accepted, received)
+    assert 0 < accepted < received <= FULL_COUNT, (accepted, received)
     gw.kill()
+    restart_with_database(gw, dead_url, influx)
 
-    gw.config_path.write_text(
-        gw.config_path.read_text().replace(dead_url, influx.url).replace('"1MiB"', '"64MiB"')
-    )
-    gw.start()
-    wait_for(lambda: influx.count() >= count, 60, "all 15,000 points")
-    assert stored_points(influx) == expected_points(count, devices)
+
+def test_sigterm_with_full_buffer_exits_promptly_and_loses_nothing(
+    gateway: Callable[..., GatewayProcess], mosquitto: Endpoint, influx: InfluxV1, run_id: str
+) -> None:
+    """A full buffer waiting for space does not hold up SIGTERM; what it held back arrives
+    after the next start."""
+    gw, dead_url = fill_buffer_with_database_down(gateway, mosquitto, influx, run_id)
+    started = time.monotonic()
+    assert gw.stop(timeout_s=20) == 0
+    assert time.monotonic() - started < 15, "grace period is 10 s"
+    restart_with_database(gw, dead_url, influx)
