@@ -6,7 +6,7 @@ On-disk format (one LMDB environment, four named databases):
 - `devices`: key device name (UTF-8) -> `>IQQQQq` (device number, head sequence, next sequence,
   readings, bytes, oldest timestamp ns).
 - `meta`: `totals` -> `>QQ` (readings, bytes); `next_device` -> `>I`.
-- `dead`: key `>Q` (sequence) -> device name, NUL, line-protocol text of a refused point.
+- `dead`: key `>Q` (sequence) -> device, NUL, the database's reason, NUL, the refused line.
 
 Invariants: accounting is written in the same transaction as the data it counts, so it is exact
 after any crash; a reading is deleted only by `delete`, which the flusher calls after the database
@@ -74,6 +74,16 @@ class Span:
     device: str
     first_seq: int
     values: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A point the database refused, with its reason."""
+
+    id: int
+    device: str
+    reason: str
+    line: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,12 +303,14 @@ class Buffer:
         return spans
 
     def delete(
-        self, spans: Iterable[tuple[str, int, int]], dead_lines: Sequence[tuple[str, str]] = ()
+        self,
+        spans: Iterable[tuple[str, int, int]],
+        dead_lines: Sequence[tuple[str, str, str]] = (),
     ) -> int:
-        """Delete (device, first sequence, count) runs in one transaction; returns readings deleted.
+        """Delete (device, first sequence, count) runs in one transaction; returns their count.
 
-        `dead_lines` (device, line) are stored in the dead-letter database in the same
-        transaction, so a refused point moves there atomically instead of vanishing.
+        `dead_lines` (device, the database's reason, line) go to the dead-letter database in the
+        same transaction, so a refused point moves there atomically instead of vanishing.
 
         Raises:
             StorageError: a run does not start at its device's head (it was already deleted).
@@ -347,11 +359,13 @@ class Buffer:
             self._totals = (readings, nbytes)
             return deleted
 
-    def _store_dead(self, txn: lmdb.Transaction, dead_lines: Sequence[tuple[str, str]]) -> None:
+    def _store_dead(
+        self, txn: lmdb.Transaction, dead_lines: Sequence[tuple[str, str, str]]
+    ) -> None:
         cursor = txn.cursor(db=self._dead)
         seq = _U64.unpack(cursor.key())[0] + 1 if cursor.last() else 0
-        for device, line in dead_lines:
-            txn.put(_U64.pack(seq), f"{device}\0{line}".encode(), db=self._dead)
+        for device, reason, line in dead_lines:
+            txn.put(_U64.pack(seq), f"{device}\0{reason}\0{line}".encode(), db=self._dead)
             seq += 1
 
     def backlog(self) -> dict[str, int]:
@@ -377,14 +391,19 @@ class Buffer:
             entries: int = txn.stat(self._dead)["entries"]
             return entries
 
-    def dead_letters(self) -> list[tuple[str, str]]:
-        """Every stored dead letter as (device, line)."""
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every stored dead letter, oldest first."""
         with self._env.begin() as txn:
             out = []
-            for _, value in txn.cursor(db=self._dead):
-                device, _, line = bytes(value).decode().partition("\0")
-                out.append((device, line))
+            for key, value in txn.cursor(db=self._dead):
+                device, reason, line = bytes(value).decode().split("\0", 2)
+                out.append(DeadLetter(_U64.unpack(key)[0], device, reason, line))
             return out
+
+    def remove_dead_letters(self, ids: Iterable[int]) -> int:
+        """Remove dead letters by id (after a replay or a purge); returns how many went."""
+        with self._lock, self._env.begin(write=True) as txn:
+            return sum(1 for n in ids if txn.delete(_U64.pack(n), db=self._dead))
 
 
 def _lock_exclusively(path: Path) -> TextIO:

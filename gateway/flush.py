@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from gateway.coalesce import coalesce
+from gateway.controller import BatchSizer
 from gateway.errors import SinkAuthError, SinkError, SinkRejected
-from gateway.lineproto import encode_point
-from gateway.record import unpack
+from gateway.record import split
 
 if TYPE_CHECKING:
     from gateway.buffer import Buffer, Span
     from gateway.config import FlushSettings
     from gateway.metrics import Metrics
-    from gateway.model import Reading
     from gateway.sink import Sink
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,13 @@ class Flusher:
         self._settings = settings
         self._metrics = metrics
         self._limiter = limiter
-        self._batch_size = settings.batch_initial
+        self._sizer = BatchSizer(
+            floor=settings.batch_floor,
+            ceiling=settings.batch_ceiling,
+            size=settings.batch_initial,
+            target_latency_s=settings.target_latency_s,
+        )
+        self._batch_size = self._sizer.size
         self._busy: set[str] = set()
         self._next_device = 0
         self._wake = anyio.Event()
@@ -158,27 +164,33 @@ class Flusher:
         return wanted, 0.0
 
     async def _flush(self, wanted: list[tuple[str, int]]) -> None:
-        spans = await anyio.to_thread.run_sync(self._buffer.read, wanted, limiter=self._limiter)
-        readings = [unpack(span.device, value) for span in spans for value in span.values]
-        if not readings:
+        spans = await anyio.to_thread.run_sync(self._read, wanted, limiter=self._limiter)
+        if not spans:
             return
+        stored = [split(value) for span in spans for value in span.values]
+        devices = [span.device for span in spans for _ in span.values]
+        lines, sources = coalesce(stored)
         try:
-            refused = await self._deliver(readings)
+            refused = await self._deliver(lines)
         except SinkError as exc:
             self._back_off(exc)
             return
         if self._failures:
             logger.info("database accepts writes again after %d failed attempts", self._failures)
             self._failures = 0
-        dead = [(readings[i].device, encode_point(readings[i])) for i in refused]
+        dead = [(devices[sources[j][0]], reason, lines[j].decode()) for j, reason in refused]
+        dead_readings = sum(len(sources[j]) for j, _ in refused)
         deleted = await anyio.to_thread.run_sync(self._delete, spans, dead, limiter=self._limiter)
-        self._metrics.readings.labels("delivered").inc(deleted - len(dead))
-        self._metrics.readings.labels("dead_lettered").inc(len(dead))
+        self._metrics.readings.labels("delivered").inc(deleted - dead_readings)
+        self._metrics.readings.labels("dead_lettered").inc(dead_readings)
         self._mark_delivered(deleted)
         self.space_freed.set()
         self.space_freed = anyio.Event()
 
-    def _delete(self, spans: list[Span], dead: list[tuple[str, str]]) -> int:
+    def _read(self, wanted: list[tuple[str, int]]) -> list[Span]:
+        return self._buffer.read(wanted)
+
+    def _delete(self, spans: list[Span], dead: list[tuple[str, str, str]]) -> int:
         deleted = self._buffer.delete([(s.device, s.first_seq, len(s.values)) for s in spans], dead)
         self._metrics.observe_buffer(self._buffer.totals())
         return deleted
@@ -192,19 +204,21 @@ class Flusher:
             if not front[1]:
                 self._waiting.popleft()
 
-    async def _deliver(self, readings: list[Reading]) -> list[int]:
-        """Write the readings; returns the indices of points the database refused.
+    async def _deliver(self, lines: list[bytes]) -> list[tuple[int, str]]:
+        """Write the lines; returns (index, the database's reason) of each refused line.
+
+        A refused write is split in halves until the refused lines are isolated; the rest is
+        delivered (rewriting a point the database already took is harmless).
 
         Raises:
             SinkError: a retryable failure; nothing may be deleted.
         """
-        lines = [encode_point(r) for r in readings]
-        refused: list[int] = []
+        refused: list[tuple[int, str]] = []
         pending = [(0, len(lines))]
         while pending:
             lo, hi = pending.pop()
             try:
-                await self._write("\n".join(lines[lo:hi]).encode(), hi - lo)
+                await self._write(b"\n".join(lines[lo:hi]), hi - lo)
             except SinkRejected as exc:
                 if hi - lo == 1:
                     logger.error(  # noqa: TRY400 - the refusal is expected, not a bug
@@ -213,7 +227,7 @@ class Flusher:
                         exc,
                         lines[lo],
                     )
-                    refused.append(lo)
+                    refused.append((lo, str(exc)))
                 else:
                     mid = (lo + hi) // 2
                     pending += [(mid, hi), (lo, mid)]
@@ -231,10 +245,17 @@ class Flusher:
             raise
         except SinkError:
             self._metrics.writes.labels("retry").inc()
+            self._resize(self._sizer.on_overload(time.monotonic()))
             raise
+        now = time.monotonic()
         self._metrics.writes.labels("ok").inc()
-        self._metrics.write_seconds.observe(time.monotonic() - started)
+        self._metrics.write_seconds.observe(now - started)
         self._metrics.batch_points.observe(points)
+        self._resize(self._sizer.on_success(now - started, points, now))
+
+    def _resize(self, size: int) -> None:
+        self._batch_size = size
+        self._metrics.batch_size.set(size)
 
     def _back_off(self, exc: SinkError) -> None:
         """Schedule the next probe with capped full-jitter backoff (honouring Retry-After)."""

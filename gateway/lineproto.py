@@ -150,14 +150,21 @@ def encode_value(value: FieldValue) -> str:
     return f'"{value.translate(_STRING_ESCAPES)}"'
 
 
+def encode_series(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+    """`measurement,tag=value,...` escaped; assumes `check_series` passed."""
+    escaped = "".join(f",{k.translate(_KEY_ESCAPES)}={v.translate(_KEY_ESCAPES)}" for k, v in tags)
+    return f"{measurement.translate(_MEASUREMENT_ESCAPES)}{escaped}"
+
+
+def encode_fields(fields: tuple[tuple[str, FieldValue], ...]) -> str:
+    """`key=value,...` escaped and typed; assumes `check_fields` passed."""
+    return ",".join(f"{k.translate(_KEY_ESCAPES)}={encode_value(v)}" for k, v in fields)
+
+
 def encode_point(reading: Reading) -> str:
     """One point as a line (no newline); assumes `check_reading` passed."""
-    series = reading.measurement.translate(_MEASUREMENT_ESCAPES)
-    tags = "".join(
-        f",{k.translate(_KEY_ESCAPES)}={v.translate(_KEY_ESCAPES)}" for k, v in reading.tags
-    )
-    fields = ",".join(f"{k.translate(_KEY_ESCAPES)}={encode_value(v)}" for k, v in reading.fields)
-    return f"{series}{tags} {fields} {reading.ts_ns}"
+    series = encode_series(reading.measurement, reading.tags)
+    return f"{series} {encode_fields(reading.fields)} {reading.ts_ns}"
 
 
 def encode_batch(readings: Iterable[Reading]) -> bytes:

@@ -1,42 +1,58 @@
-"""The stored form of a reading inside the buffer.
+"""The stored form of a reading inside the buffer: line protocol, already encoded.
 
-Value layout: 8-byte big-endian signed timestamp (ns), then compact JSON
-`[measurement, [[tag, value], ...], [[field, value], ...]]`. JSON keeps int, float (shortest
-round-trip text), bool and str apart, so a reading reads back exactly as it went in. The
-timestamp leads so that the oldest buffered time of a device is read without decoding.
-The device is not stored here: it is part of the key.
+Value layout: 8-byte big-endian signed timestamp (ns), 2-byte big-endian length of the series,
+the series (`measurement,tag=value,...`, escaped, tags sorted) and the fields (`key=value,...`,
+escaped and typed), both UTF-8. Encoding happens once, at ingest; flushing a reading is then
+concatenation, and coalescing compares series bytes. The device is not stored here: it is part of
+the key (and, as the `device` tag, part of the series).
 """
 
 from __future__ import annotations
 
-import json
 import struct
+from typing import NamedTuple
 
+from gateway.lineparse import parse_lines
+from gateway.lineproto import encode_fields, encode_series
 from gateway.model import Reading
 
-_TS = struct.Struct(">q")
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_HEADER = struct.Struct(">qH")
+
+
+class Stored(NamedTuple):
+    """A stored reading split into its encoded parts."""
+
+    ts_ns: int
+    series: bytes
+    fields: bytes
+
+    @property
+    def line(self) -> bytes:
+        """The line-protocol line of this reading (no newline)."""
+        return b"%s %s %d" % (self.series, self.fields, self.ts_ns)
 
 
 def pack(reading: Reading) -> bytes:
-    """Serialize a reading for the buffer."""
-    body = _dumps([reading.measurement, reading.tags, reading.fields])
-    return _TS.pack(reading.ts_ns) + body.encode()
+    """Serialize a checked reading for the buffer."""
+    series = encode_series(reading.measurement, reading.tags).encode()
+    fields = encode_fields(reading.fields).encode()
+    return _HEADER.pack(reading.ts_ns, len(series)) + series + fields
+
+
+def split(value: bytes) -> Stored:
+    """The encoded parts of a stored reading, without decoding them."""
+    ts_ns, series_len = _HEADER.unpack_from(value)
+    start = _HEADER.size
+    return Stored(ts_ns, value[start : start + series_len], value[start + series_len :])
 
 
 def unpack(device: str, value: bytes) -> Reading:
-    """Rebuild a reading stored by `pack`."""
-    measurement, tags, fields = json.loads(value[_TS.size :])
-    return Reading(
-        device,
-        measurement,
-        tuple(map(tuple, tags)),
-        tuple(map(tuple, fields)),
-        _TS.unpack_from(value)[0],
-    )
+    """Rebuild the reading stored by `pack` (exact: see the line-protocol round-trip test)."""
+    ((measurement, tags, fields, ts_ns),) = parse_lines(split(value).line.decode())
+    return Reading(device, measurement, tuple(tags), tuple(fields), ts_ns or 0)
 
 
 def timestamp_of(value: bytes) -> int:
     """The timestamp of a stored reading, without decoding the rest."""
-    ts: int = _TS.unpack_from(value)[0]
+    ts: int = _HEADER.unpack_from(value)[0]
     return ts

@@ -127,9 +127,16 @@ def test_dead_letters_move_atomically(tmp_path: Path, opened: Callable[..., Buff
     """A refused point leaves the FIFO and enters the dead-letter store in one transaction."""
     buf = opened(tmp_path)
     buf.append([rec("a", 1), rec("a", 2)])
-    buf.delete([("a", 0, 2)], [("a", "m v=2.0 2")])
+    buf.delete([("a", 0, 2)], [("a", "HTTP 400: type conflict", "m v=2.0 2")])
     assert buf.totals().readings == 0
-    assert buf.dead_letters() == [("a", "m v=2.0 2")]
+    (letter,) = buf.dead_letters()
+    assert (letter.device, letter.reason, letter.line) == (
+        "a",
+        "HTTP 400: type conflict",
+        "m v=2.0 2",
+    )
+    assert buf.remove_dead_letters([letter.id, 999]) == 1
+    assert buf.dead_letters() == []
 
 
 def test_many_devices(tmp_path: Path, opened: Callable[..., Buffer]) -> None:

@@ -62,7 +62,7 @@ class BufferMachine(RuleBasedStateMachine):
         if not spans:
             return
         span = spans[0]
-        lines = [(device, "m v=1i 1")] if dead else []
+        lines = [(device, "HTTP 400", "m v=1i 1")] if dead else []
         assert self.buffer.delete([(device, span.first_seq, len(span.values))], lines) == len(
             span.values
         )

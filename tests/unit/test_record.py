@@ -2,33 +2,41 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from gateway.errors import DecodeError
+from gateway.lineproto import check_reading, encode_point
 from gateway.model import Reading
-from gateway.record import pack, timestamp_of, unpack
+from gateway.record import pack, split, timestamp_of, unpack
 
+names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
 values = st.one_of(
     st.booleans(),
     st.integers(-(2**63), 2**63 - 1),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.text(),
+    st.text(max_size=20),
 )
 
 
 @given(
-    measurement=st.text(),
-    tags=st.lists(st.tuples(st.text(), st.text()), max_size=4),
-    fields=st.lists(st.tuples(st.text(), values), max_size=4),
+    measurement=names,
+    tags=st.dictionaries(names, names, max_size=4),
+    fields=st.dictionaries(names, values, min_size=1, max_size=4),
     ts=st.integers(-(2**63), 2**63 - 1),
 )
 def test_pack_unpack_is_exact(
-    measurement: str, tags: list[tuple[str, str]], fields: list[tuple[str, object]], ts: int
+    measurement: str, tags: dict[str, str], fields: dict[str, object], ts: int
 ) -> None:
     """Types and values survive the buffer: int stays int, floats keep every bit."""
-    reading = Reading("dev", measurement, tuple(tags), tuple(fields), ts)  # type: ignore[arg-type]
+    reading = Reading("dev", measurement, tuple(sorted(tags.items())), tuple(fields.items()), ts)  # type: ignore[arg-type]
+    try:
+        check_reading(reading)
+    except DecodeError:
+        assume(False)
     value = pack(reading)
     back = unpack("dev", value)
     assert back == reading
     assert [type(v) for _, v in back.fields] == [type(v) for _, v in reading.fields]
     assert timestamp_of(value) == ts
+    assert split(value).line.decode() == encode_point(reading)
