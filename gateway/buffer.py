@@ -394,16 +394,10 @@ class Buffer:
     def dead_letters(self) -> list[DeadLetter]:
         """Every stored dead letter, oldest first."""
         with self._env.begin() as txn:
-            out = []
-            for key, value in txn.cursor(db=self._dead):
-                device, reason, line = bytes(value).decode().split("\0", 2)
-                out.append(DeadLetter(_U64.unpack(key)[0], device, reason, line))
-            return out
-
-    def remove_dead_letters(self, ids: Iterable[int]) -> int:
-        """Remove dead letters by id (after a replay or a purge); returns how many went."""
-        with self._lock, self._env.begin(write=True) as txn:
-            return sum(1 for n in ids if txn.delete(_U64.pack(n), db=self._dead))
+            return [
+                DeadLetter(_U64.unpack(key)[0], *bytes(value).decode().split("\0", 2))
+                for key, value in txn.cursor(db=self._dead)
+            ]
 
 
 def _lock_exclusively(path: Path) -> TextIO:

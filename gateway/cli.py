@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         "--repair", action="store_true", help="rebuild the accounting (gateway stopped)"
     )
 
+    dead = sub.add_parser("dead-letters", help="list, replay or purge refused points")
+    dead.add_argument("action", choices=("list", "replay", "purge"))
+    dead.add_argument("--config", "-c", type=Path, required=True)
+    dead.add_argument("--id", type=int, action="append", help="only these (repeatable)")
+
     sim = sub.add_parser("simulate", help="publish simulated sensor readings")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=1883)
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "run":
         return _run(args.config)
-    if args.command in {"status", "verify-buffer"}:
+    if args.command in {"status", "verify-buffer", "dead-letters"}:
         return _inspect(args)
     if args.command == "simulate":
         from gateway import simulate  # noqa: PLC0415 - paho only when needed
@@ -157,6 +162,10 @@ def _inspect(args: argparse.Namespace) -> int:
         if args.command == "status":
             print(status.status(settings.buffer, as_json=args.json, top=args.top))
             return 0
+        if args.command == "dead-letters":
+            from gateway import deadletter  # noqa: PLC0415
+
+            return deadletter.run(settings, args.action, args.id)
         code, text = status.verify(settings.buffer, repair=args.repair)
     except StorageError as exc:
         print(f"gateway: {exc}", file=sys.stderr)

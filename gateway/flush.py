@@ -84,7 +84,14 @@ class Flusher:
             oldest = waiting.popleft()
             waiting[0][0], waiting[0][1] = oldest[0], waiting[0][1] + oldest[1]
         waiting.append([now, readings])
-        self._wake.set()
+        # Wake the workers only when this commit changes what they would do: the first reading
+        # to wait arms the linger timer, a full batch is due now. During an outage they wait for
+        # their probe time whatever arrives. Waking them on every commit cost more CPU than the
+        # commit itself at a few hundred commits per second.
+        if self._failures:
+            return
+        if len(waiting) == 1 or self._buffer.totals().readings >= self._batch_size:
+            self._wake.set()
 
     async def run(self) -> None:
         """Run the workers until cancelled."""

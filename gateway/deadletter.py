@@ -1,0 +1,121 @@
+"""`gateway dead-letters list|replay|purge`: points the database refused, and what to do with them.
+
+The dead-letter database lives in the buffer's LMDB environment but outside its accounting, so
+this may open it while the gateway runs (LMDB serializes writers across processes). Replay writes
+each point through the configured sink and removes only what the database accepted.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import lmdb
+
+from gateway.buffer import MAP_HEADROOM_BYTES, MAP_HEADROOM_FACTOR, DeadLetter
+from gateway.errors import SinkError, SinkRejected, StorageError
+from gateway.sink import make_sink
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from gateway.config import Settings
+
+_ID = struct.Struct(">Q")
+
+
+@dataclass
+class DeadLetterStore:
+    """The dead-letter database of a buffer, opened on its own."""
+
+    env: lmdb.Environment
+    db: Any  # py-lmdb's database handle type is private
+
+    @classmethod
+    def open(cls, settings: Settings) -> DeadLetterStore:
+        """Open the buffer's environment for its dead letters only.
+
+        Raises:
+            StorageError: no buffer at the configured path.
+        """
+        capacity = int(settings.buffer.capacity)
+        try:
+            env = lmdb.open(
+                str(settings.buffer.path),
+                create=False,
+                max_dbs=4,
+                map_size=capacity * MAP_HEADROOM_FACTOR + MAP_HEADROOM_BYTES,
+            )
+            return cls(env, env.open_db(b"dead"))
+        except lmdb.Error as exc:
+            raise StorageError(f"cannot open buffer at {settings.buffer.path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the environment."""
+        self.env.close()
+
+    def __iter__(self) -> Iterator[DeadLetter]:
+        """Every dead letter, oldest first."""
+        with self.env.begin() as txn:
+            for key, value in txn.cursor(db=self.db):
+                device, reason, line = bytes(value).decode().split("\0", 2)
+                yield DeadLetter(_ID.unpack(key)[0], device, reason, line)
+
+    def remove(self, ids: list[int]) -> int:
+        """Remove dead letters by id; returns how many were there."""
+        with self.env.begin(write=True) as txn:
+            return len([n for n in ids if txn.delete(_ID.pack(n), db=self.db)])
+
+
+def list_letters(store: DeadLetterStore) -> str:
+    """One block per dead letter: id, device, reason, line."""
+    blocks = [f"#{d.id} device={d.device}\n  reason: {d.reason}\n  line:   {d.line}" for d in store]
+    return "\n".join(blocks) if blocks else "no dead letters"
+
+
+def purge(store: DeadLetterStore, ids: list[int] | None) -> str:
+    """Remove the given dead letters, or all of them."""
+    chosen = ids or [d.id for d in store]
+    return f"purged {store.remove(chosen)} dead letters"
+
+
+async def replay(store: DeadLetterStore, settings: Settings, ids: list[int] | None) -> str:
+    """Write dead letters to the database again; remove those it accepts."""
+    sink = make_sink(settings.influx)
+    delivered: list[int] = []
+    refused: list[str] = []
+    try:
+        for letter in list(store):
+            if ids and letter.id not in ids:
+                continue
+            try:
+                await sink.write(letter.line.encode())
+            except SinkRejected as exc:
+                refused.append(f"#{letter.id}: {exc}")
+            else:
+                delivered.append(letter.id)
+    except SinkError as exc:
+        refused.append(f"stopped: the database is not accepting writes: {exc}")
+    finally:
+        store.remove(delivered)
+        await sink.aclose()
+    return "\n".join([f"replayed {len(delivered)} dead letters", *refused])
+
+
+def run(settings: Settings, action: str, ids: list[int] | None) -> int:
+    """The dead-letters command; exit 1 when a replay left letters behind."""
+    store = DeadLetterStore.open(settings)
+    try:
+        if action == "list":
+            print(list_letters(store))
+            return 0
+        if action == "purge":
+            print(purge(store, ids))
+            return 0
+        report = anyio.run(replay, store, settings, ids)
+        print(report)
+        return 0 if report.count("\n") == 0 else 1
+    finally:
+        store.close()
