@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway import loadgen, servers
+from gateway import loadgen, servers, simulate
 from gateway.buffer import Buffer
 from gateway.demo import scrape, write_config
 from gateway.model import Reading
@@ -88,22 +88,24 @@ def _publish(load: loadgen.Load) -> loadgen.LoadResult:
 
 
 class _Gateway:
-    """A gateway subprocess with the database stopped (its URL points at a closed port)."""
+    """A gateway subprocess; without `database_url` the database is stopped (a closed port)."""
 
-    def __init__(self, work: Path, broker_port: int, sync: str) -> None:
+    def __init__(
+        self, work: Path, broker_port: int, sync: str, database_url: str = "", api: str = "v1"
+    ) -> None:
         metrics_port = servers.free_port()
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         config = work / "gateway.toml"
-        dead_database = f"http://127.0.0.1:{servers.free_port()}"
         write_config(
             config,
             broker_port,
-            dead_database,
+            database_url or f"http://127.0.0.1:{servers.free_port()}",
             work / "buffer",
             metrics_port,
             capacity="8GiB",
             sync=sync,
             log_level="warning",
+            api=api,
         )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(config)],
@@ -123,8 +125,7 @@ class _Gateway:
             return 0.0
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_s(self.process.pid)
 
     def rss_mib(self, key: str = "VmRSS") -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -203,6 +204,88 @@ def bench_ingest(
             broker.stop()
 
 
+def prefill(path: Path, readings: int, devices: int) -> None:
+    """A buffer holding `readings` simulated readings spread over `devices` devices."""
+    with Buffer(path, 8 << 30, "none") as buffer:
+        for start in range(0, readings, 10_000):
+            batch = []
+            for n in range(start, min(readings, start + 10_000)):
+                k, i = n % devices, n // devices
+                device = simulate.device_name(k)
+                batch.append(
+                    (
+                        device,
+                        pack(
+                            Reading(
+                                device,
+                                "telemetry",
+                                (("device", device),),
+                                tuple(simulate.values(k, i).items()),
+                                (1_700_000_000_000 + i) * 10**6,
+                            )
+                        ),
+                    )
+                )
+            buffer.append(batch)
+        buffer.sync()
+
+
+def bench_drain(database: str, readings: int, devices: int) -> dict[str, Any]:
+    """Drain a prefilled backlog into a local influxd (v1) or VictoriaMetrics (v2)."""
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        work = Path(tmp)
+        prefill(work / "buffer", readings, devices)
+        broker = servers.start_mosquitto(work / "mosquitto")
+        if database == "influxd":
+            db = servers.start_influxd(work / "influxd")
+            servers.influxql(db.url, "CREATE DATABASE telemetry")
+        else:
+            db = servers.start_victoria_metrics(work / "victoria-metrics")
+        gateway = None
+        try:
+            db_cpu0 = _cpu_s(db.process.pid)
+            started = time.perf_counter()
+            gateway = _Gateway(
+                work, broker.port, "commit", db.url, "v1" if database == "influxd" else "v2"
+            )
+            sizes: list[float] = []
+            while (left := gateway.metric("gateway_buffer_readings")) > 0 or not sizes:
+                sizes.append(gateway.metric("gateway_batch_size"))
+                time.sleep(POLL_S)
+            elapsed = time.perf_counter() - started
+            metrics = scrape(gateway.metrics_url)
+            if database == "influxd":
+                # Every simulated reading has a temp field: one count says all landed.
+                series = servers.influxql(
+                    db.url, 'SELECT count("temp") FROM "telemetry"', "telemetry"
+                )
+                stored = series[0]["values"][0][1]
+                if stored != readings:
+                    raise servers.ServerError(f"influxd holds {stored} of {readings} points")
+            return {
+                "points_per_s": readings / elapsed,
+                "left": left,
+                "batch_size_median": statistics.median(sizes),
+                "batch_size_max": max(sizes),
+                "write_p50_ms": _histogram_quantile(metrics, "gateway_write_duration_seconds", 0.5),
+                "write_p99_ms": _histogram_quantile(
+                    metrics, "gateway_write_duration_seconds", 0.99
+                ),
+                "gateway_cpu_percent": gateway.cpu_s() / elapsed * 100,
+                "database_cpu_percent": (_cpu_s(db.process.pid) - db_cpu0) / elapsed * 100,
+            }
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            db.stop()
+            broker.stop()
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _quantile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
@@ -231,6 +314,8 @@ def run(args: argparse.Namespace) -> int:
         _run_ingest(args, figures)
     if "backlog" in scenarios:
         _run_backlog(args, figures)
+    if "drain" in scenarios:
+        _run_drain(args, figures)
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
@@ -270,6 +355,18 @@ def _run_backlog(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         print(f"{label:<58} {anon:>12.1f} / {mapped:.1f}", flush=True)
     print(f"{'backlog peak rss MiB':<58} {result['gateway_peak_rss_mib']:>12.1f}")
     print(f"{'backlog accepted readings/s':<58} {result['accepted_per_s']:>12,.1f}")
+
+
+def _run_drain(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    for database in ("victoria-metrics", "influxd"):
+        samples_by_key: dict[str, list[float]] = {}
+        for _ in range(args.runs):
+            for key, value in bench_drain(database, args.drain, args.drain_devices).items():
+                samples_by_key.setdefault(key, []).append(float(value))
+        for key, samples in samples_by_key.items():
+            label = f"drain {database} {key}"
+            figures[label] = statistics.median(samples)
+            _show(figures, label, samples)
 
 
 def _show(figures: dict[str, Any], key: str, samples: list[float]) -> None:

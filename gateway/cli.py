@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--scenario",
         action="append",
-        choices=("append", "ingest", "backlog"),
+        choices=("append", "ingest", "backlog", "drain"),
         help="repeatable; default: append and ingest",
     )
     bench.add_argument("--runs", type=int, default=3, help="runs per scenario (median shown)")
@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--publishers", type=int, default=1, help="publisher processes")
     bench.add_argument("--sync", choices=("commit", "interval", "none"), default="commit")
     bench.add_argument("--backlog", type=int, default=5_000_000, help="backlog: readings")
+    bench.add_argument("--drain", type=int, default=1_000_000, help="drain: backlog readings")
+    bench.add_argument("--drain-devices", type=int, default=1000, help="drain: devices")
     bench.add_argument("--json", type=Path, help="also write the figures to this file")
 
     demo = sub.add_parser("demo", help="run broker, database, gateway and sensors locally")

@@ -44,6 +44,7 @@ def write_config(
     capacity: str = "256MiB",
     sync: str = "commit",
     log_level: str = "info",
+    api: str = "v1",
 ) -> None:
     """A gateway configuration for the local servers."""
     path.write_text(
@@ -65,8 +66,11 @@ sync = "{sync}"
 
 [influx]
 url = "{influx_url}"
-api = "v1"
-database = "{DATABASE}"
+{
+            f'api = "v1"{chr(10)}database = "{DATABASE}"'
+            if api == "v1"
+            else f'api = "v2"{chr(10)}org = "edge"{chr(10)}bucket = "{DATABASE}"'
+        }
 
 [flush]
 linger_s = 0.5

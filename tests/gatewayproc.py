@@ -141,14 +141,14 @@ def publish_messages(port: int, messages: list[tuple[str, str | bytes]], qos: in
 SIMULATED_START_MS = 1_700_000_000_000
 
 
-def publish_simulated(
-    port: int, run_id: str, count: int, devices: int, per_message: int = 1
-) -> None:
-    """Publish `count` simulated QoS 1 readings on the topics `<run_id>/<device>/telemetry`."""
-    plan = simulate.Plan(
+def simulated_plan(
+    port: int, run_id: str, count: int, devices: int, *, rate: float = 0, per_message: int = 1
+) -> simulate.Plan:
+    """`count` simulated QoS 1 readings on the topics `<run_id>/<device>/telemetry`."""
+    return simulate.Plan(
         port=port,
         devices=devices,
-        rate=0,
+        rate=rate,
         count=count,
         qos=1,
         topic=f"{run_id}/{{device}}/telemetry",
@@ -156,4 +156,11 @@ def publish_simulated(
         client_id=f"sim-{run_id}",
         per_message=per_message,
     )
+
+
+def publish_simulated(
+    port: int, run_id: str, count: int, devices: int, per_message: int = 1
+) -> None:
+    """Publish a `simulated_plan` and wait until the broker acknowledged all of it."""
+    plan = simulated_plan(port, run_id, count, devices, per_message=per_message)
     assert simulate.run(plan).published == count

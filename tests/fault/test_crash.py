@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway import servers, simulate
-from tests.gatewayproc import SIMULATED_START_MS, wait_for
+from tests.gatewayproc import SIMULATED_START_MS, simulated_plan, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,16 +43,7 @@ def test_five_kill9_during_50k_readings_lose_nothing(
     """kill -9 five times while 50,000 QoS 1 readings from 50 devices flow: all 50,000 land."""
     count, devices = 50_000, 50
     gw = gateway(influx.config, flush="linger_s = 0.2\n")
-    plan = simulate.Plan(
-        port=mosquitto.port,
-        devices=devices,
-        rate=4000,
-        count=count,
-        qos=1,
-        topic=f"{run_id}/{{device}}/telemetry",
-        start_ms=SIMULATED_START_MS,
-        client_id=f"sim-{run_id}",
-    )
+    plan = simulated_plan(mosquitto.port, run_id, count, devices, rate=4000)
     publisher = threading.Thread(target=simulate.run, args=(plan,), daemon=True)
     publisher.start()
     rng = random.Random(run_id)
@@ -83,16 +74,7 @@ def fill_buffer_with_database_down(
     gw.config_path.write_text(gw.config_path.read_text().replace('"64MiB"', '"1MiB"'))
     gw.stop()
     gw.start()
-    plan = simulate.Plan(
-        port=mosquitto.port,
-        devices=FULL_DEVICES,
-        rate=0,
-        count=FULL_COUNT,
-        qos=1,
-        topic=f"{run_id}/{{device}}/telemetry",
-        start_ms=SIMULATED_START_MS,
-        client_id=f"sim-{run_id}",
-    )
+    plan = simulated_plan(mosquitto.port, run_id, FULL_COUNT, FULL_DEVICES, rate=0)
     assert simulate.run(plan).published == FULL_COUNT
     wait_for(lambda: "buffer full" in gw.log(), 30, "the buffer to fill")
     return gw, dead_url

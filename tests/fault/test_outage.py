@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway import servers, simulate
-from tests.gatewayproc import SIMULATED_START_MS, publish_simulated, wait_for
+from tests.gatewayproc import publish_simulated, simulated_plan, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -162,16 +162,7 @@ def test_influxd_down_30s_while_20k_flow_lands_exactly_once(
         )
         assert gw.process is not None
         pid = gw.process.pid
-        plan = simulate.Plan(
-            port=mosquitto.port,
-            devices=DEVICES,
-            rate=400,
-            count=20_000,
-            qos=1,
-            topic=f"{run_id}/{{device}}/telemetry",
-            start_ms=SIMULATED_START_MS,
-            client_id=f"sim-{run_id}",
-        )
+        plan = simulated_plan(mosquitto.port, run_id, 20_000, DEVICES, rate=400)
         publisher = threading.Thread(target=simulate.run, args=(plan, None), daemon=True)
         publisher.start()
         wait_for(lambda: gw.readings("delivered") >= 1000, 30, "flow before the outage")
