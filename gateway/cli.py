@@ -1,4 +1,5 @@
-"""The `gateway` command: run, check-config, simulate, demo."""
+"""The `gateway` command: run, check-config, status, verify-buffer, dead-letters, simulate,
+bench, demo."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--start-ms", type=int, help="timestamp of each device's first reading")
     sim.add_argument("--client-id", default="gateway-simulator")
 
-    bench = sub.add_parser("bench", help="measure buffer and ingest throughput")
+    bench = sub.add_parser("bench", help="measure buffer, ingest and drain throughput")
     bench.add_argument(
         "--scenario",
         action="append",
