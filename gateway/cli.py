@@ -1,5 +1,7 @@
-"""The `gateway` command: run, check-config, status, verify-buffer, dead-letters, simulate,
-bench, demo."""
+"""The `gateway` command line.
+
+Subcommands: run, check-config, status, verify-buffer, dead-letters, simulate, bench, demo.
+"""
 
 from __future__ import annotations
 
