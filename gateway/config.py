@@ -121,6 +121,16 @@ class BufferSettings(_Section):
     # A group commit closes at this many readings or after this window, whichever comes first.
     commit_max_readings: int = Field(default=2000, ge=1)
     commit_window_ms: float = Field(default=5.0, gt=0, le=1000)
+    # Policy "reject": above high_watermark x capacity the gateway leaves the broker (which keeps
+    # QoS 1 messages in the persistent session) until the fill is below low_watermark.
+    high_watermark: float = Field(default=0.9, gt=0, le=1)
+    low_watermark: float = Field(default=0.8, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _watermarks_are_ordered(self) -> BufferSettings:
+        if self.low_watermark >= self.high_watermark:
+            raise ValueError("need low_watermark < high_watermark")
+        return self
 
     @field_validator("capacity")
     @classmethod

@@ -187,9 +187,9 @@ class Flusher:
             self._failures = 0
         dead = [(devices[sources[j][0]], reason, lines[j].decode()) for j, reason in refused]
         dead_readings = sum(len(sources[j]) for j, _ in refused)
-        deleted = await anyio.to_thread.run_sync(self._delete, spans, dead, limiter=self._limiter)
-        self._metrics.readings.labels("delivered").inc(deleted - dead_readings)
-        self._metrics.readings.labels("dead_lettered").inc(dead_readings)
+        deleted = await anyio.to_thread.run_sync(
+            self._delete, spans, dead, dead_readings, limiter=self._limiter
+        )
         self._mark_delivered(deleted)
         self.space_freed.set()
         self.space_freed = anyio.Event()
@@ -197,8 +197,12 @@ class Flusher:
     def _read(self, wanted: list[tuple[str, int]]) -> list[Span]:
         return self._buffer.read(wanted)
 
-    def _delete(self, spans: list[Span], dead: list[tuple[str, str, str]]) -> int:
+    def _delete(
+        self, spans: list[Span], dead: list[tuple[str, str, str]], dead_readings: int
+    ) -> int:
         deleted = self._buffer.delete([(s.device, s.first_seq, len(s.values)) for s in spans], dead)
+        # Right after the commit that removed them, so a scrape sees both or neither.
+        self._metrics.accounting.removed(deleted - dead_readings, dead_readings)
         self._metrics.observe_buffer(self._buffer.totals())
         return deleted
 

@@ -23,6 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway import pahofast
+from gateway.admission import Transition, Watermarks
 from gateway.decode import Decoded
 from gateway.errors import CapacityError, DecodeError
 from gateway.record import pack
@@ -40,8 +41,15 @@ logger = logging.getLogger(__name__)
 # With manual acks the broker stops sending once this many QoS 1 messages await our PUBACK
 # (MQTT 5 Receive Maximum), which bounds the memory held while a commit is slow or paused.
 RECEIVE_MAXIMUM = 20_000
+# Leaving a connection waits this long at most for queued PUBACKs to be written.
+ACK_DRAIN_TIMEOUT_S = 1.0
+ACK_DRAIN_POLL_S = 0.001
 # First reconnect delay; doubles up to `reconnect_max_s`, with full jitter.
 RECONNECT_INITIAL_S = 0.5
+
+
+class IntakePaused(Exception):
+    """Raised out of the consume loop to leave the broker while the buffer is too full."""
 
 
 @dataclass(slots=True)
@@ -90,6 +98,18 @@ def take_queued(client: aiomqtt.Client) -> mqtt.MQTTMessage | None:
     return message
 
 
+async def drain_acks(client: aiomqtt.Client, timeout_s: float = ACK_DRAIN_TIMEOUT_S) -> None:
+    """Give the event loop time to write queued PUBACKs before the connection closes.
+
+    aiomqtt closes the socket on leaving its context without flushing paho's outgoing queue;
+    an acknowledgement lost there makes the broker deliver a committed message again.
+    """
+    with anyio.move_on_after(timeout_s):
+        # paho offers no event for an empty outgoing queue, so it is polled.
+        while client._client.want_write():  # noqa: SLF001, ASYNC110
+            await anyio.sleep(ACK_DRAIN_POLL_S)
+
+
 def send_ack(client: aiomqtt.Client, mid: int, qos: int) -> None:
     """Send the PUBACK (QoS 1) for a committed message."""
     client._client.ack(mid, qos)  # noqa: SLF001
@@ -110,6 +130,7 @@ class Ingest:
         limiter: anyio.CapacityLimiter,
         on_commit: Callable[[int], None],
         space_freed: Callable[[], anyio.Event],
+        watermarks: Watermarks,
     ) -> None:
         """Wire the ingest loop; `run` starts it."""
         self._settings = settings
@@ -121,7 +142,7 @@ class Ingest:
         self._limiter = limiter
         self._on_commit = on_commit
         self._space_freed = space_freed
-        self._full = False
+        self._watermarks = watermarks
         pahofast.install()
         for sub in settings.subscriptions:
             if sub.qos == 2:  # noqa: PLR2004
@@ -161,6 +182,10 @@ class Ingest:
         """Connect, consume and reconnect until cancelled."""
         failures = 0
         while True:
+            used = self._buffer.totals().nbytes
+            self._watermarks.update(used)
+            if self._watermarks.rejecting:  # a restart with a full buffer
+                await self._wait_for_room(f"{used} bytes used")
             try:
                 async with self._client() as client:
                     for sub in self._settings.subscriptions:
@@ -174,7 +199,14 @@ class Ingest:
                         f" after {failures} failed attempts" if failures else "",
                     )
                     failures = 0
-                    await self._consume(client)
+                    try:
+                        await self._consume(client)
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            await drain_acks(client)
+            except IntakePaused as paused:
+                self._metrics.mqtt_connected.set(0)
+                await self._wait_for_room(str(paused))
             except aiomqtt.MqttError as exc:
                 self._metrics.mqtt_connected.set(0)
                 failures += 1
@@ -204,7 +236,6 @@ class Ingest:
                 batch.append(self._decode(queued))
                 count += len(batch[-1].decoded.readings)
             self._metrics.messages.inc(len(batch))
-            self._count_invalid(batch, count)
             await self._commit_and_ack(client, batch, count)
             self._metrics.ack_delay_seconds.observe(time.monotonic() - started)
 
@@ -217,7 +248,7 @@ class Ingest:
             decoded = self._decoder.decode(topic, bytes(message.payload), time.time_ns())
         return _Pending(message.mid, message.qos, decoded)
 
-    def _count_invalid(self, batch: list[_Pending], count: int) -> None:
+    def _count_invalid(self, batch: list[_Pending]) -> int:
         invalid = 0
         for pending in batch:
             for error in pending.decoded.errors:
@@ -225,46 +256,58 @@ class Ingest:
                 invalid += 1
             if pending.decoded.errors:
                 logger.debug("invalid reading: %s", pending.decoded.errors[0])
-        self._metrics.readings.labels("received").inc(count + invalid)
-        self._metrics.readings.labels("invalid").inc(invalid)
+        return invalid
 
     async def _commit_and_ack(
         self, client: aiomqtt.Client, batch: list[_Pending], count: int
     ) -> None:
         items = [r for pending in batch for r in pending.decoded.readings]
-        while True:
-            started = time.monotonic()
-            try:
-                # Once the append starts, finish it and send its acks even if we are being
-                # stopped: stopping must not turn a committed batch into a redelivered one.
-                with anyio.CancelScope(shield=True):
-                    if items:
-                        await anyio.to_thread.run_sync(self._append, items, limiter=self._limiter)
-                    for pending in batch:
-                        if pending.qos:
-                            send_ack(client, pending.mid, pending.qos)
+        started = time.monotonic()
+        try:
+            # Once the append starts, finish it and send its acks even if we are being
+            # stopped: stopping must not turn a committed batch into a redelivered one.
+            with anyio.CancelScope(shield=True):
+                if items:
+                    await anyio.to_thread.run_sync(self._append, items, limiter=self._limiter)
+                for pending in batch:
+                    if pending.qos:
+                        send_ack(client, pending.mid, pending.qos)
+        except CapacityError as exc:
+            # Nothing of this batch is stored or acknowledged: the broker delivers it again.
+            self._watermarks.rejecting = True
+            raise IntakePaused(str(exc)) from exc
+        # Counted only once committed: a batch the buffer could not take went back to the broker
+        # unacknowledged and will be received again.
+        self._metrics.accounting.committed(accepted=count, invalid=self._count_invalid(batch))
+        if items:
+            self._metrics.commit_seconds.observe(time.monotonic() - started)
+            self._metrics.commit_readings.observe(count)
+            self._on_commit(count)
+        used = self._buffer.totals().nbytes
+        if self._watermarks.update(used) is Transition.START_REJECTING:
+            raise IntakePaused(f"{used} of {self._watermarks.capacity_bytes} bytes used")
+
+    async def _wait_for_room(self, reason: str) -> None:
+        """Stay away from the broker until the buffer is below the low watermark."""
+        self._metrics.intake_paused.set(1)
+        self._metrics.intake_pauses.inc()
+        logger.warning(
+            "buffer at its high watermark (%s): intake paused and disconnected from the broker, "
+            "which keeps QoS 1 messages in the session (QoS 0 messages sent meanwhile are lost)",
+            reason,
+        )
+        while self._watermarks.update(self._buffer.totals().nbytes) is None:
+            if not self._watermarks.rejecting:
                 break
-            except CapacityError as exc:
-                if not self._full:
-                    logger.warning(
-                        "buffer full (%s): intake paused, nothing is acknowledged "
-                        "until the flusher frees space",
-                        exc,
-                    )
-                    self._full = True
-                # Cancellable: nothing of this batch is stored or acknowledged, so a shutdown
-                # here leaves its messages with the broker.
-                with anyio.move_on_after(1.0):
-                    await self._space_freed().wait()
-        if self._full:
-            logger.info("buffer has room again: intake resumed")
-            self._full = False
-        if not items:
-            return
-        self._metrics.commit_seconds.observe(time.monotonic() - started)
-        self._metrics.commit_readings.observe(count)
-        self._metrics.readings.labels("accepted").inc(count)
-        self._on_commit(count)
+            with anyio.move_on_after(1.0):
+                await self._space_freed().wait()
+        self._metrics.intake_paused.set(0)
+        totals = self._buffer.totals()
+        logger.info(
+            "buffer below its low watermark (%d of %d bytes): intake resumed",
+            totals.nbytes,
+            self._watermarks.capacity_bytes,
+        )
 
     def _append(self, items: list) -> None:  # type: ignore[type-arg]
         self._buffer.append([(r.device, pack(r)) for r in items])

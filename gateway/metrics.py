@@ -1,7 +1,7 @@
 """Every Prometheus metric of the gateway, defined in one place; no per-device labels.
 
-`gateway_readings_total{outcome}` mirrors DESIGN invariant 5:
-received == invalid + accepted, and accepted == delivered + buffered + dead_lettered.
+`gateway_readings_total{outcome}` and `gateway_buffer_readings` come from one `Accounting`
+snapshot per scrape, so they satisfy its identities exactly (see gateway/accounting.py).
 """
 
 from __future__ import annotations
@@ -9,11 +9,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.accounting import Accounting
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from prometheus_client.metrics_core import Metric
+
     from gateway.buffer import Totals
 
-OUTCOMES = ("received", "invalid", "accepted", "delivered", "dead_lettered")
 WRITE_RESULTS = ("ok", "retry", "rejected", "auth")
 
 
@@ -24,9 +31,8 @@ class Metrics:
         """Create every metric, with every label value present from the start."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.readings = Counter(
-            "gateway_readings_total", "Readings by outcome", ["outcome"], registry=r
-        )
+        self.accounting = Accounting()
+        r.register(_AccountingCollector(self))
         self.invalid = Counter(
             "gateway_invalid_readings_total",
             "Readings refused as invalid, by reason",
@@ -34,9 +40,6 @@ class Metrics:
             registry=r,
         )
         self.messages = Counter("gateway_mqtt_messages_total", "MQTT messages received", registry=r)
-        self.buffer_readings = Gauge(
-            "gateway_buffer_readings", "Readings in the buffer", registry=r
-        )
         self.buffer_bytes = Gauge("gateway_buffer_bytes", "Bytes of buffered readings", registry=r)
         self.buffer_devices = Gauge(
             "gateway_buffer_devices", "Devices with buffered readings", registry=r
@@ -79,23 +82,45 @@ class Metrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
         )
         self.batch_size = Gauge("gateway_batch_size", "Batch size in use", registry=r)
+        self.intake_paused = Gauge(
+            "gateway_intake_paused", "1 while intake is paused at the high watermark", registry=r
+        )
+        self.intake_pauses = Counter(
+            "gateway_intake_pauses_total", "Times intake paused at the high watermark", registry=r
+        )
         self.mqtt_connected = Gauge(
             "gateway_mqtt_connected", "1 while connected to the broker", registry=r
         )
         self.mqtt_connects = Counter(
             "gateway_mqtt_connects_total", "Successful broker connects", registry=r
         )
-        for outcome in OUTCOMES:
-            self.readings.labels(outcome)
         for result in WRITE_RESULTS:
             self.writes.labels(result)
 
     def observe_buffer(self, totals: Totals) -> None:
         """Update the buffer gauges from its accounting."""
-        self.buffer_readings.set(totals.readings)
         self.buffer_bytes.set(totals.nbytes)
         self.buffer_devices.set(totals.devices)
 
     def serve(self, host: str, port: int) -> None:
         """Serve /metrics on a daemon thread."""
         start_http_server(port, addr=host, registry=self.registry)
+
+
+class _AccountingCollector(Collector):
+    """Exports one consistent snapshot of the accounting per scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._metrics.accounting.snapshot()
+        readings = CounterMetricFamily(
+            "gateway_readings", "Readings by outcome", labels=["outcome"]
+        )
+        for outcome, count in snapshot.outcomes.items():
+            readings.add_metric([outcome], count)
+        yield readings
+        yield GaugeMetricFamily(
+            "gateway_buffer_readings", "Readings in the buffer", value=snapshot.buffered
+        )

@@ -74,15 +74,19 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        log = self.extra.pop("log", None)
-        if log is not None:
-            log.close()
+        self._close_log()
 
     def kill(self) -> None:
         """Kill -9, for fault tests."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        log = self.extra.pop("log", None)
+        if log is not None:
+            log.close()
 
 
 def _spawn(

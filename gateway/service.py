@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from gateway.accounting import Accounting
+from gateway.admission import Watermarks
 from gateway.buffer import Buffer
 from gateway.decode import Decoder
 from gateway.flush import Flusher
@@ -46,6 +48,7 @@ async def run(settings: Settings, metrics: Metrics | None = None) -> None:
         b.sync,
     )
     metrics.buffer_capacity.set(int(b.capacity))
+    metrics.accounting = Accounting(recovered=totals.readings)
     metrics.observe_buffer(totals)
     if settings.metrics.enabled:
         metrics.serve(*settings.metrics.host_port)
@@ -63,6 +66,7 @@ async def run(settings: Settings, metrics: Metrics | None = None) -> None:
         limiter=limiter,
         on_commit=flusher.notify,
         space_freed=lambda: flusher.space_freed,
+        watermarks=Watermarks(int(b.capacity), b.high_watermark, b.low_watermark),
     )
     try:
         async with anyio.create_task_group() as tg:

@@ -71,18 +71,24 @@ def fill_buffer_with_database_down(
         f'url = "{dead_url}"\napi = "v1"\ndatabase = "{influx.database}"',
         flush="linger_s = 0.1\n",
     )
-    gw.config_path.write_text(gw.config_path.read_text().replace('"64MiB"', '"1MiB"'))
+    # At a high watermark of 1.0 the byte budget itself stops a batch half-read: the case where
+    # messages were received but cannot be committed.
+    gw.config_path.write_text(
+        gw.config_path.read_text().replace('"64MiB"', '"1MiB"\nhigh_watermark = 1.0')
+    )
     gw.stop()
     gw.start()
     plan = simulated_plan(mosquitto.port, run_id, FULL_COUNT, FULL_DEVICES, rate=0)
     assert simulate.run(plan).published == FULL_COUNT
-    wait_for(lambda: "buffer full" in gw.log(), 30, "the buffer to fill")
+    wait_for(lambda: "intake paused" in gw.log(), 30, "the buffer to fill")
     return gw, dead_url
 
 
 def restart_with_database(gw: GatewayProcess, dead_url: str, influx: InfluxV1) -> None:
     text = gw.config_path.read_text()
-    gw.config_path.write_text(text.replace(dead_url, influx.url).replace('"1MiB"', '"64MiB"'))
+    gw.config_path.write_text(
+        text.replace(dead_url, influx.url).replace('"1MiB"\nhigh_watermark = 1.0', '"64MiB"')
+    )
     gw.start()
     wait_for(lambda: influx.count() >= FULL_COUNT, 60, "all 15,000 points")
     assert stored_points(influx) == expected_points(FULL_COUNT, FULL_DEVICES)
