@@ -164,3 +164,24 @@ def publish_simulated(
     """Publish a `simulated_plan` and wait until the broker acknowledged all of it."""
     plan = simulated_plan(port, run_id, count, devices, per_message=per_message)
     assert simulate.run(plan).published == count
+
+
+Points = dict[tuple[str, int], dict[str, float]]
+
+
+def expected_points(count: int, devices: int) -> Points:
+    """(device, ts ms) -> field values of the first `count` simulated readings."""
+    expected = {}
+    for n in range(count):
+        k, i = n % devices, n // devices
+        expected[(simulate.device_name(k), SIMULATED_START_MS + i)] = simulate.values(k, i)
+    return expected
+
+
+def stored_points(series: list[dict[str, object]]) -> Points:
+    """The same mapping from `SELECT "temp", "hum", "device" FROM "telemetry"` (epoch ns)."""
+    rows = series[0]["values"] if series else []
+    return {
+        (device, ts // 1_000_000): {"temp": temp, "hum": hum}
+        for ts, temp, hum, device in rows  # type: ignore[attr-defined]
+    }

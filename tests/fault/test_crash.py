@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway import servers, simulate
-from tests.gatewayproc import SIMULATED_START_MS, simulated_plan, wait_for
+from tests.gatewayproc import (
+    Points,
+    expected_points,
+    simulated_plan,
+    stored_points,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -21,20 +27,8 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.fault
 
 
-def expected_points(count: int, devices: int) -> dict[tuple[str, int], dict[str, float]]:
-    expected = {}
-    for n in range(count):
-        k, i = n % devices, n // devices
-        expected[(simulate.device_name(k), SIMULATED_START_MS + i)] = simulate.values(k, i)
-    return expected
-
-
-def stored_points(influx: InfluxV1) -> dict[tuple[str, int], dict[str, float]]:
-    series = influx.query('SELECT "temp", "hum", "device" FROM "telemetry"')
-    return {
-        (device, ts // 1_000_000): {"temp": temp, "hum": hum}
-        for ts, temp, hum, device in (series[0]["values"] if series else [])
-    }
+def stored(influx: InfluxV1) -> Points:
+    return stored_points(influx.query('SELECT "temp", "hum", "device" FROM "telemetry"'))
 
 
 def test_five_kill9_during_50k_readings_lose_nothing(
@@ -54,7 +48,7 @@ def test_five_kill9_during_50k_readings_lose_nothing(
     publisher.join(timeout=120)
     assert not publisher.is_alive()
     wait_for(lambda: influx.count() >= count, 120, "50,000 points after five kills")
-    assert stored_points(influx) == expected_points(count, devices)
+    assert stored(influx) == expected_points(count, devices)
     wait_for(lambda: gw.metrics()["gateway_buffer_readings"] == 0, 30, "an empty buffer")
     assert gw.stop() == 0
 
@@ -91,7 +85,7 @@ def restart_with_database(gw: GatewayProcess, dead_url: str, influx: InfluxV1) -
     )
     gw.start()
     wait_for(lambda: influx.count() >= FULL_COUNT, 60, "all 15,000 points")
-    assert stored_points(influx) == expected_points(FULL_COUNT, FULL_DEVICES)
+    assert stored(influx) == expected_points(FULL_COUNT, FULL_DEVICES)
 
 
 def test_received_but_uncommitted_messages_are_redelivered(

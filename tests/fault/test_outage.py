@@ -179,7 +179,9 @@ def test_influxd_down_30s_while_20k_flow_lands_exactly_once(
         assert series[0]["values"][0][1] == 20_000
         assert backlog > 10_000, "readings kept flowing in during the outage"
         assert during < baseline + 0.05, (baseline, during)
-        assert probes <= 20, f"{probes} write attempts in 30 s of outage"
+        # Up to 4 writes in flight fail together, then one probe per jittered backoff (mean
+        # about 2.5 s at a 5 s cap): typically 15-25. Retrying without backoff would be thousands.
+        assert probes <= 40, f"{probes} write attempts in 30 s of outage"
         assert gw.log().count("database write failed") == 1
     finally:
         db.stop()

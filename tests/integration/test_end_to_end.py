@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway import servers, simulate
-from tests.gatewayproc import SIMULATED_START_MS, publish_messages, publish_simulated, wait_for
+from tests.gatewayproc import (
+    SIMULATED_START_MS,
+    Points,
+    expected_points,
+    publish_messages,
+    publish_simulated,
+    stored_points,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -25,22 +33,8 @@ START_MS = SIMULATED_START_MS
 DELIVERY_TIMEOUT_S = 120
 
 
-def expected_points(count: int = READINGS) -> dict[tuple[str, int], dict[str, float]]:
-    """(device, ts ms) -> field values, as the simulator publishes them."""
-    expected = {}
-    for n in range(count):
-        k, i = n % DEVICES, n // DEVICES
-        expected[(simulate.device_name(k), START_MS + i)] = simulate.values(k, i)
-    return expected
-
-
-def influx_points(influx: InfluxV1) -> dict[tuple[str, int], dict[str, float]]:
-    series = influx.query('SELECT "temp", "hum", "device" FROM "telemetry"')
-    points = {}
-    for row in series[0]["values"] if series else []:
-        ts_ns, temp, hum, device = row
-        points[(device, ts_ns // 1_000_000)] = {"temp": temp, "hum": hum}
-    return points
+def influx_points(influx: InfluxV1) -> Points:
+    return stored_points(influx.query('SELECT "temp", "hum", "device" FROM "telemetry"'))
 
 
 def test_10k_readings_land_in_influxd_through_v1(
@@ -57,7 +51,7 @@ def test_10k_readings_land_in_influxd_through_v1(
         DELIVERY_TIMEOUT_S,
         "10,000 points in influxd",
     )
-    assert influx_points(influx) == expected_points()
+    assert influx_points(influx) == expected_points(READINGS, DEVICES)
     wait_for(lambda: gw.metrics()["gateway_buffer_readings"] == 0, 10, "an empty buffer")
     assert gw.readings("accepted") == READINGS
     assert gw.readings("delivered") == READINGS
@@ -86,7 +80,7 @@ def test_10k_readings_land_in_victoria_metrics_through_v2(
         DELIVERY_TIMEOUT_S,
         "10,000 delivered readings",
     )
-    assert victoria_points(victoria_url, run_id) == expected_points()
+    assert victoria_points(victoria_url, run_id) == expected_points(READINGS, DEVICES)
     assert gw.readings("delivered") == READINGS
     assert gw.metrics()["gateway_buffer_readings"] == 0
     assert gw.stop() == 0

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from gateway.errors import DecodeError
 from gateway.lineparse import parse_lines
 from gateway.lineproto import check_reading, encode_batch, encode_point
 from gateway.model import Reading
+from tests.strategies import readings
 
 
 def point(
@@ -70,21 +70,7 @@ def test_batch_is_newline_separated() -> None:
     assert encode_batch([point(ts=1), point(ts=2)]) == b"m v=1.0 1\nm v=1.0 2"
 
 
-names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)
-values = st.one_of(
-    st.booleans(),
-    st.integers(-(2**63), 2**63 - 1),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=30),
-)
-
-
-@given(
-    measurement=names,
-    tags=st.dictionaries(names, names, max_size=4),
-    fields=st.dictionaries(names, values, min_size=1, max_size=4),
-    ts=st.integers(-(2**63), 2**63 - 1),
-)
+@given(**readings)
 def test_encoded_points_parse_back_unchanged(
     measurement: str, tags: dict[str, str], fields: dict[str, object], ts: int
 ) -> None:

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 from hypothesis import assume, given
-from hypothesis import strategies as st
 
 from gateway.errors import DecodeError
 from gateway.lineproto import check_reading, encode_point
 from gateway.model import Reading
 from gateway.record import pack, split, timestamp_of, unpack
-
-names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
-values = st.one_of(
-    st.booleans(),
-    st.integers(-(2**63), 2**63 - 1),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=20),
-)
+from tests.strategies import readings
 
 
-@given(
-    measurement=names,
-    tags=st.dictionaries(names, names, max_size=4),
-    fields=st.dictionaries(names, values, min_size=1, max_size=4),
-    ts=st.integers(-(2**63), 2**63 - 1),
-)
+@given(**readings)
 def test_pack_unpack_is_exact(
     measurement: str, tags: dict[str, str], fields: dict[str, object], ts: int
 ) -> None:
