@@ -153,6 +153,9 @@ class Buffer:
                 for name, value in txn.cursor(db=self._devices)
             }
             self._totals = self._read_totals(txn)
+        # Devices with a backlog, kept up to date by append and delete: scrapes and every group
+        # commit ask for it, and counting would walk every device's state each time.
+        self._active = sum(1 for state in self._states.values() if state.readings)
 
     def __enter__(self) -> Self:
         """Use as a context manager that closes the buffer."""
@@ -251,6 +254,7 @@ class Buffer:
             if nbytes + incoming > self.capacity_bytes:
                 raise CapacityError(f"buffer budget of {self.capacity_bytes} bytes is full")
             changed: dict[str, DeviceState] = {}
+            became_active = 0
             try:
                 with self._env.begin(write=True) as txn:
                     raw = txn.get(b"next_device", db=self._meta)
@@ -262,6 +266,7 @@ class Buffer:
                             next_device += 1
                         if state.readings == 0:
                             state.oldest_ts_ns = timestamp_of(value)
+                            became_active += 1
                         txn.put(_KEY.pack(state.number, state.next), value, db=self._data)
                         state.next += 1
                         state.readings += 1
@@ -279,6 +284,7 @@ class Buffer:
                 raise StorageError(f"append failed: {exc}") from exc
             self._states.update(changed)
             self._totals = totals
+            self._active += became_active
 
     def _copy_state(self, device: str) -> DeviceState | None:
         state = self._states.get(device)
@@ -318,6 +324,7 @@ class Buffer:
         with self._lock:
             readings, nbytes = self._totals
             changed: dict[str, DeviceState] = {}
+            went_idle = 0
             try:
                 with self._env.begin(write=True) as txn:
                     cursor = txn.cursor(db=self._data)
@@ -338,6 +345,7 @@ class Buffer:
                             txn.delete(key, db=self._data)
                         state.head += count
                         state.readings -= count
+                        went_idle += count > 0 and state.readings == 0
                         state.nbytes -= freed
                         readings -= count
                         nbytes -= freed
@@ -357,6 +365,7 @@ class Buffer:
             deleted = self._totals[0] - readings
             self._states.update(changed)
             self._totals = (readings, nbytes)
+            self._active -= went_idle
             return deleted
 
     def _store_dead(
@@ -382,8 +391,7 @@ class Buffer:
         """Buffer-wide accounting."""
         with self._lock:
             readings, nbytes = self._totals
-            active = sum(1 for s in self._states.values() if s.readings)
-        return Totals(readings, nbytes, active)
+            return Totals(readings, nbytes, self._active)
 
     def dead_letter_count(self) -> int:
         """How many points the dead-letter store holds."""

@@ -7,6 +7,7 @@ InfluxDB 1.x) and GATEWAY_TEST_V2_URL (a VictoriaMetrics: tests read back throug
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -50,41 +51,44 @@ def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("servers")
 
 
-@pytest.fixture(scope="session")
-def mosquitto(servers_dir: Path) -> Iterator[Endpoint]:
-    if "GATEWAY_TEST_MQTT" in os.environ:
-        host, _, port = os.environ["GATEWAY_TEST_MQTT"].rpartition(":")
-        yield Endpoint(host, int(port))
+@contextlib.contextmanager
+def server_or_env(
+    variable: str, start: Callable[[Path], servers.Server], workdir: Path
+) -> Iterator[str]:
+    """The address in `variable` when set, else that of a server started (and stopped) here."""
+    if variable in os.environ:
+        yield os.environ[variable]
         return
-    server = servers.start_mosquitto(servers_dir / "mosquitto")
+    server = start(workdir)
     try:
-        yield Endpoint("127.0.0.1", server.port)
+        yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mosquitto(servers_dir: Path) -> Iterator[Endpoint]:
+    with server_or_env(
+        "GATEWAY_TEST_MQTT", servers.start_mosquitto, servers_dir / "mosquitto"
+    ) as address:
+        host, _, port = address.removeprefix("http://").rpartition(":")
+        yield Endpoint(host, int(port))
 
 
 @pytest.fixture(scope="session")
 def influxd_url(servers_dir: Path) -> Iterator[str]:
-    if "GATEWAY_TEST_INFLUXDB_V1_URL" in os.environ:
-        yield os.environ["GATEWAY_TEST_INFLUXDB_V1_URL"]
-        return
-    server = servers.start_influxd(servers_dir / "influxd")
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    with server_or_env(
+        "GATEWAY_TEST_INFLUXDB_V1_URL", servers.start_influxd, servers_dir / "influxd"
+    ) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def victoria_url(servers_dir: Path) -> Iterator[str]:
-    if "GATEWAY_TEST_V2_URL" in os.environ:
-        yield os.environ["GATEWAY_TEST_V2_URL"]
-        return
-    server = servers.start_victoria_metrics(servers_dir / "victoria-metrics")
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    with server_or_env(
+        "GATEWAY_TEST_V2_URL", servers.start_victoria_metrics, servers_dir / "victoria-metrics"
+    ) as url:
+        yield url
 
 
 @pytest.fixture
