@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.admission import DEFAULT_CLASS, Lane, Policy, Rules
 from gateway.errors import ConfigError
 from gateway.topics import TopicTemplate
 
@@ -52,8 +53,15 @@ class Subscription(_Section):
     format: Literal["json", "line", "value"] = "json"
     measurement: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
-    # Reserved for the shed policy: higher is more important.
+    # Near capacity (see [buffer] policy): the device class names this subscription's lane in
+    # metrics and in the buffer; subscriptions sharing a class must agree on the three below.
+    device_class: str = Field(
+        default=DEFAULT_CLASS, min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+    # None: the [buffer] policy. "shed" drops the lowest priority first; critical is never dropped.
+    policy: Literal["reject", "drop_oldest", "shed"] | None = None
     priority: int = Field(default=0, ge=0, le=9)
+    critical: bool = False
     timestamp_key: str = "ts"
     # None means the format's natural unit: ms for json, ns for line protocol.
     timestamp_unit: Literal["s", "ms", "us", "ns"] | None = None
@@ -110,6 +118,20 @@ class MqttSettings(_Section):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     subscriptions: list[Subscription] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _classes_agree(self) -> MqttSettings:
+        first: dict[str, tuple[int, Subscription]] = {}
+        for index, sub in enumerate(self.subscriptions):
+            seen = first.setdefault(sub.device_class, (index, sub))
+            for key in ("policy", "priority", "critical"):
+                if getattr(sub, key) != getattr(seen[1], key):
+                    raise ValueError(
+                        f"subscriptions.{index}.{key}: device_class {sub.device_class!r} has "
+                        f"{key} {getattr(seen[1], key)!r} in subscriptions.{seen[0]}; a class is "
+                        "one lane, so give this subscription a device_class of its own"
+                    )
+        return self
+
 
 class BufferSettings(_Section):
     """`[buffer]`: where and how readings wait for the database."""
@@ -121,10 +143,17 @@ class BufferSettings(_Section):
     # A group commit closes at this many readings or after this window, whichever comes first.
     commit_max_readings: int = Field(default=2000, ge=1)
     commit_window_ms: float = Field(default=5.0, gt=0, le=1000)
-    # Policy "reject": above high_watermark x capacity the gateway leaves the broker (which keeps
-    # QoS 1 messages in the persistent session) until the fill is below low_watermark.
+    # What happens at high_watermark x the readings budget (see gateway/admission.py):
+    # "reject" leaves the broker, which keeps QoS 1 messages in the persistent session, until
+    # the fill is below low_watermark; "drop_oldest" and "shed" drop buffered readings instead.
+    policy: Literal["reject", "drop_oldest", "shed"] = "reject"
     high_watermark: float = Field(default=0.9, gt=0, le=1)
     low_watermark: float = Field(default=0.8, gt=0, lt=1)
+    # The most of the readings budget one device may hold; 1 means no limit.
+    device_share: float = Field(default=1.0, gt=0, le=1)
+    # Devices (per device class) with buffered readings; readings of more are refused, so that
+    # a firmware bug putting random ids in topics cannot fill the disk with keys.
+    max_devices: int = Field(default=100_000, ge=1)
 
     @model_validator(mode="after")
     def _watermarks_are_ordered(self) -> BufferSettings:
@@ -238,6 +267,31 @@ class Settings(_Section):
     flush: FlushSettings = FlushSettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+
+    def lanes(self) -> dict[str, Lane]:
+        """The admission lane of each device class the subscriptions name."""
+        return {
+            sub.device_class: Lane(
+                device_class=sub.device_class,
+                policy=Policy(sub.policy or self.buffer.policy),
+                priority=sub.priority,
+                critical=sub.critical,
+            )
+            for sub in self.mqtt.subscriptions
+        }
+
+    def admission_rules(self, budget_bytes: int) -> Rules:
+        """The admission rules for a buffer whose readings may take `budget_bytes`."""
+        b = self.buffer
+        return Rules(
+            budget_bytes=budget_bytes,
+            high=b.high_watermark,
+            low=b.low_watermark,
+            device_share=b.device_share,
+            max_devices=b.max_devices,
+            lanes=self.lanes(),
+            default_lane=Lane(policy=Policy(b.policy)),
+        )
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:

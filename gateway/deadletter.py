@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import lmdb
 
-from gateway.buffer import MAP_HEADROOM_BYTES, MAP_HEADROOM_FACTOR, DeadLetter
 from gateway.errors import SinkError, SinkRejected, StorageError
+from gateway.fifos import DeadLetter
 from gateway.sink import make_sink
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class DeadLetterStore:
                 str(settings.buffer.path),
                 create=False,
                 max_dbs=4,
-                map_size=capacity * MAP_HEADROOM_FACTOR + MAP_HEADROOM_BYTES,
+                map_size=capacity,
             )
             return cls(env, env.open_db(b"dead"))
         except lmdb.Error as exc:

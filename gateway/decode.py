@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
+from gateway.admission import DEFAULT_CLASS
 from gateway.errors import DecodeError
 from gateway.lineparse import parse_lines
 from gateway.lineproto import check_fields, check_series, check_tags
@@ -35,6 +36,8 @@ class Decoded:
 
     readings: list[Reading] = field(default_factory=list)
     errors: list[DecodeError] = field(default_factory=list)
+    # The device class of the subscription the topic matched: the readings' admission lane.
+    device_class: str = DEFAULT_CLASS
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class Decoder:
         if isinstance(route, DecodeError):
             result.errors.append(route)
             return result
+        result.device_class = route.sub.device_class
         try:
             _decode_for(route, payload, received_ns, result)
         except DecodeError as exc:

@@ -31,7 +31,20 @@ class StorageError(GatewayError):
 
 
 class CapacityError(StorageError):
-    """The buffer's byte budget (or the LMDB map) is full; the admission policy decides."""
+    """The buffer cannot take more now: its budget, its LMDB map or the disk is full.
+
+    `disk_full` tells the disk filling up (another process, say) apart from the buffer's own
+    limits: waiting for the flusher cannot help then, only free space can. `at_item` is the
+    index of the reading that admission paused at, when that is what happened.
+    """
+
+    def __init__(
+        self, message: str, *, disk_full: bool = False, at_item: int | None = None
+    ) -> None:
+        """Say which limit was reached, and where."""
+        super().__init__(message)
+        self.disk_full = disk_full
+        self.at_item = at_item
 
 
 class SinkError(GatewayError):

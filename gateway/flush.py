@@ -21,12 +21,13 @@ import anyio
 
 from gateway.coalesce import coalesce
 from gateway.controller import BatchSizer
-from gateway.errors import SinkAuthError, SinkError, SinkRejected
+from gateway.errors import SinkAuthError, SinkError, SinkRejected, StorageError
 from gateway.record import split
 
 if TYPE_CHECKING:
-    from gateway.buffer import Buffer, Span
+    from gateway.buffer import Buffer
     from gateway.config import FlushSettings
+    from gateway.fifos import Span
     from gateway.metrics import Metrics
     from gateway.sink import Sink
 
@@ -92,6 +93,10 @@ class Flusher:
             return
         if len(waiting) == 1 or self._buffer.totals().readings >= self._batch_size:
             self._wake.set()
+
+    def forget(self, readings: int) -> None:
+        """Called by ingest when admission dropped `readings` buffered readings."""
+        self._mark_delivered(readings)
 
     async def run(self) -> None:
         """Run the workers until cancelled."""
@@ -174,6 +179,19 @@ class Flusher:
         spans = await anyio.to_thread.run_sync(self._read, wanted, limiter=self._limiter)
         if not spans:
             return
+        deleted = False
+        try:
+            deleted = await self._deliver_spans(spans)
+        finally:
+            if not deleted:
+                # Not delivered: admission may drop these readings again if it must.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(
+                        self._buffer.release, [s.device for s in spans], limiter=self._limiter
+                    )
+
+    async def _deliver_spans(self, spans: list[Span]) -> bool:
+        """Write the spans and delete what landed; False when they stay buffered."""
         stored = [split(value) for span in spans for value in span.values]
         devices = [span.device for span in spans for _ in span.values]
         lines, sources = coalesce(stored)
@@ -181,18 +199,25 @@ class Flusher:
             refused = await self._deliver(lines)
         except SinkError as exc:
             self._back_off(exc)
-            return
+            return False
         if self._failures:
             logger.info("database accepts writes again after %d failed attempts", self._failures)
             self._failures = 0
         dead = [(devices[sources[j][0]], reason, lines[j].decode()) for j, reason in refused]
         dead_readings = sum(len(sources[j]) for j, _ in refused)
-        deleted = await anyio.to_thread.run_sync(
-            self._delete, spans, dead, dead_readings, limiter=self._limiter
-        )
+        try:
+            deleted = await anyio.to_thread.run_sync(
+                self._delete, spans, dead, dead_readings, limiter=self._limiter
+            )
+        except StorageError as exc:
+            # The database has the points; they stay buffered and are written again later,
+            # which is harmless. Crashing here would stop intake as well.
+            self._back_off(exc)
+            return False
         self._mark_delivered(deleted)
         self.space_freed.set()
         self.space_freed = anyio.Event()
+        return True
 
     def _read(self, wanted: list[tuple[str, int]]) -> list[Span]:
         return self._buffer.read(wanted)
@@ -268,14 +293,21 @@ class Flusher:
         self._batch_size = size
         self._metrics.batch_size.set(size)
 
-    def _back_off(self, exc: SinkError) -> None:
+    def _back_off(self, exc: SinkError | StorageError) -> None:
         """Schedule the next probe with capped full-jitter backoff (honouring Retry-After)."""
         self._failures += 1
         if self._failures == 1:
-            level = logging.ERROR if isinstance(exc, SinkAuthError) else logging.WARNING
-            logger.log(
-                level, "database write failed, readings stay buffered and are retried: %s", exc
-            )
+            if isinstance(exc, StorageError):
+                logger.error(
+                    "could not delete delivered readings from the buffer; they stay buffered "
+                    "and are written again later: %s",
+                    exc,
+                )
+            else:
+                level = logging.ERROR if isinstance(exc, SinkAuthError) else logging.WARNING
+                logger.log(
+                    level, "database write failed, readings stay buffered and are retried: %s", exc
+                )
         cap = min(
             self._settings.retry_max_s,
             self._settings.retry_initial_s * 2 ** min(self._failures, 20),

@@ -10,8 +10,10 @@ acknowledged, so the broker delivers it again from the persistent session.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,14 +25,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway import pahofast
-from gateway.admission import Transition, Watermarks
+from gateway.admission import DEVICE_SHARE, DROPPED_OLDEST, MAX_DEVICES, SHED, Watermarks
+from gateway.buffer import DISK_FULL_FREE_BYTES
 from gateway.decode import Decoded
+from gateway.episodes import Episodes
 from gateway.errors import CapacityError, DecodeError
+from gateway.fifos import Admitted, fifo_name
 from gateway.record import pack
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from gateway.admission import Lane, Rules
     from gateway.buffer import Buffer
     from gateway.config import MqttSettings
     from gateway.decode import Decoder
@@ -46,10 +52,34 @@ ACK_DRAIN_TIMEOUT_S = 1.0
 ACK_DRAIN_POLL_S = 0.001
 # First reconnect delay; doubles up to `reconnect_max_s`, with full jitter.
 RECONNECT_INITIAL_S = 0.5
+# A refusal or drop episode is over after this long without one (one log line each way).
+EPISODE_QUIET_S = 10.0
+# How often a full disk is looked at again while intake waits for free space.
+DISK_FULL_RECHECK_S = 2.0
+# Log wording of each refusal and drop reason.
+WHY = {
+    MAX_DEVICES: "the buffer holds [buffer] max_devices devices; readings of new devices refused",
+    DEVICE_SHARE: "a device is over its [buffer] device_share",
+    SHED: "buffer at its high watermark; lowest-priority readings shed",
+    DROPPED_OLDEST: "buffer at its high watermark; oldest readings of the largest device dropped",
+}
 
 
 class IntakePaused(Exception):
     """Raised out of the consume loop to leave the broker while the buffer is too full."""
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        """`disk_full`: wait for free disk space rather than for the flusher."""
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+@dataclass(frozen=True, slots=True)
+class _Paused:
+    """Admission paused at the message with this index of a batch."""
+
+    at_message: int
+    error: CapacityError
 
 
 @dataclass(slots=True)
@@ -129,8 +159,9 @@ class Ingest:
         metrics: Metrics,
         limiter: anyio.CapacityLimiter,
         on_commit: Callable[[int], None],
+        on_drop: Callable[[int], None],
         space_freed: Callable[[], anyio.Event],
-        watermarks: Watermarks,
+        rules: Rules,
     ) -> None:
         """Wire the ingest loop; `run` starts it."""
         self._settings = settings
@@ -141,8 +172,11 @@ class Ingest:
         self._metrics = metrics
         self._limiter = limiter
         self._on_commit = on_commit
+        self._on_drop = on_drop
         self._space_freed = space_freed
-        self._watermarks = watermarks
+        self._rules = rules
+        self._watermarks = Watermarks(rules.high_bytes, rules.low_bytes)
+        self._episodes: Episodes[tuple[str, str, str]] = Episodes(EPISODE_QUIET_S)
         pahofast.install()
         for sub in settings.subscriptions:
             if sub.qos == 2:  # noqa: PLR2004
@@ -182,10 +216,6 @@ class Ingest:
         """Connect, consume and reconnect until cancelled."""
         failures = 0
         while True:
-            used = self._buffer.totals().nbytes
-            self._watermarks.update(used)
-            if self._watermarks.rejecting:  # a restart with a full buffer
-                await self._wait_for_room(f"{used} bytes used")
             try:
                 async with self._client() as client:
                     for sub in self._settings.subscriptions:
@@ -206,7 +236,7 @@ class Ingest:
                             await drain_acks(client)
             except IntakePaused as paused:
                 self._metrics.mqtt_connected.set(0)
-                await self._wait_for_room(str(paused))
+                await self._pause(paused)
             except aiomqtt.MqttError as exc:
                 self._metrics.mqtt_connected.set(0)
                 failures += 1
@@ -236,7 +266,7 @@ class Ingest:
                 batch.append(self._decode(queued))
                 count += len(batch[-1].decoded.readings)
             self._metrics.messages.inc(len(batch))
-            await self._commit_and_ack(client, batch, count)
+            await self._commit_and_ack(client, batch)
             self._metrics.ack_delay_seconds.observe(time.monotonic() - started)
 
     def _decode(self, message: mqtt.MQTTMessage) -> _Pending:
@@ -258,57 +288,134 @@ class Ingest:
                 logger.debug("invalid reading: %s", pending.decoded.errors[0])
         return invalid
 
-    async def _commit_and_ack(
-        self, client: aiomqtt.Client, batch: list[_Pending], count: int
-    ) -> None:
-        items = [r for pending in batch for r in pending.decoded.readings]
+    async def _commit_and_ack(self, client: aiomqtt.Client, batch: list[_Pending]) -> None:
         started = time.monotonic()
         try:
             # Once the append starts, finish it and send its acks even if we are being
             # stopped: stopping must not turn a committed batch into a redelivered one.
             with anyio.CancelScope(shield=True):
-                if items:
-                    await anyio.to_thread.run_sync(self._append, items, limiter=self._limiter)
-                for pending in batch:
+                admitted, paused = await anyio.to_thread.run_sync(
+                    self._admit, batch, limiter=self._limiter
+                )
+                committed = len(batch) if paused is None else paused.at_message
+                for pending in batch[:committed]:
                     if pending.qos:
                         send_ack(client, pending.mid, pending.qos)
         except CapacityError as exc:
             # Nothing of this batch is stored or acknowledged: the broker delivers it again.
-            self._watermarks.rejecting = True
-            raise IntakePaused(str(exc)) from exc
-        # Counted only once committed: a batch the buffer could not take went back to the broker
-        # unacknowledged and will be received again.
-        self._metrics.accounting.committed(accepted=count, invalid=self._count_invalid(batch))
-        if items:
+            raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc
+        if admitted.stored:
             self._metrics.commit_seconds.observe(time.monotonic() - started)
-            self._metrics.commit_readings.observe(count)
-            self._on_commit(count)
-        used = self._buffer.totals().nbytes
-        if self._watermarks.update(used) is Transition.START_REJECTING:
-            raise IntakePaused(f"{used} of {self._watermarks.capacity_bytes} bytes used")
+            self._metrics.commit_readings.observe(admitted.stored)
+            self._on_commit(admitted.stored)
+        dropped = sum(admitted.dropped.values())
+        if dropped:
+            self._on_drop(dropped)
+        if admitted.refused or admitted.dropped:
+            self._log_episodes(admitted)
+        elif self._episodes.running:
+            self._end_episodes()
+        if paused is not None:
+            # The messages from the one that met the watermark on were not acknowledged: the
+            # broker keeps them and delivers them again after the pause.
+            raise IntakePaused(str(paused.error))
 
-    async def _wait_for_room(self, reason: str) -> None:
-        """Stay away from the broker until the buffer is below the low watermark."""
+    def housekeeping(self) -> None:
+        """Log the end of refusal and drop episodes that went quiet while no message came."""
+        if self._episodes.running:
+            self._end_episodes()
+
+    def _log_episodes(self, admitted: Admitted) -> None:
+        now = time.monotonic()
+        for kind, counts in (("refusing", admitted.refused), ("dropping", admitted.dropped)):
+            for (reason, device_class), n in counts.items():
+                if self._episodes.record((kind, reason, device_class), n, now):
+                    logger.warning(
+                        "started %s readings of device class %r: %s",
+                        kind,
+                        device_class,
+                        WHY.get(reason, reason),
+                    )
+        self._end_episodes(now)
+
+    def _end_episodes(self, now: float | None = None) -> None:
+        for (kind, reason, device_class), episode in self._episodes.ended(
+            now if now is not None else time.monotonic()
+        ):
+            logger.warning(
+                "stopped %s readings of device class %r (%s): %d readings in %.0f s",
+                kind,
+                device_class,
+                reason,
+                episode.count,
+                episode.last - episode.started,
+            )
+
+    async def _pause(self, paused: IntakePaused) -> None:
+        """Stay away from the broker until the buffer can take readings again."""
         self._metrics.intake_paused.set(1)
-        self._metrics.intake_pauses.inc()
+        cause = "disk_full" if paused.disk_full else "watermark"
+        self._metrics.intake_pauses.labels(cause).inc()
         logger.warning(
-            "buffer at its high watermark (%s): intake paused and disconnected from the broker, "
-            "which keeps QoS 1 messages in the session (QoS 0 messages sent meanwhile are lost)",
-            reason,
+            "%s (%s): intake paused and disconnected from the broker, which keeps QoS 1 "
+            "messages in the session (QoS 0 messages sent meanwhile are lost)",
+            "disk full" if paused.disk_full else "buffer at its high watermark",
+            paused,
         )
-        while self._watermarks.update(self._buffer.totals().nbytes) is None:
-            if not self._watermarks.rejecting:
-                break
-            with anyio.move_on_after(1.0):
-                await self._space_freed().wait()
+        if paused.disk_full:
+            # Free disk space has no event to wait on.
+            while shutil.disk_usage(self._buffer.path).free < DISK_FULL_FREE_BYTES:  # noqa: ASYNC110
+                await anyio.sleep(DISK_FULL_RECHECK_S)
+        else:
+            self._watermarks.rejecting = True
+            while self._watermarks.update(self._buffer.totals().nbytes) is None:
+                with anyio.move_on_after(1.0):
+                    await self._space_freed().wait()
         self._metrics.intake_paused.set(0)
         totals = self._buffer.totals()
         logger.info(
-            "buffer below its low watermark (%d of %d bytes): intake resumed",
+            "intake resumed: %d of %d budget bytes buffered, %d bytes free on disk",
             totals.nbytes,
-            self._watermarks.capacity_bytes,
+            self._rules.budget_bytes,
+            shutil.disk_usage(self._buffer.path).free,
         )
 
-    def _append(self, items: list) -> None:  # type: ignore[type-arg]
-        self._buffer.append([(r.device, pack(r)) for r in items])
+    def _admit(self, batch: list[_Pending]) -> tuple[Admitted, _Paused | None]:
+        """Store the batch; at a pause, store the messages before the one that paused.
+
+        Acknowledgements go out in order, so the messages before it can be committed and
+        acknowledged, and the rest come again from the broker.
+        """
+        rules = self._rules
+        items: list[tuple[str, bytes, Lane]] = []
+        ends = []
+        for pending in batch:
+            decoded = pending.decoded
+            if decoded.readings:
+                lane = rules.lane(decoded.device_class)
+                items.extend(
+                    (fifo_name(r.device, lane.device_class), pack(r), lane)
+                    for r in decoded.readings
+                )
+            ends.append(len(items))
+        paused = None
+        try:
+            admitted = self._buffer.admit(items, rules) if items else Admitted()
+        except CapacityError as exc:
+            if exc.at_item is None:
+                raise
+            paused = _Paused(bisect.bisect_right(ends, exc.at_item), exc)
+            # The same decisions again, up to the paused message: they cannot pause.
+            admitted = self._buffer.admit(
+                items[: ends[paused.at_message - 1]] if paused.at_message else [], rules
+            )
+            batch = batch[: paused.at_message]
+        # Counted right after the commit, so a scrape sees the readings and the buffer together.
+        self._metrics.accounting.committed(
+            accepted=admitted.stored,
+            invalid=self._count_invalid(batch),
+            refused=admitted.refused,
+            dropped=admitted.dropped,
+        )
         self._metrics.observe_buffer(self._buffer.totals())
+        return admitted, paused

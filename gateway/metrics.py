@@ -1,14 +1,22 @@
 """Every Prometheus metric of the gateway, defined in one place; no per-device labels.
 
-`gateway_readings_total{outcome}` and `gateway_buffer_readings` come from one `Accounting`
-snapshot per scrape, so they satisfy its identities exactly (see gateway/accounting.py).
+`gateway_readings_total{outcome}`, `gateway_buffer_readings` and the refusals and drops by
+reason and device class come from one `Accounting` snapshot per scrape, so they satisfy its
+identities exactly (see gateway/accounting.py).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -19,9 +27,13 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-    from gateway.buffer import Totals
+    from gateway.fifos import Totals
+
+# `*_created` series double the exposition and no dashboard or alert uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 WRITE_RESULTS = ("ok", "retry", "rejected", "auth")
+PAUSE_CAUSES = ("watermark", "disk_full")
 
 
 class Metrics:
@@ -32,6 +44,7 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.accounting = Accounting()
+        self._budget_bytes = 0
         r.register(_AccountingCollector(self))
         self.invalid = Counter(
             "gateway_invalid_readings_total",
@@ -45,7 +58,17 @@ class Metrics:
             "gateway_buffer_devices", "Devices with buffered readings", registry=r
         )
         self.buffer_capacity = Gauge(
-            "gateway_buffer_capacity_bytes", "Buffer byte budget", registry=r
+            "gateway_buffer_capacity_bytes",
+            "Disk budget of the buffer: its LMDB file never grows past it",
+            registry=r,
+        )
+        self.buffer_budget = Gauge(
+            "gateway_buffer_budget_bytes",
+            "Bytes of readings the buffer may hold (the fill ratio's denominator)",
+            registry=r,
+        )
+        self.buffer_fill = Gauge(
+            "gateway_buffer_fill_ratio", "Buffered bytes over the readings budget", registry=r
         )
         self.commit_readings = Histogram(
             "gateway_commit_readings",
@@ -86,7 +109,10 @@ class Metrics:
             "gateway_intake_paused", "1 while intake is paused at the high watermark", registry=r
         )
         self.intake_pauses = Counter(
-            "gateway_intake_pauses_total", "Times intake paused at the high watermark", registry=r
+            "gateway_intake_pauses_total",
+            "Times intake paused: at the high watermark (policy reject) or with the disk full",
+            ["cause"],
+            registry=r,
         )
         self.mqtt_connected = Gauge(
             "gateway_mqtt_connected", "1 while connected to the broker", registry=r
@@ -96,11 +122,21 @@ class Metrics:
         )
         for result in WRITE_RESULTS:
             self.writes.labels(result)
+        for cause in PAUSE_CAUSES:
+            self.intake_pauses.labels(cause)
 
     def observe_buffer(self, totals: Totals) -> None:
         """Update the buffer gauges from its accounting."""
         self.buffer_bytes.set(totals.nbytes)
         self.buffer_devices.set(totals.devices)
+        if self._budget_bytes:
+            self.buffer_fill.set(totals.nbytes / self._budget_bytes)
+
+    def set_buffer_limits(self, capacity_bytes: int, budget_bytes: int) -> None:
+        """Record the buffer's disk budget and readings budget."""
+        self.buffer_capacity.set(capacity_bytes)
+        self.buffer_budget.set(budget_bytes)
+        self._budget_bytes = budget_bytes
 
     def serve(self, host: str, port: int) -> None:
         """Serve /metrics on a daemon thread."""
@@ -124,3 +160,15 @@ class _AccountingCollector(Collector):
         yield GaugeMetricFamily(
             "gateway_buffer_readings", "Readings in the buffer", value=snapshot.buffered
         )
+        for kind, counts, help_text in (
+            ("refused", snapshot.refused, "Valid readings acknowledged but not stored"),
+            ("dropped", snapshot.dropped, "Buffered readings dropped before delivery"),
+        ):
+            family = CounterMetricFamily(
+                f"gateway_readings_{kind}",
+                f"{help_text}, by admission reason and device class",
+                labels=["reason", "device_class"],
+            )
+            for (reason, device_class), count in sorted(counts.items()):
+                family.add_metric([reason, device_class], count)
+            yield family

@@ -52,7 +52,7 @@ def unpack(device: str, value: bytes) -> Reading:
     return Reading(device, measurement, tuple(tags), tuple(fields), ts_ns or 0)
 
 
-def timestamp_of(value: bytes) -> int:
+def timestamp_of(value: bytes | memoryview) -> int:
     """The timestamp of a stored reading, without decoding the rest."""
     ts: int = _HEADER.unpack_from(value)[0]
     return ts

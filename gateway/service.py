@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import anyio
 
 from gateway.accounting import Accounting
-from gateway.admission import Watermarks
 from gateway.buffer import Buffer
 from gateway.decode import Decoder
 from gateway.flush import Flusher
@@ -24,12 +23,16 @@ from gateway.metrics import Metrics
 from gateway.sink import make_sink
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gateway.config import Settings
 
 logger = logging.getLogger(__name__)
 
 # LMDB allows one writer at a time; more threads would only queue on its lock.
 BUFFER_THREADS = 1
+# How often quiet refusal and drop episodes are looked for, to log their end.
+HOUSEKEEPING_S = 2.0
 
 
 async def run(settings: Settings, metrics: Metrics | None = None) -> None:
@@ -38,16 +41,20 @@ async def run(settings: Settings, metrics: Metrics | None = None) -> None:
     b = settings.buffer
     buffer = Buffer(b.path, int(b.capacity), b.sync)
     totals = buffer.totals()
+    rules = settings.admission_rules(buffer.budget_bytes)
     logger.info(
-        "buffer open at %s: %d readings from %d devices waiting, %d of %d bytes used, sync mode %s",
+        "buffer open at %s: %d readings from %d devices waiting, %d of %d budget bytes used "
+        "(disk budget %d bytes), sync mode %s, policy %s",
         b.path,
         totals.readings,
         totals.devices,
         totals.nbytes,
-        int(b.capacity),
+        buffer.budget_bytes,
+        buffer.capacity_bytes,
         b.sync,
+        b.policy,
     )
-    metrics.buffer_capacity.set(int(b.capacity))
+    metrics.set_buffer_limits(buffer.capacity_bytes, buffer.budget_bytes)
     metrics.accounting = Accounting(recovered=totals.readings)
     metrics.observe_buffer(totals)
     if settings.metrics.enabled:
@@ -65,8 +72,9 @@ async def run(settings: Settings, metrics: Metrics | None = None) -> None:
         metrics=metrics,
         limiter=limiter,
         on_commit=flusher.notify,
+        on_drop=flusher.forget,
         space_freed=lambda: flusher.space_freed,
-        watermarks=Watermarks(int(b.capacity), b.high_watermark, b.low_watermark),
+        rules=rules,
     )
     try:
         async with anyio.create_task_group() as tg:
@@ -78,6 +86,7 @@ async def run(settings: Settings, metrics: Metrics | None = None) -> None:
             intake = anyio.CancelScope()
             intake_closed = anyio.Event()
             tg.start_soon(_run_intake, ingest, intake, intake_closed, name="gateway.ingest")
+            tg.start_soon(_every, HOUSEKEEPING_S, ingest.housekeeping, name="gateway.housekeeping")
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     logger.info(
@@ -117,6 +126,12 @@ async def _skip_on_second_signal(signals: object, grace: anyio.CancelScope) -> N
         logger.warning("second signal: leaving the rest buffered")
         grace.cancel()
         return
+
+
+async def _every(interval_s: float, job: Callable[[], None]) -> None:
+    while True:
+        await anyio.sleep(interval_s)
+        job()
 
 
 async def _sync_every(buffer: Buffer, interval_s: float, limiter: anyio.CapacityLimiter) -> None:

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from gateway.buffer import Buffer
+from gateway.fifos import fifo_class, fifo_device
 
 if TYPE_CHECKING:
     from gateway.config import BufferSettings
@@ -31,12 +32,15 @@ def snapshot(buffer: Buffer, now_ns: int) -> dict[str, Any]:
         "readings": totals.readings,
         "bytes": totals.nbytes,
         "capacity_bytes": buffer.capacity_bytes,
-        "fill_ratio": totals.nbytes / buffer.capacity_bytes,
+        "budget_bytes": buffer.budget_bytes,
+        "fill_ratio": totals.nbytes / buffer.budget_bytes,
+        "file_bytes": buffer.file_bytes(),
         "devices_with_backlog": totals.devices,
         "dead_letters": buffer.dead_letter_count(),
         "devices": [
             {
-                "device": name,
+                "device": fifo_device(name),
+                "device_class": fifo_class(name),
                 "readings": state.readings,
                 "bytes": state.nbytes,
                 "oldest_ts_ns": state.oldest_ts_ns,
@@ -51,7 +55,8 @@ def render(view: dict[str, Any], top: int) -> str:
     """The snapshot as a terminal table, largest backlog first."""
     summary = (
         f"buffer {view['path']}: {view['readings']:,} readings, {_size(view['bytes'])} of "
-        f"{_size(view['capacity_bytes'])} ({view['fill_ratio']:.1%}), "
+        f"{_size(view['budget_bytes'])} ({view['fill_ratio']:.1%}; file "
+        f"{_size(view['file_bytes'])} of {_size(view['capacity_bytes'])} on disk), "
         f"{view['devices_with_backlog']:,} devices with a backlog, "
         f"{view['dead_letters']:,} dead letters"
     )
@@ -62,10 +67,10 @@ def render(view: dict[str, Any], top: int) -> str:
         lines.append(
             f"oldest buffered reading: {_age(oldest['oldest_age_s'])} old ({oldest['device']})"
         )
-        lines.append(f"{'device':<32} {'readings':>12} {'bytes':>10} {'oldest':>10}")
+        lines.append(f"{'device':<32} {'class':<12} {'readings':>12} {'bytes':>10} {'oldest':>10}")
         lines += [
-            f"{d['device'][:32]:<32} {d['readings']:>12,} {_size(d['bytes']):>10} "
-            f"{_age(d['oldest_age_s']):>10}"
+            f"{d['device'][:32]:<32} {d['device_class'][:12]:<12} {d['readings']:>12,} "
+            f"{_size(d['bytes']):>10} {_age(d['oldest_age_s']):>10}"
             for d in devices[:top]
         ]
         if len(devices) > top:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 START_TIMEOUT_S = 20.0
+PUBLISH_CHUNK = 20_000
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> object:
@@ -43,13 +44,16 @@ def config_text(
     metrics_port: int,
     subscriptions: str,
     flush: str = "linger_s = 0.2\n",
+    buffer: str = 'capacity = "64MiB"\n',
     client_id: str,
 ) -> str:
     """A gateway configuration; `influx` is the body of the [influx] table."""
     return (
         f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nclient_id = "{client_id}"\n'
         f"{subscriptions}\n"
-        f'[buffer]\npath = "{buffer_dir}"\ncapacity = "64MiB"\n'
+        "[buffer]\n"
+        + ("" if buffer.startswith("path =") else f'path = "{buffer_dir}"\n')
+        + f"{buffer}\n"
         f"[influx]\n{influx}\n"
         f"[flush]\n{flush}\n"
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
@@ -129,10 +133,13 @@ def publish_messages(port: int, messages: list[tuple[str, str | bytes]], qos: in
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
-        for info in infos:
-            info.wait_for_publish(timeout=30)
-            assert info.is_published()
+        # In chunks: MQTT has 65,535 packet ids for the messages in flight.
+        for start in range(0, len(messages), PUBLISH_CHUNK):
+            chunk = messages[start : start + PUBLISH_CHUNK]
+            infos = [client.publish(topic, payload, qos=qos) for topic, payload in chunk]
+            for info in infos:
+                info.wait_for_publish(timeout=30)
+                assert info.is_published()
     finally:
         client.disconnect()
         client.loop_stop()
@@ -185,3 +192,37 @@ def stored_points(series: list[dict[str, object]]) -> Points:
         (device, ts // 1_000_000): {"temp": temp, "hum": hum}
         for ts, temp, hum, device in rows  # type: ignore[attr-defined]
     }
+
+
+def count(gw: GatewayProcess, family: str, **labels: str) -> float:
+    """Sum of a counter's samples whose labels include `labels`."""
+    total = 0.0
+    for key, value in gw.metrics().items():
+        name, _, rest = key.partition("{")
+        if name != f"{family}_total":
+            continue
+        have = dict(pair.split("=", 1) for pair in rest.rstrip("}").split(",") if pair)
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += value
+    return total
+
+
+def assert_identities(gw: GatewayProcess) -> dict[str, float]:
+    """Both accounting identities, and the breakdowns adding up to their totals."""
+    m = gw.metrics()
+
+    def outcome(name: str) -> float:
+        return m[f"gateway_readings_total{{outcome={name}}}"]
+
+    assert outcome("received") == outcome("invalid") + outcome("refused") + outcome("accepted")
+    assert outcome("accepted") == (
+        outcome("delivered")
+        + outcome("dead_lettered")
+        + outcome("dropped")
+        + m["gateway_buffer_readings"]
+    )
+    for kind in ("refused", "dropped"):
+        parts = sum(v for k, v in m.items() if k.startswith(f"gateway_readings_{kind}_total{{"))
+        assert parts == outcome(kind)
+    assert m["gateway_buffer_bytes"] <= 0.9 * m["gateway_buffer_budget_bytes"]
+    return m

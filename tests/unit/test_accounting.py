@@ -12,8 +12,12 @@ COMMITS = 20_000
 
 def holds(s: Snapshot) -> bool:
     o = s.outcomes
-    return o["received"] == o["invalid"] + o["accepted"] and (
-        o["accepted"] + o["recovered"] == o["delivered"] + o["dead_lettered"] + s.buffered
+    return (
+        o["received"] == o["invalid"] + o["refused"] + o["accepted"]
+        and o["accepted"] + o["recovered"]
+        == o["delivered"] + o["dead_lettered"] + o["dropped"] + s.buffered
+        and sum(s.refused.values()) == o["refused"]
+        and sum(s.dropped.values()) == o["dropped"]
     )
 
 
@@ -24,7 +28,12 @@ def test_identities_hold_under_concurrent_updates() -> None:
 
     def ingest() -> None:
         for _ in range(COMMITS):
-            acc.committed(accepted=3, invalid=1)
+            acc.committed(
+                accepted=3,
+                invalid=1,
+                refused={("device_share", "default"): 2},
+                dropped={("shed", "telemetry"): 1},
+            )
         done.set()
 
     def flush() -> None:
@@ -48,4 +57,6 @@ def test_identities_hold_under_concurrent_updates() -> None:
     assert all(holds(s) for s in snapshots)
     assert holds(final)
     assert final.outcomes["accepted"] == 3 * COMMITS
+    assert final.refused == {("device_share", "default"): 2 * COMMITS}
+    assert final.dropped == {("shed", "telemetry"): COMMITS}
     assert final.buffered in (0, 1)

@@ -111,7 +111,7 @@ def test_budget_full_is_capacity_and_stores_nothing(
     batch = [rec("a", i) for i in range(1000)]
     batch_bytes = sum(12 + len(v) for _, v in batch)
     appended = 0
-    while buf.totals().nbytes + batch_bytes <= MIB:
+    while buf.totals().nbytes + batch_bytes <= buf.budget_bytes:
         buf.append(batch)
         appended += len(batch)
     with pytest.raises(CapacityError):
@@ -207,4 +207,30 @@ def test_one_device_with_two_million_readings(
         expected_ts += len(span.values)
     assert expected_ts == 2_000_000
     assert buf.totals().nbytes == 0
+    assert buf.verify().is_consistent
+
+
+@pytest.mark.parametrize("devices", [1, 1000])
+def test_file_never_grows_past_capacity_and_deletes_still_work(
+    tmp_path: Path, opened: Callable[..., Buffer], devices: int
+) -> None:
+    """Filled until refused, the LMDB file stays within the capacity and can still shrink."""
+    buf = opened(tmp_path, 2 * MIB)
+    ts = 0
+    refused = None
+    while refused is None:
+        batch = [rec(f"dev-{(ts + i) % devices}", ts + i) for i in range(200)]
+        ts += len(batch)
+        try:
+            buf.append(batch)
+        except CapacityError as exc:
+            refused = exc
+    assert buf.totals().nbytes <= buf.budget_bytes
+    assert (tmp_path / "data.mdb").stat().st_size <= 2 * MIB
+    backlog = buf.backlog()
+    spans = buf.read(list(backlog.items()))
+    assert buf.delete([(s.device, s.first_seq, len(s.values)) for s in spans]) == sum(
+        backlog.values()
+    )
+    buf.append([rec("dev-0", ts)])
     assert buf.verify().is_consistent

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway import cli, config
+from gateway.admission import Lane, Policy
 from gateway.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parents[2] / "config"
@@ -185,3 +186,41 @@ def test_measurement_source_is_checked(tmp_path: Path) -> None:
     text = MINIMAL.replace('format = "json"', 'format = "json"\nmeasurement = "m"')
     (found,) = problems(tmp_path, text)
     assert found.startswith("mqtt.subscriptions.0: measurement is given twice")
+
+
+def test_admission_lanes_follow_subscriptions_and_the_global_policy(tmp_path: Path) -> None:
+    """Each device class becomes a lane; a subscription without a policy takes [buffer]'s."""
+    text = MINIMAL.replace('capacity = "1GiB"', 'capacity = "1GiB"\npolicy = "shed"') + (
+        '\n[[mqtt.subscriptions]]\ntopic = "alarms/{device}"\nmeasurement = "alarm"\n'
+        'device_class = "alarm"\npriority = 9\ncritical = true\n'
+    )
+    settings = config.load(write(tmp_path, text), {})
+    rules = settings.admission_rules(1000)
+    assert rules.lane("alarm") == Lane("alarm", Policy.SHED, priority=9, critical=True)
+    assert rules.lane("default") == Lane("default", Policy.SHED)
+    assert rules.lane("gone-from-the-config") == Lane(policy=Policy.SHED)
+
+
+def test_subscriptions_of_one_class_must_agree(tmp_path: Path) -> None:
+    """Two subscriptions in one device class with different priorities are one named error."""
+    text = MINIMAL + '\n[[mqtt.subscriptions]]\ntopic = "alarms/{device}"\nmeasurement = "a"\n'
+    text += "priority = 9\n"
+    found = problems(tmp_path, text)
+    assert len(found) == 1
+    assert found[0].startswith("mqtt: subscriptions.1.priority: device_class 'default' has"), found
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("policy", '"drop_newest"', "buffer.policy: Input should be 'reject', 'drop_oldest'"),
+        ("device_share", "0", "buffer.device_share: Input should be greater than 0"),
+        ("max_devices", "0", "buffer.max_devices: Input should be greater than or equal to 1"),
+    ],
+)
+def test_admission_settings_are_checked(
+    tmp_path: Path, key: str, value: str, expected: str
+) -> None:
+    found = problems(tmp_path, MINIMAL.replace('capacity = "1GiB"', f"{key} = {value}"))
+    assert len(found) == 1
+    assert found[0].startswith(expected), found
