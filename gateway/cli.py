@@ -187,9 +187,9 @@ def _run(path: Path) -> int:
     settings = _load(path)
     if settings is None:
         return EXIT_CONFIG
-    logsetup.setup(settings.log.level, settings.log.format)
+    logsetup.setup(settings.log.level, settings.log.format, settings.log.repeat_window_s)
     try:
-        anyio.run(service.run, settings)
+        anyio.run(service.run, settings, path)
     except StorageError as exc:
         logger.error("buffer failure: %s", exc)  # noqa: TRY400 - the message says it all
         return 1

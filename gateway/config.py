@@ -116,6 +116,9 @@ class MqttSettings(_Section):
     # MQTT 5 ends a session at disconnect unless an expiry is sent; one week outlives any outage.
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    # Subscribe to the broker's $SYS counters (Mosquitto: dropped and stored messages,
+    # clients) and export them as metrics; brokers without them simply send nothing.
+    broker_stats: bool = True
     subscriptions: list[Subscription] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -256,6 +259,11 @@ class LogSettings(_Section):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"
+    # A line with the counts since the previous one, the backlog and the lag; 0 turns it off.
+    summary_interval_s: float = Field(default=300.0, ge=0)
+    # The same message from the same place at most once per this many seconds; the next one
+    # says how many were suppressed. 0 turns it off.
+    repeat_window_s: float = Field(default=60.0, ge=0)
 
 
 class Settings(_Section):

@@ -67,6 +67,7 @@ class Flusher:
         backlog = sum(buffer.backlog().values())
         if backlog:
             self._waiting.append([-math.inf, backlog])
+        self._started = time.monotonic()
         self._draining = False
         self._failures = 0
         self._probing = False
@@ -93,6 +94,32 @@ class Flusher:
             return
         if len(waiting) == 1 or self._buffer.totals().readings >= self._batch_size:
             self._wake.set()
+
+    @property
+    def batch_size(self) -> int:
+        """The batch size in use."""
+        return self._batch_size
+
+    def lag_s(self, now: float) -> float:
+        """How long the oldest undelivered reading has been buffered: the write-behind lag.
+
+        Readings found in the buffer at start count from the start.
+        """
+        if not self._waiting:
+            return 0.0
+        return now - max(self._waiting[0][0], self._started)
+
+    def reconfigure(self, settings: FlushSettings) -> None:
+        """Take new tuning (SIGHUP); the batch size in use is kept within the new bounds."""
+        self._settings = settings
+        self._sizer = BatchSizer(
+            floor=settings.batch_floor,
+            ceiling=settings.batch_ceiling,
+            size=min(max(self._batch_size, settings.batch_floor), settings.batch_ceiling),
+            target_latency_s=settings.target_latency_s,
+        )
+        self._resize(self._sizer.size)
+        self._wake.set()
 
     def forget(self, readings: int) -> None:
         """Called by ingest when admission dropped `readings` buffered readings."""
@@ -272,7 +299,8 @@ class Flusher:
     async def _write(self, body: bytes, points: int) -> None:
         started = time.monotonic()
         try:
-            await self._sink.write(body)
+            with self._metrics.writes_in_flight.track_inprogress():
+                await self._sink.write(body)
         except SinkRejected:
             self._metrics.writes.labels("rejected").inc()
             raise

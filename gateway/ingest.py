@@ -9,7 +9,6 @@ acknowledged, so the broker delivers it again from the persistent session.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import logging
 import random
@@ -20,36 +19,33 @@ from typing import TYPE_CHECKING
 
 import aiomqtt
 import anyio
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from gateway import pahofast
 from gateway.admission import DEVICE_SHARE, DROPPED_OLDEST, MAX_DEVICES, SHED, Watermarks
+from gateway.brokerstats import BROKER_TOPICS, SYS_PREFIX
 from gateway.buffer import DISK_FULL_FREE_BYTES
 from gateway.decode import Decoded
 from gateway.episodes import Episodes
 from gateway.errors import CapacityError, DecodeError
 from gateway.fifos import Admitted, fifo_name
+from gateway.mqttclient import drain_acks, make_client, send_ack, take_queued
 from gateway.record import pack
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    import paho.mqtt.client as mqtt
+
     from gateway.admission import Lane, Rules
+    from gateway.brokerstats import BrokerStats
     from gateway.buffer import Buffer
     from gateway.config import MqttSettings
     from gateway.decode import Decoder
+    from gateway.health import Health
     from gateway.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-# With manual acks the broker stops sending once this many QoS 1 messages await our PUBACK
-# (MQTT 5 Receive Maximum), which bounds the memory held while a commit is slow or paused.
-RECEIVE_MAXIMUM = 20_000
-# Leaving a connection waits this long at most for queued PUBACKs to be written.
-ACK_DRAIN_TIMEOUT_S = 1.0
-ACK_DRAIN_POLL_S = 0.001
 # First reconnect delay; doubles up to `reconnect_max_s`, with full jitter.
 RECONNECT_INITIAL_S = 0.5
 # A refusal or drop episode is over after this long without one (one log line each way).
@@ -89,62 +85,6 @@ class _Pending:
     decoded: Decoded
 
 
-def enable_manual_ack(client: aiomqtt.Client) -> None:
-    """Switch paho to manual acknowledgement before connecting.
-
-    aiomqtt 2.x has no public switch for it (empicano/aiomqtt#345); paho 2.x does. It must be on
-    before CONNECT: a persistent session delivers queued messages right after CONNACK.
-    """
-    client._client.manual_ack_set(True)  # noqa: SLF001
-
-
-def deliver_paho_messages(client: aiomqtt.Client) -> None:
-    """Queue paho's own messages, skipping aiomqtt's per-message wrapper objects.
-
-    aiomqtt 2.x converts each paho message into its `Message` and `Topic` on the network path;
-    that cost a sixth of the gateway's CPU under load. The gateway needs only the topic,
-    payload, mid and QoS, which paho's message already has. A topic that is not UTF-8 is then
-    counted as invalid here instead of raising inside a paho callback, which would have left the
-    message unacknowledged forever.
-    """
-    queue = client._queue  # noqa: SLF001
-
-    def on_message(_client: object, _userdata: object, message: mqtt.MQTTMessage) -> None:
-        queue.put_nowait(message)  # type: ignore[arg-type]
-
-    client._client.on_message = on_message  # noqa: SLF001
-
-
-def take_queued(client: aiomqtt.Client) -> mqtt.MQTTMessage | None:
-    """The next message aiomqtt has queued, without awaiting; None when there is none.
-
-    Its iterator costs a task and an `asyncio.wait` per message; draining the queue it reads
-    from directly is several times cheaper once a group commit is under way.
-    """
-    try:
-        message: mqtt.MQTTMessage = client._queue.get_nowait()  # type: ignore[assignment]  # noqa: SLF001
-    except asyncio.QueueEmpty:
-        return None
-    return message
-
-
-async def drain_acks(client: aiomqtt.Client, timeout_s: float = ACK_DRAIN_TIMEOUT_S) -> None:
-    """Give the event loop time to write queued PUBACKs before the connection closes.
-
-    aiomqtt closes the socket on leaving its context without flushing paho's outgoing queue;
-    an acknowledgement lost there makes the broker deliver a committed message again.
-    """
-    with anyio.move_on_after(timeout_s):
-        # paho offers no event for an empty outgoing queue, so it is polled.
-        while client._client.want_write():  # noqa: SLF001, ASYNC110
-            await anyio.sleep(ACK_DRAIN_POLL_S)
-
-
-def send_ack(client: aiomqtt.Client, mid: int, qos: int) -> None:
-    """Send the PUBACK (QoS 1) for a committed message."""
-    client._client.ack(mid, qos)  # noqa: SLF001
-
-
 class Ingest:
     """Subscribes, decodes, group-commits and acknowledges; reconnects forever."""
 
@@ -162,8 +102,11 @@ class Ingest:
         on_drop: Callable[[int], None],
         space_freed: Callable[[], anyio.Event],
         rules: Rules,
+        health: Health,
+        on_ready: Callable[[], None],
+        broker_stats: BrokerStats,
     ) -> None:
-        """Wire the ingest loop; `run` starts it."""
+        """Wire the ingest loop; `run` starts it. `on_ready` follows each subscription."""
         self._settings = settings
         self._commit_max = commit_max_readings
         self._commit_window_s = commit_window_s
@@ -176,6 +119,9 @@ class Ingest:
         self._space_freed = space_freed
         self._rules = rules
         self._watermarks = Watermarks(rules.high_bytes, rules.low_bytes)
+        self._health = health
+        self._on_ready = on_ready
+        self._broker_stats = broker_stats
         self._episodes: Episodes[tuple[str, str, str]] = Episodes(EPISODE_QUIET_S)
         pahofast.install()
         for sub in settings.subscriptions:
@@ -186,42 +132,19 @@ class Ingest:
                     sub.topic,
                 )
 
-    def _client(self) -> aiomqtt.Client:
-        s = self._settings
-        v5 = s.protocol == "5"
-        properties = None
-        if v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.ReceiveMaximum = RECEIVE_MAXIMUM
-            if s.persistent_session:
-                properties.SessionExpiryInterval = s.session_expiry_s
-        client = aiomqtt.Client(
-            s.host,
-            s.port,
-            identifier=s.client_id,
-            username=s.username,
-            password=s.password.get_secret_value() if s.password else None,
-            keepalive=s.keepalive_s,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            clean_session=None if v5 else not s.persistent_session,
-            # paho refuses any clean_start but its default outside MQTT 5.
-            clean_start=not s.persistent_session if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-            properties=properties,
-        )
-        enable_manual_ack(client)
-        deliver_paho_messages(client)
-        return client
-
     async def run(self) -> None:
         """Connect, consume and reconnect until cancelled."""
         failures = 0
         while True:
             try:
-                async with self._client() as client:
+                async with make_client(self._settings) as client:
                     for sub in self._settings.subscriptions:
                         await client.subscribe(sub.template.mqtt_filter, qos=min(sub.qos, 1))
-                    self._metrics.mqtt_connected.set(1)
+                    if self._settings.broker_stats:
+                        await client.subscribe([(topic, 0) for topic in BROKER_TOPICS])
+                    self._set_connected(True)
                     self._metrics.mqtt_connects.inc()
+                    self._on_ready()
                     logger.info(
                         "connected to the broker at %s:%d%s",
                         self._settings.host,
@@ -235,10 +158,10 @@ class Ingest:
                         with anyio.CancelScope(shield=True):
                             await drain_acks(client)
             except IntakePaused as paused:
-                self._metrics.mqtt_connected.set(0)
+                self._set_connected(False)
                 await self._pause(paused)
             except aiomqtt.MqttError as exc:
-                self._metrics.mqtt_connected.set(0)
+                self._set_connected(False)
                 failures += 1
                 if failures == 1:
                     logger.warning("broker connection lost or refused (%s); reconnecting", exc)
@@ -275,6 +198,10 @@ class Ingest:
         except UnicodeDecodeError:
             decoded = Decoded(errors=[DecodeError("not_utf8", "topic is not UTF-8")])
         else:
+            if topic.startswith(SYS_PREFIX):
+                # The broker's own counters (QoS 0): metrics, not readings.
+                self._broker_stats.update(topic, bytes(message.payload))
+                return _Pending(message.mid, 0, Decoded())
             decoded = self._decoder.decode(topic, bytes(message.payload), time.time_ns())
         return _Pending(message.mid, message.qos, decoded)
 
@@ -320,6 +247,20 @@ class Ingest:
             # broker keeps them and delivers them again after the pause.
             raise IntakePaused(str(paused.error))
 
+    def reconfigure(self, rules: Rules) -> None:
+        """Take new admission rules (SIGHUP); they apply from the next group commit."""
+        self._rules = rules
+        self._watermarks.high_bytes = rules.high_bytes
+        self._watermarks.low_bytes = rules.low_bytes
+
+    def _set_connected(self, connected: bool) -> None:
+        self._metrics.mqtt_connected.set(int(connected))
+        self._health.connected = connected
+
+    def _set_paused(self, paused: bool) -> None:
+        self._metrics.intake_paused.set(int(paused))
+        self._health.paused = paused
+
     def housekeeping(self) -> None:
         """Log the end of refusal and drop episodes that went quiet while no message came."""
         if self._episodes.running:
@@ -353,7 +294,7 @@ class Ingest:
 
     async def _pause(self, paused: IntakePaused) -> None:
         """Stay away from the broker until the buffer can take readings again."""
-        self._metrics.intake_paused.set(1)
+        self._set_paused(True)
         cause = "disk_full" if paused.disk_full else "watermark"
         self._metrics.intake_pauses.labels(cause).inc()
         logger.warning(
@@ -371,7 +312,7 @@ class Ingest:
             while self._watermarks.update(self._buffer.totals().nbytes) is None:
                 with anyio.move_on_after(1.0):
                     await self._space_freed().wait()
-        self._metrics.intake_paused.set(0)
+        self._set_paused(False)
         totals = self._buffer.totals()
         logger.info(
             "intake resumed: %d of %d budget bytes buffered, %d bytes free on disk",

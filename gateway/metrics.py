@@ -14,13 +14,15 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
-    start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.accounting import Accounting
+from gateway.brokerstats import BrokerStats
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -45,6 +47,10 @@ class Metrics:
         r = self.registry
         self.accounting = Accounting()
         self._budget_bytes = 0
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.broker = BrokerStats()
+        r.register(self.broker)
         r.register(_AccountingCollector(self))
         self.invalid = Counter(
             "gateway_invalid_readings_total",
@@ -105,6 +111,14 @@ class Metrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
         )
         self.batch_size = Gauge("gateway_batch_size", "Batch size in use", registry=r)
+        self.writes_in_flight = Gauge(
+            "gateway_writes_in_flight", "Database writes under way", registry=r
+        )
+        self.lag_seconds = Gauge(
+            "gateway_buffer_lag_seconds",
+            "How long the oldest undelivered reading has been buffered (the write-behind lag)",
+            registry=r,
+        )
         self.intake_paused = Gauge(
             "gateway_intake_paused", "1 while intake is paused at the high watermark", registry=r
         )
@@ -137,10 +151,6 @@ class Metrics:
         self.buffer_capacity.set(capacity_bytes)
         self.buffer_budget.set(budget_bytes)
         self._budget_bytes = budget_bytes
-
-    def serve(self, host: str, port: int) -> None:
-        """Serve /metrics on a daemon thread."""
-        start_http_server(port, addr=host, registry=self.registry)
 
 
 class _AccountingCollector(Collector):

@@ -144,6 +144,8 @@ def start_mosquitto(workdir: Path, port: int | None = None) -> Server:
         "max_queued_messages 10000000\n"
         "max_queued_bytes 0\n"
         "max_inflight_messages 0\n"
+        # $SYS counters every second (default 10 s), for the gateway's broker metrics.
+        "sys_interval 1\n"
         "log_type error\nlog_type warning\n",
         encoding="utf-8",
     )

@@ -14,16 +14,22 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from gateway import config, httpserver, logsetup
 from gateway.accounting import Accounting
 from gateway.buffer import Buffer
 from gateway.decode import Decoder
+from gateway.errors import ConfigError
 from gateway.flush import Flusher
+from gateway.health import Health
+from gateway.housekeeping import Housekeeping
 from gateway.ingest import Ingest
 from gateway.metrics import Metrics
+from gateway.reload import changed_keys, effective, is_reloadable
+from gateway.sdnotify import Notifier
 from gateway.sink import make_sink
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from pathlib import Path
 
     from gateway.config import Settings
 
@@ -31,17 +37,112 @@ logger = logging.getLogger(__name__)
 
 # LMDB allows one writer at a time; more threads would only queue on its lock.
 BUFFER_THREADS = 1
-# How often quiet refusal and drop episodes are looked for, to log their end.
-HOUSEKEEPING_S = 2.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-async def run(settings: Settings, metrics: Metrics | None = None) -> None:
-    """Run the gateway until SIGTERM or SIGINT."""
+async def run(
+    settings: Settings, config_path: Path | None = None, metrics: Metrics | None = None
+) -> None:
+    """Run the gateway until SIGTERM or SIGINT; SIGHUP reloads `config_path`."""
     metrics = metrics or Metrics()
+    notifier = Notifier()
+    b = settings.buffer
+    buffer = _open_buffer(settings, metrics)
+    health = Health(started=time.monotonic())
+    limiter = anyio.CapacityLimiter(BUFFER_THREADS)
+    sink = make_sink(settings.influx)
+    flusher = Flusher(buffer, sink, settings.flush, metrics, limiter)
+    metrics.lag_seconds.set_function(lambda: flusher.lag_s(time.monotonic()))
+    ingest = Ingest(
+        settings=settings.mqtt,
+        commit_max_readings=b.commit_max_readings,
+        commit_window_s=b.commit_window_ms / 1000,
+        buffer=buffer,
+        decoder=Decoder(settings.mqtt.subscriptions),
+        metrics=metrics,
+        limiter=limiter,
+        on_commit=flusher.notify,
+        on_drop=flusher.forget,
+        space_freed=lambda: flusher.space_freed,
+        rules=settings.admission_rules(buffer.budget_bytes),
+        health=health,
+        on_ready=_ReadyOnce(notifier).ready,
+        broker_stats=metrics.broker,
+    )
+    chores = Housekeeping(
+        buffer=buffer,
+        flusher=flusher,
+        ingest=ingest,
+        metrics=metrics,
+        health=health,
+        notifier=notifier,
+        limiter=limiter,
+        summary_interval_s=settings.log.summary_interval_s,
+    )
+    reloader = _Reloader(
+        settings,
+        config_path,
+        flusher=flusher,
+        ingest=ingest,
+        chores=chores,
+        budget_bytes=buffer.budget_bytes,
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            if settings.metrics.enabled:
+                host, port = settings.metrics.host_port
+                await tg.start(httpserver.serve, host, port, metrics, health)
+                logger.info(
+                    "metrics on http://%s/metrics, health on /healthz and /readyz",
+                    settings.metrics.listen,
+                )
+            tg.start_soon(flusher.run, name="gateway.flush")
+            if b.sync == "interval":
+                tg.start_soon(
+                    _sync_every, buffer, b.sync_interval_ms / 1000, limiter, name="gateway.sync"
+                )
+            intake = anyio.CancelScope()
+            intake_closed = anyio.Event()
+            tg.start_soon(_run_intake, ingest, intake, intake_closed, name="gateway.ingest")
+            tg.start_soon(chores.run, name="gateway.housekeeping")
+            with anyio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        reloader.reload()
+                        continue
+                    logger.info(
+                        "%s: closing intake, flushing for up to %.0f s",
+                        signal.Signals(signum).name,
+                        reloader.settings.flush.grace_s,
+                    )
+                    break
+                notifier.send(STOPPING="1", STATUS="closing intake and flushing")
+                intake.cancel()
+                await intake_closed.wait()
+                started = time.monotonic()
+                with anyio.move_on_after(reloader.settings.flush.grace_s) as grace:
+                    tg.start_soon(_skip_on_second_signal, signals, grace)
+                    await flusher.drain()
+            left = buffer.totals()
+            logger.info(
+                "stopped after flushing for %.1f s; %d readings stay buffered for the next start",
+                time.monotonic() - started,
+                left.readings,
+            )
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await sink.aclose()
+        buffer.sync()
+        buffer.close()
+        notifier.close()
+
+
+def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
+    """Open the buffer and start the metrics from what it holds."""
     b = settings.buffer
     buffer = Buffer(b.path, int(b.capacity), b.sync)
     totals = buffer.totals()
-    rules = settings.admission_rules(buffer.budget_bytes)
     logger.info(
         "buffer open at %s: %d readings from %d devices waiting, %d of %d budget bytes used "
         "(disk budget %d bytes), sync mode %s, policy %s",
@@ -57,62 +158,70 @@ async def run(settings: Settings, metrics: Metrics | None = None) -> None:
     metrics.set_buffer_limits(buffer.capacity_bytes, buffer.budget_bytes)
     metrics.accounting = Accounting(recovered=totals.readings)
     metrics.observe_buffer(totals)
-    if settings.metrics.enabled:
-        metrics.serve(*settings.metrics.host_port)
-        logger.info("metrics on http://%s/metrics", settings.metrics.listen)
-    limiter = anyio.CapacityLimiter(BUFFER_THREADS)
-    sink = make_sink(settings.influx)
-    flusher = Flusher(buffer, sink, settings.flush, metrics, limiter)
-    ingest = Ingest(
-        settings=settings.mqtt,
-        commit_max_readings=b.commit_max_readings,
-        commit_window_s=b.commit_window_ms / 1000,
-        buffer=buffer,
-        decoder=Decoder(settings.mqtt.subscriptions),
-        metrics=metrics,
-        limiter=limiter,
-        on_commit=flusher.notify,
-        on_drop=flusher.forget,
-        space_freed=lambda: flusher.space_freed,
-        rules=rules,
-    )
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(flusher.run, name="gateway.flush")
-            if b.sync == "interval":
-                tg.start_soon(
-                    _sync_every, buffer, b.sync_interval_ms / 1000, limiter, name="gateway.sync"
-                )
-            intake = anyio.CancelScope()
-            intake_closed = anyio.Event()
-            tg.start_soon(_run_intake, ingest, intake, intake_closed, name="gateway.ingest")
-            tg.start_soon(_every, HOUSEKEEPING_S, ingest.housekeeping, name="gateway.housekeeping")
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    logger.info(
-                        "%s: closing intake, flushing for up to %.0f s",
-                        signal.Signals(signum).name,
-                        settings.flush.grace_s,
-                    )
-                    break
-                intake.cancel()
-                await intake_closed.wait()
-                started = time.monotonic()
-                with anyio.move_on_after(settings.flush.grace_s) as grace:
-                    tg.start_soon(_skip_on_second_signal, signals, grace)
-                    await flusher.drain()
-            left = buffer.totals()
-            logger.info(
-                "stopped after flushing for %.1f s; %d readings stay buffered for the next start",
-                time.monotonic() - started,
-                left.readings,
+    return buffer
+
+
+class _ReadyOnce:
+    """READY=1 to systemd the first time the gateway is subscribed, with the buffer open."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self._notifier = notifier
+        self._sent = False
+
+    def ready(self) -> None:
+        if not self._sent:
+            self._notifier.send(READY="1", STATUS="subscribed; taking readings")
+            self._sent = True
+
+
+class _Reloader:
+    """SIGHUP: read the configuration again and apply what can change while running."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        path: Path | None,
+        *,
+        flusher: Flusher,
+        ingest: Ingest,
+        chores: Housekeeping,
+        budget_bytes: int,
+    ) -> None:
+        self.settings = settings
+        self._path = path
+        self._flusher = flusher
+        self._ingest = ingest
+        self._chores = chores
+        self._budget_bytes = budget_bytes
+
+    def reload(self) -> None:
+        if self._path is None:
+            logger.warning("SIGHUP: no configuration file to reload")
+            return
+        try:
+            new = config.load(self._path)
+        except ConfigError as exc:
+            logger.error(  # noqa: TRY400 - the problems are the message
+                "SIGHUP: %s has errors, nothing reloaded: %s", self._path, "; ".join(exc.problems)
             )
-            tg.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await sink.aclose()
-        buffer.sync()
-        buffer.close()
+            return
+        keys = changed_keys(self.settings, new)
+        applied = [k for k in keys if is_reloadable(k)]
+        ignored = [k for k in keys if not is_reloadable(k)]
+        self.settings = settings = effective(self.settings, new)
+        if any(k.startswith("log.") for k in applied):
+            log = settings.log
+            logsetup.setup(log.level, log.format, log.repeat_window_s)
+            self._chores.summary_interval_s = log.summary_interval_s
+        if any(k.startswith("flush.") for k in applied):
+            self._flusher.reconfigure(settings.flush)
+        if any(k.startswith("buffer.") for k in applied):
+            self._ingest.reconfigure(settings.admission_rules(self._budget_bytes))
+        logger.info(
+            "SIGHUP: reloaded %s; %s",
+            ", ".join(applied) or "nothing (no reloadable key changed)",
+            f"not reloaded, restart to apply: {', '.join(ignored)}" if ignored else "all applied",
+        )
 
 
 async def _run_intake(ingest: Ingest, scope: anyio.CancelScope, closed: anyio.Event) -> None:
@@ -122,16 +231,12 @@ async def _run_intake(ingest: Ingest, scope: anyio.CancelScope, closed: anyio.Ev
 
 
 async def _skip_on_second_signal(signals: object, grace: anyio.CancelScope) -> None:
-    async for _ in signals:  # type: ignore[attr-defined]
+    async for signum in signals:  # type: ignore[attr-defined]
+        if signum == signal.SIGHUP:
+            continue
         logger.warning("second signal: leaving the rest buffered")
         grace.cancel()
         return
-
-
-async def _every(interval_s: float, job: Callable[[], None]) -> None:
-    while True:
-        await anyio.sleep(interval_s)
-        job()
 
 
 async def _sync_every(buffer: Buffer, interval_s: float, limiter: anyio.CapacityLimiter) -> None:

@@ -143,12 +143,19 @@ def gateway(
     """Starts gateways for this test (each with its own buffer) and stops them all afterwards."""
     started: list[GatewayProcess] = []
 
-    def start(influx: str, subscriptions: str | None = None, **kwargs: str) -> GatewayProcess:
+    def start(
+        influx: str,
+        subscriptions: str | None = None,
+        *,
+        mqtt_port: int | None = None,
+        env: dict[str, str] | None = None,
+        **kwargs: str,
+    ) -> GatewayProcess:
         workdir = tmp_path / f"gateway-{len(started)}"
         workdir.mkdir()
         port = servers.free_port()
         text = config_text(
-            mqtt_port=mosquitto.port,
+            mqtt_port=mqtt_port or mosquitto.port,
             buffer_dir=workdir / "buffer",
             influx=influx,
             metrics_port=port,
@@ -157,6 +164,7 @@ def gateway(
             **kwargs,
         )
         process = GatewayProcess(workdir, text, port)
+        process.extra_env = env or {}
         started.append(process)
         return process.start()
 

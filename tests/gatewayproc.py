@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from typing import TYPE_CHECKING
 
 from gateway import servers, simulate
@@ -70,10 +74,13 @@ class GatewayProcess:
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.log_path = workdir / "gateway.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_env: dict[str, str] = {}
+        self.base_url = self.metrics_url.removesuffix("/metrics")
 
     def start(self) -> GatewayProcess:
         log = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY__")}
+        env.update(self.extra_env)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
             stdout=log,
@@ -96,6 +103,18 @@ class GatewayProcess:
 
     def metrics(self) -> dict[str, float]:
         return scrape(self.metrics_url)
+
+    def get(self, path: str) -> tuple[int, dict[str, object]]:
+        """GET a JSON page of the gateway's HTTP server: (status, body)."""
+        try:
+            with urllib.request.urlopen(self.base_url + path, timeout=5) as response:  # noqa: S310
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
 
     def readings(self, outcome: str) -> float:
         return self.metrics().get(f"gateway_readings_total{{outcome={outcome}}}", 0.0)
@@ -163,6 +182,14 @@ def simulated_plan(
         client_id=f"sim-{run_id}",
         per_message=per_message,
     )
+
+
+def publish_in_background(port: int, run_id: str, count: int, rate: float = 0) -> threading.Thread:
+    """Publish `count` simulated readings from 10 devices on a thread of their own."""
+    plan = simulated_plan(port, run_id, count, 10, rate=rate)
+    publisher = threading.Thread(target=simulate.run, args=(plan, None), daemon=True)
+    publisher.start()
+    return publisher
 
 
 def publish_simulated(

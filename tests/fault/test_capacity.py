@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway import servers, simulate
-from tests.gatewayproc import assert_identities, simulated_plan, wait_for
+from gateway import servers
+from tests.gatewayproc import assert_identities, publish_in_background, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -20,15 +19,6 @@ if TYPE_CHECKING:
     from tests.gatewayproc import GatewayProcess
 
 pytestmark = pytest.mark.fault
-
-
-def publish_in_background(port: int, run_id: str, count: int) -> threading.Thread:
-    """Publish `count` simulated readings from 10 devices on a thread of their own."""
-    publisher = threading.Thread(
-        target=simulate.run, args=(simulated_plan(port, run_id, count, 10), None), daemon=True
-    )
-    publisher.start()
-    return publisher
 
 
 def distinct_points(db: servers.Server, run_id: str) -> set[tuple[str, int]]:
