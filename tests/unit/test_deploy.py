@@ -1,0 +1,143 @@
+"""deploy/ and systemd/: checked with the tools made for them and against the exported metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.brokerstats import BROKER_TOPICS
+from gateway.config import FlushSettings
+from gateway.metrics import Metrics
+
+ROOT = Path(__file__).parents[2]
+DEPLOY = ROOT / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "gateway.json"
+UNIT = ROOT / "systemd" / "gateway.service"
+METRIC_NAME = re.compile(r"\b(?:gateway|process)_[a-z_]+\b")
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("promtool")
+    if tool is None:
+        pytest.skip("promtool is not installed (scripts/setup --test installs it)")
+    return subprocess.run([tool, *args], cwd=DEPLOY, capture_output=True, text=True, check=False)
+
+
+def exported_names() -> set[str]:
+    """Every sample name the gateway exports once each kind of event has happened."""
+    metrics = Metrics()
+    metrics.accounting.committed(
+        accepted=1, invalid=0, refused={("shed", "t"): 1}, dropped={("shed", "t"): 1}
+    )
+    for topic in BROKER_TOPICS:
+        metrics.broker.update(topic, b"1")
+    metrics.lag_seconds.set(0)
+    names = set()
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def expressions() -> list[str]:
+    rules = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
+    found = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    dashboard = json.loads(DASHBOARD.read_text())
+    found += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return found
+
+
+def test_alert_rules_and_scrape_config_pass_promtool() -> None:
+    for args in (
+        ("check", "rules", "alerts.yml"),
+        ("check", "config", "prometheus.yml"),
+        ("test", "rules", "alerts_test.yml"),
+    ):
+        result = promtool(*args)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_metric_in_alerts_and_dashboard_is_exported() -> None:
+    """A renamed metric must not leave an alert that can never fire or an empty panel."""
+    exported = exported_names()
+    used = {name for expr in expressions() for name in METRIC_NAME.findall(expr)}
+    assert used
+    assert used - exported == set()
+
+
+def test_compose_file_follows_the_compose_spec() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(DEPLOY / "compose.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (DEPLOY / source).exists(), source
+
+
+def test_dashboard_panels_use_the_provisioned_datasource() -> None:
+    datasources = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    uid = datasources["datasources"][0]["uid"]
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    for panel in panels:
+        assert panel["datasource"]["uid"] == uid
+        assert all(t["datasource"]["uid"] == uid for t in panel["targets"])
+
+
+def test_systemd_unit_is_hardened_notify_and_verifies(tmp_path: Path) -> None:
+    text = UNIT.read_text()
+    settings = dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#"
+    )
+    assert settings["Type"] == "notify"
+    assert int(settings["WatchdogSec"]) > 0
+    assert int(settings["TimeoutStopSec"]) > FlushSettings().grace_s
+    for key in (
+        "DynamicUser",
+        "StateDirectory",
+        "ConfigurationDirectory",
+        "ProtectSystem",
+        "ProtectHome",
+        "NoNewPrivileges",
+        "PrivateTmp",
+        "CapabilityBoundingSet",
+        "RestrictAddressFamilies",
+        "MemoryMax",
+        "Restart",
+    ):
+        assert key in settings, key
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "gateway.service"
+    gateway = Path(sys.executable).parent / "gateway"
+    unit.write_text(text.replace("/usr/local/bin/gateway", str(gateway)))
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
