@@ -1,6 +1,7 @@
 """The `gateway` command line.
 
-Subcommands: run, check-config, status, verify-buffer, dead-letters, simulate, bench, demo.
+Subcommands: run, check-config, status, rejects, verify-buffer, dead-letters, simulate, bench,
+demo.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="print the effective configuration or its errors")
     check.add_argument("config", type=Path)
 
+    rejects = sub.add_parser("rejects", help="show the last refused messages (sensor debugging)")
+    rejects.add_argument("--config", "-c", type=Path, required=True)
+    rejects.add_argument("--json", action="store_true", help="print JSON")
     status = sub.add_parser("status", help="show the buffer (works while the gateway runs)")
     status.add_argument("--config", "-c", type=Path, required=True)
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "run":
         return _run(args.config)
-    if args.command in {"status", "verify-buffer", "dead-letters"}:
+    if args.command in {"status", "verify-buffer", "dead-letters", "rejects"}:
         return _inspect(args)
     if args.command == "simulate":
         from gateway import simulate  # noqa: PLC0415 - paho only when needed
@@ -166,6 +170,15 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         if args.command == "status":
             print(status.status(settings.buffer, as_json=args.json, top=args.top))
+            return 0
+        if args.command == "rejects":
+            from dataclasses import asdict  # noqa: PLC0415
+
+            from gateway import rejects  # noqa: PLC0415
+
+            with rejects.RejectLog(settings.buffer.path, readonly=True) as log:
+                kept = log.newest_first()
+            print(json.dumps([asdict(r) for r in kept]) if args.json else rejects.render(kept))
             return 0
         if args.command == "dead-letters":
             from gateway import deadletter  # noqa: PLC0415

@@ -254,6 +254,25 @@ class MetricsSettings(_Section):
         return host.strip("[]"), int(port)
 
 
+class LimitSettings(_Section):
+    """`[limits]`: what a sensor may send; anything beyond is refused and counted as invalid."""
+
+    max_payload_bytes: ByteSize = Field(default=ByteSize(256 << 10), ge=1)
+    max_readings_per_message: int = Field(default=1000, ge=1)
+    max_fields_per_reading: int = Field(default=100, ge=1)
+    # Tags of a reading, the topic's and the payload's together.
+    max_tags: int = Field(default=32, ge=1)
+    max_identifier_len: int = Field(default=256, ge=1, le=65535)
+    max_string_len: int = Field(default=4096, ge=0)
+    # Readings stamped further ahead than this (a sensor clock gone wrong) are refused.
+    max_future_s: float = Field(default=3600.0, ge=0)
+    # Readings older than this are refused; 10 years by default (backfills are rarely older).
+    max_age_s: float = Field(default=10 * 365 * 86400.0, gt=0)
+    # A field named like one of the reading's tags (a JSON key "device"): InfluxDB would store
+    # both, and queries on the tag would read the field. "rename" appends "_field" to its name.
+    field_named_like_tag: Literal["refuse", "rename"] = "refuse"
+
+
 class LogSettings(_Section):
     """`[log]`: log level and line format for journald."""
 
@@ -275,6 +294,7 @@ class Settings(_Section):
     flush: FlushSettings = FlushSettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+    limits: LimitSettings = LimitSettings()
 
     def lanes(self) -> dict[str, Lane]:
         """The admission lane of each device class the subscriptions name."""

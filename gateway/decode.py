@@ -15,9 +15,10 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from gateway.admission import DEFAULT_CLASS
+from gateway.config import LimitSettings
 from gateway.errors import DecodeError
 from gateway.lineparse import parse_lines
-from gateway.lineproto import check_fields, check_series, check_tags
+from gateway.lineproto import check_fields, check_series, check_tags, set_max_identifier_len
 from gateway.model import DEVICE_TAG, FieldValue, Reading
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from gateway.config import Subscription
 
 NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+# [limits] field_named_like_tag = "rename": a field named like a tag of its reading gets this.
+RENAMED_FIELD_SUFFIX = "_field"
 TAGS_KEY = "tags"
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
@@ -59,14 +62,29 @@ ROUTE_CACHE_SIZE = 20_000
 class Decoder:
     """Maps a message to readings by the first subscription whose template fits its topic."""
 
-    def __init__(self, subscriptions: Sequence[Subscription]) -> None:
+    def __init__(
+        self, subscriptions: Sequence[Subscription], limits: LimitSettings | None = None
+    ) -> None:
         """Keep the subscriptions in configuration order: the first match wins."""
         self._templates = tuple((sub, sub.template) for sub in subscriptions)
         self._routes: dict[str, _Route | DecodeError] = {}
+        self._limits = limits = limits or LimitSettings()
+        set_max_identifier_len(limits.max_identifier_len)
+        self._max_age_ns = int(limits.max_age_s * 1e9)
+        self._max_future_ns = int(limits.max_future_s * 1e9)
 
     def decode(self, topic: str, payload: bytes, received_ns: int) -> Decoded:
         """Decode one message; `received_ns` stamps readings that carry no timestamp."""
         result = Decoded()
+        limits = self._limits
+        if len(payload) > limits.max_payload_bytes:
+            result.errors.append(
+                DecodeError(
+                    "payload_too_large",
+                    f"{len(payload)} bytes, more than {limits.max_payload_bytes}",
+                )
+            )
+            return result
         route = self._routes.get(topic)
         if route is None:
             if len(self._routes) >= ROUTE_CACHE_SIZE:
@@ -76,8 +94,13 @@ class Decoder:
             result.errors.append(route)
             return result
         result.device_class = route.sub.device_class
+        bounds = _Bounds(
+            limits=limits,
+            oldest_ns=received_ns - self._max_age_ns,
+            newest_ns=received_ns + self._max_future_ns,
+        )
         try:
-            _decode_for(route, payload, received_ns, result)
+            _decode_for(route, payload, received_ns, result, bounds)
         except DecodeError as exc:
             result.errors.append(exc)
         return result
@@ -105,6 +128,15 @@ def _make_route(sub: Subscription, values: dict[str, str]) -> _Route:
     return _Route(sub, values[DEVICE_TAG], measurement, topic_tags, sorted_tags)
 
 
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """The limits a message's readings are held to; timestamps relative to its receipt."""
+
+    limits: LimitSettings
+    oldest_ns: int
+    newest_ns: int
+
+
 def _add(
     route: _Route,
     result: Decoded,
@@ -113,7 +145,23 @@ def _add(
     tags: dict[str, str],
     fields: list[tuple[str, FieldValue]],
     ts_ns: int,
+    bounds: _Bounds,
 ) -> None:
+    limits = bounds.limits
+    if len(fields) > limits.max_fields_per_reading:
+        raise DecodeError(
+            "too_many_fields", f"{len(fields)} fields, more than {limits.max_fields_per_reading}"
+        )
+    if not bounds.oldest_ns <= ts_ns <= bounds.newest_ns:
+        which = "future" if ts_ns > bounds.newest_ns else "past"
+        raise DecodeError(
+            f"timestamp_too_far_in_{which}", f"timestamp {ts_ns} ns is out of [limits] range"
+        )
+    for key, value in fields:
+        if type(value) is str and len(value) > limits.max_string_len:
+            raise DecodeError(
+                "string_too_long", f"field {key!r} is longer than {limits.max_string_len}"
+            )
     if tags:
         clash = route.topic_tags.keys() & tags.keys()
         if clash:
@@ -126,12 +174,27 @@ def _add(
     else:
         sorted_tags = route.sorted_tags
         check_series(measurement, sorted_tags)
+    if len(sorted_tags) > limits.max_tags:
+        raise DecodeError("too_many_tags", f"{len(sorted_tags)} tags, more than {limits.max_tags}")
+    if limits.field_named_like_tag == "rename":
+        fields = _rename_tag_named_fields(fields, sorted_tags)
     reading = Reading(route.device, measurement, sorted_tags, tuple(fields), ts_ns)
     check_fields(reading)
     result.readings.append(reading)
 
 
-def _decode_for(route: _Route, payload: bytes, received_ns: int, result: Decoded) -> None:
+def _rename_tag_named_fields(
+    fields: list[tuple[str, FieldValue]], tags: tuple[tuple[str, str], ...]
+) -> list[tuple[str, FieldValue]]:
+    tag_keys = {key for key, _ in tags}
+    if not tag_keys.intersection(key for key, _ in fields):
+        return fields
+    return [(f"{key}{RENAMED_FIELD_SUFFIX}" if key in tag_keys else key, v) for key, v in fields]
+
+
+def _decode_for(
+    route: _Route, payload: bytes, received_ns: int, result: Decoded, bounds: _Bounds
+) -> None:
     sub, measurement = route.sub, route.measurement
     try:
         text = payload.decode()
@@ -140,10 +203,23 @@ def _decode_for(route: _Route, payload: bytes, received_ns: int, result: Decoded
 
     if sub.format == "value":
         fields = [(sub.value_field, _plain_number(text, sub.integers))]
-        _add(route, result, measurement=measurement, tags={}, fields=fields, ts_ns=received_ns)
+        _add(
+            route,
+            result,
+            measurement=measurement,
+            tags={},
+            fields=fields,
+            ts_ns=received_ns,
+            bounds=bounds,
+        )
         return
     unit = NS_PER_UNIT[sub.timestamp_unit or "ns"]
     items: list[Any] = parse_lines(text) if sub.format == "line" else _json_objects(text)
+    if not items:  # blank lines and comments only: nothing to store, but counted
+        raise DecodeError("no_readings", "the payload holds no line")
+    most = bounds.limits.max_readings_per_message
+    if len(items) > most:
+        raise DecodeError("too_many_readings", f"{len(items)} readings, more than {most}")
     for item in items:
         # One bad reading must not cost the message's other readings.
         try:
@@ -157,6 +233,7 @@ def _decode_for(route: _Route, payload: bytes, received_ns: int, result: Decoded
                     tags=dict(tags),
                     fields=line_fields,
                     ts_ns=stamp,
+                    bounds=bounds,
                 )
             else:
                 tags, json_fields, ts = _json_reading(sub, item)
@@ -168,6 +245,7 @@ def _decode_for(route: _Route, payload: bytes, received_ns: int, result: Decoded
                     tags=tags,
                     fields=json_fields,
                     ts_ns=stamp,
+                    bounds=bounds,
                 )
         except DecodeError as exc:
             result.errors.append(exc)

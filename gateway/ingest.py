@@ -30,6 +30,7 @@ from gateway.errors import CapacityError, DecodeError
 from gateway.fifos import Admitted, fifo_name
 from gateway.mqttclient import drain_acks, make_client, send_ack, take_queued
 from gateway.record import pack
+from gateway.rejects import Reject
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from gateway.decode import Decoder
     from gateway.health import Health
     from gateway.metrics import Metrics
+    from gateway.rejects import RejectLog
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ logger = logging.getLogger(__name__)
 RECONNECT_INITIAL_S = 0.5
 # A refusal or drop episode is over after this long without one (one log line each way).
 EPISODE_QUIET_S = 10.0
+# Samples of refused messages for `gateway rejects`: at most this many, this often.
+REJECT_SAMPLES_PER_WRITE = 5
+REJECT_WRITE_INTERVAL_S = 1.0
 # How often a full disk is looked at again while intake waits for free space.
 DISK_FULL_RECHECK_S = 2.0
 # Log wording of each refusal and drop reason.
@@ -83,6 +88,8 @@ class _Pending:
     mid: int
     qos: int
     decoded: Decoded
+    # (topic, payload) of a message with invalid readings, for the reject log.
+    raw: tuple[str, bytes] | None = None
 
 
 class Ingest:
@@ -105,6 +112,7 @@ class Ingest:
         health: Health,
         on_ready: Callable[[], None],
         broker_stats: BrokerStats,
+        rejects: RejectLog,
     ) -> None:
         """Wire the ingest loop; `run` starts it. `on_ready` follows each subscription."""
         self._settings = settings
@@ -120,6 +128,8 @@ class Ingest:
         self._rules = rules
         self._watermarks = Watermarks(rules.high_bytes, rules.low_bytes)
         self._health = health
+        self._rejects = rejects
+        self._next_reject_write = 0.0
         self._on_ready = on_ready
         self._broker_stats = broker_stats
         self._episodes: Episodes[tuple[str, str, str]] = Episodes(EPISODE_QUIET_S)
@@ -202,17 +212,30 @@ class Ingest:
                 # The broker's own counters (QoS 0): metrics, not readings.
                 self._broker_stats.update(topic, bytes(message.payload))
                 return _Pending(message.mid, 0, Decoded())
-            decoded = self._decoder.decode(topic, bytes(message.payload), time.time_ns())
+            payload = bytes(message.payload)
+            decoded = self._decoder.decode(topic, payload, time.time_ns())
+            if decoded.errors:
+                return _Pending(message.mid, message.qos, decoded, (topic, payload))
         return _Pending(message.mid, message.qos, decoded)
 
     def _count_invalid(self, batch: list[_Pending]) -> int:
+        """Count the invalid readings by reason; keep a sample for `gateway rejects`."""
         invalid = 0
+        samples: list[Reject] = []
         for pending in batch:
             for error in pending.decoded.errors:
                 self._metrics.invalid.labels(error.reason).inc()
                 invalid += 1
             if pending.decoded.errors:
                 logger.debug("invalid reading: %s", pending.decoded.errors[0])
+                if pending.raw is not None and len(samples) < REJECT_SAMPLES_PER_WRITE:
+                    error = pending.decoded.errors[0]
+                    samples.append(Reject.of(*pending.raw, error.reason, error.detail))
+        now = time.monotonic()
+        if samples and now >= self._next_reject_write:
+            # At most one write a second: a flood of bad messages must not double the fsyncs.
+            self._next_reject_write = now + REJECT_WRITE_INTERVAL_S
+            self._rejects.add(samples)
         return invalid
 
     async def _commit_and_ack(self, client: aiomqtt.Client, batch: list[_Pending]) -> None:

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from gateway.model import FieldValue, Reading
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-# Longest identifier we accept; the database's own limit (64 KiB) is far too generous for sensors.
-MAX_IDENTIFIER_LEN = 256
+# Longest identifier accepted ([limits] max_identifier_len); the database's own limit (64 KiB) is
+# far too generous for sensors.
+_max_identifier_len = 256
 
 # Names the databases reserve: InfluxDB 1.x refuses a "time" key, 2.x the underscore names of Flux.
 RESERVED_KEYS = frozenset({"time", "_measurement", "_field", "_value", "_time", "_start", "_stop"})
@@ -39,6 +40,13 @@ _KEY_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\="})
 _STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
 
 
+def set_max_identifier_len(length: int) -> None:
+    """Set the longest identifier accepted, for the process (the cache of valid names is too)."""
+    global _max_identifier_len  # noqa: PLW0603 - one setting for the process-wide name cache
+    _max_identifier_len = length
+    _valid_names.clear()
+
+
 def check_identifier(kind: str, name: str) -> None:
     """Refuse a name that cannot be written exactly.
 
@@ -49,8 +57,8 @@ def check_identifier(kind: str, name: str) -> None:
         return
     if not name:
         raise DecodeError("empty_name", f"{kind} is empty")
-    if len(name) > MAX_IDENTIFIER_LEN:
-        raise DecodeError("name_too_long", f"{kind} is longer than {MAX_IDENTIFIER_LEN}")
+    if len(name) > _max_identifier_len:
+        raise DecodeError("name_too_long", f"{kind} is longer than {_max_identifier_len}")
     if _CONTROL.search(name):
         raise DecodeError("control_character", f"{kind} {name!r} holds a control character")
     if _AMBIGUOUS_BACKSLASH.search(name):

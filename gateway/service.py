@@ -24,6 +24,7 @@ from gateway.health import Health
 from gateway.housekeeping import Housekeeping
 from gateway.ingest import Ingest
 from gateway.metrics import Metrics
+from gateway.rejects import RejectLog
 from gateway.reload import changed_keys, effective, is_reloadable
 from gateway.sdnotify import Notifier
 from gateway.sink import make_sink
@@ -58,7 +59,7 @@ async def run(
         commit_max_readings=b.commit_max_readings,
         commit_window_s=b.commit_window_ms / 1000,
         buffer=buffer,
-        decoder=Decoder(settings.mqtt.subscriptions),
+        decoder=Decoder(settings.mqtt.subscriptions, settings.limits),
         metrics=metrics,
         limiter=limiter,
         on_commit=flusher.notify,
@@ -68,6 +69,7 @@ async def run(
         health=health,
         on_ready=_ReadyOnce(notifier).ready,
         broker_stats=metrics.broker,
+        rejects=RejectLog(settings.buffer.path),
     )
     chores = Housekeeping(
         buffer=buffer,

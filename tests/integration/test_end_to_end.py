@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -217,3 +219,15 @@ def test_invalid_messages_are_counted_and_do_not_block_valid_ones(
     fields = influx.query("SHOW FIELD KEYS FROM telemetry")[0]
     assert sorted(name for name, _ in fields["values"]) == ["temp", "x,y=1 z"]
     wait_for(lambda: gw.readings("delivered") == 4, 10, "the escaped reading delivered")
+    # A sample of what was refused, for whoever debugs the sensor's firmware.
+    shown = subprocess.run(
+        [sys.executable, "-m", "gateway", "rejects", "--json", "--config", str(gw.config_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    kept = json.loads(shown.stdout)
+    assert kept
+    assert {r["topic"] for r in kept} == {f"{run_id}/dev-x/telemetry"}
+    assert kept[-1]["reason"] == "not_utf8"
+    assert kept[-1]["payload"] == "\\xff\\xfe"

@@ -9,17 +9,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import Subscription
+from gateway.config import LimitSettings, Subscription
 from gateway.decode import Decoder
 from gateway.lineproto import encode_point
 from gateway.model import Reading
 
 NOW_NS = 1_750_000_000_123_456_789
+# The mapping tests use small timestamps (1 ms after 1970); the limit tests use the defaults.
+ANY_AGE = LimitSettings(max_age_s=1e11)
 
 
 def decoder(**kwargs: object) -> Decoder:
     fields: dict[str, object] = {"topic": "sensors/{device}/{measurement}"} | kwargs
-    return Decoder([Subscription.model_validate(fields)])
+    return Decoder([Subscription.model_validate(fields)], ANY_AGE)
 
 
 def test_default_mapping_is_the_documented_point() -> None:
@@ -61,7 +63,9 @@ def test_timestamp_units(unit: str, ts: object, expected_ns: int) -> None:
 
 def test_json_array_tags_and_static_tags() -> None:
     """Arrays give one reading per object; payload, topic and static tags merge."""
-    d = Decoder([Subscription(topic="f/{site}/{device}", measurement="env", tags={"region": "eu"})])
+    d = Decoder(
+        [Subscription(topic="f/{site}/{device}", measurement="env", tags={"region": "eu"})], ANY_AGE
+    )
     payload = json.dumps([{"ts": 1, "t": 1.5, "tags": {"room": "a"}}, {"ts": 2, "t": 2}])
     result = d.decode("f/s1/d1", payload.encode(), NOW_NS)
     assert result.readings == [
@@ -104,7 +108,7 @@ def test_value_format() -> None:
 
 def test_line_format_adds_device_and_keeps_types() -> None:
     """Line protocol keeps measurement, tags and types; the device tag comes from the topic."""
-    d = Decoder([Subscription(topic="lp/{device}", format="line")])
+    d = Decoder([Subscription(topic="lp/{device}", format="line")], ANY_AGE)
     payload = b'# comment\nm,a=1 f=1.5,i=-3i,b=T,s="q\\"x" 17\n\nm2 v=2u'
     result = d.decode("lp/d9", payload, NOW_NS)
     assert not result.errors
@@ -174,7 +178,7 @@ def test_arbitrary_input_never_raises(topic: str, payload: bytes) -> None:
     for d in (
         decoder(),
         decoder(format="value"),
-        Decoder([Subscription(topic="{device}/#", format="line")]),
+        Decoder([Subscription(topic="{device}/#", format="line")], ANY_AGE),
     ):
         result = d.decode(topic, payload, NOW_NS)
         for reading in result.readings:
