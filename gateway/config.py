@@ -23,6 +23,7 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     field_validator,
@@ -38,7 +39,12 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "GATEWAY__"
 # Keys that hold a secret; they may come from the environment or a *_file key, never the TOML file.
-SECRET_KEYS = {("mqtt", "password"), ("influx", "token"), ("influx", "password")}
+SECRET_KEYS = {
+    ("mqtt", "password"),
+    ("influx", "token"),
+    ("influx", "password"),
+    ("metrics", "token"),
+}
 
 
 class _Section(BaseModel):
@@ -100,6 +106,24 @@ class Subscription(_Section):
         return TopicTemplate.parse(self.topic)
 
 
+class TlsSettings(_Section):
+    """TLS toward a server (`[mqtt.tls]`, `[influx.tls]`): TLS 1.2 or newer, always verified."""
+
+    # The CA bundle that signed the server's certificate; none: the system's CAs.
+    ca_file: FilePath | None = None
+    # A client certificate and its key, for servers that authenticate clients by certificate.
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    # Turn off only for a server reached by an address its certificate does not name.
+    verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _cert_has_key(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class MqttSettings(_Section):
     """`[mqtt]`: the broker connection and the subscriptions."""
 
@@ -109,6 +133,8 @@ class MqttSettings(_Section):
     username: str | None = None
     password_file: Path | None = None
     password: SecretStr | None = None
+    # TLS to the broker; without this table the connection is plain TCP.
+    tls: TlsSettings | None = None
     keepalive_s: int = Field(default=60, ge=5, le=65535)
     protocol: Literal["3.1.1", "5"] = "5"
     # The broker keeps QoS 1 messages for us while we are away only with a persistent session.
@@ -187,6 +213,8 @@ class InfluxSettings(_Section):
     password_file: Path | None = None
     password: SecretStr | None = None
     timeout_s: float = Field(default=10.0, gt=0)
+    # For an https:// url: the CA to trust (default: the system's) and a client certificate.
+    tls: TlsSettings | None = None
 
     @field_validator("url")
     @classmethod
@@ -238,6 +266,19 @@ class MetricsSettings(_Section):
 
     enabled: bool = True
     listen: str = "127.0.0.1:9108"
+    # Serve HTTPS with this certificate and key (both or neither).
+    tls_cert_file: FilePath | None = None
+    tls_key_file: FilePath | None = None
+    # Require `Authorization: Bearer <token>` on every path but /healthz; the token comes from
+    # token_file or GATEWAY__METRICS__TOKEN.
+    token_file: Path | None = None
+    token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _cert_has_key(self) -> MetricsSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        return self
 
     @field_validator("listen")
     @classmethod

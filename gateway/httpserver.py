@@ -1,11 +1,14 @@
 """The gateway's HTTP server: `/metrics`, `/healthz` and `/readyz` on `[metrics] listen`.
 
 aiohttp in the service's event loop, so `/healthz` answering at all shows the loop turns.
-Loopback by default; nothing here can change the gateway's state.
+Loopback by default; nothing here can change the gateway's state. Optionally HTTPS, and a bearer
+token required on every path but `/healthz` (which says nothing but alive or not, and is what
+container health checks call).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -15,15 +18,20 @@ import anyio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.tlscontext import server_context
+
 if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler, Middleware
+
+    from gateway.config import MetricsSettings
     from gateway.health import Health, Verdict
     from gateway.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 
-def make_app(metrics: Metrics, health: Health) -> web.Application:
-    """The routes, over the gateway's metrics and health."""
+def make_app(metrics: Metrics, health: Health, token: str | None = None) -> web.Application:
+    """The routes, over the gateway's metrics and health; `token`: required bearer token."""
 
     async def metrics_page(_request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
@@ -35,11 +43,30 @@ def make_app(metrics: Metrics, health: Health) -> web.Application:
     async def readyz(_request: web.Request) -> web.Response:
         return _verdict_response(health.readiness(time.monotonic()))
 
-    app = web.Application()
+    middlewares = [_bearer_token(token)] if token else []
+    app = web.Application(middlewares=middlewares)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def _bearer_token(token: str) -> Middleware:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != "/healthz":
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return web.Response(
+                    status=401,
+                    text="bearer token required\n",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
+
+    return check
 
 
 def _verdict_response(verdict: Verdict) -> web.Response:
@@ -52,17 +79,27 @@ def _verdict_response(verdict: Verdict) -> web.Response:
 
 
 async def serve(
-    host: str, port: int, metrics: Metrics, health: Health, *, task_status: anyio.abc.TaskStatus
+    settings: MetricsSettings,
+    metrics: Metrics,
+    health: Health,
+    *,
+    task_status: anyio.abc.TaskStatus,
 ) -> None:
     """Serve until cancelled; reports started once the socket is bound.
 
     Raises:
         OSError: the address cannot be bound (in use, or not an address of this host).
     """
-    runner = web.AppRunner(make_app(metrics, health), access_log=None, handle_signals=False)
+    token = settings.token.get_secret_value() if settings.token else None
+    ssl_context = None
+    if settings.tls_cert_file and settings.tls_key_file:
+        ssl_context = server_context(settings.tls_cert_file, settings.tls_key_file)
+    app = make_app(metrics, health, token)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    host, port = settings.host_port
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
         task_status.started()
         await anyio.sleep_forever()
     finally:

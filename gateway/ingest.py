@@ -31,6 +31,7 @@ from gateway.fifos import Admitted, fifo_name
 from gateway.mqttclient import drain_acks, make_client, send_ack, take_queued
 from gateway.record import pack
 from gateway.rejects import Reject
+from gateway.tlscontext import describe as describe_tls_failure
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -50,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 # First reconnect delay; doubles up to `reconnect_max_s`, with full jitter.
 RECONNECT_INITIAL_S = 0.5
+# CONNACK reason codes for a bad login: MQTT 3.1.1 (4, 5) and MQTT 5 (134, 135).
+REFUSED_CREDENTIALS = frozenset({4, 5, 134, 135})
 # A refusal or drop episode is over after this long without one (one log line each way).
 EPISODE_QUIET_S = 10.0
 # Samples of refused messages for `gateway rejects`: at most this many, this often.
@@ -174,7 +177,7 @@ class Ingest:
                 self._set_connected(False)
                 failures += 1
                 if failures == 1:
-                    logger.warning("broker connection lost or refused (%s); reconnecting", exc)
+                    _log_connect_failure(exc)
                 cap = min(self._settings.reconnect_max_s, RECONNECT_INITIAL_S * 2**failures)
                 await anyio.sleep(random.uniform(0, cap))  # noqa: S311 - jitter
 
@@ -383,3 +386,25 @@ class Ingest:
         )
         self._metrics.observe_buffer(self._buffer.totals())
         return admitted, paused
+
+
+def _log_connect_failure(exc: aiomqtt.MqttError) -> None:
+    """One line for the first failure of a run of them, saying what the operator can fix."""
+    tls_problem = describe_tls_failure(exc)
+    if tls_problem is not None:
+        logger.error(
+            "cannot connect to the broker: %s (check [mqtt.tls] ca_file and that the broker's "
+            "certificate names the configured host); retrying",
+            tls_problem,
+        )
+    elif (
+        isinstance(exc, aiomqtt.MqttCodeError)
+        and getattr(exc.rc, "value", exc.rc) in REFUSED_CREDENTIALS
+    ):
+        logger.error(
+            "the broker refused the gateway's credentials (%s); check [mqtt] username and "
+            "password_file; retrying",
+            exc,
+        )
+    else:
+        logger.warning("broker connection lost or refused (%s); reconnecting", exc)

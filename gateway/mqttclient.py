@@ -15,6 +15,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.tlscontext import client_context
+
 if TYPE_CHECKING:
     from gateway.config import MqttSettings
 
@@ -47,6 +49,9 @@ def make_client(s: MqttSettings) -> aiomqtt.Client:
         # paho refuses any clean_start but its default outside MQTT 5.
         clean_start=not s.persistent_session if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
         properties=properties,
+        tls_context=client_context(s.tls) if s.tls is not None else None,
+        # paho checks the host name itself unless told not to; the context says what we want.
+        tls_insecure=None if s.tls is None else not s.tls.verify_hostname,
     )
     enable_manual_ack(client)
     deliver_paho_messages(client)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable
     from pathlib import Path
 
@@ -127,15 +128,20 @@ def _http_ok(url: str) -> Callable[[], bool]:
     return check
 
 
-def start_mosquitto(workdir: Path, port: int | None = None) -> Server:
-    """Mosquitto with persistence, so a restart keeps persistent sessions and their messages."""
+def start_mosquitto(workdir: Path, port: int | None = None, more_listeners: str = "") -> Server:
+    """Mosquitto with persistence, so a restart keeps persistent sessions and their messages.
+
+    `port` is an anonymous plain listener; `more_listeners` adds listener blocks (TLS, logins),
+    each with its own settings.
+    """
     binary = require_binary("mosquitto")
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
     conf.write_text(
-        f"listener {port} 127.0.0.1\n"
+        ("per_listener_settings true\n" if more_listeners else "") + f"listener {port} 127.0.0.1\n"
         "allow_anonymous true\n"
+        f"{more_listeners}\n"
         f"user {getpass.getuser()}\n"
         "persistence true\n"
         f"persistence_location {workdir}/\n"
@@ -178,12 +184,19 @@ def start_influxd(workdir: Path, port: int | None = None) -> Server:
     )
 
 
-def start_victoria_metrics(workdir: Path, port: int | None = None) -> Server:
-    """VictoriaMetrics single-node; takes line protocol on /write and /api/v2/write."""
+def start_victoria_metrics(
+    workdir: Path, port: int | None = None, tls: tuple[Path, Path] | None = None
+) -> Server:
+    """VictoriaMetrics single-node; takes line protocol on /write and /api/v2/write.
+
+    `tls`: (certificate, key) to serve HTTPS instead of HTTP.
+    """
     binary = require_binary("victoria-metrics")
     port = port or free_port()
+    tls_args = ["-tls", f"-tlsCertFile={tls[0]}", f"-tlsKeyFile={tls[1]}"] if tls else []
     argv = [
         binary,
+        *tls_args,
         f"-storageDataPath={workdir}/data",
         f"-httpListenAddr=127.0.0.1:{port}",
         # Test and demo data carry fixed timestamps; the default one-month retention would
@@ -191,9 +204,8 @@ def start_victoria_metrics(workdir: Path, port: int | None = None) -> Server:
         "-retentionPeriod=100y",
         "-loggerLevel=WARN",
     ]
-    return _spawn(
-        "victoria-metrics", argv, port, workdir, _http_ok(f"http://127.0.0.1:{port}/health")
-    )
+    ready = _accepts_tcp(port) if tls else _http_ok(f"http://127.0.0.1:{port}/health")
+    return _spawn("victoria-metrics", argv, port, workdir, ready)
 
 
 def influxql(url: str, query: str, database: str | None = None) -> list[dict[str, Any]]:
@@ -212,10 +224,14 @@ def influxql(url: str, query: str, database: str | None = None) -> list[dict[str
     return series
 
 
-def victoria_export(url: str, match: str = '{__name__=~".+"}') -> list[dict[str, Any]]:
+def victoria_export(
+    url: str, match: str = '{__name__=~".+"}', context: ssl.SSLContext | None = None
+) -> list[dict[str, Any]]:
     """Every stored series of VictoriaMetrics matching `match`, after flushing its buffers."""
-    with urllib.request.urlopen(f"{url}/internal/force_flush", timeout=30):  # noqa: S310
+    with urllib.request.urlopen(f"{url}/internal/force_flush", timeout=30, context=context):  # noqa: S310
         pass
     data = urllib.parse.urlencode({"match[]": match}).encode()
-    with urllib.request.urlopen(f"{url}/api/v1/export", data=data, timeout=60) as response:  # noqa: S310
+    with urllib.request.urlopen(  # noqa: S310
+        f"{url}/api/v1/export", data=data, timeout=60, context=context
+    ) as response:
         return [json.loads(line) for line in response if line.strip()]

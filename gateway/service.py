@@ -92,11 +92,13 @@ async def run(
     try:
         async with anyio.create_task_group() as tg:
             if settings.metrics.enabled:
-                host, port = settings.metrics.host_port
-                await tg.start(httpserver.serve, host, port, metrics, health)
+                m = settings.metrics
+                await tg.start(httpserver.serve, m, metrics, health)
                 logger.info(
-                    "metrics on http://%s/metrics, health on /healthz and /readyz",
-                    settings.metrics.listen,
+                    "metrics on %s://%s/metrics, health on /healthz and /readyz%s",
+                    "https" if m.tls_cert_file else "http",
+                    m.listen,
+                    ", bearer token required" if m.token else "",
                 )
             tg.start_soon(flusher.run, name="gateway.flush")
             if b.sync == "interval":

@@ -17,6 +17,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from gateway.errors import SinkAuthError, SinkError, SinkRejected, SinkUnavailable
+from gateway.tlscontext import client_context
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -89,12 +90,17 @@ class V1Sink:
         if settings.username and settings.password:
             self._auth = aiohttp.BasicAuth(settings.username, settings.password.get_secret_value())
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
+        self._ssl = client_context(settings.tls) if settings.url.startswith("https:") else None
         self._session: aiohttp.ClientSession | None = None
 
     async def write(self, body: bytes) -> None:
         """POST the body; see `classify` for the outcomes."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, auth=self._auth)
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                auth=self._auth,
+                connector=aiohttp.TCPConnector(ssl=self._ssl) if self._ssl else None,
+            )
         try:
             async with self._session.post(self._url, params=self._params, data=body) as response:
                 text = await response.text(errors="replace")
@@ -128,6 +134,7 @@ class V2Sink:
                 token=s.token.get_secret_value() if s.token else "",
                 org=s.org or "",
                 timeout=int(s.timeout_s * 1000),
+                ssl_context=client_context(s.tls) if s.url.startswith("https:") else None,
             )
         try:
             await self._client.write_api().write(

@@ -149,6 +149,7 @@ def gateway(
         *,
         mqtt_port: int | None = None,
         env: dict[str, str] | None = None,
+        wait_connected: bool = True,
         **kwargs: str,
     ) -> GatewayProcess:
         workdir = tmp_path / f"gateway-{len(started)}"
@@ -166,7 +167,7 @@ def gateway(
         process = GatewayProcess(workdir, text, port)
         process.extra_env = env or {}
         started.append(process)
-        return process.start()
+        return process.start(wait_connected=wait_connected)
 
     yield start
     for process in started:

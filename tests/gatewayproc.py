@@ -50,17 +50,19 @@ def config_text(
     flush: str = "linger_s = 0.2\n",
     buffer: str = 'capacity = "64MiB"\n',
     client_id: str,
+    mqtt_extra: str = 'host = "127.0.0.1"\n',
+    metrics_extra: str = "",
 ) -> str:
     """A gateway configuration; `influx` is the body of the [influx] table."""
     return (
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nclient_id = "{client_id}"\n'
+        f'[mqtt]\n{mqtt_extra}port = {mqtt_port}\nclient_id = "{client_id}"\n'
         f"{subscriptions}\n"
         "[buffer]\n"
         + ("" if buffer.startswith("path =") else f'path = "{buffer_dir}"\n')
         + f"{buffer}\n"
         f"[influx]\n{influx}\n"
         f"[flush]\n{flush}\n"
-        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n{metrics_extra}'
     )
 
 
@@ -77,7 +79,8 @@ class GatewayProcess:
         self.extra_env: dict[str, str] = {}
         self.base_url = self.metrics_url.removesuffix("/metrics")
 
-    def start(self) -> GatewayProcess:
+    def start(self, *, wait_connected: bool = True) -> GatewayProcess:
+        """Start; wait until connected to the broker, or else only until serving."""
         log = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY__")}
         env.update(self.extra_env)
@@ -88,11 +91,18 @@ class GatewayProcess:
             env=env,
         )
         log.close()
-        wait_for(
-            lambda: self._alive() and self.metrics().get("gateway_mqtt_connected") == 1,
-            START_TIMEOUT_S,
-            "the gateway to connect",
-        )
+        if wait_connected:
+            wait_for(
+                lambda: self._alive() and self.metrics().get("gateway_mqtt_connected") == 1,
+                START_TIMEOUT_S,
+                "the gateway to connect",
+            )
+        else:
+            wait_for(
+                lambda: self._alive() and "health on /healthz" in self.log(),
+                START_TIMEOUT_S,
+                "the gateway to serve",
+            )
         return self
 
     def _alive(self) -> bool:

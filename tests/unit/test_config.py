@@ -224,3 +224,30 @@ def test_admission_settings_are_checked(
     found = problems(tmp_path, MINIMAL.replace('capacity = "1GiB"', f"{key} = {value}"))
     assert len(found) == 1
     assert found[0].startswith(expected), found
+
+
+def test_tls_settings_name_missing_files_and_lone_certificates(tmp_path: Path) -> None:
+    cert = tmp_path / "gateway.pem"
+    cert.write_text("not checked here")
+
+    def with_tls(table: str) -> list[str]:
+        return problems(tmp_path, MINIMAL.replace("[buffer]", f"[mqtt.tls]\n{table}\n[buffer]"))
+
+    assert with_tls(f'ca_file = "{tmp_path}/missing.pem"') == [
+        "mqtt.tls.ca_file: Path does not point to a file"
+    ]
+    assert with_tls(f'cert_file = "{cert}"') == ["mqtt.tls: cert_file and key_file go together"]
+
+
+def test_metrics_token_is_a_secret(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret-metrics\n")
+    text = MINIMAL.replace(
+        'listen = "127.0.0.1:9108"', f'listen = "127.0.0.1:9108"\ntoken_file = "{token}"'
+    )
+    settings = config.load(write(tmp_path, text), {})
+    assert settings.metrics.token is not None
+    assert settings.metrics.token.get_secret_value() == "s3cret-metrics"
+    assert "s3cret-metrics" not in json.dumps(config.redacted(settings))
+    in_file = MINIMAL.replace('listen = "127.0.0.1:9108"', 'listen = "127.0.0.1:9108"\ntoken = "x"')
+    assert problems(tmp_path, in_file)[0].startswith("metrics.token: secrets may not be written")

@@ -1,0 +1,129 @@
+"""Injection, end to end: hostile topics and payloads leave in influxd exactly the measurements,
+tag keys and field keys that the accepted readings define, and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from gateway import config
+from gateway.decode import Decoder
+from tests.gatewayproc import publish_messages, wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.conftest import InfluxV1
+    from tests.gatewayproc import GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+SUBSCRIPTIONS = """
+[[mqtt.subscriptions]]
+topic = "{run}/j/{{device}}/{{measurement}}"
+format = "json"
+[[mqtt.subscriptions]]
+topic = "{run}/l/{{site}}/{{device}}"
+format = "line"
+[[mqtt.subscriptions]]
+topic = "{run}/v/{{device}}"
+measurement = "level"
+format = "value"
+"""
+# What line protocol, JSON, MQTT and InfluxQL treat specially, and some text that is not ASCII.
+PIECES = [
+    ",", " ", "=", '"', "\\", "\n", "\r", "\t", "#", "'", "+", "/", "\x00", "\x7f", "time",
+    "_field", "device", "m", "x", "é", "温度", "🌡", "a b", "k=v", "1i", "true", "-", "",
+]  # fmt: skip
+# MQTT forbids wildcards in the topic of a PUBLISH; Mosquitto also drops a client that sends a
+# control character in a topic (the decoders meet those in tests/unit/test_hostile_input.py);
+# a "/" would add a level that the gateway's subscriptions do not ask the broker for.
+TOPIC_PIECES = [p for p in PIECES if p not in {"+", "#", "/"} and p.isprintable()]
+CAMPAIGN = 600
+
+
+def hostile(rng: random.Random, most: int = 4, pieces: list[str] = PIECES) -> str:
+    return "".join(rng.choice(pieces) for _ in range(rng.randint(1, most)))
+
+
+def level(rng: random.Random) -> str:
+    return hostile(rng, pieces=TOPIC_PIECES)
+
+
+def campaign(run_id: str, now_ms: int, seed: int = 7) -> list[tuple[str, bytes]]:
+    """A reproducible mix of hostile topics and payloads in every format."""
+    rng = random.Random(seed)
+    messages: list[tuple[str, bytes]] = []
+    for n in range(CAMPAIGN):
+        kind = rng.choice("jjlv")
+        device = level(rng) if rng.random() < 0.5 else f"dev-{n % 7}"
+        if kind == "j":
+            obj: dict[str, object] = {hostile(rng): rng.choice([1.5, "s", True, None, [1]])}
+            obj["ts"] = now_ms - n
+            if rng.random() < 0.3:
+                obj["tags"] = {hostile(rng): hostile(rng)}
+            if rng.random() < 0.2:
+                obj[hostile(rng)] = hostile(rng, 8)
+            topic = f"{run_id}/j/{device}/{level(rng)}"
+            payload = json.dumps(obj, ensure_ascii=rng.random() < 0.5).encode()
+        elif kind == "l":
+            line = (
+                f"{hostile(rng)},{hostile(rng)}={hostile(rng)} {hostile(rng)}={hostile(rng)} "
+                f"{(now_ms - n) * 10**6}"
+            )
+            topic = f"{run_id}/l/{level(rng)}/{device}"
+            payload = line.encode()
+        else:
+            topic = f"{run_id}/v/{device}"
+            payload = rng.choice([b"12.5", b"1e400", b"nan", b"7", hostile(rng).encode()])
+        messages.append((topic, payload))
+    return messages
+
+
+def test_hostile_campaign_leaves_only_what_accepted_readings_define(
+    gateway: Callable[..., GatewayProcess], mosquitto: object, influx: InfluxV1, run_id: str
+) -> None:
+    gw = gateway(influx.config, SUBSCRIPTIONS.format(run=run_id))
+    now_ms = time.time_ns() // 10**6
+    messages = campaign(run_id, now_ms)
+    settings = config.load(gw.config_path, {})
+    decoder = Decoder(settings.mqtt.subscriptions, settings.limits)
+    accepted = [
+        r
+        for topic, payload in messages
+        for r in decoder.decode(topic, payload, now_ms * 10**6).readings
+    ]
+    assert 50 < len(accepted) < len(messages)  # the campaign exercises both sides
+    publish_messages(mosquitto.port, messages)  # type: ignore[attr-defined]
+    wait_for(
+        lambda: gw.metrics()["gateway_mqtt_messages_total"] >= len(messages),
+        60,
+        "every message received",
+    )
+    wait_for(
+        lambda: gw.readings("delivered") + gw.readings("dead_lettered") == gw.readings("accepted"),
+        60,
+        "everything accepted to be written",
+    )
+    assert gw.readings("accepted") == len(accepted)
+
+    expected_tags: dict[str, set[str]] = {}
+    expected_fields: dict[str, set[str]] = {}
+    for reading in accepted:
+        expected_tags.setdefault(reading.measurement, set()).update(k for k, _ in reading.tags)
+        expected_fields.setdefault(reading.measurement, set()).update(k for k, _ in reading.fields)
+    measurements = {row[0] for s in influx.query("SHOW MEASUREMENTS") for row in s["values"]}
+    assert measurements == set(expected_tags)
+    stored_tags = {
+        s["name"]: {row[0] for row in s["values"]} for s in influx.query("SHOW TAG KEYS")
+    }
+    stored_fields = {
+        s["name"]: {row[0] for row in s["values"]} for s in influx.query("SHOW FIELD KEYS")
+    }
+    assert stored_tags == {m: keys for m, keys in expected_tags.items() if keys}
+    assert stored_fields == expected_fields
