@@ -38,6 +38,8 @@ APPEND_SECONDS = 2.0
 SYNC_INTERVAL_S = 1.0
 BENCH_DEVICES = 50
 POLL_S = 0.05
+# How often the end-to-end scenario samples the gateway's lag, backlog and batch size.
+E2E_SAMPLE_S = 0.5
 
 
 def bench_append(sync: str, per_txn: int, seconds: float = APPEND_SECONDS) -> float:
@@ -128,10 +130,7 @@ class _Gateway:
         return _cpu_s(self.process.pid)
 
     def rss_mib(self, key: str = "VmRSS") -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return _rss_mib(self.process.pid, key)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -142,9 +141,15 @@ class _Gateway:
 
 
 def bench_ingest(
-    count: int, rate: float, publishers: int, sync: str, rss_every: int = 0
+    count: int,
+    rate: float,
+    publishers: int,
+    sync: str,
+    *,
+    rss_every: int = 0,
+    per_message: int = 1,
 ) -> dict[str, Any]:
-    """Publish `count` QoS 1 readings (one per message) into a gateway; its figures."""
+    """Publish `count` QoS 1 readings (`per_message` per message) into a gateway; its figures."""
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         work = Path(tmp)
         broker = servers.start_mosquitto(work / "mosquitto")
@@ -161,6 +166,7 @@ def bench_ingest(
                     range(p * devices, (p + 1) * devices),
                     per,
                     rate / publishers,
+                    per_message=per_message,
                 )
                 for p in range(publishers)
             ]
@@ -194,6 +200,8 @@ def bench_ingest(
                 "broker_puback_p99_ms": _quantile(latencies, 0.99) * 1000,
                 "broker_puback_p999_ms": _quantile(latencies, 0.999) * 1000,
                 "gateway_cpu_percent": (gateway.cpu_s() - cpu0) / elapsed * 100,
+                # The steadiest figure on a busy machine: CPU time over readings accepted.
+                "gateway_cpu_us_per_reading": (gateway.cpu_s() - cpu0) / accepted * 1e6,
                 "gateway_peak_rss_mib": gateway.rss_mib("VmHWM"),
                 "gateway_anon_rss_mib": gateway.rss_mib("RssAnon"),
                 "rss_mib_by_backlog": rss,
@@ -201,6 +209,64 @@ def bench_ingest(
         finally:
             if gateway is not None:
                 gateway.stop()
+            broker.stop()
+
+
+def bench_end_to_end(rate: float, duration_s: float, publishers: int) -> dict[str, Any]:
+    """Steady load at `rate` for `duration_s` into a local influxd: lag, backlog, CPU, RSS."""
+    count = int(rate * duration_s)
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        work = Path(tmp)
+        broker = servers.start_mosquitto(work / "mosquitto")
+        db = servers.start_influxd(work / "influxd")
+        servers.influxql(db.url, "CREATE DATABASE telemetry")
+        gateway = None
+        try:
+            gateway = _Gateway(work, broker.port, "commit", db.url, "v1")
+            jobs = [
+                loadgen.Load(
+                    "127.0.0.1",
+                    broker.port,
+                    f"bench-{p}",
+                    range(p * BENCH_DEVICES, (p + 1) * BENCH_DEVICES),
+                    count // publishers,
+                    rate / publishers,
+                )
+                for p in range(publishers)
+            ]
+            cpu0, db_cpu0 = gateway.cpu_s(), _cpu_s(db.process.pid)
+            started = time.perf_counter()
+            lags, backlogs, sizes = [], [], []
+            with multiprocessing.get_context("fork").Pool(publishers) as pool:
+                pending = pool.map_async(_publish, jobs)
+                delivered = 0.0
+                while delivered < count // publishers * publishers:
+                    time.sleep(E2E_SAMPLE_S)
+                    metrics = scrape(gateway.metrics_url)
+                    delivered = metrics["gateway_readings_total{outcome=delivered}"]
+                    lags.append(metrics["gateway_buffer_lag_seconds"])
+                    backlogs.append(metrics["gateway_buffer_readings"])
+                    sizes.append(metrics["gateway_batch_size"])
+                elapsed = time.perf_counter() - started
+                pending.get(timeout=600)
+            half = len(backlogs) // 2
+            return {
+                "delivered_per_s": delivered / elapsed,
+                "lag_p50_s": _quantile(sorted(lags), 0.5),
+                "lag_p99_s": _quantile(sorted(lags), 0.99),
+                "backlog_first_half_max": max(backlogs[:half] or [0]),
+                "backlog_second_half_max": max(backlogs[half:] or [0]),
+                "batch_size_median": statistics.median(sizes),
+                "gateway_cpu_us_per_reading": (gateway.cpu_s() - cpu0) / delivered * 1e6,
+                "gateway_cpu_percent": (gateway.cpu_s() - cpu0) / elapsed * 100,
+                "gateway_peak_rss_mib": gateway.rss_mib("VmHWM"),
+                "database_cpu_percent": (_cpu_s(db.process.pid) - db_cpu0) / elapsed * 100,
+                "database_rss_mib": _rss_mib(db.process.pid),
+            }
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            db.stop()
             broker.stop()
 
 
@@ -272,6 +338,7 @@ def bench_drain(database: str, readings: int, devices: int) -> dict[str, Any]:
                     metrics, "gateway_write_duration_seconds", 0.99
                 ),
                 "gateway_cpu_percent": gateway.cpu_s() / elapsed * 100,
+                "gateway_cpu_us_per_point": gateway.cpu_s() / readings * 1e6,
                 "database_cpu_percent": (_cpu_s(db.process.pid) - db_cpu0) / elapsed * 100,
             }
         finally:
@@ -279,6 +346,13 @@ def bench_drain(database: str, readings: int, devices: int) -> dict[str, Any]:
                 gateway.stop()
             db.stop()
             broker.stop()
+
+
+def _rss_mib(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _cpu_s(pid: int) -> float:
@@ -312,6 +386,10 @@ def run(args: argparse.Namespace) -> int:
         _run_append(args.runs, figures)
     if "ingest" in scenarios:
         _run_ingest(args, figures)
+    if "payload-batches" in scenarios:
+        _run_payload_batches(args, figures)
+    if "end-to-end" in scenarios:
+        _run_end_to_end(args, figures)
     if "backlog" in scenarios:
         _run_backlog(args, figures)
     if "drain" in scenarios:
@@ -331,13 +409,42 @@ def _run_append(runs: int, figures: dict[str, Any]) -> None:
 
 
 def _run_ingest(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    label = f"ingest sync={args.sync} rate={f'{args.rate:.0f}/s' if args.rate else 'max'}"
+    results = [
+        bench_ingest(args.count, args.rate, args.publishers, args.sync) for _ in range(args.runs)
+    ]
+    _collect(figures, label, results)
+
+
+def _run_payload_batches(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    label = f"payload-batches {args.per_message}/message"
+    _collect(
+        figures,
+        label,
+        [
+            bench_ingest(
+                args.count, args.rate, args.publishers, args.sync, per_message=args.per_message
+            )
+            for _ in range(args.runs)
+        ],
+    )
+
+
+def _run_end_to_end(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    label = f"end-to-end {args.rate:.0f}/s for {args.duration:.0f} s"
+    _collect(
+        figures,
+        label,
+        [bench_end_to_end(args.rate, args.duration, args.publishers) for _ in range(args.runs)],
+    )
+
+
+def _collect(figures: dict[str, Any], label: str, results: list[dict[str, Any]]) -> None:
     samples_by_key: dict[str, list[float]] = {}
-    for _ in range(args.runs):
-        result = bench_ingest(args.count, args.rate, args.publishers, args.sync)
+    for result in results:
         for key, value in result.items():
             if isinstance(value, float | int):
                 samples_by_key.setdefault(key, []).append(float(value))
-    label = f"ingest sync={args.sync} rate={f'{args.rate:.0f}/s' if args.rate else 'max'}"
     for key, samples in samples_by_key.items():
         figures[f"{label} {key}"] = statistics.median(samples)
         _show(figures, f"{label} {key}", samples)

@@ -77,22 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--start-ms", type=int, help="timestamp of each device's first reading")
     sim.add_argument("--client-id", default="gateway-simulator")
 
-    bench = sub.add_parser("bench", help="measure buffer, ingest and drain throughput")
-    bench.add_argument(
-        "--scenario",
-        action="append",
-        choices=("append", "ingest", "backlog", "drain"),
-        help="repeatable; default: append and ingest",
-    )
-    bench.add_argument("--runs", type=int, default=3, help="runs per scenario (median shown)")
-    bench.add_argument("--count", type=int, default=100_000, help="ingest: readings per run")
-    bench.add_argument("--rate", type=float, default=0, help="ingest: readings/s, 0 for max")
-    bench.add_argument("--publishers", type=int, default=1, help="publisher processes")
-    bench.add_argument("--sync", choices=("commit", "interval", "none"), default="commit")
-    bench.add_argument("--backlog", type=int, default=5_000_000, help="backlog: readings")
-    bench.add_argument("--drain", type=int, default=1_000_000, help="drain: backlog readings")
-    bench.add_argument("--drain-devices", type=int, default=1000, help="drain: devices")
-    bench.add_argument("--json", type=Path, help="also write the figures to this file")
+    _add_bench(sub)
 
     demo = sub.add_parser("demo", help="run broker, database, gateway and sensors locally")
     demo.add_argument("--devices", type=int, default=20)
@@ -202,8 +187,44 @@ def _run(path: Path) -> int:
         return EXIT_CONFIG
     logsetup.setup(settings.log.level, settings.log.format, settings.log.repeat_window_s)
     try:
-        anyio.run(service.run, settings, path)
+        anyio.run(service.run, settings, path, backend_options=_backend_options())
     except StorageError as exc:
         logger.error("buffer failure: %s", exc)  # noqa: TRY400 - the message says it all
         return 1
     return 0
+
+
+def _backend_options() -> dict[str, bool]:
+    """Use uvloop, a faster event loop, where it is installed (`pip install gateway[fast]`)."""
+    import importlib.util  # noqa: PLC0415
+
+    use_uvloop = importlib.util.find_spec("uvloop") is not None
+    if use_uvloop:
+        logger.info("event loop: uvloop")
+    return {"use_uvloop": use_uvloop}
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The `bench` subcommand's options."""
+    bench = sub.add_parser("bench", help="measure buffer, ingest and drain throughput")
+    bench.add_argument(
+        "--scenario",
+        action="append",
+        choices=("append", "ingest", "payload-batches", "end-to-end", "backlog", "drain"),
+        help="repeatable; default: append and ingest",
+    )
+    bench.add_argument("--runs", type=int, default=3, help="runs per scenario (median shown)")
+    bench.add_argument("--count", type=int, default=100_000, help="ingest: readings per run")
+    bench.add_argument("--rate", type=float, default=0, help="ingest: readings/s, 0 for max")
+    bench.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    bench.add_argument(
+        "--per-message", type=int, default=100, help="payload-batches: readings per message"
+    )
+    bench.add_argument(
+        "--duration", type=float, default=60.0, help="end-to-end: seconds of steady load"
+    )
+    bench.add_argument("--sync", choices=("commit", "interval", "none"), default="commit")
+    bench.add_argument("--backlog", type=int, default=5_000_000, help="backlog: readings")
+    bench.add_argument("--drain", type=int, default=1_000_000, help="drain: backlog readings")
+    bench.add_argument("--drain-devices", type=int, default=1000, help="drain: devices")
+    bench.add_argument("--json", type=Path, help="also write the figures to this file")

@@ -43,14 +43,12 @@ class Flusher:
         sink: Sink,
         settings: FlushSettings,
         metrics: Metrics,
-        limiter: anyio.CapacityLimiter,
     ) -> None:
         """Wire the flusher; `run` starts it."""
         self._buffer = buffer
         self._sink = sink
         self._settings = settings
         self._metrics = metrics
-        self._limiter = limiter
         self._sizer = BatchSizer(
             floor=settings.batch_floor,
             ceiling=settings.batch_ceiling,
@@ -203,7 +201,7 @@ class Flusher:
         return wanted, 0.0
 
     async def _flush(self, wanted: list[tuple[str, int]]) -> None:
-        spans = await anyio.to_thread.run_sync(self._read, wanted, limiter=self._limiter)
+        spans = self._buffer.read(wanted)
         if not spans:
             return
         deleted = False
@@ -212,10 +210,7 @@ class Flusher:
         finally:
             if not deleted:
                 # Not delivered: admission may drop these readings again if it must.
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(
-                        self._buffer.release, [s.device for s in spans], limiter=self._limiter
-                    )
+                self._buffer.release([s.device for s in spans])
 
     async def _deliver_spans(self, spans: list[Span]) -> bool:
         """Write the spans and delete what landed; False when they stay buffered."""
@@ -233,9 +228,7 @@ class Flusher:
         dead = [(devices[sources[j][0]], reason, lines[j].decode()) for j, reason in refused]
         dead_readings = sum(len(sources[j]) for j, _ in refused)
         try:
-            deleted = await anyio.to_thread.run_sync(
-                self._delete, spans, dead, dead_readings, limiter=self._limiter
-            )
+            deleted = self._delete(spans, dead, dead_readings)
         except StorageError as exc:
             # The database has the points; they stay buffered and are written again later,
             # which is harmless. Crashing here would stop intake as well.
@@ -245,9 +238,6 @@ class Flusher:
         self.space_freed.set()
         self.space_freed = anyio.Event()
         return True
-
-    def _read(self, wanted: list[tuple[str, int]]) -> list[Span]:
-        return self._buffer.read(wanted)
 
     def _delete(
         self, spans: list[Span], dead: list[tuple[str, str, str]], dead_readings: int

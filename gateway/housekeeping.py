@@ -1,10 +1,9 @@
 """Periodic chores of the running service: health, systemd's watchdog, the summary line.
 
 Every tick marks the loop alive, pings systemd's watchdog with a status line, ends quiet refusal
-and drop episodes, and now and then logs a summary.
-
-The buffer thread is probed on a task of its own, so that a hung disk stops the watchdog pings
-(and systemd restarts the gateway) instead of stopping every chore.
+and drop episodes, and now and then logs a summary. The buffer works in the event loop's thread,
+so a hung disk stops the ticks, the watchdog pings and /healthz together, and systemd restarts
+the gateway.
 """
 
 from __future__ import annotations
@@ -40,32 +39,23 @@ class Housekeeping:
     metrics: Metrics
     health: Health
     notifier: Notifier
-    limiter: anyio.CapacityLimiter
     summary_interval_s: float
 
     async def run(self) -> None:
         """Tick, probe and summarize until cancelled."""
         tick_s = min(TICK_S, self.notifier.watchdog_interval_s or TICK_S)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._probe_buffer, tick_s, name="gateway.housekeeping.probe")
-            last = self.metrics.accounting.snapshot()
-            next_summary = time.monotonic() + self.summary_interval_s
-            while True:
-                now = time.monotonic()
-                self.health.last_tick = now
-                self.ingest.housekeeping()
-                if self.health.liveness(now).ok:
-                    self.notifier.send(WATCHDOG="1", STATUS=self.status_line())
-                if self.summary_interval_s and now >= next_summary:
-                    last = self._summarize(last)
-                    next_summary = now + self.summary_interval_s
-                await anyio.sleep(tick_s)
-
-    async def _probe_buffer(self, interval_s: float) -> None:
+        last = self.metrics.accounting.snapshot()
+        next_summary = time.monotonic() + self.summary_interval_s
         while True:
-            await anyio.to_thread.run_sync(_nothing, limiter=self.limiter)
-            self.health.last_buffer_answer = time.monotonic()
-            await anyio.sleep(interval_s)
+            now = time.monotonic()
+            self.health.last_tick = now
+            self.ingest.housekeeping()
+            if self.health.liveness(now).ok:
+                self.notifier.send(WATCHDOG="1", STATUS=self.status_line())
+            if self.summary_interval_s and now >= next_summary:
+                last = self._summarize(last)
+                next_summary = now + self.summary_interval_s
+            await anyio.sleep(tick_s)
 
     def status_line(self) -> str:
         """One line for `systemctl status`: backlog, fill, lag."""
@@ -93,7 +83,3 @@ class Housekeeping:
             self.flusher.batch_size,
         )
         return snapshot
-
-
-def _nothing() -> None:
-    """A round trip through the buffer thread."""

@@ -107,7 +107,6 @@ class Ingest:
         buffer: Buffer,
         decoder: Decoder,
         metrics: Metrics,
-        limiter: anyio.CapacityLimiter,
         on_commit: Callable[[int], None],
         on_drop: Callable[[int], None],
         space_freed: Callable[[], anyio.Event],
@@ -124,7 +123,6 @@ class Ingest:
         self._buffer = buffer
         self._decoder = decoder
         self._metrics = metrics
-        self._limiter = limiter
         self._on_commit = on_commit
         self._on_drop = on_drop
         self._space_freed = space_freed
@@ -244,16 +242,13 @@ class Ingest:
     async def _commit_and_ack(self, client: aiomqtt.Client, batch: list[_Pending]) -> None:
         started = time.monotonic()
         try:
-            # Once the append starts, finish it and send its acks even if we are being
-            # stopped: stopping must not turn a committed batch into a redelivered one.
-            with anyio.CancelScope(shield=True):
-                admitted, paused = await anyio.to_thread.run_sync(
-                    self._admit, batch, limiter=self._limiter
-                )
-                committed = len(batch) if paused is None else paused.at_message
-                for pending in batch[:committed]:
-                    if pending.qos:
-                        send_ack(client, pending.mid, pending.qos)
+            # No await between the commit and its acks: a stop cannot come between them and
+            # turn a committed batch into a redelivered one.
+            admitted, paused = self._admit(batch)
+            committed = len(batch) if paused is None else paused.at_message
+            for pending in batch[:committed]:
+                if pending.qos:
+                    send_ack(client, pending.mid, pending.qos)
         except CapacityError as exc:
             # Nothing of this batch is stored or acknowledged: the broker delivers it again.
             raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc

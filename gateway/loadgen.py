@@ -13,7 +13,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.simulate import device_name, values
 
@@ -67,6 +67,8 @@ class Load:
     rate: float = 0.0
     inflight: int = 1000
     start_ms: int = 1_700_000_000_000
+    # Readings per message; above 1 the payload is a JSON array, as batching sensors send.
+    per_message: int = 1
 
 
 class _AckReader(threading.Thread):
@@ -104,19 +106,24 @@ def publish(load: Load) -> LoadResult:
     sock.sendall(_connect_packet(load.client_id))
     if sock.recv(4)[:1] != b"\x20":
         raise ConnectionError("the broker refused the connection")
-    acks = _AckReader(sock, load)
+    messages = load.count // load.per_message
+    acks = _AckReader(sock, replace(load, count=messages))
     acks.start()
     topics = [f"sensors/{device_name(k)}/telemetry".encode() for k in load.devices]
     started = time.perf_counter()
     sent = 0
-    while sent < load.count:
-        if load.rate > 0 and (wait := started + sent / load.rate - time.perf_counter()) > 0:
+    per = load.per_message
+    while sent < messages:
+        if load.rate > 0 and (wait := started + sent * per / load.rate - time.perf_counter()) > 0:
             time.sleep(wait)
         burst = []
-        for _ in range(min(BURST, load.count - sent)):
+        for _ in range(min(BURST, messages - sent)):
             acks.window.acquire()
-            k, i = sent % len(topics), sent // len(topics)
-            payload = json.dumps({"ts": load.start_ms + i, **values(load.devices[k], i)})
+            k, i = sent % len(topics), sent // len(topics) * per
+            items = [
+                {"ts": load.start_ms + j, **values(load.devices[k], j)} for j in range(i, i + per)
+            ]
+            payload = json.dumps(items[0] if per == 1 else items)
             packet_id = sent % 65535 + 1
             acks.sent_at[packet_id] = time.perf_counter()
             burst.append(_publish_packet(topics[k], packet_id, payload.encode()))
@@ -126,4 +133,4 @@ def publish(load: Load) -> LoadResult:
     elapsed = time.perf_counter() - started
     sock.sendall(b"\xe0\x00")  # DISCONNECT
     sock.close()
-    return LoadResult(sent, elapsed, acks.latencies)
+    return LoadResult(sent * per, elapsed, acks.latencies)
