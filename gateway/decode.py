@@ -52,6 +52,7 @@ class _Route:
     measurement: str
     topic_tags: dict[str, str]
     sorted_tags: tuple[tuple[str, str], ...]
+    tag_keys: frozenset[str]
 
 
 # Topics repeat for every reading of a device, so their meaning is cached; bounded, because a
@@ -125,7 +126,14 @@ def _make_route(sub: Subscription, values: dict[str, str]) -> _Route:
         check_series(measurement, sorted_tags)
     else:  # format "line": each line names its measurement
         check_tags(sorted_tags)
-    return _Route(sub, values[DEVICE_TAG], measurement, topic_tags, sorted_tags)
+    return _Route(
+        sub,
+        values[DEVICE_TAG],
+        measurement,
+        topic_tags,
+        sorted_tags,
+        frozenset(key for key, _ in sorted_tags),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,17 +177,18 @@ def _add(
         tags.update(route.topic_tags)
         sorted_tags = tuple(sorted(tags.items()))
         check_series(measurement, sorted_tags)
+        tag_keys = frozenset(tags)
     elif measurement is route.measurement:
-        sorted_tags = route.sorted_tags  # checked when the route was made
+        sorted_tags, tag_keys = route.sorted_tags, route.tag_keys  # checked with the route
     else:
-        sorted_tags = route.sorted_tags
+        sorted_tags, tag_keys = route.sorted_tags, route.tag_keys
         check_series(measurement, sorted_tags)
     if len(sorted_tags) > limits.max_tags:
         raise DecodeError("too_many_tags", f"{len(sorted_tags)} tags, more than {limits.max_tags}")
     if limits.field_named_like_tag == "rename":
         fields = _rename_tag_named_fields(fields, sorted_tags)
     reading = Reading(route.device, measurement, sorted_tags, tuple(fields), ts_ns)
-    check_fields(reading)
+    check_fields(reading, tag_keys)
     result.readings.append(reading)
 
 

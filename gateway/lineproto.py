@@ -33,6 +33,12 @@ RESERVED_KEYS = frozenset({"time", "_measurement", "_field", "_value", "_time", 
 VALID_NAME_CACHE_SIZE = 50_000
 _valid_names: set[str] = set()
 
+# A series and a field key are escaped once per distinct value, not once per reading (they
+# repeat in every reading of a device); bounded like the valid-name cache.
+ENCODED_CACHE_SIZE = 50_000
+_series: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+_field_keys: dict[str, str] = {}
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _AMBIGUOUS_BACKSLASH = re.compile(r"\\(?=[\\, =\"]|$)")
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
@@ -117,22 +123,28 @@ def check_tags(tags: tuple[tuple[str, str], ...]) -> None:
         check_identifier(f"tag {key!r} value", value)
 
 
-def check_fields(reading: Reading) -> None:
+def check_fields(reading: Reading, tag_keys: frozenset[str] | None = None) -> None:
     """Refuse fields that cannot be written exactly (the series is checked by `check_series`).
+
+    `tag_keys` are the reading's tag keys, when the caller knows them already.
 
     Raises:
         DecodeError: naming the offending field.
     """
     if not reading.fields:
         raise DecodeError("no_fields", "the reading has no field")
+    if tag_keys is None:
+        tag_keys = frozenset(key for key, _ in reading.tags)
     for key, field_value in reading.fields:
-        check_identifier("field key", key)
+        if key not in _valid_names:
+            check_identifier("field key", key)
         if key in RESERVED_KEYS:
             raise DecodeError("reserved_name", f"field key {key!r} is reserved by the database")
-        for tag_key, _ in reading.tags:
-            if key == tag_key:
-                raise DecodeError("field_is_tag", f"field {key!r} has the name of a tag")
-        check_field_value(key, field_value)
+        if key in tag_keys:
+            raise DecodeError("field_is_tag", f"field {key!r} has the name of a tag")
+        # A finite float (most values) is fine as it is: x - x is 0.0 only when x is finite.
+        if type(field_value) is not float or field_value - field_value != 0.0:
+            check_field_value(key, field_value)
     if not INT64_MIN <= reading.ts_ns <= INT64_MAX:
         raise DecodeError("timestamp_out_of_range", "timestamp does not fit in 64-bit ns")
 
@@ -160,13 +172,31 @@ def encode_value(value: FieldValue) -> str:
 
 def encode_series(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
     """`measurement,tag=value,...` escaped; assumes `check_series` passed."""
-    escaped = "".join(f",{k.translate(_KEY_ESCAPES)}={v.translate(_KEY_ESCAPES)}" for k, v in tags)
-    return f"{measurement.translate(_MEASUREMENT_ESCAPES)}{escaped}"
+    key = (measurement, tags)
+    series = _series.get(key)
+    if series is None:
+        escaped = "".join(
+            f",{k.translate(_KEY_ESCAPES)}={v.translate(_KEY_ESCAPES)}" for k, v in tags
+        )
+        series = f"{measurement.translate(_MEASUREMENT_ESCAPES)}{escaped}"
+        if len(_series) >= ENCODED_CACHE_SIZE:
+            _series.clear()
+        _series[key] = series
+    return series
 
 
 def encode_fields(fields: tuple[tuple[str, FieldValue], ...]) -> str:
     """`key=value,...` escaped and typed; assumes `check_fields` passed."""
-    return ",".join(f"{k.translate(_KEY_ESCAPES)}={encode_value(v)}" for k, v in fields)
+    parts = []
+    for key, value in fields:
+        escaped = _field_keys.get(key)
+        if escaped is None:
+            if len(_field_keys) >= ENCODED_CACHE_SIZE:
+                _field_keys.clear()
+            escaped = _field_keys[key] = key.translate(_KEY_ESCAPES) + "="
+        # Floats first: JSON numbers are floats unless asked otherwise, so most values are.
+        parts.append(escaped + (repr(value) if type(value) is float else encode_value(value)))
+    return ",".join(parts)
 
 
 def encode_point(reading: Reading) -> str:
