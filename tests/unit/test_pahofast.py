@@ -41,3 +41,19 @@ def test_same_decoding_with_and_without_properties() -> None:
     finally:
         _packet.Properties = original
     assert expected[1][3] != expected[0][3], "the rich packet really carried properties"
+
+
+def test_lazy_info_messages_behave_like_paho_messages() -> None:
+    """Incoming messages carry the same fields; `info` appears on first use, as before."""
+    from paho.mqtt import client as paho_client  # noqa: PLC0415
+
+    assert pahofast.install()
+    message = paho_client.MQTTMessage(7, b"sensors/d/m")
+    assert type(message).__name__ == "_LazyInfoMessage"
+    assert (message.mid, message.topic, message.payload, message.qos) == (7, "sensors/d/m", b"", 0)
+    assert message.info.mid == 7
+    assert message.info is message.info
+    message.info.rc = 0
+    assert not message.info.is_published()
+    message.info._set_as_published()
+    assert message.info.is_published()
