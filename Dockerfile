@@ -16,7 +16,7 @@ USER gateway
 # The buffer: keep it on a volume, or a container restart loses what was not yet delivered.
 VOLUME /var/lib/gateway
 EXPOSE 9108
-# /healthz answers 503 when the event loop or the buffer thread stalls. [metrics] listen must
+# /healthz answers 503 when the event loop stalls (a hung disk stalls it too). [metrics] listen must
 # include the container's loopback (0.0.0.0:9108, as in deploy/gateway.toml).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=4)"]

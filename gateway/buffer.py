@@ -15,8 +15,8 @@ near that budget, inside the transaction that stores, so drops and stores commit
 Invariants: accounting is written in the same transaction as the data it counts, so it is exact
 after any crash. A reading leaves only by `delete`, which the flusher calls after the database
 confirmed (or after moving it to `dead`), or by a drop that admission decided and counted; readings
-the flusher has read are leased and never dropped. Every method blocks: the shell runs them in a
-thread.
+the flusher has read are leased and never dropped. Every method blocks; the service calls them in
+its event loop's thread (see gateway/service.py for why not in a worker thread).
 """
 
 from __future__ import annotations
