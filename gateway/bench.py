@@ -156,20 +156,7 @@ def bench_ingest(
         gateway = None
         try:
             gateway = _Gateway(work, broker.port, sync)
-            per = count // publishers
-            devices = BENCH_DEVICES // publishers
-            jobs = [
-                loadgen.Load(
-                    "127.0.0.1",
-                    broker.port,
-                    f"bench-{p}",
-                    range(p * devices, (p + 1) * devices),
-                    per,
-                    rate / publishers,
-                    per_message=per_message,
-                )
-                for p in range(publishers)
-            ]
+            jobs = _loads(broker.port, count, rate, publishers, per_message)
             cpu0, started = gateway.cpu_s(), time.perf_counter()
             # Anonymous memory is the process's own; file-backed is LMDB's map of its data file,
             # clean page cache the kernel reclaims under pressure.
@@ -177,7 +164,7 @@ def bench_ingest(
             with multiprocessing.get_context("fork").Pool(publishers) as pool:
                 pending = pool.map_async(_publish, jobs)
                 accepted = 0.0
-                while accepted < per * publishers:
+                while accepted < sum(job.count for job in jobs):
                     time.sleep(POLL_S)
                     accepted = gateway.metric("gateway_readings_total{outcome=accepted}")
                     if rss_every and accepted >= (len(rss) + 1) * rss_every:
@@ -212,6 +199,25 @@ def bench_ingest(
             broker.stop()
 
 
+def _loads(
+    port: int, count: int, rate: float, publishers: int, per_message: int = 1
+) -> list[loadgen.Load]:
+    """`count` readings at `rate` from BENCH_DEVICES devices, split over `publishers`."""
+    devices = BENCH_DEVICES // publishers
+    return [
+        loadgen.Load(
+            "127.0.0.1",
+            port,
+            f"bench-{p}",
+            range(p * devices, (p + 1) * devices),
+            count // publishers,
+            rate / publishers,
+            per_message=per_message,
+        )
+        for p in range(publishers)
+    ]
+
+
 def bench_end_to_end(rate: float, duration_s: float, publishers: int) -> dict[str, Any]:
     """Steady load at `rate` for `duration_s` into a local influxd: lag, backlog, CPU, RSS."""
     count = int(rate * duration_s)
@@ -223,24 +229,14 @@ def bench_end_to_end(rate: float, duration_s: float, publishers: int) -> dict[st
         gateway = None
         try:
             gateway = _Gateway(work, broker.port, "commit", db.url, "v1")
-            jobs = [
-                loadgen.Load(
-                    "127.0.0.1",
-                    broker.port,
-                    f"bench-{p}",
-                    range(p * BENCH_DEVICES, (p + 1) * BENCH_DEVICES),
-                    count // publishers,
-                    rate / publishers,
-                )
-                for p in range(publishers)
-            ]
+            jobs = _loads(broker.port, count, rate, publishers)
             cpu0, db_cpu0 = gateway.cpu_s(), _cpu_s(db.process.pid)
             started = time.perf_counter()
             lags, backlogs, sizes = [], [], []
             with multiprocessing.get_context("fork").Pool(publishers) as pool:
                 pending = pool.map_async(_publish, jobs)
                 delivered = 0.0
-                while delivered < count // publishers * publishers:
+                while delivered < sum(job.count for job in jobs):
                     time.sleep(E2E_SAMPLE_S)
                     metrics = scrape(gateway.metrics_url)
                     delivered = metrics["gateway_readings_total{outcome=delivered}"]

@@ -106,6 +106,12 @@ class Subscription(_Section):
         return TopicTemplate.parse(self.topic)
 
 
+def _both_or_neither(section: BaseModel, first: str, second: str) -> None:
+    """A certificate without its key (or the reverse) is a mistake worth naming."""
+    if (getattr(section, first) is None) != (getattr(section, second) is None):
+        raise ValueError(f"{first} and {second} go together")
+
+
 class TlsSettings(_Section):
     """TLS toward a server (`[mqtt.tls]`, `[influx.tls]`): TLS 1.2 or newer, always verified."""
 
@@ -119,8 +125,7 @@ class TlsSettings(_Section):
 
     @model_validator(mode="after")
     def _cert_has_key(self) -> TlsSettings:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
+        _both_or_neither(self, "cert_file", "key_file")
         return self
 
 
@@ -276,8 +281,7 @@ class MetricsSettings(_Section):
 
     @model_validator(mode="after")
     def _cert_has_key(self) -> MetricsSettings:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file go together")
+        _both_or_neither(self, "tls_cert_file", "tls_key_file")
         return self
 
     @field_validator("listen")

@@ -186,16 +186,15 @@ def _add(
     if len(sorted_tags) > limits.max_tags:
         raise DecodeError("too_many_tags", f"{len(sorted_tags)} tags, more than {limits.max_tags}")
     if limits.field_named_like_tag == "rename":
-        fields = _rename_tag_named_fields(fields, sorted_tags)
+        fields = _rename_tag_named_fields(fields, tag_keys)
     reading = Reading(route.device, measurement, sorted_tags, tuple(fields), ts_ns)
     check_fields(reading, tag_keys)
     result.readings.append(reading)
 
 
 def _rename_tag_named_fields(
-    fields: list[tuple[str, FieldValue]], tags: tuple[tuple[str, str], ...]
+    fields: list[tuple[str, FieldValue]], tag_keys: frozenset[str]
 ) -> list[tuple[str, FieldValue]]:
-    tag_keys = {key for key, _ in tags}
     if not tag_keys.intersection(key for key, _ in fields):
         return fields
     return [(f"{key}{RENAMED_FIELD_SUFFIX}" if key in tag_keys else key, v) for key, v in fields]

@@ -82,13 +82,11 @@ class GatewayProcess:
     def start(self, *, wait_connected: bool = True) -> GatewayProcess:
         """Start; wait until connected to the broker, or else only until serving."""
         log = self.log_path.open("ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY__")}
-        env.update(self.extra_env)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=self._env(),
         )
         log.close()
         if wait_connected:
@@ -104,6 +102,30 @@ class GatewayProcess:
                 "the gateway to serve",
             )
         return self
+
+    def _env(self) -> dict[str, str]:
+        """The test's environment without stray overrides, plus this gateway's own."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY__")}
+        return env | self.extra_env
+
+    def cli(self, command: str, *args: str) -> str:
+        """Run another `gateway` command on this gateway's configuration; its output."""
+        config = (
+            [str(self.config_path)]
+            if command == "check-config"
+            else [
+                "--config",
+                str(self.config_path),
+            ]
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", command, *args, *config],
+            capture_output=True,
+            text=True,
+            env=self._env(),
+            check=True,
+        )
+        return result.stdout + result.stderr
 
     def _alive(self) -> bool:
         assert self.process is not None

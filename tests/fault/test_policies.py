@@ -9,8 +9,6 @@ policy allows to lose.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -194,13 +192,7 @@ def test_a_chatty_device_cannot_take_more_than_its_share(
         60,
         "every published reading to be received",
     )
-    status = subprocess.run(
-        [sys.executable, "-m", "gateway", "status", "--json", "--config", str(gw.config_path)],
-        capture_output=True,
-        check=True,
-        text=True,
-    )
-    view = json.loads(status.stdout)
+    view = json.loads(gw.cli("status", "--json"))
     share_bytes = 0.05 * gw.metrics()["gateway_buffer_budget_bytes"]
     held = {d["device"]: d["bytes"] for d in view["devices"]}
     assert share_bytes * 0.9 <= held["chatty"] <= share_bytes

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -220,13 +218,7 @@ def test_invalid_messages_are_counted_and_do_not_block_valid_ones(
     assert sorted(name for name, _ in fields["values"]) == ["temp", "x,y=1 z"]
     wait_for(lambda: gw.readings("delivered") == 4, 10, "the escaped reading delivered")
     # A sample of what was refused, for whoever debugs the sensor's firmware.
-    shown = subprocess.run(
-        [sys.executable, "-m", "gateway", "rejects", "--json", "--config", str(gw.config_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    kept = json.loads(shown.stdout)
+    kept = json.loads(gw.cli("rejects", "--json"))
     assert kept
     assert {r["topic"] for r in kept} == {f"{run_id}/dev-x/telemetry"}
     assert kept[-1]["reason"] == "not_utf8"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -281,24 +280,8 @@ def test_https_database_https_metrics_and_no_secret_anywhere(
         assert len(exported[0]["timestamps"]) == 50
         outputs = [gw.log_path.read_text(), get("/metrics", METRICS_TOKEN)[1]]
         commands = (["status", "--json"], ["rejects"], ["dead-letters", "list"], ["check-config"])
-        outputs += [gateway_cli(gw, *command) for command in commands]
+        outputs += [gw.cli(*command) for command in commands]
         for secret in (MQTT_PASSWORD, INFLUX_TOKEN, METRICS_TOKEN):
             assert not [o for o in outputs if secret in o], secret
     finally:
         db.stop()
-
-
-def gateway_cli(gw: GatewayProcess, command: str, *args: str) -> str:
-    env = {**gw.extra_env}
-    config = ["--config", str(gw.config_path)] if command != "check-config" else []
-    argv = [sys.executable, "-m", "gateway", command, *args, *config]
-    if command == "check-config":
-        argv.append(str(gw.config_path))
-    result = subprocess.run(argv, capture_output=True, text=True, env=env | _base_env(), check=True)
-    return result.stdout + result.stderr
-
-
-def _base_env() -> dict[str, str]:
-    import os  # noqa: PLC0415
-
-    return {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY__")}
