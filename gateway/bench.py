@@ -93,7 +93,14 @@ class _Gateway:
     """A gateway subprocess; without `database_url` the database is stopped (a closed port)."""
 
     def __init__(
-        self, work: Path, broker_port: int, sync: str, database_url: str = "", api: str = "v1"
+        self,
+        work: Path,
+        broker_port: int,
+        sync: str,
+        *,
+        database_url: str = "",
+        api: str = "v1",
+        workers: int = 1,
     ) -> None:
         metrics_port = servers.free_port()
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -108,6 +115,7 @@ class _Gateway:
             sync=sync,
             log_level="warning",
             api=api,
+            workers=workers,
         )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(config)],
@@ -115,7 +123,7 @@ class _Gateway:
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
-        while self.metric("gateway_mqtt_connected") != 1:
+        while self.metric("gateway_mqtt_connected") != workers:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise servers.ServerError("the gateway did not start; see its log")
             time.sleep(POLL_S)
@@ -126,11 +134,15 @@ class _Gateway:
         except OSError:
             return 0.0
 
+    def _pids(self) -> list[int]:
+        """The gateway's process, and its workers' when it has them."""
+        return [self.process.pid, *servers.children_of(self.process.pid)]
+
     def cpu_s(self) -> float:
-        return _cpu_s(self.process.pid)
+        return sum(_cpu_s(pid) for pid in self._pids())
 
     def rss_mib(self, key: str = "VmRSS") -> float:
-        return _rss_mib(self.process.pid, key)
+        return sum(_rss_mib(pid, key) for pid in self._pids())
 
     def stop(self) -> None:
         self.process.terminate()
@@ -148,6 +160,7 @@ def bench_ingest(
     *,
     rss_every: int = 0,
     per_message: int = 1,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Publish `count` QoS 1 readings (`per_message` per message) into a gateway; its figures."""
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
@@ -155,7 +168,7 @@ def bench_ingest(
         broker = servers.start_mosquitto(work / "mosquitto")
         gateway = None
         try:
-            gateway = _Gateway(work, broker.port, sync)
+            gateway = _Gateway(work, broker.port, sync, workers=workers)
             jobs = _loads(broker.port, count, rate, publishers, per_message)
             cpu0, started = gateway.cpu_s(), time.perf_counter()
             # Anonymous memory is the process's own; file-backed is LMDB's map of its data file,
@@ -218,7 +231,9 @@ def _loads(
     ]
 
 
-def bench_end_to_end(rate: float, duration_s: float, publishers: int) -> dict[str, Any]:
+def bench_end_to_end(
+    rate: float, duration_s: float, publishers: int, workers: int = 1
+) -> dict[str, Any]:
     """Steady load at `rate` for `duration_s` into a local influxd: lag, backlog, CPU, RSS."""
     count = int(rate * duration_s)
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
@@ -228,7 +243,7 @@ def bench_end_to_end(rate: float, duration_s: float, publishers: int) -> dict[st
         servers.influxql(db.url, "CREATE DATABASE telemetry")
         gateway = None
         try:
-            gateway = _Gateway(work, broker.port, "commit", db.url, "v1")
+            gateway = _Gateway(work, broker.port, "commit", database_url=db.url, workers=workers)
             jobs = _loads(broker.port, count, rate, publishers)
             cpu0, db_cpu0 = gateway.cpu_s(), _cpu_s(db.process.pid)
             started = time.perf_counter()
@@ -307,9 +322,8 @@ def bench_drain(database: str, readings: int, devices: int) -> dict[str, Any]:
         try:
             db_cpu0 = _cpu_s(db.process.pid)
             started = time.perf_counter()
-            gateway = _Gateway(
-                work, broker.port, "commit", db.url, "v1" if database == "influxd" else "v2"
-            )
+            api = "v1" if database == "influxd" else "v2"
+            gateway = _Gateway(work, broker.port, "commit", database_url=db.url, api=api)
             sizes: list[float] = []
             while (left := gateway.metric("gateway_buffer_readings")) > 0 or not sizes:
                 sizes.append(gateway.metric("gateway_batch_size"))
@@ -405,34 +419,39 @@ def _run_append(runs: int, figures: dict[str, Any]) -> None:
 
 
 def _run_ingest(args: argparse.Namespace, figures: dict[str, Any]) -> None:
-    label = f"ingest sync={args.sync} rate={f'{args.rate:.0f}/s' if args.rate else 'max'}"
-    results = [
-        bench_ingest(args.count, args.rate, args.publishers, args.sync) for _ in range(args.runs)
-    ]
-    _collect(figures, label, results)
+    for workers in args.workers or [1]:
+        label = f"ingest sync={args.sync} rate={f'{args.rate:.0f}/s' if args.rate else 'max'}"
+        results = [
+            bench_ingest(args.count, args.rate, args.publishers, args.sync, workers=workers)
+            for _ in range(args.runs)
+        ]
+        _collect(figures, f"{label} workers={workers}", results)
 
 
 def _run_payload_batches(args: argparse.Namespace, figures: dict[str, Any]) -> None:
-    label = f"payload-batches {args.per_message}/message"
-    _collect(
-        figures,
-        label,
-        [
+    for workers in args.workers or [1]:
+        results = [
             bench_ingest(
-                args.count, args.rate, args.publishers, args.sync, per_message=args.per_message
+                args.count,
+                args.rate,
+                args.publishers,
+                args.sync,
+                per_message=args.per_message,
+                workers=workers,
             )
             for _ in range(args.runs)
-        ],
-    )
+        ]
+        _collect(figures, f"payload-batches {args.per_message}/message workers={workers}", results)
 
 
 def _run_end_to_end(args: argparse.Namespace, figures: dict[str, Any]) -> None:
-    label = f"end-to-end {args.rate:.0f}/s for {args.duration:.0f} s"
-    _collect(
-        figures,
-        label,
-        [bench_end_to_end(args.rate, args.duration, args.publishers) for _ in range(args.runs)],
-    )
+    for workers in args.workers or [1]:
+        label = f"end-to-end {args.rate:.0f}/s for {args.duration:.0f} s workers={workers}"
+        results = [
+            bench_end_to_end(args.rate, args.duration, args.publishers, workers)
+            for _ in range(args.runs)
+        ]
+        _collect(figures, label, results)
 
 
 def _collect(figures: dict[str, Any], label: str, results: list[dict[str, Any]]) -> None:

@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 # Held while a writer has the buffer open: the in-memory mirror of the accounting is only right
 # if no other process writes.
 LOCK_FILE = "gateway.lock"
+# LMDB's two files in the environment's directory.
+DATA_FILE = "data.mdb"
+LMDB_LOCK_FILE = "lock.mdb"
 
 # LMDB fills B-tree pages about half when many FIFOs append side by side, and copy-on-write needs
 # free pages besides; measured with 1 to 1,000 devices, readings taking 35 % of the map never
@@ -92,7 +95,7 @@ class Buffer(IntegrityMixin):
         try:
             if not readonly:
                 path.mkdir(parents=True, exist_ok=True)
-                self._owner = _lock_exclusively(path / LOCK_FILE)
+                self._owner = lock_exclusively(path / LOCK_FILE)
             durable = sync == "commit"
             self._env = lmdb.open(
                 str(path),
@@ -324,7 +327,7 @@ class Buffer(IntegrityMixin):
 
     def file_bytes(self) -> int:
         """Size of the LMDB data file: what the buffer takes on disk."""
-        return (self.path / "data.mdb").stat().st_size
+        return (self.path / DATA_FILE).stat().st_size
 
     def dead_letter_count(self) -> int:
         """How many points the dead-letter store holds."""
@@ -341,7 +344,12 @@ class Buffer(IntegrityMixin):
             ]
 
 
-def _lock_exclusively(path: Path) -> TextIO:
+def lock_exclusively(path: Path) -> TextIO:
+    """Hold an advisory lock on `path` while the returned file is open.
+
+    Raises:
+        StorageError: another process holds it.
+    """
     handle = path.open("a")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

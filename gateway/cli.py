@@ -17,6 +17,8 @@ from gateway import __version__
 from gateway.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from gateway.config import Settings
 
 EXIT_CONFIG = 2
@@ -33,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
     run.add_argument("--config", "-c", type=Path, required=True)
+    # How the parent of a gateway with workers starts each of them (gateway/supervisor.py).
+    run.add_argument("--worker-slot", type=Path, help=argparse.SUPPRESS)
+    run.add_argument("--control-socket", type=Path, help=argparse.SUPPRESS)
+    run.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
 
     check = sub.add_parser("check-config", help="print the effective configuration or its errors")
     check.add_argument("config", type=Path)
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.config)
     if args.command == "run":
-        return _run(args.config)
+        return _run(args)
     if args.command in {"status", "verify-buffer", "dead-letters", "rejects"}:
         return _inspect(args)
     if args.command == "simulate":
@@ -154,22 +160,28 @@ def _inspect(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         if args.command == "status":
-            print(status.status(settings.buffer, as_json=args.json, top=args.top))
+            print(status.status(settings, as_json=args.json, top=args.top))
             return 0
         if args.command == "rejects":
             from dataclasses import asdict  # noqa: PLC0415
 
             from gateway import rejects  # noqa: PLC0415
 
-            with rejects.RejectLog(settings.buffer.path, readonly=True) as log:
-                kept = log.newest_first()
+            kept = []
+            for path in status.environments(settings):
+                with rejects.RejectLog(path, readonly=True) as log:
+                    kept += log.newest_first()
+            kept.sort(key=lambda r: -r.ts_ns)
             print(json.dumps([asdict(r) for r in kept]) if args.json else rejects.render(kept))
             return 0
         if args.command == "dead-letters":
             from gateway import deadletter  # noqa: PLC0415
 
-            return deadletter.run(settings, args.action, args.id)
-        code, text = status.verify(settings.buffer, repair=args.repair)
+            return max(
+                deadletter.run(settings, args.action, args.id, path)
+                for path in status.environments(settings)
+            )
+        code, text = status.verify(settings, repair=args.repair)
     except StorageError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
@@ -177,17 +189,34 @@ def _inspect(args: argparse.Namespace) -> int:
     return code
 
 
-def _run(path: Path) -> int:
+def _run(args: argparse.Namespace) -> int:
+    import functools  # noqa: PLC0415
+
     import anyio  # noqa: PLC0415
 
-    from gateway import logsetup, service  # noqa: PLC0415
+    from gateway import logsetup, service, supervisor, workers  # noqa: PLC0415
 
-    settings = _load(path)
+    settings = _load(args.config)
     if settings is None:
         return EXIT_CONFIG
+    job: Callable[[], Awaitable[None]]
+    if args.worker_slot is not None:
+        slot = workers.find(settings, args.worker_slot)
+        if slot is None:
+            print(f"gateway: {args.worker_slot} is no worker's environment", file=sys.stderr)
+            return EXIT_CONFIG
+        logsetup.tag_process(f"worker {slot.index}" if slot.index is not None else "retiring")
+        worker = workers.Worker(slot, args.control_socket, args.parent_pid)
+        job = functools.partial(
+            service.run, workers.for_slot(settings, slot), args.config, worker=worker
+        )
+    elif settings.mqtt.workers > 1 or workers.retired(settings):
+        job = functools.partial(supervisor.run, settings, args.config)
+    else:
+        job = functools.partial(service.run, settings, args.config)
     logsetup.setup(settings.log.level, settings.log.format, settings.log.repeat_window_s)
     try:
-        anyio.run(service.run, settings, path, backend_options=_backend_options())
+        anyio.run(job, backend_options=_backend_options())
     except StorageError as exc:
         logger.error("buffer failure: %s", exc)  # noqa: TRY400 - the message says it all
         return 1
@@ -224,6 +253,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--duration", type=float, default=60.0, help="end-to-end: seconds of steady load"
     )
     bench.add_argument("--sync", choices=("commit", "interval", "none"), default="commit")
+    bench.add_argument(
+        "--workers",
+        type=int,
+        action="append",
+        help="ingest, payload-batches, end-to-end: [mqtt] workers; repeat to compare (default 1)",
+    )
     bench.add_argument("--backlog", type=int, default=5_000_000, help="backlog: readings")
     bench.add_argument("--drain", type=int, default=1_000_000, help="drain: backlog readings")
     bench.add_argument("--drain-devices", type=int, default=1000, help="drain: devices")

@@ -14,6 +14,7 @@ come from a `*_file` key naming a file that holds them, or from the environment
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -150,7 +151,27 @@ class MqttSettings(_Section):
     # Subscribe to the broker's $SYS counters (Mosquitto: dropped and stored messages,
     # clients) and export them as metrics; brokers without them simply send nothing.
     broker_stats: bool = True
+    # Gateway processes under one parent, each with its own connection in the shared
+    # subscription group, its own LMDB environment (buffer.path/worker-N) and its own flusher.
+    workers: int = Field(default=1, ge=1, le=64)
+    # Subscribe as `$share/<share_group>/<filter>`: the broker hands each message to one member
+    # of the group. Needed by workers > 1 (defaults to client_id then) and by several gateways
+    # on several boxes taking one stream between them.
+    share_group: str | None = Field(default=None, min_length=1, pattern=r"^[^/+#]+$")
     subscriptions: list[Subscription] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _workers_share(cls, data: Any) -> Any:  # noqa: ANN401 - the raw table
+        if isinstance(data, dict) and data.get("share_group") is None:
+            workers, client_id = data.get("workers", 1), data.get("client_id", "gateway")
+            if isinstance(workers, int) and workers > 1 and isinstance(client_id, str):
+                data = {**data, "share_group": re.sub(r"[/+#]", "_", client_id) or "gateway"}
+        return data
+
+    def subscribe_filter(self, mqtt_filter: str) -> str:
+        """The filter as sent in SUBSCRIBE: shared when a share group is configured."""
+        return f"$share/{self.share_group}/{mqtt_filter}" if self.share_group else mqtt_filter
 
     @model_validator(mode="after")
     def _classes_agree(self) -> MqttSettings:

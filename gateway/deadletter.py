@@ -20,6 +20,7 @@ from gateway.sink import make_sink
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from gateway.config import Settings
 
@@ -34,23 +35,23 @@ class DeadLetterStore:
     db: Any  # py-lmdb's database handle type is private
 
     @classmethod
-    def open(cls, settings: Settings) -> DeadLetterStore:
-        """Open the buffer's environment for its dead letters only.
+    def open(cls, settings: Settings, path: Path) -> DeadLetterStore:
+        """Open the environment at `path` (one worker's) for its dead letters only.
 
         Raises:
-            StorageError: no buffer at the configured path.
+            StorageError: no buffer at the path.
         """
         capacity = int(settings.buffer.capacity)
         try:
             env = lmdb.open(
-                str(settings.buffer.path),
+                str(path),
                 create=False,
                 max_dbs=4,
                 map_size=capacity,
             )
             return cls(env, env.open_db(b"dead"))
         except lmdb.Error as exc:
-            raise StorageError(f"cannot open buffer at {settings.buffer.path}: {exc}") from exc
+            raise StorageError(f"cannot open buffer at {path}: {exc}") from exc
 
     def close(self) -> None:
         """Close the environment."""
@@ -104,9 +105,9 @@ async def replay(store: DeadLetterStore, settings: Settings, ids: list[int] | No
     return "\n".join([f"replayed {len(delivered)} dead letters", *refused])
 
 
-def run(settings: Settings, action: str, ids: list[int] | None) -> int:
-    """The dead-letters command; exit 1 when a replay left letters behind."""
-    store = DeadLetterStore.open(settings)
+def run(settings: Settings, action: str, ids: list[int] | None, path: Path) -> int:
+    """The dead-letters command on the environment at `path`; 1 when a replay left some."""
+    store = DeadLetterStore.open(settings, path)
     try:
         if action == "list":
             print(list_letters(store))

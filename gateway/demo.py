@@ -15,7 +15,7 @@ from typing import TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import servers
+from gateway import metricsmerge, servers
 
 DATABASE = "telemetry"
 GATEWAY_STOP_TIMEOUT_S = 30
@@ -23,15 +23,31 @@ GATEWAY_START_TIMEOUT_S = 30
 
 
 def scrape(url: str) -> dict[str, float]:
-    """The gateway's metrics as {"name{label=value}": value}."""
+    """The gateway's metrics as {"name{label=value}": value}.
+
+    A gateway with workers labels each series by worker; this gives the gateway's totals (the
+    largest for the lag and the fill, which describe the worst worker).
+    """
     with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
         text = response.read().decode()
-    flat = {}
+    flat: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
+        worst = family.name in WORST_OF_WORKERS
         for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            flat[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+            labels = ",".join(
+                f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != WORKER_LABEL
+            )
+            key = f"{sample.name}{{{labels}}}" if labels else sample.name
+            if key not in flat:
+                flat[key] = sample.value
+            else:
+                seen = flat[key]
+                flat[key] = max(seen, sample.value) if worst else seen + sample.value
     return flat
+
+
+WORKER_LABEL = metricsmerge.LABEL
+WORST_OF_WORKERS = frozenset({"gateway_buffer_lag_seconds", "gateway_buffer_fill_ratio"})
 
 
 def write_config(
@@ -45,6 +61,7 @@ def write_config(
     sync: str = "commit",
     log_level: str = "info",
     api: str = "v1",
+    workers: int = 1,
 ) -> None:
     """A gateway configuration for the local servers."""
     path.write_text(
@@ -53,6 +70,7 @@ def write_config(
 host = "127.0.0.1"
 port = {mqtt_port}
 client_id = "gateway-demo"
+workers = {workers}
 
 [[mqtt.subscriptions]]
 topic = "sensors/{{device}}/{{measurement}}"

@@ -12,7 +12,7 @@ import hmac
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from aiohttp import web
@@ -21,6 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.tlscontext import server_context
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
     from aiohttp.typedefs import Handler, Middleware
 
     from gateway.config import MetricsSettings
@@ -30,18 +33,55 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def make_app(metrics: Metrics, health: Health, token: str | None = None) -> web.Application:
-    """The routes, over the gateway's metrics and health; `token`: required bearer token."""
+class Pages(Protocol):
+    """What the server shows: one gateway's own figures, or the sum of its workers'."""
+
+    async def metrics(self) -> bytes:
+        """The Prometheus text exposition."""
+        ...
+
+    async def liveness(self) -> Verdict:
+        """Alive or not, with the reasons."""
+        ...
+
+    async def readiness(self) -> Verdict:
+        """Ready or not, with the reasons."""
+        ...
+
+
+class LocalPages:
+    """The pages of the gateway running in this process."""
+
+    def __init__(self, metrics: Metrics, health: Health) -> None:
+        """Show `metrics` and judge by `health`."""
+        self._metrics = metrics
+        self._health = health
+
+    async def metrics(self) -> bytes:
+        """This process's registry."""
+        return generate_latest(self._metrics.registry)
+
+    async def liveness(self) -> Verdict:
+        """Alive while the event loop ticks."""
+        return self._health.liveness(time.monotonic())
+
+    async def readiness(self) -> Verdict:
+        """Ready while connected and taking readings."""
+        return self._health.readiness(time.monotonic())
+
+
+def make_app(pages: Pages, token: str | None = None) -> web.Application:
+    """The routes over `pages`; `token`: required bearer token."""
 
     async def metrics_page(_request: web.Request) -> web.Response:
-        body = generate_latest(metrics.registry)
+        body = await pages.metrics()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_request: web.Request) -> web.Response:
-        return _verdict_response(health.liveness(time.monotonic()))
+        return _verdict_response(await pages.liveness())
 
     async def readyz(_request: web.Request) -> web.Response:
-        return _verdict_response(health.readiness(time.monotonic()))
+        return _verdict_response(await pages.readiness())
 
     middlewares = [_bearer_token(token)] if token else []
     app = web.Application(middlewares=middlewares)
@@ -79,13 +119,9 @@ def _verdict_response(verdict: Verdict) -> web.Response:
 
 
 async def serve(
-    settings: MetricsSettings,
-    metrics: Metrics,
-    health: Health,
-    *,
-    task_status: anyio.abc.TaskStatus,
+    settings: MetricsSettings, pages: Pages, *, task_status: anyio.abc.TaskStatus
 ) -> None:
-    """Serve until cancelled; reports started once the socket is bound.
+    """Serve on `[metrics] listen` until cancelled; reports started once the socket is bound.
 
     Raises:
         OSError: the address cannot be bound (in use, or not an address of this host).
@@ -94,12 +130,28 @@ async def serve(
     ssl_context = None
     if settings.tls_cert_file and settings.tls_key_file:
         ssl_context = server_context(settings.tls_cert_file, settings.tls_key_file)
-    app = make_app(metrics, health, token)
+    host, port = settings.host_port
+    await _serve(
+        make_app(pages, token),
+        lambda runner: web.TCPSite(runner, host, port, ssl_context=ssl_context),
+        task_status,
+    )
+
+
+async def serve_unix(path: Path, pages: Pages, *, task_status: anyio.abc.TaskStatus) -> None:
+    """Serve a worker's pages to its parent on a Unix socket in the parent's private directory."""
+    await _serve(make_app(pages), lambda runner: web.UnixSite(runner, str(path)), task_status)
+
+
+async def _serve(
+    app: web.Application,
+    site: Callable[[web.AppRunner], web.BaseSite],
+    task_status: anyio.abc.TaskStatus,
+) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    host, port = settings.host_port
     try:
-        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+        await site(runner).start()
         task_status.started()
         await anyio.sleep_forever()
     finally:

@@ -15,7 +15,7 @@ import random
 import shutil
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import aiomqtt
 import anyio
@@ -28,7 +28,7 @@ from gateway.decode import Decoded
 from gateway.episodes import Episodes
 from gateway.errors import CapacityError, DecodeError
 from gateway.fifos import Admitted, fifo_name
-from gateway.mqttclient import drain_acks, make_client, send_ack, take_queued
+from gateway.mqttclient import drain_acks, end_session, make_client, send_ack, take_queued
 from gateway.record import pack
 from gateway.rejects import Reject
 from gateway.tlscontext import describe as describe_tls_failure
@@ -143,28 +143,36 @@ class Ingest:
                     sub.topic,
                 )
 
-    async def run(self) -> None:
-        """Connect, consume and reconnect until cancelled."""
+    async def run(self, *, retire_quiet_s: float | None = None) -> None:
+        """Connect, consume and reconnect until cancelled.
+
+        `retire_quiet_s`: instead, take what the session still holds (unsubscribed, until no
+        message came for that long), end the session and return: a retired worker's last job.
+        """
         failures = 0
         while True:
             try:
                 async with make_client(self._settings) as client:
-                    for sub in self._settings.subscriptions:
-                        await client.subscribe(sub.template.mqtt_filter, qos=min(sub.qos, 1))
-                    if self._settings.broker_stats:
-                        await client.subscribe([(topic, 0) for topic in BROKER_TOPICS])
+                    if retire_quiet_s is None:
+                        await self._subscribe(client)
+                    else:
+                        await client.unsubscribe(self._filters())
                     self._set_connected(True)
                     self._metrics.mqtt_connects.inc()
                     self._on_ready()
                     logger.info(
-                        "connected to the broker at %s:%d%s",
+                        "connected to the broker at %s:%d as %s%s",
                         self._settings.host,
                         self._settings.port,
+                        self._settings.client_id,
                         f" after {failures} failed attempts" if failures else "",
                     )
                     failures = 0
                     try:
-                        await self._consume(client)
+                        if retire_quiet_s is None:
+                            await self._consume(client)
+                        else:
+                            await self._consume_until_quiet(client, retire_quiet_s)
                     finally:
                         with anyio.CancelScope(shield=True):
                             await drain_acks(client)
@@ -178,8 +186,28 @@ class Ingest:
                     _log_connect_failure(exc)
                 cap = min(self._settings.reconnect_max_s, RECONNECT_INITIAL_S * 2**failures)
                 await anyio.sleep(random.uniform(0, cap))  # noqa: S311 - jitter
+            else:
+                # Only a retiring session's consumption returns.
+                await end_session(self._settings)
+                self._set_connected(False)
+                return
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        s = self._settings
+        for sub in s.subscriptions:
+            shared = s.subscribe_filter(sub.template.mqtt_filter)
+            await client.subscribe(shared, qos=min(sub.qos, 1))
+        if s.broker_stats:
+            await client.subscribe([(topic, 0) for topic in BROKER_TOPICS])
+
+    def _filters(self) -> list[str]:
+        """Every filter a session of this client id may hold, shared or not."""
+        s = self._settings
+        plain = [sub.template.mqtt_filter for sub in s.subscriptions]
+        shared = [s.subscribe_filter(f) for f in plain] if s.share_group else []
+        return [*plain, *shared, *BROKER_TOPICS]
+
+    async def _consume(self, client: aiomqtt.Client) -> NoReturn:
         """Group commits: wait for a message, let the window fill the queue, drain, commit, ack.
 
         Sleeping through the window (instead of committing whenever the queue is empty) is
@@ -191,17 +219,35 @@ class Ingest:
             started = time.monotonic()
             if len(messages) < self._commit_max:
                 await anyio.sleep(self._commit_window_s)
-            batch = [self._decode(first)]
-            count = len(batch[0].decoded.readings)
-            while count < self._commit_max:
-                queued = take_queued(client)
-                if queued is None:
-                    break
-                batch.append(self._decode(queued))
-                count += len(batch[-1].decoded.readings)
-            self._metrics.messages.inc(len(batch))
-            await self._commit_and_ack(client, batch)
+            await self._commit_and_ack(client, self._take_batch(client, first))
             self._metrics.ack_delay_seconds.observe(time.monotonic() - started)
+
+    async def _consume_until_quiet(self, client: aiomqtt.Client, quiet_s: float) -> None:
+        """Commit what arrives until nothing came for `quiet_s`.
+
+        Polls the queue rather than awaiting the iterator: a wait cancelled there can take a
+        message off the queue and lose it, and this session is about to end.
+        """
+        last = time.monotonic()
+        while time.monotonic() - last < quiet_s:
+            await anyio.sleep(self._commit_window_s)
+            first = take_queued(client)
+            if first is not None:
+                last = time.monotonic()
+                await self._commit_and_ack(client, self._take_batch(client, first))
+
+    def _take_batch(self, client: aiomqtt.Client, first: mqtt.MQTTMessage) -> list[_Pending]:
+        """`first` and what is queued behind it, up to a group commit's worth of readings."""
+        batch = [self._decode(first)]
+        count = len(batch[0].decoded.readings)
+        while count < self._commit_max:
+            queued = take_queued(client)
+            if queued is None:
+                break
+            batch.append(self._decode(queued))
+            count += len(batch[-1].decoded.readings)
+        self._metrics.messages.inc(len(batch))
+        return batch
 
     def _decode(self, message: mqtt.MQTTMessage) -> _Pending:
         try:

@@ -45,11 +45,22 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+# Which process of a gateway with workers wrote a line ("worker-1", "retiring worker-3").
+_process_tag = ""
+
+
+def tag_process(tag: str) -> None:
+    """Name this process in every line from now on, reloads included."""
+    global _process_tag  # noqa: PLW0603 - one per process, set once before setup
+    _process_tag = tag
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": self.formatTime(record),
             "level": record.levelname.lower(),
+            **({"process": _process_tag} if _process_tag else {}),
             "logger": record.name,
             "msg": record.getMessage(),
         }
@@ -65,7 +76,10 @@ def setup(level: str = "info", fmt: str = "text", repeat_window_s: float = 0.0) 
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        where = f"[{_process_tag}] " if _process_tag else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

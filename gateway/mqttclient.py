@@ -58,6 +58,16 @@ def make_client(s: MqttSettings) -> aiomqtt.Client:
     return client
 
 
+async def end_session(s: MqttSettings) -> None:
+    """End the broker's session of `s.client_id`, with whatever it still queues.
+
+    A clean connect discards the old session (MQTT 3.1.1 clean session, MQTT 5 clean start),
+    and without a session expiry the new one ends at disconnect.
+    """
+    async with make_client(s.model_copy(update={"persistent_session": False})):
+        pass
+
+
 def enable_manual_ack(client: aiomqtt.Client) -> None:
     """Switch paho to manual acknowledgement before connecting.
 

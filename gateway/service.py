@@ -8,13 +8,14 @@ What was not flushed stays buffered for the next start. A second signal skips th
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from typing import TYPE_CHECKING
 
 import anyio
 
-from gateway import config, httpserver, logsetup
+from gateway import config, httpserver, logsetup, workers
 from gateway.accounting import Accounting
 from gateway.buffer import Buffer
 from gateway.decode import Decoder
@@ -30,9 +31,11 @@ from gateway.sdnotify import Notifier
 from gateway.sink import make_sink
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
     from pathlib import Path
 
-    from gateway.config import Settings
+    from gateway.config import BufferSettings, Settings
+    from gateway.workers import Slot, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +44,23 @@ logger = logging.getLogger(__name__)
 # after each one (appends fell from 750,000/s to 3,000/s in a test). Only `env.sync` of the
 # interval mode runs in a thread: one call, one wait.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A retiring session is done once nothing came from it for this long.
+RETIRE_QUIET_S = 2.0
+ORPHAN_CHECK_S = 1.0
 
 
 async def run(
-    settings: Settings, config_path: Path | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    config_path: Path | None = None,
+    metrics: Metrics | None = None,
+    *,
+    worker: Worker | None = None,
 ) -> None:
-    """Run the gateway until SIGTERM or SIGINT; SIGHUP reloads `config_path`."""
+    """Run the gateway until SIGTERM or SIGINT; SIGHUP reloads `config_path`.
+
+    `worker`: run as one worker of a parent (`gateway/supervisor.py`), with `settings` already
+    those of its slot; a retiring worker stops by itself once its environment is delivered.
+    """
     metrics = metrics or Metrics()
     notifier = Notifier()
     b = settings.buffer
@@ -87,25 +101,18 @@ async def run(
         ingest=ingest,
         chores=chores,
         budget_bytes=buffer.budget_bytes,
+        slot=worker.slot if worker else None,
     )
+    retired = False
     try:
         async with anyio.create_task_group() as tg:
-            if settings.metrics.enabled:
-                m = settings.metrics
-                await tg.start(httpserver.serve, m, metrics, health)
-                logger.info(
-                    "metrics on %s://%s/metrics, health on /healthz and /readyz%s",
-                    "https" if m.tls_cert_file else "http",
-                    m.listen,
-                    ", bearer token required" if m.token else "",
-                )
-            tg.start_soon(flusher.run, name="gateway.flush")
-            if b.sync == "interval":
-                tg.start_soon(_sync_every, buffer, b.sync_interval_ms / 1000, name="gateway.sync")
+            await _serve_pages(tg, settings, httpserver.LocalPages(metrics, health), worker)
+            _start_background(tg, flusher, chores, b)
             intake = anyio.CancelScope()
             intake_closed = anyio.Event()
-            tg.start_soon(_run_intake, ingest, intake, intake_closed, name="gateway.ingest")
-            tg.start_soon(chores.run, name="gateway.housekeeping")
+            retiring = worker is not None and worker.slot.index is None
+            job = _retire(ingest, flusher) if retiring else ingest.run()
+            tg.start_soon(_run_intake, job, intake, intake_closed, name="gateway.ingest")
             with anyio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
@@ -130,6 +137,7 @@ async def run(
                 time.monotonic() - started,
                 left.readings,
             )
+            retired = retiring and not left.readings and not buffer.dead_letter_count()
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
@@ -137,6 +145,39 @@ async def run(
         buffer.sync()
         buffer.close()
         notifier.close()
+    if retired and worker is not None:
+        workers.remove_environment(worker.slot.path)
+        logger.info("retired %s: delivered and removed", worker.slot.path)
+
+
+def _start_background(
+    tg: anyio.abc.TaskGroup, flusher: Flusher, chores: Housekeeping, b: BufferSettings
+) -> None:
+    tg.start_soon(flusher.run, name="gateway.flush")
+    tg.start_soon(chores.run, name="gateway.housekeeping")
+    if b.sync == "interval":
+        tg.start_soon(_sync_every, chores.buffer, b.sync_interval_ms / 1000, name="gateway.sync")
+
+
+async def _serve_pages(
+    tg: anyio.abc.TaskGroup,
+    settings: Settings,
+    pages: httpserver.LocalPages,
+    worker: Worker | None,
+) -> None:
+    """A worker shows its pages to its parent; a gateway alone on `[metrics] listen`."""
+    if worker is not None:
+        await tg.start(httpserver.serve_unix, worker.control_socket, pages)
+        tg.start_soon(_stop_when_orphaned, worker.parent_pid, name="gateway.parent")
+    elif settings.metrics.enabled:
+        m = settings.metrics
+        await tg.start(httpserver.serve, m, pages)
+        logger.info(
+            "metrics on %s://%s/metrics, health on /healthz and /readyz%s",
+            "https" if m.tls_cert_file else "http",
+            m.listen,
+            ", bearer token required" if m.token else "",
+        )
 
 
 def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
@@ -187,8 +228,10 @@ class _Reloader:
         ingest: Ingest,
         chores: Housekeeping,
         budget_bytes: int,
+        slot: Slot | None,
     ) -> None:
         self.settings = settings
+        self._slot = slot
         self._path = path
         self._flusher = flusher
         self._ingest = ingest
@@ -201,6 +244,8 @@ class _Reloader:
             return
         try:
             new = config.load(self._path)
+            if self._slot is not None:
+                new = workers.for_slot(new, self._slot)
         except ConfigError as exc:
             logger.error(  # noqa: TRY400 - the problems are the message
                 "SIGHUP: %s has errors, nothing reloaded: %s", self._path, "; ".join(exc.problems)
@@ -225,10 +270,27 @@ class _Reloader:
         )
 
 
-async def _run_intake(ingest: Ingest, scope: anyio.CancelScope, closed: anyio.Event) -> None:
+async def _run_intake(job: Awaitable[None], scope: anyio.CancelScope, closed: anyio.Event) -> None:
     with scope:
-        await ingest.run()
+        await job
     closed.set()
+
+
+async def _retire(ingest: Ingest, flusher: Flusher) -> None:
+    """Take what the old session holds, end it, deliver everything, then stop."""
+    await ingest.run(retire_quiet_s=RETIRE_QUIET_S)
+    await flusher.drain()
+    os.kill(os.getpid(), signal.SIGTERM)
+    await anyio.sleep_forever()
+
+
+async def _stop_when_orphaned(parent_pid: int) -> None:
+    """A worker whose parent died (kill -9) stops as if told to: nobody would restart it."""
+    # No event exists for it (prctl's PDEATHSIG is Linux-only and lost across a fork race).
+    while os.getppid() == parent_pid:  # noqa: ASYNC110
+        await anyio.sleep(ORPHAN_CHECK_S)
+    logger.warning("the parent process is gone; stopping")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _skip_on_second_signal(signals: object, grace: anyio.CancelScope) -> None:

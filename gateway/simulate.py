@@ -35,6 +35,8 @@ class Plan:
     per_message: int = 1  # readings per message; above 1 the payload is a JSON array
     start_ms: int | None = None
     client_id: str = "gateway-simulator"
+    # Readings of the sequence an earlier run published already: go on from there.
+    skip: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,21 +67,21 @@ def run(plan: Plan, out: TextIO | None = sys.stdout) -> Result:
     client.max_queued_messages_set(0)
     client.connect(plan.host, plan.port, keepalive=60)
     client.loop_start()
-    published = 0
     pending: list[mqtt.MQTTMessageInfo] = []
     started = last_report = time.monotonic()
     sent_per_device = [0] * plan.devices
+    published = 0
+    while published < plan.skip:
+        k, n = _next_message(plan, published)
+        sent_per_device[k] += n
+        published += n
     try:
         while not _is_done(plan, published, started):
-            if plan.rate > 0 and (wait := started + published / plan.rate - time.monotonic()) > 0:
+            done = published - plan.skip
+            if plan.rate > 0 and (wait := started + done / plan.rate - time.monotonic()) > 0:
                 time.sleep(min(wait, 0.05))
                 continue
-            k = published // plan.per_message % plan.devices
-            n = (
-                plan.per_message
-                if plan.count is None
-                else min(plan.per_message, plan.count - published)
-            )
+            k, n = _next_message(plan, published)
             payload = _payload(plan, k, sent_per_device, n, start_ms)
             info = client.publish(plan.topic.format(device=device_name(k)), payload, qos=plan.qos)
             if plan.qos:
@@ -89,7 +91,7 @@ def run(plan: Plan, out: TextIO | None = sys.stdout) -> Result:
             published += n
             if out is not None and time.monotonic() - last_report >= 1:
                 last_report = time.monotonic()
-                rate = published / (last_report - started)
+                rate = (published - plan.skip) / (last_report - started)
                 print(
                     f"simulate: published {published} readings ({rate:.0f}/s)", file=out, flush=True
                 )
@@ -98,6 +100,7 @@ def run(plan: Plan, out: TextIO | None = sys.stdout) -> Result:
         client.loop_stop()
         client.disconnect()
     elapsed = time.monotonic() - started
+    published -= plan.skip
     if out is not None:
         print(
             f"simulate: done, {published} readings from {plan.devices} devices in {elapsed:.1f} s",
@@ -105,6 +108,13 @@ def run(plan: Plan, out: TextIO | None = sys.stdout) -> Result:
             flush=True,
         )
     return Result(published, elapsed)
+
+
+def _next_message(plan: Plan, published: int) -> tuple[int, int]:
+    """The device and the number of readings of the message after `published` readings."""
+    k = published // plan.per_message % plan.devices
+    n = plan.per_message if plan.count is None else min(plan.per_message, plan.count - published)
+    return k, n
 
 
 def _is_done(plan: Plan, published: int, started: float) -> bool:

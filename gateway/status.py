@@ -11,11 +11,14 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from gateway import workers
 from gateway.buffer import Buffer
 from gateway.fifos import fifo_class, fifo_device
 
 if TYPE_CHECKING:
-    from gateway.config import BufferSettings
+    from pathlib import Path
+
+    from gateway.config import Settings
 
 EXIT_MISMATCH = 1
 
@@ -78,24 +81,58 @@ def render(view: dict[str, Any], top: int) -> str:
     return "\n".join(lines)
 
 
-def status(settings: BufferSettings, *, as_json: bool, top: int) -> str:
-    """The status text (or JSON) of the configured buffer."""
-    with Buffer(settings.path, int(settings.capacity), readonly=True) as buffer:
-        view = snapshot(buffer, time.time_ns())
+def status(settings: Settings, *, as_json: bool, top: int) -> str:
+    """The status text (or JSON) of the buffer: every worker's environment together."""
+    views = []
+    for path in environments(settings):
+        with Buffer(path, int(settings.buffer.capacity), readonly=True) as buffer:
+            views.append(snapshot(buffer, time.time_ns()))
+    view = views[0] if len(views) == 1 else combine(str(settings.buffer.path), views)
     return json.dumps(view, indent=2) if as_json else render(view, top)
 
 
-def verify(settings: BufferSettings, *, repair: bool) -> tuple[int, str]:
-    """Full scan of the buffer; (exit code, report text)."""
-    readonly = not repair
-    with Buffer(settings.path, int(settings.capacity), readonly=readonly) as buffer:
-        report = buffer.repair() if repair else buffer.verify()
-        totals = asdict(buffer.totals())
-    if report.is_consistent:
-        return 0, f"buffer {settings.path} is consistent: {totals}"
-    verdict = "repaired" if repair else "run with --repair while the gateway is stopped to fix"
-    text = "\n".join([f"buffer {settings.path} accounting mismatch ({verdict}):", *report.problems])
-    return EXIT_MISMATCH, text
+def combine(path: str, views: list[dict[str, Any]]) -> dict[str, Any]:
+    """One view of several environments: totals added, each device's backlog added up."""
+    summed = ("readings", "bytes", "capacity_bytes", "budget_bytes", "file_bytes", "dead_letters")
+    totals = {key: sum(v[key] for v in views) for key in summed}
+    devices: dict[tuple[str, str], dict[str, Any]] = {}
+    for device in (d for v in views for d in v["devices"]):
+        key = (device["device"], device["device_class"])
+        seen = devices.setdefault(key, {**device, "readings": 0, "bytes": 0})
+        seen["readings"] += device["readings"]
+        seen["bytes"] += device["bytes"]
+        if device["oldest_ts_ns"] < seen["oldest_ts_ns"]:
+            seen.update(oldest_ts_ns=device["oldest_ts_ns"], oldest_age_s=device["oldest_age_s"])
+    return {
+        "path": path,
+        **totals,
+        # The fullest environment: each worker admits against its own share of the budget.
+        "fill_ratio": max(v["fill_ratio"] for v in views),
+        "devices_with_backlog": len(devices),
+        "environments": [{k: v for k, v in view.items() if k != "devices"} for view in views],
+        "devices": sorted(devices.values(), key=lambda d: (-d["readings"], d["device"])),
+    }
+
+
+def environments(settings: Settings) -> list[Path]:
+    """Every LMDB environment under the buffer path (one per worker), or the path itself."""
+    return [slot.path for slot in workers.existing(settings)] or [settings.buffer.path]
+
+
+def verify(settings: Settings, *, repair: bool) -> tuple[int, str]:
+    """Full scan of every environment; (exit code, report text)."""
+    code, texts = 0, []
+    for path in environments(settings):
+        with Buffer(path, int(settings.buffer.capacity), readonly=not repair) as buffer:
+            report = buffer.repair() if repair else buffer.verify()
+            totals = asdict(buffer.totals())
+        if report.is_consistent:
+            texts.append(f"buffer {path} is consistent: {totals}")
+            continue
+        code = EXIT_MISMATCH
+        verdict = "repaired" if repair else "run with --repair while the gateway is stopped to fix"
+        texts += [f"buffer {path} accounting mismatch ({verdict}):", *report.problems]
+    return code, "\n".join(texts)
 
 
 def _size(nbytes: float) -> str:

@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from gateway import servers
-from tests.gatewayproc import GatewayProcess, config_text
+from tests.gatewayproc import GatewayProcess, config_text, stored_points
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from tests.gatewayproc import Points
 
 
 @pytest.fixture(autouse=True)
@@ -113,6 +115,10 @@ class InfluxV1:
         """The series of an InfluxQL statement on this database."""
         return servers.influxql(self.url, statement, self.database)
 
+    def points(self) -> Points:
+        """(device, ts ms) -> fields of the simulated readings stored (tests.gatewayproc)."""
+        return stored_points(self.query('SELECT "temp", "hum", "device" FROM "telemetry"'))
+
     def count(self, field: str = "temp", measurement: str = "telemetry") -> int:
         """How many points hold `field`."""
         series = self.query(f'SELECT count("{field}") FROM "{measurement}"')
@@ -150,6 +156,7 @@ def gateway(
         mqtt_port: int | None = None,
         env: dict[str, str] | None = None,
         wait_connected: bool = True,
+        workers: int = 1,
         **kwargs: str,
     ) -> GatewayProcess:
         workdir = tmp_path / f"gateway-{len(started)}"
@@ -164,7 +171,10 @@ def gateway(
             subscriptions=subscriptions or JSON_SUBSCRIPTION.format(run=run_id),
             **kwargs,
         )
+        if workers > 1:
+            text = text.replace("[mqtt]\n", f"[mqtt]\nworkers = {workers}\n", 1)
         process = GatewayProcess(workdir, text, port)
+        process.connections = workers
         process.extra_env = env or {}
         started.append(process)
         return process.start(wait_connected=wait_connected)

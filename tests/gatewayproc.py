@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from gateway import servers, simulate
 from gateway.demo import scrape
 
@@ -27,17 +29,18 @@ PUBLISH_CHUNK = 20_000
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> object:
     """Poll `condition` until it returns something truthy, or fail naming `what`."""
     deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
+    last: object = None
     while time.monotonic() < deadline:
         try:
             result = condition()
         except (OSError, servers.ServerError) as exc:
-            last_error = exc
+            last = exc
         else:
             if result:
                 return result
+            last = f"last result {result!r}"
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} ({last_error})")
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} ({last})")
 
 
 def config_text(
@@ -78,6 +81,8 @@ class GatewayProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.extra_env: dict[str, str] = {}
         self.base_url = self.metrics_url.removesuffix("/metrics")
+        # Broker connections when it takes readings: one per worker.
+        self.connections = 1
 
     def start(self, *, wait_connected: bool = True) -> GatewayProcess:
         """Start; wait until connected to the broker, or else only until serving."""
@@ -91,7 +96,10 @@ class GatewayProcess:
         log.close()
         if wait_connected:
             wait_for(
-                lambda: self._alive() and self.metrics().get("gateway_mqtt_connected") == 1,
+                lambda: (
+                    self._alive()
+                    and self.metrics().get("gateway_mqtt_connected") == self.connections
+                ),
                 START_TIMEOUT_S,
                 "the gateway to connect",
             )
@@ -166,6 +174,26 @@ class GatewayProcess:
                 self.process.wait()
                 raise
         return self.process.returncode
+
+    def workers(self) -> list[int]:
+        """The pids of the worker processes of this gateway's parent."""
+        assert self.process is not None
+        return servers.children_of(self.process.pid)
+
+    def per_worker(self, sample: str) -> dict[str, float]:
+        """{worker label: value} of one sample, e.g. 'gateway_readings_total{outcome=accepted}'."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:  # noqa: S310
+            text = response.read().decode()
+        name, _, rest = sample.partition("{")
+        wanted = dict(pair.split("=", 1) for pair in rest.rstrip("}").split(",") if pair)
+        found = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                labels = dict(s.labels)
+                worker = labels.pop("worker", "")
+                if s.name == name and labels == wanted:
+                    found[worker] = s.value
+        return found
 
     def kill(self) -> None:
         """kill -9."""
@@ -274,7 +302,7 @@ def assert_identities(gw: GatewayProcess) -> dict[str, float]:
         return m[f"gateway_readings_total{{outcome={name}}}"]
 
     assert outcome("received") == outcome("invalid") + outcome("refused") + outcome("accepted")
-    assert outcome("accepted") == (
+    assert outcome("accepted") + outcome("recovered") == (
         outcome("delivered")
         + outcome("dead_lettered")
         + outcome("dropped")

@@ -1,0 +1,338 @@
+"""The parent of a gateway with workers: starts, watches and restarts them, and speaks for them.
+
+Each worker is `gateway run` in a process of its own (its own MQTT connection in the shared
+subscription group, LMDB environment and flusher; see gateway/workers.py), so a crash or a hung
+event loop costs one worker, which is restarted, never the readings it acknowledged: they are in
+its environment, and what it had not acknowledged comes again from the broker to its session.
+
+The parent serves `[metrics] listen` for all of them: /metrics sums the workers' pages,
+/readyz is ready when every worker is, and systemd hears READY, WATCHDOG and STOPPING from the
+parent only (the unit needs `KillMode=mixed`, so that SIGTERM reaches the workers once, from it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+import anyio
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from gateway import httpserver, metricsmerge, workers
+from gateway.buffer import lock_exclusively
+from gateway.health import Verdict
+from gateway.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from anyio.abc import Process
+
+    from gateway.config import Settings
+    from gateway.workers import Slot
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = "supervisor.lock"
+# A worker that crashes is started again after this, doubling up to the cap; a worker that ran
+# this long before crashing starts the doubling over.
+RESTART_INITIAL_S = 0.5
+RESTART_MAX_S = 30.0
+RESTART_RESET_AFTER_S = 60.0
+# A worker whose /healthz fails (or does not answer) this long is killed and restarted.
+HUNG_AFTER_S = 30.0
+CHECK_EVERY_S = 2.0
+ASK_TIMEOUT_S = 2.0
+# What a worker is given after SIGTERM before the parent stops waiting: its flush grace plus this.
+STOP_MARGIN_S = 10.0
+
+
+@dataclass(slots=True)
+class _Child:
+    slot: Slot
+    socket: Path
+    process: Process | None = None
+    restarts: int = 0
+    unhealthy_since: float | None = None
+    done: bool = field(default=False)
+
+    @property
+    def name(self) -> str:
+        """How logs name it: "worker 1", "retiring worker-3"."""
+        if self.slot.index is None:
+            return f"retiring {self.slot.path.name}"
+        return f"worker {self.slot.index}"
+
+    @property
+    def label(self) -> str:
+        """Its `worker` label in /metrics: "1", "retiring worker-3"."""
+        return str(self.slot.index) if self.slot.index is not None else self.name
+
+    @property
+    def retiring(self) -> bool:
+        return self.slot.index is None
+
+
+class Supervisor:
+    """Runs one child process per slot until told to stop."""
+
+    def __init__(self, settings: Settings, config_path: Path, control_dir: Path) -> None:
+        """Plan a child for each configured worker and each environment to retire."""
+        self._settings = settings
+        self._config_path = config_path
+        self._stopping = anyio.Event()
+        self._children = [
+            _Child(slot, control_dir / f"{i}.sock")
+            for i, slot in enumerate([*workers.slots(settings), *workers.retired(settings)])
+        ]
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._running = Gauge(
+            "gateway_workers_running",
+            "Worker processes running (those retiring old environments included)",
+            registry=self.registry,
+        )
+        self._restarts = Counter(
+            "gateway_worker_restarts",
+            "Times a worker was started again after it exited or hung",
+            ["worker"],
+            registry=self.registry,
+        )
+        for child in self._children:
+            self._restarts.labels(child.label)
+
+    async def run(self) -> None:
+        """Start every child, keep them running, and stop them all on SIGTERM or SIGINT."""
+        notifier = Notifier()
+        for child in self._children:
+            if child.retiring:
+                logger.info(
+                    "%s holds an environment this number of workers does not use: taking what "
+                    "the broker still keeps for %s, delivering everything, then removing it",
+                    child.slot.path,
+                    child.slot.client_id,
+                )
+        try:
+            async with anyio.create_task_group() as tg:
+                if self._settings.metrics.enabled:
+                    await tg.start(httpserver.serve, self._settings.metrics, _Pages(self))
+                for child in self._children:
+                    tg.start_soon(self._keep_running, child, name=f"gateway.{child.name}")
+                tg.start_soon(self._watch, notifier, name="gateway.watch")
+                with anyio.open_signal_receiver(
+                    signal.SIGTERM, signal.SIGINT, signal.SIGHUP
+                ) as signals:
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            logger.info("SIGHUP: passing it on to the workers")
+                            self._signal_all(signal.SIGHUP)
+                            continue
+                        if not self._stopping.is_set():
+                            self._stopping.set()
+                            notifier.send(STOPPING="1", STATUS="stopping the workers")
+                            logger.info("%s: stopping the workers", signal.Signals(signum).name)
+                            tg.start_soon(self._stop_all, tg.cancel_scope)
+                        self._signal_all(signal.SIGTERM)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for child in self._children:
+                    if child.process is not None and child.process.returncode is None:
+                        child.process.kill()
+                        await child.process.wait()
+            notifier.close()
+
+    async def _keep_running(self, child: _Child) -> None:
+        delay = RESTART_INITIAL_S
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            child.process = await anyio.open_process(
+                self._command(child),
+                stdin=subprocess.DEVNULL,
+                stdout=None,
+                stderr=None,
+                env=_child_environment(),
+                start_new_session=True,
+            )
+            self._running.inc()
+            code = await child.process.wait()
+            self._running.dec()
+            if self._stopping.is_set():
+                return
+            if child.retiring and code == 0:
+                child.done = True
+                return
+            if time.monotonic() - started > RESTART_RESET_AFTER_S:
+                delay = RESTART_INITIAL_S
+            logger.error(
+                "%s (pid %d) %s; starting it again in %.1f s",
+                child.name,
+                child.process.pid,
+                _describe_exit(code),
+                delay,
+            )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX_S)
+            child.restarts += 1
+            self._restarts.labels(child.label).inc()
+
+    def _command(self, child: _Child) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "gateway",
+            "run",
+            "--config",
+            str(self._config_path),
+            "--worker-slot",
+            str(child.slot.path),
+            "--control-socket",
+            str(child.socket),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+
+    async def _watch(self, notifier: Notifier) -> None:
+        """READY once every worker is; WATCHDOG while this loop turns; kill hung workers."""
+        ready = False
+        tick_s = min(CHECK_EVERY_S, notifier.watchdog_interval_s or CHECK_EVERY_S)
+        while True:
+            now = time.monotonic()
+            for child in self._active():
+                verdict = await _ask(child, "/healthz")
+                if verdict.ok:
+                    child.unhealthy_since = None
+                elif child.unhealthy_since is None:
+                    child.unhealthy_since = now
+                elif now - child.unhealthy_since > HUNG_AFTER_S and child.process is not None:
+                    logger.error(
+                        "%s has not been healthy for %.0f s (%s); killing it",
+                        child.name,
+                        now - child.unhealthy_since,
+                        "; ".join(verdict.problems),
+                    )
+                    child.process.kill()
+                    child.unhealthy_since = None
+            if not ready and (await self.readiness()).ok:
+                ready = True
+                notifier.send(READY="1", STATUS=f"{len(self._intake())} workers taking readings")
+            notifier.send(WATCHDOG="1")
+            await anyio.sleep(tick_s)
+
+    async def _stop_all(self, scope: anyio.CancelScope) -> None:
+        wait_s = self._settings.flush.grace_s + STOP_MARGIN_S
+        with anyio.move_on_after(wait_s):
+            for child in self._children:
+                if child.process is not None:
+                    await child.process.wait()
+        scope.cancel()
+
+    def _signal_all(self, signum: signal.Signals) -> None:
+        for child in self._active():
+            if child.process is not None:
+                child.process.send_signal(signum)
+
+    def _active(self) -> list[_Child]:
+        return [c for c in self._children if c.process is not None and c.process.returncode is None]
+
+    def _intake(self) -> list[_Child]:
+        return [c for c in self._children if not c.retiring]
+
+    async def metrics(self) -> bytes:
+        """Every running worker's series, labelled by worker, then the parent's own."""
+        pages = []
+        for child in self._active():
+            try:
+                async with _session(child) as session, session.get("http://w/metrics") as r:
+                    pages.append((child.label, await r.text()))
+            except (aiohttp.ClientError, TimeoutError):
+                continue  # starting or stopping: its series are absent from this scrape
+        return metricsmerge.merge(pages) + generate_latest(self.registry)
+
+    async def liveness(self) -> Verdict:
+        """Alive while every worker process runs (a crashed one is being restarted)."""
+        problems = [f"{c.name} is not running" for c in self._intake() if c not in self._active()]
+        return Verdict(not problems, tuple(problems))
+
+    async def readiness(self) -> Verdict:
+        """Ready when every configured worker is."""
+        problems: list[str] = []
+        for child in self._intake():
+            if child not in self._active():
+                problems.append(f"{child.name} is not running")
+                continue
+            verdict = await _ask(child, "/readyz")
+            problems.extend(f"{child.name}: {problem}" for problem in verdict.problems)
+        return Verdict(not problems, tuple(problems))
+
+
+class _Pages:
+    """The pages of all workers, as the parent serves them."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    async def metrics(self) -> bytes:
+        return await self._supervisor.metrics()
+
+    async def liveness(self) -> Verdict:
+        return await self._supervisor.liveness()
+
+    async def readiness(self) -> Verdict:
+        return await self._supervisor.readiness()
+
+
+def _session(child: _Child) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.UnixConnector(path=str(child.socket)),
+        timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT_S),
+    )
+
+
+async def _ask(child: _Child, path: str) -> Verdict:
+    """A worker's verdict on `path`; not answering is a failing verdict."""
+    try:
+        async with _session(child) as session, session.get(f"http://w{path}") as response:
+            body = await response.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return Verdict(ok=False, problems=(f"not answering on {path} ({type(exc).__name__})",))
+    ok = response.status == HTTPStatus.OK
+    return Verdict(ok=ok, problems=tuple(body.get("problems", ())))
+
+
+def _child_environment() -> dict[str, str]:
+    """The parent's environment without systemd's notify variables: only the parent talks."""
+    env = dict(os.environ)
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(name, None)
+    return env
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+async def run(settings: Settings, config_path: Path) -> None:
+    """Run the workers of `settings` until SIGTERM or SIGINT."""
+    settings.buffer.path.mkdir(parents=True, exist_ok=True)
+    lock = lock_exclusively(settings.buffer.path / LOCK_FILE)
+    control_dir = Path(tempfile.mkdtemp(prefix="gateway-"))
+    try:
+        logger.info(
+            "starting %d workers in shared subscription group %r",
+            settings.mqtt.workers,
+            settings.mqtt.share_group,
+        )
+        await Supervisor(settings, config_path, control_dir).run()
+    finally:
+        shutil.rmtree(control_dir, ignore_errors=True)
+        lock.close()
