@@ -1,7 +1,7 @@
 """The `gateway` command line.
 
-Subcommands: run, check-config, status, rejects, verify-buffer, dead-letters, simulate, bench,
-demo.
+Subcommands: run, retire, check-config, status, rejects, verify-buffer, dead-letters, simulate,
+bench, demo.
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--worker-slot", type=Path, help=argparse.SUPPRESS)
     run.add_argument("--control-socket", type=Path, help=argparse.SUPPRESS)
     run.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+
+    retire = sub.add_parser(
+        "retire",
+        help="leave for good: end the broker sessions, deliver the whole buffer, remove it",
+    )
+    retire.add_argument("--config", "-c", type=Path, required=True)
 
     check = sub.add_parser("check-config", help="print the effective configuration or its errors")
     check.add_argument("config", type=Path)
@@ -97,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.config)
-    if args.command == "run":
-        return _run(args)
+    if args.command in {"run", "retire"}:
+        return _run(args) if args.command == "run" else _retire(args.config)
     if args.command in {"status", "verify-buffer", "dead-letters", "rejects"}:
         return _inspect(args)
     if args.command == "simulate":
@@ -220,6 +226,33 @@ def _run(args: argparse.Namespace) -> int:
     except StorageError as exc:
         logger.error("buffer failure: %s", exc)  # noqa: TRY400 - the message says it all
         return 1
+    return 0
+
+
+def _retire(path: Path) -> int:
+    """Retire every environment of this gateway, one after the other, in this process."""
+    import functools  # noqa: PLC0415
+
+    import anyio  # noqa: PLC0415
+
+    from gateway import logsetup, service, workers  # noqa: PLC0415
+
+    settings = _load(path)
+    if settings is None:
+        return EXIT_CONFIG
+    logsetup.setup(settings.log.level, settings.log.format, settings.log.repeat_window_s)
+    # The configured workers' sessions exist even where nothing was ever buffered.
+    todo = {slot.path: slot for slot in workers.slots(settings)}
+    for slot in workers.existing(settings):
+        todo.setdefault(slot.path, slot)
+    for slot in todo.values():
+        logger.info("retiring %s (session %s)", slot.path, slot.client_id)
+        job = functools.partial(service.run, workers.for_slot(settings, slot), path, retire=True)
+        try:
+            anyio.run(job, backend_options=_backend_options())
+        except StorageError as exc:
+            logger.error("buffer failure: %s", exc)  # noqa: TRY400 - the message says it all
+            return 1
     return 0
 
 

@@ -55,11 +55,14 @@ async def run(
     metrics: Metrics | None = None,
     *,
     worker: Worker | None = None,
+    retire: bool = False,
 ) -> None:
     """Run the gateway until SIGTERM or SIGINT; SIGHUP reloads `config_path`.
 
     `worker`: run as one worker of a parent (`gateway/supervisor.py`), with `settings` already
-    those of its slot; a retiring worker stops by itself once its environment is delivered.
+    those of its slot. `retire` (implied for a worker of an environment no worker uses any
+    more): take what the broker keeps for the session, end it, deliver everything, remove the
+    environment and return.
     """
     metrics = metrics or Metrics()
     notifier = Notifier()
@@ -110,7 +113,7 @@ async def run(
             _start_background(tg, flusher, chores, b)
             intake = anyio.CancelScope()
             intake_closed = anyio.Event()
-            retiring = worker is not None and worker.slot.index is None
+            retiring = retire or (worker is not None and worker.slot.index is None)
             job = _retire(ingest, flusher) if retiring else ingest.run()
             tg.start_soon(_run_intake, job, intake, intake_closed, name="gateway.ingest")
             with anyio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
@@ -145,9 +148,9 @@ async def run(
         buffer.sync()
         buffer.close()
         notifier.close()
-    if retired and worker is not None:
-        workers.remove_environment(worker.slot.path)
-        logger.info("retired %s: delivered and removed", worker.slot.path)
+    if retired:
+        workers.remove_environment(settings.buffer.path)
+        logger.info("retired %s: delivered and removed", settings.buffer.path)
 
 
 def _start_background(

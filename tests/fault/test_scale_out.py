@@ -3,6 +3,7 @@ one broker, one database; kill -9 of one of them loses nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -48,8 +49,8 @@ def test_two_boxes_share_the_stream_and_a_killed_box_loses_nothing(
     tmp_path: Path, mosquitto: Endpoint, victoria_url: str, run_id: str
 ) -> None:
     """30,000 readings at 4,000/s; box A is killed with -9 mid-flow and started again (as
-    systemd would); every reading lands exactly once per series point, and both boxes took
-    part."""
+    systemd would): every reading lands, and both boxes took part. Then box B is retired with
+    `gateway retire`, and box A alone takes the next 2,000."""
     count, devices = 30_000, 30
     boxes = [
         box(name, tmp_path, mosquitto, victoria_url, run_id) for name in ("gateway-a", "gateway-b")
@@ -75,6 +76,15 @@ def test_two_boxes_share_the_stream_and_a_killed_box_loses_nothing(
         for gw in boxes:
             wait_for(lambda g=gw: g.metrics()["gateway_buffer_readings"] == 0, 30, "empty")
             assert gw.stop() == 0
+        # Box B leaves for good: its session ends, so the broker gives box A everything.
+        assert "retired" in b.cli("retire")
+        assert not (b.workdir / "buffer" / "data.mdb").exists()
+        a.start()
+        more = dataclasses.replace(plan, count=count + 2_000, skip=count, rate=0)
+        assert simulate.run(more).published == 2_000
+        wait_for(lambda: a.readings("accepted") == 2_000, 60, "box A to take all 2,000")
+        wait_for(lambda: len(victoria_points(victoria_url, run_id)) >= count + 2_000, 60, "32,000")
+        assert victoria_points(victoria_url, run_id) == expected_points(count + 2_000, devices)
     finally:
         for gw in boxes:
             gw.kill()

@@ -27,9 +27,12 @@ def problems(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -
     return info.value.problems
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.toml")), ids=lambda p: p.name)
+EXAMPLES = [*CONFIG_DIR.glob("*.toml"), *(CONFIG_DIR.parent / "deploy").glob("**/*.toml")]
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES), ids=lambda p: p.name)
 def test_every_example_config_loads(path: Path) -> None:
-    """Each file in config/ is a valid configuration."""
+    """Each file in config/ and deploy/ is a valid configuration."""
     assert config.load(path, {}).mqtt.subscriptions
 
 

@@ -115,6 +115,8 @@ def test_systemd_unit_is_hardened_notify_and_verifies(tmp_path: Path) -> None:
         line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#"
     )
     assert settings["Type"] == "notify"
+    # Workers get SIGTERM from their parent only: a second one would skip their flush.
+    assert settings["KillMode"] == "mixed"
     assert int(settings["WatchdogSec"]) > 0
     assert int(settings["TimeoutStopSec"]) > FlushSettings().grace_s
     for key in (
