@@ -198,8 +198,6 @@ def _inspect(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import functools  # noqa: PLC0415
 
-    import anyio  # noqa: PLC0415
-
     from gateway import logsetup, service, supervisor, workers  # noqa: PLC0415
 
     settings = _load(args.config)
@@ -221,6 +219,13 @@ def _run(args: argparse.Namespace) -> int:
     else:
         job = functools.partial(service.run, settings, args.config)
     logsetup.setup(settings.log.level, settings.log.format, settings.log.repeat_window_s)
+    return _run_async(job)
+
+
+def _run_async(job: Callable[[], Awaitable[None]]) -> int:
+    """Run `job` in an event loop; 1 after a buffer failure, which it logs."""
+    import anyio  # noqa: PLC0415
+
     try:
         anyio.run(job, backend_options=_backend_options())
     except StorageError as exc:
@@ -232,8 +237,6 @@ def _run(args: argparse.Namespace) -> int:
 def _retire(path: Path) -> int:
     """Retire every environment of this gateway, one after the other, in this process."""
     import functools  # noqa: PLC0415
-
-    import anyio  # noqa: PLC0415
 
     from gateway import logsetup, service, workers  # noqa: PLC0415
 
@@ -248,10 +251,7 @@ def _retire(path: Path) -> int:
     for slot in todo.values():
         logger.info("retiring %s (session %s)", slot.path, slot.client_id)
         job = functools.partial(service.run, workers.for_slot(settings, slot), path, retire=True)
-        try:
-            anyio.run(job, backend_options=_backend_options())
-        except StorageError as exc:
-            logger.error("buffer failure: %s", exc)  # noqa: TRY400 - the message says it all
+        if _run_async(job):
             return 1
     return 0
 
