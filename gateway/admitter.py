@@ -67,6 +67,7 @@ class Admitter:
             ):
                 w.append_to(state, item[1], size)
                 admitted.stored += 1
+                admitted.placed.append((item[0], state.number, state.next - 1, item[1]))
             elif not self._admit_one(item):
                 raise CapacityError(
                     f"readings budget of {rules.budget_bytes} bytes is at its high "
@@ -99,6 +100,8 @@ class Admitter:
         else:
             w.store(fifo, value, size)
             admitted.stored += 1
+            state = w.changed[fifo]
+            admitted.placed.append((fifo, state.number, state.next - 1, value))
         return True
 
     def _make_room(self, lane: Lane, need: int) -> bool:

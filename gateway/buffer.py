@@ -25,6 +25,7 @@ import fcntl
 import logging
 import shutil
 import threading
+import time
 from typing import TYPE_CHECKING, Literal, Self, TextIO
 
 import lmdb
@@ -45,6 +46,7 @@ from gateway.fifos import (
 )
 from gateway.fifotxn import FifoTransaction
 from gateway.integrity import IntegrityMixin
+from gateway.latest import Latest, LatestTable
 from gateway.verify import is_plausible
 
 if TYPE_CHECKING:
@@ -69,6 +71,7 @@ READINGS_FRACTION = 0.35
 PAGE_GUARD_FRACTION = 0.9
 # An LMDB write error with less free disk than this is the disk filling up, handled like capacity.
 DISK_FULL_FREE_BYTES = 8 << 20
+DEFAULT_LATEST_SERIES = 10_000
 DEFAULT_LANE = Lane()
 
 
@@ -81,9 +84,17 @@ class Buffer(IntegrityMixin):
     """Per-device FIFOs in one LMDB environment; see the module docstring."""
 
     def __init__(
-        self, path: Path, capacity_bytes: int, sync: SyncMode = "commit", *, readonly: bool = False
+        self,
+        path: Path,
+        capacity_bytes: int,
+        sync: SyncMode = "commit",
+        *,
+        readonly: bool = False,
+        latest_series: int = DEFAULT_LATEST_SERIES,
     ) -> None:
         """Open (creating if needed) the buffer under `path`, its file bounded by `capacity_bytes`.
+
+        `latest_series`: the most series whose latest reading is kept (gateway/latest.py).
 
         Raises:
             StorageError: when LMDB cannot open it.
@@ -100,7 +111,7 @@ class Buffer(IntegrityMixin):
             self._env = lmdb.open(
                 str(path),
                 map_size=capacity_bytes,
-                max_dbs=4,
+                max_dbs=6,
                 sync=durable,
                 metasync=durable,
                 readonly=readonly,
@@ -114,6 +125,7 @@ class Buffer(IntegrityMixin):
                 self._env.open_db(name, create=not readonly)
                 for name in (b"data", b"devices", b"meta", b"dead")
             )
+            self.latest = _open_latest(self._env, latest_series, readonly=readonly)
         except lmdb.Error as exc:
             self._release()
             raise StorageError(f"cannot open buffer at {path}: {exc}") from exc
@@ -200,6 +212,8 @@ class Buffer(IntegrityMixin):
                     w = FifoTransaction(self, txn)
                     admitted = Admitter(w, rules, self._leases).admit(items)
                     if admitted.stored:
+                        if self.latest is not None:
+                            self.latest.record(txn, admitted.placed, time.time_ns())
                         self._check_pages(txn)
                     w.finish()
             except lmdb.MapFullError as exc:
@@ -325,6 +339,36 @@ class Buffer(IntegrityMixin):
             readings, nbytes = self._totals
             return Totals(readings, nbytes, self._active)
 
+    def latest_of(self, device: str) -> list[Latest]:
+        """The newest reading of each series of `device` the last-value table holds."""
+        if self.latest is None:
+            return []
+        by_number = {state.number: state for state in self._states.values()}
+        with self._env.begin() as txn:
+            return self.latest.device(txn, device, by_number)
+
+    def latest_devices(self) -> dict[str, int]:
+        """Device -> when its newest reading was taken (ns), from the last-value table."""
+        if self.latest is None:
+            return {}
+        with self._env.begin() as txn:
+            return dict(self.latest.devices(txn))
+
+    def remember(self, device: str, lines: Sequence[bytes]) -> None:
+        """Keep readings read back from the database in the last-value table.
+
+        Raises:
+            StorageError: LMDB refused the write (the buffer's own data is unaffected).
+        """
+        if self.latest is None:
+            return
+        with self._lock:
+            try:
+                with self._env.begin(write=True) as txn:
+                    self.latest.fill(txn, device, lines, time.time_ns())
+            except lmdb.Error as exc:
+                raise StorageError(f"cannot keep the latest values of {device!r}: {exc}") from exc
+
     def file_bytes(self) -> int:
         """Size of the LMDB data file: what the buffer takes on disk."""
         return (self.path / DATA_FILE).stat().st_size
@@ -342,6 +386,17 @@ class Buffer(IntegrityMixin):
                 DeadLetter(U64.unpack(key)[0], *bytes(value).decode().split("\0", 2))
                 for key, value in txn.cursor(db=self._dead)
             ]
+
+
+def _open_latest(env: lmdb.Environment, bound: int, *, readonly: bool) -> LatestTable | None:
+    """The last-value table; None in a read-only view of a buffer written before it existed."""
+    try:
+        latest, lru = (
+            env.open_db(name, create=not readonly) for name in (b"latest", b"latest_lru")
+        )
+    except lmdb.NotFoundError:
+        return None
+    return LatestTable(latest, lru, bound)
 
 
 def lock_exclusively(path: Path) -> TextIO:

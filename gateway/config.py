@@ -320,6 +320,26 @@ class MetricsSettings(_Section):
         return host.strip("[]"), int(port)
 
 
+class ApiSettings(_Section):
+    """`[api]`: the read API on the metrics server (`/api/v1/...`)."""
+
+    enabled: bool = True
+    # The last-value table keeps this many series (least recently updated evicted).
+    latest_series: int = Field(default=10_000, ge=1, le=1_000_000)
+    # How a miss reads the database: "auto" is InfluxQL for api "v1" and Flux for api "v2";
+    # "prometheus" is VictoriaMetrics' query API (which has no Flux).
+    database_query: Literal["auto", "influxql", "flux", "prometheus"] = "auto"
+    # How far back a miss looks for a device's last value.
+    lookback_days: int = Field(default=365, ge=1)
+    query_timeout_s: float = Field(default=5.0, gt=0)
+
+    def query_language(self, api: str) -> str:
+        """The query language a miss uses with the configured database API."""
+        if self.database_query != "auto":
+            return self.database_query
+        return "influxql" if api == "v1" else "flux"
+
+
 class LimitSettings(_Section):
     """`[limits]`: what a sensor may send; anything beyond is refused and counted as invalid."""
 
@@ -359,6 +379,7 @@ class Settings(_Section):
     influx: InfluxSettings
     flush: FlushSettings = FlushSettings()
     metrics: MetricsSettings = MetricsSettings()
+    api: ApiSettings = ApiSettings()
     log: LogSettings = LogSettings()
     limits: LimitSettings = LimitSettings()
 

@@ -86,6 +86,8 @@ class Admitted:
     stored: int = 0
     refused: Counter[tuple[str, str]] = field(default_factory=Counter)
     dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (FIFO, FIFO number, sequence, packed record) of each reading stored, for the latest values.
+    placed: list[tuple[str, int, int, bytes]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

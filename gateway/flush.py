@@ -98,6 +98,11 @@ class Flusher:
         """The batch size in use."""
         return self._batch_size
 
+    @property
+    def failing_writes(self) -> int:
+        """Database writes that failed in a row (0 while the database takes them)."""
+        return self._failures
+
     def lag_s(self, now: float) -> float:
         """How long the oldest undelivered reading has been buffered: the write-behind lag.
 

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.tlscontext import server_context
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from aiohttp.typedefs import Handler, Middleware
@@ -70,8 +70,10 @@ class LocalPages:
         return self._health.readiness(time.monotonic())
 
 
-def make_app(pages: Pages, token: str | None = None) -> web.Application:
-    """The routes over `pages`; `token`: required bearer token."""
+def make_app(
+    pages: Pages, token: str | None = None, routes: Sequence[web.RouteDef] = ()
+) -> web.Application:
+    """The routes over `pages` and `routes` (the read API); `token`: required bearer token."""
 
     async def metrics_page(_request: web.Request) -> web.Response:
         body = await pages.metrics()
@@ -88,6 +90,7 @@ def make_app(pages: Pages, token: str | None = None) -> web.Application:
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_routes(routes)
     return app
 
 
@@ -119,7 +122,11 @@ def _verdict_response(verdict: Verdict) -> web.Response:
 
 
 async def serve(
-    settings: MetricsSettings, pages: Pages, *, task_status: anyio.abc.TaskStatus
+    settings: MetricsSettings,
+    pages: Pages,
+    routes: Sequence[web.RouteDef] = (),
+    *,
+    task_status: anyio.abc.TaskStatus,
 ) -> None:
     """Serve on `[metrics] listen` until cancelled; reports started once the socket is bound.
 
@@ -132,7 +139,7 @@ async def serve(
         ssl_context = server_context(settings.tls_cert_file, settings.tls_key_file)
     host, port = settings.host_port
     await _serve(
-        make_app(pages, token),
+        make_app(pages, token, routes),
         lambda runner: web.TCPSite(runner, host, port, ssl_context=ssl_context),
         task_status,
     )

@@ -16,7 +16,8 @@ from gateway.lineparse import parse_lines
 from gateway.lineproto import encode_fields, encode_series
 from gateway.model import Reading
 
-_HEADER = struct.Struct(">qH")
+# Timestamp ns, length of the series.
+HEADER = struct.Struct(">qH")
 
 
 class Stored(NamedTuple):
@@ -36,13 +37,13 @@ def pack(reading: Reading) -> bytes:
     """Serialize a checked reading for the buffer."""
     series = encode_series(reading.measurement, reading.tags).encode()
     fields = encode_fields(reading.fields).encode()
-    return _HEADER.pack(reading.ts_ns, len(series)) + series + fields
+    return HEADER.pack(reading.ts_ns, len(series)) + series + fields
 
 
 def split(value: bytes) -> Stored:
     """The encoded parts of a stored reading, without decoding them."""
-    ts_ns, series_len = _HEADER.unpack_from(value)
-    start = _HEADER.size
+    ts_ns, series_len = HEADER.unpack_from(value)
+    start = HEADER.size
     return Stored(ts_ns, value[start : start + series_len], value[start + series_len :])
 
 
@@ -54,5 +55,5 @@ def unpack(device: str, value: bytes) -> Reading:
 
 def timestamp_of(value: bytes | memoryview) -> int:
     """The timestamp of a stored reading, without decoding the rest."""
-    ts: int = _HEADER.unpack_from(value)[0]
+    ts: int = HEADER.unpack_from(value)[0]
     return ts

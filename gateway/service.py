@@ -25,6 +25,7 @@ from gateway.health import Health
 from gateway.housekeeping import Housekeeping
 from gateway.ingest import Ingest
 from gateway.metrics import Metrics
+from gateway.readapi import ReadApi
 from gateway.rejects import RejectLog
 from gateway.reload import changed_keys, effective, is_reloadable
 from gateway.sdnotify import Notifier
@@ -109,7 +110,8 @@ async def run(
     retired = False
     try:
         async with anyio.create_task_group() as tg:
-            await _serve_pages(tg, settings, httpserver.LocalPages(metrics, health), worker)
+            api = ReadApi(settings, buffer=buffer, flusher=flusher, metrics=metrics, health=health)
+            await _serve_pages(tg, settings, httpserver.LocalPages(metrics, health), api, worker)
             _start_background(tg, flusher, chores, b)
             intake = anyio.CancelScope()
             intake_closed = anyio.Event()
@@ -166,6 +168,7 @@ async def _serve_pages(
     tg: anyio.abc.TaskGroup,
     settings: Settings,
     pages: httpserver.LocalPages,
+    api: ReadApi,
     worker: Worker | None,
 ) -> None:
     """A worker shows its pages to its parent; a gateway alone on `[metrics] listen`."""
@@ -174,11 +177,13 @@ async def _serve_pages(
         tg.start_soon(_stop_when_orphaned, worker.parent_pid, name="gateway.parent")
     elif settings.metrics.enabled:
         m = settings.metrics
-        await tg.start(httpserver.serve, m, pages)
+        routes = api.routes() if settings.api.enabled else []
+        await tg.start(httpserver.serve, m, pages, routes)
         logger.info(
-            "metrics on %s://%s/metrics, health on /healthz and /readyz%s",
+            "metrics on %s://%s/metrics, health on /healthz and /readyz%s%s",
             "https" if m.tls_cert_file else "http",
             m.listen,
+            ", read API on /api/v1" if routes else "",
             ", bearer token required" if m.token else "",
         )
 
@@ -186,7 +191,7 @@ async def _serve_pages(
 def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
     """Open the buffer and start the metrics from what it holds."""
     b = settings.buffer
-    buffer = Buffer(b.path, int(b.capacity), b.sync)
+    buffer = Buffer(b.path, int(b.capacity), b.sync, latest_series=settings.api.latest_series)
     totals = buffer.totals()
     logger.info(
         "buffer open at %s: %d readings from %d devices waiting, %d of %d budget bytes used "

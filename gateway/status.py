@@ -1,13 +1,16 @@
 """`gateway status` and `gateway verify-buffer`: views of the buffer from outside the service.
 
-`status` opens LMDB read-only, so it works while the gateway runs (LMDB serves concurrent
-readers) and while it is stopped, and it can change nothing.
+`status` asks the running service (`/api/v1/status`, the same figures as the read API), else
+opens LMDB read-only, which works while the gateway runs (LMDB serves concurrent readers) and
+while it is stopped, and can change nothing.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import time
+import urllib.request
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +24,12 @@ if TYPE_CHECKING:
     from gateway.config import Settings
 
 EXIT_MISMATCH = 1
+SERVICE_TIMEOUT_S = 2.0
+ALL_DEVICES = 1 << 31
 
 
-def snapshot(buffer: Buffer, now_ns: int) -> dict[str, Any]:
-    """Totals, capacity use and per-device backlog, as plain data."""
+def snapshot(buffer: Buffer, now_ns: int, top: int | None = None) -> dict[str, Any]:
+    """Totals, capacity use and per-device backlog (the `top` largest), as plain data."""
     totals = buffer.totals()
     devices = sorted(
         ((name, state) for name, state in buffer.devices().items() if state.readings),
@@ -49,7 +54,7 @@ def snapshot(buffer: Buffer, now_ns: int) -> dict[str, Any]:
                 "oldest_ts_ns": state.oldest_ts_ns,
                 "oldest_age_s": max(0.0, (now_ns - state.oldest_ts_ns) / 1e9),
             }
-            for name, state in devices
+            for name, state in devices[:top]
         ],
     }
 
@@ -76,19 +81,67 @@ def render(view: dict[str, Any], top: int) -> str:
             f"{_size(d['bytes']):>10} {_age(d['oldest_age_s']):>10}"
             for d in devices[:top]
         ]
-        if len(devices) > top:
-            lines.append(f"... and {len(devices) - top:,} more devices")
+        if view["devices_with_backlog"] > top:
+            lines.append(f"... and {view['devices_with_backlog'] - top:,} more devices")
     return "\n".join(lines)
 
 
 def status(settings: Settings, *, as_json: bool, top: int) -> str:
-    """The status text (or JSON) of the buffer: every worker's environment together."""
+    """The status text (or JSON): from the running service's API, else from the buffer on disk.
+
+    The service adds what only it knows (lag, batch size, sink and admission state); the disk
+    has the same buffer figures, so the command works with the service stopped.
+    """
+    view = from_service(settings, top=ALL_DEVICES if as_json else top)
+    if view is None:
+        view = from_disk(settings)
+    if as_json:
+        return json.dumps(view, indent=2)
+    text = render(view, top)
+    runtime = view.get("runtime")
+    if runtime is None:
+        return f"{text}\n(service not answering on {settings.metrics.listen}: read from disk)"
+    sink, admission = runtime["sink"], runtime["admission"]
+    return (
+        f"{text}\nwrite-behind lag {runtime['lag_s']:.1f} s, batch size {runtime['batch_size']}, "
+        f"database {sink['state']}, intake {'paused' if admission['paused'] else 'taking readings'}"
+        f" (policy {admission['policy']}), broker "
+        f"{'connected' if runtime['mqtt_connected'] else 'not connected'}"
+    )
+
+
+def from_disk(settings: Settings) -> dict[str, Any]:
+    """The buffer figures read from LMDB: every worker's environment together."""
     views = []
     for path in environments(settings):
         with Buffer(path, int(settings.buffer.capacity), readonly=True) as buffer:
             views.append(snapshot(buffer, time.time_ns()))
-    view = views[0] if len(views) == 1 else combine(str(settings.buffer.path), views)
-    return json.dumps(view, indent=2) if as_json else render(view, top)
+    return views[0] if len(views) == 1 else combine(str(settings.buffer.path), views)
+
+
+def from_service(settings: Settings, *, top: int) -> dict[str, Any] | None:
+    """`/api/v1/status` of the running service; None when it does not answer it."""
+    m = settings.metrics
+    if not (m.enabled and settings.api.enabled):
+        return None
+    host, port = m.host_port
+    if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - the wildcard is where it listens
+        host = "127.0.0.1"
+    scheme, context = "http", None
+    if m.tls_cert_file:
+        # Its own certificate is the one to trust; the name in it need not be this host's.
+        scheme, context = "https", ssl.create_default_context(cafile=str(m.tls_cert_file))
+        context.check_hostname = False
+    request = urllib.request.Request(  # noqa: S310 - the configured server
+        f"{scheme}://{host}:{port}/api/v1/status?top={top}",
+        headers={"Authorization": f"Bearer {m.token.get_secret_value()}"} if m.token else {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=SERVICE_TIMEOUT_S, context=context) as r:  # noqa: S310
+            view: dict[str, Any] = json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+    return view
 
 
 def combine(path: str, views: list[dict[str, Any]]) -> dict[str, Any]:

@@ -94,6 +94,16 @@ def victoria_url(servers_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def own_victoria(tmp_path: Path) -> Iterator[servers.Server]:
+    """A VictoriaMetrics of this test's own, which the test may stop and start again."""
+    db = servers.start_victoria_metrics(tmp_path / "vm")
+    try:
+        yield db
+    finally:
+        db.stop()
+
+
+@pytest.fixture
 def run_id() -> str:
     """A name unique to this test, for its database, topics and tags."""
     return f"t{uuid.uuid4().hex[:12]}"

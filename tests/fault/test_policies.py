@@ -17,8 +17,7 @@ from gateway import servers
 from tests.gatewayproc import assert_identities, count, publish_messages, wait_for
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from pathlib import Path
+    from collections.abc import Callable
 
     from tests.conftest import Endpoint
     from tests.gatewayproc import GatewayProcess
@@ -54,12 +53,8 @@ def stored(db: servers.Server, run_id: str, kind: str) -> dict[str, set[int]]:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[servers.Server]:
-    db = servers.start_victoria_metrics(tmp_path / "vm")
-    try:
-        yield db
-    finally:
-        db.stop()
+def database(own_victoria: servers.Server) -> servers.Server:
+    return own_victoria
 
 
 def start_with_database_down(
