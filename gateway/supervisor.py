@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,9 +61,7 @@ class _Child:
     slot: Slot
     socket: Path
     process: Process | None = None
-    restarts: int = 0
     unhealthy_since: float | None = None
-    done: bool = field(default=False)
 
     @property
     def name(self) -> str:
@@ -167,8 +165,7 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             if child.retiring and code == 0:
-                child.done = True
-                return
+                return  # delivered and removed: its job is done
             if time.monotonic() - started > RESTART_RESET_AFTER_S:
                 delay = RESTART_INITIAL_S
             logger.error(
@@ -180,7 +177,6 @@ class Supervisor:
             )
             await anyio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX_S)
-            child.restarts += 1
             self._restarts.labels(child.label).inc()
 
     def _command(self, child: _Child) -> list[str]:
