@@ -145,9 +145,16 @@ async def serve(
     )
 
 
-async def serve_unix(path: Path, pages: Pages, *, task_status: anyio.abc.TaskStatus) -> None:
+async def serve_unix(
+    path: Path,
+    pages: Pages,
+    routes: Sequence[web.RouteDef] = (),
+    *,
+    task_status: anyio.abc.TaskStatus,
+) -> None:
     """Serve a worker's pages to its parent on a Unix socket in the parent's private directory."""
-    await _serve(make_app(pages), lambda runner: web.UnixSite(runner, str(path)), task_status)
+    app = make_app(pages, None, routes)
+    await _serve(app, lambda runner: web.UnixSite(runner, str(path)), task_status)
 
 
 async def _serve(

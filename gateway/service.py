@@ -172,12 +172,12 @@ async def _serve_pages(
     worker: Worker | None,
 ) -> None:
     """A worker shows its pages to its parent; a gateway alone on `[metrics] listen`."""
+    routes = api.routes() if settings.api.enabled else []
     if worker is not None:
-        await tg.start(httpserver.serve_unix, worker.control_socket, pages)
+        await tg.start(httpserver.serve_unix, worker.control_socket, pages, routes)
         tg.start_soon(_stop_when_orphaned, worker.parent_pid, name="gateway.parent")
     elif settings.metrics.enabled:
         m = settings.metrics
-        routes = api.routes() if settings.api.enabled else []
         await tg.start(httpserver.serve, m, pages, routes)
         logger.info(
             "metrics on %s://%s/metrics, health on /healthz and /readyz%s%s",

@@ -23,13 +23,13 @@ import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from gateway import httpserver, metricsmerge, workers
+from gateway import httpserver, metricsmerge, workerapi, workers
 from gateway.buffer import lock_exclusively
 from gateway.health import Verdict
 from gateway.sdnotify import Notifier
@@ -121,7 +121,11 @@ class Supervisor:
         try:
             async with anyio.create_task_group() as tg:
                 if self._settings.metrics.enabled:
-                    await tg.start(httpserver.serve, self._settings.metrics, _Pages(self))
+                    api = self._settings.api.enabled
+                    routes = (
+                        workerapi.routes(self.ask, str(self._settings.buffer.path)) if api else []
+                    )
+                    await tg.start(httpserver.serve, self._settings.metrics, _Pages(self), routes)
                 for child in self._children:
                     tg.start_soon(self._keep_running, child, name=f"gateway.{child.name}")
                 tg.start_soon(self._watch, notifier, name="gateway.watch")
@@ -251,6 +255,17 @@ class Supervisor:
             except (aiohttp.ClientError, TimeoutError):
                 continue  # starting or stopping: its series are absent from this scrape
         return metricsmerge.merge(pages) + generate_latest(self.registry)
+
+    async def ask(self, path_qs: str) -> list[tuple[int, dict[str, Any]]]:
+        """(status, JSON body) of every running worker's answer to GET `path_qs`."""
+        answers = []
+        for child in self._active():
+            try:
+                async with _session(child) as session, session.get(f"http://w{path_qs}") as r:
+                    answers.append((r.status, await r.json()))
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                continue  # starting or stopping: it has no part in this answer
+        return answers
 
     async def liveness(self) -> Verdict:
         """Alive while every worker process runs (a crashed one is being restarted)."""

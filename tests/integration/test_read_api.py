@@ -221,3 +221,40 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     assert tried >= 4 * 10
     code, body = latest(gw, "known")
     assert (code, body["source"]) == (200, "cache")
+
+
+def test_with_workers_the_parent_merges_the_workers_answers(
+    gateway: Callable[..., GatewayProcess],
+    mosquitto: Endpoint,
+    own_victoria: servers.Server,
+    run_id: str,
+) -> None:
+    """Two workers share one device's readings: the parent's API adds the backlogs and serves
+    the newest reading, whichever worker took it."""
+    gw = gateway(victoria_config(own_victoria.url), workers=2, metrics_extra=API_PROMETHEUS)
+    own_victoria.stop()
+    now_ms = time.time_ns() // 10**6
+    count = 200
+    publish_messages(
+        mosquitto.port, [reading(run_id, "fan-2", now_ms - count + i, i) for i in range(count)]
+    )
+    wait_for(lambda: gw.readings("accepted") == count, 20, "200 readings accepted")
+    assert all(n > 0 for n in gw.per_worker("gateway_readings_total{outcome=accepted}").values())
+    code, body = latest(gw, "fan-2")
+    m = only_measurement(body)
+    assert (code, body["source"], m["state"]) == (200, "cache", "buffered")
+    assert (m["time_ns"], m["fields"]["temp"]["value"]) == ((now_ms - 1) * 10**6, count - 1)
+    code, listed = gw.get("/api/v1/devices")
+    assert code == 200
+    assert [d["buffered_readings"] for d in listed["devices"] if d["device"] == "fan-2"] == [count]
+    code, view = gw.get("/api/v1/status")
+    assert (code, view["readings"], view["runtime"]["readings"]["accepted"]) == (200, count, count)
+    wait_for(
+        lambda: gw.get("/api/v1/status")[1]["runtime"]["sink"]["state"] == "failing",
+        20,
+        "the sink to be failing",
+    )
+    code, missing = latest(gw, "nobody")  # a miss, and the database is down
+    assert code == 502
+    assert "database read failed" in missing["error"]
+    assert json.loads(gw.cli("status", "--json"))["runtime"]["readings"]["accepted"] == count

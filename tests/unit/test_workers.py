@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import config, metricsmerge, workers
+from gateway import config, metricsmerge, workerapi, workers
 from gateway.buffer import Buffer
 from gateway.errors import ConfigError
 
@@ -112,3 +112,50 @@ def test_merged_metrics_label_each_series_by_worker() -> None:
     assert len(families["gateway_commit_readings"].samples) == 8
     # Each family once: Prometheus refuses a page that repeats one.
     assert text.count("# TYPE gateway_readings_total counter") == 1
+
+
+def measurement(ts: int, temp: float, room: str = "a") -> dict[str, object]:
+    return {
+        "measurement": "m",
+        "tags": {"device": "d", "room": room},
+        "time": "",
+        "time_ns": ts,
+        "state": "buffered",
+        "fields": {"temp": {"value": temp, "state": "buffered"}},
+    }
+
+
+def test_merged_latest_takes_each_series_newest_from_any_worker() -> None:
+    a = {"device": "d", "source": "cache", "measurements": [measurement(5, 1.0)]}
+    b = {
+        "device": "d",
+        "source": "cache",
+        "measurements": [measurement(9, 2.0), measurement(1, 3.0, "b")],
+    }
+    code, body = workerapi.merge_latest([(200, a), (404, {"error": "x"}), (200, b)])
+    assert code == 200
+    assert [(m["tags"]["room"], m["time_ns"]) for m in body["measurements"]] == [("a", 9), ("b", 1)]
+    assert workerapi.merge_latest([(404, {"error": "x"}), (404, {"error": "y"})])[0] == 404
+    assert workerapi.merge_latest([(404, {"error": "x"}), (502, {"error": "y"})])[0] == 502
+    assert workerapi.merge_latest([])[0] == 503
+
+
+def test_merged_devices_add_backlogs_and_keep_the_latest_sighting() -> None:
+    def row(n: int, age: float | None, seen: str | None) -> dict[str, object]:
+        return {
+            "device": "d",
+            "buffered_readings": n,
+            "oldest_buffered_age_s": age,
+            "last_seen": seen,
+        }
+
+    code, body = workerapi.merge_devices(
+        [
+            (200, {"devices": [row(3, 1.5, "2026-01-01T00:00:02Z")]}),
+            (200, {"devices": [row(4, None, "2026-01-01T00:00:01Z")]}),
+        ]
+    )
+    assert (code, body["devices"]) == (200, [row(7, 1.5, "2026-01-01T00:00:02Z")])
+    assert (
+        workerapi.merge_status([(400, {"error": "top"}), (400, {"error": "top"})], "p", 5)[0] == 400
+    )
