@@ -165,11 +165,6 @@ def _add(
         raise DecodeError(
             f"timestamp_too_far_in_{which}", f"timestamp {ts_ns} ns is out of [limits] range"
         )
-    for key, value in fields:
-        if type(value) is str and len(value) > limits.max_string_len:
-            raise DecodeError(
-                "string_too_long", f"field {key!r} is longer than {limits.max_string_len}"
-            )
     if tags:
         clash = route.topic_tags.keys() & tags.keys()
         if clash:
@@ -188,7 +183,7 @@ def _add(
     if limits.field_named_like_tag == "rename":
         fields = _rename_tag_named_fields(fields, tag_keys)
     reading = Reading(route.device, measurement, sorted_tags, tuple(fields), ts_ns)
-    check_fields(reading, tag_keys)
+    check_fields(reading, tag_keys, limits.max_string_len)
     result.readings.append(reading)
 
 
@@ -280,14 +275,18 @@ def _json_reading(sub: Subscription, obj: object) -> JsonReading:
     tags: dict[str, str] = {}
     fields: list[tuple[str, FieldValue]] = []
     ts_ns = None
+    timestamp_key = sub.timestamp_key
     for key, value in obj.items():
-        if key == sub.timestamp_key:
+        kind = type(value)
+        if key == timestamp_key:
             ts_ns = _timestamp_ns(value, sub.timestamp_unit or "ms")
         elif key == TAGS_KEY:
             tags = _json_tags(value)
-        elif isinstance(value, bool | str):
+        # Exact types, not isinstance: JSON makes no subclasses, and this runs per field.
+        # Floats (most values) first; their finiteness is checked with the reading.
+        elif kind is float or kind is bool or kind is str:
             fields.append((key, value))
-        elif isinstance(value, int | float):
+        elif kind is int:
             fields.append((key, _number(value, sub.integers, key)))
         else:
             what = "null" if value is None else type(value).__name__
@@ -325,6 +324,8 @@ def _plain_number(text: str, integers: str) -> FieldValue:
 
 
 def _timestamp_ns(value: Any, unit: str) -> int:  # noqa: ANN401
+    if type(value) is int:  # the usual case, first
+        return value * NS_PER_UNIT[unit]
     if isinstance(value, str):
         try:
             stamp = datetime.fromisoformat(value)

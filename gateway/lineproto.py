@@ -123,10 +123,13 @@ def check_tags(tags: tuple[tuple[str, str], ...]) -> None:
         check_identifier(f"tag {key!r} value", value)
 
 
-def check_fields(reading: Reading, tag_keys: frozenset[str] | None = None) -> None:
+def check_fields(
+    reading: Reading, tag_keys: frozenset[str] | None = None, max_string_len: int | None = None
+) -> None:
     """Refuse fields that cannot be written exactly (the series is checked by `check_series`).
 
-    `tag_keys` are the reading's tag keys, when the caller knows them already.
+    `tag_keys` are the reading's tag keys, when the caller knows them already; strings longer
+    than `max_string_len` are refused (in this loop: it runs for every reading).
 
     Raises:
         DecodeError: naming the offending field.
@@ -145,6 +148,14 @@ def check_fields(reading: Reading, tag_keys: frozenset[str] | None = None) -> No
         # A finite float (most values) is fine as it is: x - x is 0.0 only when x is finite.
         if type(field_value) is not float or field_value - field_value != 0.0:
             check_field_value(key, field_value)
+            if (
+                max_string_len is not None
+                and type(field_value) is str
+                and len(field_value) > max_string_len
+            ):
+                raise DecodeError(
+                    "string_too_long", f"field {key!r} is longer than {max_string_len}"
+                )
     if not INT64_MIN <= reading.ts_ns <= INT64_MAX:
         raise DecodeError("timestamp_out_of_range", "timestamp does not fit in 64-bit ns")
 
