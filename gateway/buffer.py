@@ -389,7 +389,12 @@ class Buffer(IntegrityMixin):
 
 
 def _open_latest(env: lmdb.Environment, bound: int, *, readonly: bool) -> LatestTable | None:
-    """The last-value table; None in a read-only view of a buffer written before it existed."""
+    """The last-value table; None when turned off (bound 0) or absent from a read-only view.
+
+    A buffer written before the table existed has no database for it until a writer opens it.
+    """
+    if bound == 0:
+        return None
     try:
         latest, lru = (
             env.open_db(name, create=not readonly) for name in (b"latest", b"latest_lru")

@@ -245,10 +245,7 @@ def _retire(path: Path) -> int:
         return EXIT_CONFIG
     logsetup.setup(settings.log.level, settings.log.format, settings.log.repeat_window_s)
     # The configured workers' sessions exist even where nothing was ever buffered.
-    todo = {slot.path: slot for slot in workers.slots(settings)}
-    for slot in workers.existing(settings):
-        todo.setdefault(slot.path, slot)
-    for slot in todo.values():
+    for slot in workers.every_slot(settings):
         logger.info("retiring %s (session %s)", slot.path, slot.client_id)
         job = functools.partial(service.run, workers.for_slot(settings, slot), path, retire=True)
         if _run_async(job):

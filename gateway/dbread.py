@@ -113,19 +113,15 @@ async def _prometheus(influx: InfluxSettings, api: ApiSettings, device: str) -> 
     selector = f'{{{DEVICE_TAG}="{_quoted(device, chr(34))}"}}[{api.lookback_days}d]'
     values = await _instant(influx, api, f"last_over_time({selector}) keep_metric_names")
     stamps = await _instant(influx, api, f"tlast_over_time({selector}) keep_metric_names")
-    points: dict[tuple[str, tuple[tuple[str, str], ...]], Point] = {}
+    points = _Points()
     for labels, value in values.items():
         name = dict(labels)["__name__"]
         measurement, _, field = name.partition("_")
         tags = {k: v for k, v in labels if k != "__name__"}
-        key = (measurement, tuple(sorted(tags.items())))
         # Seconds as a float: exact to the millisecond, which is VictoriaMetrics' precision.
         ts_ns = round(stamps[labels] * 1000) * NS_PER_MS
-        point = points.setdefault(key, (measurement, tags, {}, ts_ns))
-        point[2][field or name] = value
-        if ts_ns > point[3]:
-            points[key] = (*point[:3], ts_ns)
-    return list(points.values())
+        points.add(measurement, tags, field or name, value, ts_ns)
+    return points.points()
 
 
 async def _instant(
@@ -161,7 +157,7 @@ async def _flux(influx: InfluxSettings, api: ApiSettings, device: str) -> list[P
         ssl_context=client_context(influx.tls) if influx.url.startswith("https:") else None,
     ) as client:
         tables = await client.query_api().query(query, org=influx.org or "")
-    points: dict[tuple[str, tuple[tuple[str, str], ...]], Point] = {}
+    points = _Points()
     for table in tables:
         for record in table.records:
             tags = {
@@ -169,12 +165,29 @@ async def _flux(influx: InfluxSettings, api: ApiSettings, device: str) -> list[P
                 for k, v in record.values.items()
                 if not k.startswith("_") and k not in {"result", "table"}
             }
-            measurement = str(record.values["_measurement"])
-            key = (measurement, tuple(sorted(tags.items())))
             time = record.values["_time"]
             ts_ns = int(time.timestamp()) * NS_PER_S + time.microsecond * 1000
-            point = points.setdefault(key, (measurement, tags, {}, ts_ns))
-            point[2][str(record.values["_field"])] = record.values["_value"]
-            if ts_ns > point[3]:
-                points[key] = (*point[:3], ts_ns)
-    return list(points.values())
+            field = str(record.values["_field"])
+            points.add(
+                str(record.values["_measurement"]), tags, field, record.values["_value"], ts_ns
+            )
+    return points.points()
+
+
+class _Points:
+    """Per-field answers gathered into one point per series, at its newest field's time."""
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, tuple[tuple[str, str], ...]], Point] = {}
+
+    def add(
+        self, measurement: str, tags: dict[str, str], field: str, value: FieldValue, ts_ns: int
+    ) -> None:
+        key = (measurement, tuple(sorted(tags.items())))
+        point = self._series.setdefault(key, (measurement, tags, {}, ts_ns))
+        point[2][field] = value
+        if ts_ns > point[3]:
+            self._series[key] = (*point[:3], ts_ns)
+
+    def points(self) -> list[Point]:
+        return list(self._series.values())

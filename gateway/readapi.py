@@ -73,7 +73,7 @@ class ReadApi:
             row = rows.setdefault(fifo_device(fifo), _device_row(fifo_device(fifo)))
             row["buffered_readings"] += state.readings
             if state.readings:
-                age = max(0.0, (now_ns - state.oldest_ts_ns) / 1e9)
+                age = status.oldest_age_s(state, now_ns)
                 oldest = row["oldest_buffered_age_s"]
                 row["oldest_buffered_age_s"] = age if oldest is None else max(oldest, age)
         for device, updated_ns in self._buffer.latest_devices().items():

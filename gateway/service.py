@@ -191,7 +191,9 @@ async def _serve_pages(
 def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
     """Open the buffer and start the metrics from what it holds."""
     b = settings.buffer
-    buffer = Buffer(b.path, int(b.capacity), b.sync, latest_series=settings.api.latest_series)
+    # Without the read API nothing reads the last-value table: no need to keep it.
+    latest_series = settings.api.latest_series if settings.api.enabled else 0
+    buffer = Buffer(b.path, int(b.capacity), b.sync, latest_series=latest_series)
     totals = buffer.totals()
     logger.info(
         "buffer open at %s: %d readings from %d devices waiting, %d of %d budget bytes used "

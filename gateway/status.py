@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from gateway.config import Settings
+    from gateway.fifos import DeviceState
 
 EXIT_MISMATCH = 1
 SERVICE_TIMEOUT_S = 2.0
@@ -52,11 +53,16 @@ def snapshot(buffer: Buffer, now_ns: int, top: int | None = None) -> dict[str, A
                 "readings": state.readings,
                 "bytes": state.nbytes,
                 "oldest_ts_ns": state.oldest_ts_ns,
-                "oldest_age_s": max(0.0, (now_ns - state.oldest_ts_ns) / 1e9),
+                "oldest_age_s": oldest_age_s(state, now_ns),
             }
             for name, state in devices[:top]
         ],
     }
+
+
+def oldest_age_s(state: DeviceState, now_ns: int) -> float:
+    """How old a FIFO's oldest buffered reading is, by its own timestamp."""
+    return max(0.0, (now_ns - state.oldest_ts_ns) / 1e9)
 
 
 def render(view: dict[str, Any], top: int) -> str:

@@ -12,6 +12,8 @@ parent only (the unit needs `KillMode=mixed`, so that SIGTERM reaches the worker
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -81,7 +83,7 @@ class _Child:
 
 
 class Supervisor:
-    """Runs one child process per slot until told to stop."""
+    """Runs one child process per slot until told to stop; serves the pages of all of them."""
 
     def __init__(self, settings: Settings, config_path: Path, control_dir: Path) -> None:
         """Plan a child for each configured worker and each environment to retire."""
@@ -90,7 +92,7 @@ class Supervisor:
         self._stopping = anyio.Event()
         self._children = [
             _Child(slot, control_dir / f"{i}.sock")
-            for i, slot in enumerate([*workers.slots(settings), *workers.retired(settings)])
+            for i, slot in enumerate(workers.every_slot(settings))
         ]
         self.registry = CollectorRegistry(auto_describe=False)
         self._running = Gauge(
@@ -125,7 +127,7 @@ class Supervisor:
                     routes = (
                         workerapi.routes(self.ask, str(self._settings.buffer.path)) if api else []
                     )
-                    await tg.start(httpserver.serve, self._settings.metrics, _Pages(self), routes)
+                    await tg.start(httpserver.serve, self._settings.metrics, self, routes)
                 for child in self._children:
                     tg.start_soon(self._keep_running, child, name=f"gateway.{child.name}")
                 tg.start_soon(self._watch, notifier, name="gateway.watch")
@@ -249,22 +251,19 @@ class Supervisor:
         """Every running worker's series, labelled by worker, then the parent's own."""
         pages = []
         for child in self._active():
-            try:
-                async with _session(child) as session, session.get("http://w/metrics") as r:
-                    pages.append((child.label, await r.text()))
-            except (aiohttp.ClientError, TimeoutError):
-                continue  # starting or stopping: its series are absent from this scrape
+            got = await _get(child, "/metrics")
+            if got is not None:  # a worker starting or stopping is absent from this scrape
+                pages.append((child.label, got[1].decode()))
         return metricsmerge.merge(pages) + generate_latest(self.registry)
 
     async def ask(self, path_qs: str) -> list[tuple[int, dict[str, Any]]]:
         """(status, JSON body) of every running worker's answer to GET `path_qs`."""
         answers = []
         for child in self._active():
-            try:
-                async with _session(child) as session, session.get(f"http://w{path_qs}") as r:
-                    answers.append((r.status, await r.json()))
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                continue  # starting or stopping: it has no part in this answer
+            got = await _get(child, path_qs)
+            if got is not None:
+                with contextlib.suppress(ValueError):
+                    answers.append((got[0], json.loads(got[1])))
         return answers
 
     async def liveness(self) -> Verdict:
@@ -284,38 +283,31 @@ class Supervisor:
         return Verdict(not problems, tuple(problems))
 
 
-class _Pages:
-    """The pages of all workers, as the parent serves them."""
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self._supervisor = supervisor
-
-    async def metrics(self) -> bytes:
-        return await self._supervisor.metrics()
-
-    async def liveness(self) -> Verdict:
-        return await self._supervisor.liveness()
-
-    async def readiness(self) -> Verdict:
-        return await self._supervisor.readiness()
-
-
-def _session(child: _Child) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.UnixConnector(path=str(child.socket)),
-        timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT_S),
-    )
+async def _get(child: _Child, path_qs: str) -> tuple[int, bytes] | None:
+    """(status, body) of a worker's answer on its control socket; None if it does not answer."""
+    try:
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=str(child.socket)),
+                timeout=aiohttp.ClientTimeout(total=ASK_TIMEOUT_S),
+            ) as session,
+            session.get(f"http://worker{path_qs}") as response,
+        ):
+            return response.status, await response.read()
+    except (aiohttp.ClientError, TimeoutError):
+        return None
 
 
 async def _ask(child: _Child, path: str) -> Verdict:
     """A worker's verdict on `path`; not answering is a failing verdict."""
+    got = await _get(child, path)
     try:
-        async with _session(child) as session, session.get(f"http://w{path}") as response:
-            body = await response.json()
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return Verdict(ok=False, problems=(f"not answering on {path} ({type(exc).__name__})",))
-    ok = response.status == HTTPStatus.OK
-    return Verdict(ok=ok, problems=tuple(body.get("problems", ())))
+        body = json.loads(got[1]) if got is not None else None
+    except ValueError:
+        body = None
+    if got is None or not isinstance(body, dict):
+        return Verdict(ok=False, problems=(f"not answering on {path}",))
+    return Verdict(ok=got[0] == HTTPStatus.OK, problems=tuple(body.get("problems", ())))
 
 
 def _child_environment() -> dict[str, str]:

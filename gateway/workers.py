@@ -73,9 +73,14 @@ def retired(settings: Settings) -> list[Slot]:
     return [slot for slot in existing(settings) if slot.path not in current]
 
 
+def every_slot(settings: Settings) -> list[Slot]:
+    """The configured workers' slots, then those of the environments to retire."""
+    return [*slots(settings), *retired(settings)]
+
+
 def find(settings: Settings, path: Path) -> Slot | None:
     """The slot, configured or retiring, whose environment is at `path`."""
-    for slot in [*slots(settings), *retired(settings)]:
+    for slot in every_slot(settings):
         if slot.path == path:
             return slot
     return None

@@ -69,3 +69,11 @@ def test_values_from_the_database_are_kept_and_survive_a_restart(tmp_path: Path)
             False,
             True,
         )
+
+
+def test_no_table_is_kept_when_turned_off(tmp_path: Path) -> None:
+    with Buffer(tmp_path, 16 * MIB, latest_series=0) as buffer:
+        buffer.append([rec("d1", 10, 1.0)])
+        assert buffer.latest is None
+        assert buffer.latest_of("d1") == []
+        assert buffer.totals().readings == 1
