@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.admission import DEFAULT_CLASS
 from gateway.config import LimitSettings
 from gateway.errors import DecodeError
-from gateway.lineparse import parse_lines
+from gateway.lineparse import bounded_int, parse_lines
 from gateway.lineproto import check_fields, check_series, check_tags, set_max_identifier_len
 from gateway.model import DEVICE_TAG, FieldValue, Reading
 
@@ -30,7 +30,10 @@ NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 # [limits] field_named_like_tag = "rename": a field named like a tag of its reading gets this.
 RENAMED_FIELD_SUFFIX = "_field"
 TAGS_KEY = "tags"
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+UTF8_BOM = b"\xef\xbb\xbf"
+# One way to match each number: `\d+\.?\d*` could split a run of digits in many ways, and a
+# long run followed by a stray character backtracked quadratically (a 60 kB payload, 50 s).
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 @dataclass(slots=True)
@@ -192,13 +195,20 @@ def _rename_tag_named_fields(
 ) -> list[tuple[str, FieldValue]]:
     if not tag_keys.intersection(key for key, _ in fields):
         return fields
-    return [(f"{key}{RENAMED_FIELD_SUFFIX}" if key in tag_keys else key, v) for key, v in fields]
+    renamed = [(f"{key}{RENAMED_FIELD_SUFFIX}" if key in tag_keys else key, v) for key, v in fields]
+    if len({key for key, _ in renamed}) < len(renamed):
+        raise DecodeError("duplicate_field", "a renamed field has the name of another field")
+    return renamed
 
 
 def _decode_for(
     route: _Route, payload: bytes, received_ns: int, result: Decoded, bounds: _Bounds
 ) -> None:
     sub, measurement = route.sub, route.measurement
+    if payload[:3] == UTF8_BOM:
+        # Some firmware writes one; RFC 8259 lets a parser ignore it, and in line protocol it
+        # would become part of the measurement's name.
+        payload = payload[3:]
     try:
         text = payload.decode()
     except UnicodeDecodeError:
@@ -316,7 +326,7 @@ def _plain_number(text: str, integers: str) -> FieldValue:
     if not _NUMBER.fullmatch(token):
         raise DecodeError("bad_value", f"payload {token[:40]!r} is not a number")
     if integers == "int" and re.fullmatch(r"[+-]?\d+", token):
-        return int(token)
+        return bounded_int(token)
     value = float(token)
     if not math.isfinite(value):
         raise DecodeError("not_finite", "payload is too large for a float")

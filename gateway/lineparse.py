@@ -12,7 +12,10 @@ from gateway.errors import DecodeError
 from gateway.model import FieldValue
 
 _INT = re.compile(r"[+-]?\d+[iu]")
-_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# Unambiguous, so a long run of digits cannot make the match backtrack quadratically.
+_FLOAT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# Significant digits of the longest 64-bit integer; `int` itself raises beyond 4,300.
+INT64_DIGITS = 19
 _TRUE = frozenset({"t", "T", "true", "True", "TRUE"})
 _FALSE = frozenset({"f", "F", "false", "False", "FALSE"})
 
@@ -57,12 +60,26 @@ def _parse_line(line: str) -> ParsedLine:
         if pos >= len(line) or line[pos] != ",":
             break
         pos += 1
+    if len(fields) > 1 and len({key for key, _ in fields}) < len(fields):
+        # The database would keep one of them: refused rather than silently collapsed.
+        raise DecodeError("duplicate_field", "a field key appears twice in the line")
     if pos >= len(line):
         return measurement, tags, fields, None
     stamp = line[_expect(line, pos, " ", "timestamp") :]
     if not re.fullmatch(r"-?\d+", stamp):
         raise DecodeError("bad_line", f"timestamp {stamp[:40]!r} is not an integer")
     return measurement, tags, fields, int(stamp)
+
+
+def bounded_int(token: str) -> int:
+    """The integer of a token of digits with an optional sign, if it can fit in 64 bits.
+
+    Raises:
+        DecodeError: `integer_out_of_range`, before `int` spends time on a digit bomb.
+    """
+    if len(token.lstrip("+-").lstrip("0")) > INT64_DIGITS:
+        raise DecodeError("integer_out_of_range", f"{token[:40]!r}... does not fit in 64 bits")
+    return int(token)
 
 
 def _expect(line: str, pos: int, char: str, what: str) -> int:
@@ -99,7 +116,7 @@ def _scan_value(line: str, pos: int) -> tuple[FieldValue, int]:
     token = line[pos:end]
     value: FieldValue
     if _INT.fullmatch(token):
-        value = int(token[:-1])
+        value = bounded_int(token[:-1])
     elif _FLOAT.fullmatch(token):
         value = float(token)
     elif token in _TRUE:

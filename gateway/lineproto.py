@@ -67,6 +67,7 @@ def check_identifier(kind: str, name: str) -> None:
         raise DecodeError("name_too_long", f"{kind} is longer than {_max_identifier_len}")
     if _CONTROL.search(name):
         raise DecodeError("control_character", f"{kind} {name!r} holds a control character")
+    check_text(kind, name)
     if _AMBIGUOUS_BACKSLASH.search(name):
         raise DecodeError(
             "ambiguous_backslash",
@@ -75,6 +76,25 @@ def check_identifier(kind: str, name: str) -> None:
     if len(_valid_names) >= VALID_NAME_CACHE_SIZE:
         _valid_names.clear()
     _valid_names.add(name)
+
+
+def check_text(kind: str, text: str) -> None:
+    r"""Refuse text that has no UTF-8 form: a lone surrogate, which a JSON `\ud800` escape makes.
+
+    Python's `str` holds such code points, but a write body is UTF-8 bytes: unchecked, one
+    would fail the encoding at the buffer, after the message was taken.
+
+    Raises:
+        DecodeError: naming where the text came from.
+    """
+    if text.isascii():
+        return
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise DecodeError(
+            "not_unicode", f"{kind} holds U+{ord(text[exc.start]):04X}, which UTF-8 cannot carry"
+        ) from None
 
 
 def check_field_value(key: str, value: FieldValue) -> None:
@@ -94,6 +114,7 @@ def check_field_value(key: str, value: FieldValue) -> None:
     elif isinstance(value, str):
         if "\n" in value or "\r" in value:
             raise DecodeError("control_character", f"field {key!r} holds a line break")
+        check_text(f"field {key!r}", value)
     else:
         raise DecodeError("bad_value_type", f"field {key!r} is a {type(value).__name__}")
 
