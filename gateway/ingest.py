@@ -5,6 +5,12 @@ those messages are committed (DESIGN invariant 1). A message that yields no vali
 acknowledged with its batch, after being counted as invalid. Acks go out in arrival order, as MQTT
 requires. A message received but not committed when the connection or the process dies is never
 acknowledged, so the broker delivers it again from the persistent session.
+
+No message stops intake (DESIGN invariant 8): an unexpected exception while one message is
+decoded, mapped, encoded or admitted makes that message invalid (`internal_error`), sampled and
+acknowledged, and the rest of its group commit goes through. Failures of the buffer itself keep
+their own handling (nothing is acknowledged). What no handler sees, a crash of the process,
+is for the breaker (gateway/breaker.py), which ingest consults after an unclean stop.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from gateway.brokerstats import BROKER_TOPICS, SYS_PREFIX
 from gateway.buffer import DISK_FULL_FREE_BYTES
 from gateway.decode import Decoded
 from gateway.episodes import Episodes
-from gateway.errors import CapacityError, DecodeError
+from gateway.errors import CapacityError, DecodeError, GatewayError
 from gateway.fifos import Admitted, fifo_name
 from gateway.mqttclient import drain_acks, end_session, make_client, send_ack, take_queued
 from gateway.record import pack
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
     from gateway.admission import Lane, Rules
+    from gateway.breaker import Breaker
     from gateway.brokerstats import BrokerStats
     from gateway.buffer import Buffer
     from gateway.config import MqttSettings
@@ -93,6 +100,8 @@ class _Pending:
     decoded: Decoded
     # (topic, payload) of a message with invalid readings, for the reject log.
     raw: tuple[str, bytes] | None = None
+    # (FIFO, packed record, lane) of each valid reading, ready for the buffer.
+    items: list[tuple[str, bytes, Lane]] | None = None
 
 
 class Ingest:
@@ -115,8 +124,14 @@ class Ingest:
         on_ready: Callable[[], None],
         broker_stats: BrokerStats,
         rejects: RejectLog,
+        breaker: Breaker | None = None,
+        fault: Callable[[bytes], None] | None = None,
     ) -> None:
-        """Wire the ingest loop; `run` starts it. `on_ready` follows each subscription."""
+        """Wire the ingest loop; `run` starts it. `on_ready` follows each subscription.
+
+        `breaker`: consulted after an unclean stop (gateway/breaker.py). `fault`: a hook called
+        with each payload while it is taken, for the fault tests (gateway/faults.py).
+        """
         self._settings = settings
         self._commit_max = commit_max_readings
         self._commit_window_s = commit_window_s
@@ -134,6 +149,8 @@ class Ingest:
         self._on_ready = on_ready
         self._broker_stats = broker_stats
         self._episodes: Episodes[tuple[str, str, str]] = Episodes(EPISODE_QUIET_S)
+        self._breaker = breaker
+        self._fault = fault
         pahofast.install()
         for sub in settings.subscriptions:
             if sub.qos == 2:  # noqa: PLR2004
@@ -217,6 +234,14 @@ class Ingest:
         while True:
             first: mqtt.MQTTMessage = await anext(messages)  # type: ignore[arg-type]
             started = time.monotonic()
+            breaker = self._breaker
+            if (
+                breaker is not None
+                and breaker.careful
+                and (not first.qos or breaker.end_careful_if(redelivered=first.dup))
+            ):
+                await self._commit_and_ack(client, [self._take_alone(first, breaker)])
+                continue
             if len(messages) < self._commit_max:
                 await anyio.sleep(self._commit_window_s)
             await self._commit_and_ack(client, self._take_batch(client, first))
@@ -238,32 +263,75 @@ class Ingest:
 
     def _take_batch(self, client: aiomqtt.Client, first: mqtt.MQTTMessage) -> list[_Pending]:
         """`first` and what is queued behind it, up to a group commit's worth of readings."""
-        batch = [self._decode(first)]
+        batch = [self._take(first)]
         count = len(batch[0].decoded.readings)
         while count < self._commit_max:
             queued = take_queued(client)
             if queued is None:
                 break
-            batch.append(self._decode(queued))
+            batch.append(self._take(queued))
             count += len(batch[-1].decoded.readings)
         self._metrics.messages.inc(len(batch))
         return batch
 
-    def _decode(self, message: mqtt.MQTTMessage) -> _Pending:
+    def _take_alone(self, message: mqtt.MQTTMessage, breaker: Breaker) -> _Pending:
+        """A message redelivered after an unclean stop: recorded first, or set aside as poison."""
+        self._metrics.messages.inc()
+        topic, payload = _raw(message)
+        if not message.qos or breaker.take_alone(topic, payload):
+            return self._take(message)
+        self._metrics.poison_messages.inc()
+        logger.error(
+            "a message on topic %r was being taken both times the gateway died; set aside as "
+            "poison in `gateway rejects` and acknowledged (%d bytes)",
+            topic[:200],
+            len(payload),
+        )
+        error = DecodeError("poison", "the gateway died twice while taking this message")
+        # Written now, not with the rate-limited samples: this is the message's only record.
+        self._rejects.add([Reject.of(topic, payload, error.reason, error.detail)])
+        return _Pending(message.mid, message.qos, Decoded(errors=[error]))
+
+    def _take(self, message: mqtt.MQTTMessage) -> _Pending:
+        """Decode, map and encode one message; whatever it raises stays with it."""
+        try:
+            return self._take_unguarded(message)
+        except Exception as exc:  # noqa: BLE001 - contained to this message (invariant 8)
+            return _Pending(message.mid, message.qos, self._internal_error(exc), _raw(message))
+
+    def _take_unguarded(self, message: mqtt.MQTTMessage) -> _Pending:
         try:
             topic = message.topic
         except UnicodeDecodeError:
             decoded = Decoded(errors=[DecodeError("not_utf8", "topic is not UTF-8")])
-        else:
-            if topic.startswith(SYS_PREFIX):
-                # The broker's own counters (QoS 0): metrics, not readings.
-                self._broker_stats.update(topic, bytes(message.payload))
-                return _Pending(message.mid, 0, Decoded())
-            payload = bytes(message.payload)
-            decoded = self._decoder.decode(topic, payload, time.time_ns())
-            if decoded.errors:
-                return _Pending(message.mid, message.qos, decoded, (topic, payload))
-        return _Pending(message.mid, message.qos, decoded)
+            return _Pending(message.mid, message.qos, decoded)
+        if topic.startswith(SYS_PREFIX):
+            # The broker's own counters (QoS 0): metrics, not readings.
+            self._broker_stats.update(topic, bytes(message.payload))
+            return _Pending(message.mid, 0, Decoded())
+        payload = bytes(message.payload)
+        if self._fault is not None:
+            self._fault(payload)
+        decoded = self._decoder.decode(topic, payload, time.time_ns())
+        pending = _Pending(message.mid, message.qos, decoded, (topic, payload))
+        if decoded.readings:
+            lane = self._rules.lane(decoded.device_class)
+            name = lane.device_class
+            pending.items = [(fifo_name(r.device, name), pack(r), lane) for r in decoded.readings]
+        return pending
+
+    def _internal_error(self, exc: Exception, readings: int = 1) -> Decoded:
+        """What a message that raised `exc` counts as: `readings` invalid readings."""
+        # One line per exception type and repeat window ([log] repeat_window_s), with the
+        # traceback: a bug to report, and the message's readings are lost to it.
+        logger.error(
+            "unexpected %s while taking a message; counted invalid (internal_error) and "
+            "acknowledged, sample in `gateway rejects`",
+            type(exc).__name__,
+            exc_info=exc,
+        )
+        error = DecodeError("internal_error", f"{type(exc).__name__}: {exc}")
+        return Decoded(errors=[error] * max(readings, 1))
 
     def _count_invalid(self, batch: list[_Pending]) -> int:
         """Count the invalid readings by reason; keep a sample for `gateway rejects`."""
@@ -313,6 +381,41 @@ class Ingest:
             # The messages from the one that met the watermark on were not acknowledged: the
             # broker keeps them and delivers them again after the pause.
             raise IntakePaused(str(paused.error))
+
+    def _admit_one_by_one(
+        self, batch: list[_Pending], exc: Exception
+    ) -> tuple[Admitted, _Paused | None]:
+        """Admit each message in its own transaction; one that raises again is invalid.
+
+        A failed transaction leaves nothing behind (LMDB aborts it and the buffer adopts its
+        accounting only after a commit), so the messages can be tried again one by one.
+        """
+        logger.warning(
+            "unexpected %s while admitting a group commit; admitting its messages one by one",
+            type(exc).__name__,
+        )
+        total = Admitted()
+        for index, pending in enumerate(batch):
+            if not pending.items:
+                continue
+            try:
+                one = self._buffer.admit(pending.items, self._rules)
+            except CapacityError as capacity:
+                if capacity.at_item is None:
+                    raise
+                return total, _Paused(index, capacity)
+            except GatewayError:
+                raise
+            except Exception as again:  # noqa: BLE001 - contained to this message
+                # Its readings are counted invalid, each, as they are not stored.
+                pending.decoded = self._internal_error(again, len(pending.decoded.readings))
+                pending.items = None
+                continue
+            total.stored += one.stored
+            total.refused.update(one.refused)
+            total.dropped.update(one.dropped)
+            total.placed.extend(one.placed)
+        return total, None
 
     def reconfigure(self, rules: Rules) -> None:
         """Take new admission rules (SIGHUP); they apply from the next group commit."""
@@ -398,13 +501,8 @@ class Ingest:
         items: list[tuple[str, bytes, Lane]] = []
         ends = []
         for pending in batch:
-            decoded = pending.decoded
-            if decoded.readings:
-                lane = rules.lane(decoded.device_class)
-                items.extend(
-                    (fifo_name(r.device, lane.device_class), pack(r), lane)
-                    for r in decoded.readings
-                )
+            if pending.items:
+                items.extend(pending.items)
             ends.append(len(items))
         paused = None
         try:
@@ -418,6 +516,12 @@ class Ingest:
                 items[: ends[paused.at_message - 1]] if paused.at_message else [], rules
             )
             batch = batch[: paused.at_message]
+        except GatewayError:
+            raise  # the buffer failed: nothing is acknowledged
+        except Exception as exc:  # noqa: BLE001 - a bug in admission: find the message
+            admitted, paused = self._admit_one_by_one(batch, exc)
+            if paused is not None:
+                batch = batch[: paused.at_message]
         # Counted right after the commit, so a scrape sees the readings and the buffer together.
         self._metrics.accounting.committed(
             accepted=admitted.stored,
@@ -427,6 +531,15 @@ class Ingest:
         )
         self._metrics.observe_buffer(self._buffer.totals())
         return admitted, paused
+
+
+def _raw(message: mqtt.MQTTMessage) -> tuple[str, bytes]:
+    """Topic and payload for the reject log and the breaker, whatever the topic's bytes."""
+    try:
+        topic = message.topic
+    except UnicodeDecodeError:
+        topic = "(topic not UTF-8)"
+    return topic, bytes(message.payload)
 
 
 def _log_connect_failure(exc: aiomqtt.MqttError) -> None:

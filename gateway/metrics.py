@@ -58,7 +58,15 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Present at 0 from the start, so that their alerts see the first increase.
+        for reason in ("internal_error", "poison"):
+            self.invalid.labels(reason)
         self.messages = Counter("gateway_mqtt_messages_total", "MQTT messages received", registry=r)
+        self.poison_messages = Counter(
+            "gateway_poison_messages_total",
+            "Messages set aside after the gateway died twice while taking them",
+            registry=r,
+        )
         self.buffer_bytes = Gauge("gateway_buffer_bytes", "Bytes of buffered readings", registry=r)
         self.buffer_devices = Gauge(
             "gateway_buffer_devices", "Devices with buffered readings", registry=r

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from gateway import config, httpserver, logsetup, workers
+from gateway import config, faults, httpserver, logsetup, workers
 from gateway.accounting import Accounting
+from gateway.breaker import Breaker
 from gateway.buffer import Buffer
 from gateway.decode import Decoder
 from gateway.errors import ConfigError
@@ -45,12 +46,15 @@ logger = logging.getLogger(__name__)
 # after each one (appends fell from 750,000/s to 3,000/s in a test). Only `env.sync` of the
 # interval mode runs in a thread: one call, one wait.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# After an unclean stop, at most this many group commits' worth of redelivered messages are taken
+# one at a time: the one that killed the gateway was in the oldest unacknowledged commit.
+CAREFUL_COMMITS = 2
 # A retiring session is done once nothing came from it for this long.
 RETIRE_QUIET_S = 2.0
 ORPHAN_CHECK_S = 1.0
 
 
-async def run(
+async def run(  # noqa: PLR0915 - start and stop order read best in one place
     settings: Settings,
     config_path: Path | None = None,
     metrics: Metrics | None = None,
@@ -73,21 +77,9 @@ async def run(
     sink = make_sink(settings.influx)
     flusher = Flusher(buffer, sink, settings.flush, metrics)
     metrics.lag_seconds.set_function(lambda: flusher.lag_s(time.monotonic()))
-    ingest = Ingest(
-        settings=settings.mqtt,
-        commit_max_readings=b.commit_max_readings,
-        commit_window_s=b.commit_window_ms / 1000,
-        buffer=buffer,
-        decoder=Decoder(settings.mqtt.subscriptions, settings.limits),
-        metrics=metrics,
-        on_commit=flusher.notify,
-        on_drop=flusher.forget,
-        space_freed=lambda: flusher.space_freed,
-        rules=settings.admission_rules(buffer.budget_bytes),
-        health=health,
-        on_ready=_ReadyOnce(notifier).ready,
-        broker_stats=metrics.broker,
-        rejects=RejectLog(settings.buffer.path),
+    breaker = Breaker(b.path, careful_max=CAREFUL_COMMITS * b.commit_max_readings)
+    ingest = _make_ingest(
+        settings, buffer, flusher, metrics, health=health, notifier=notifier, breaker=breaker
     )
     chores = Housekeeping(
         buffer=buffer,
@@ -144,6 +136,9 @@ async def run(
             )
             retired = retiring and not left.readings and not buffer.dead_letter_count()
             tg.cancel_scope.cancel()
+        # Reached only by a stop through the graceful path: every message taken is committed
+        # and acknowledged, and the next start needs no care.
+        breaker.stopped_cleanly()
     finally:
         with anyio.CancelScope(shield=True):
             await sink.aclose()
@@ -153,6 +148,37 @@ async def run(
     if retired:
         workers.remove_environment(settings.buffer.path)
         logger.info("retired %s: delivered and removed", settings.buffer.path)
+
+
+def _make_ingest(
+    settings: Settings,
+    buffer: Buffer,
+    flusher: Flusher,
+    metrics: Metrics,
+    *,
+    health: Health,
+    notifier: Notifier,
+    breaker: Breaker,
+) -> Ingest:
+    b = settings.buffer
+    return Ingest(
+        settings=settings.mqtt,
+        commit_max_readings=b.commit_max_readings,
+        commit_window_s=b.commit_window_ms / 1000,
+        buffer=buffer,
+        decoder=Decoder(settings.mqtt.subscriptions, settings.limits),
+        metrics=metrics,
+        on_commit=flusher.notify,
+        on_drop=flusher.forget,
+        space_freed=lambda: flusher.space_freed,
+        rules=settings.admission_rules(buffer.budget_bytes),
+        health=health,
+        on_ready=_ReadyOnce(notifier).ready,
+        broker_stats=metrics.broker,
+        rejects=RejectLog(settings.buffer.path),
+        breaker=breaker,
+        fault=faults.from_environment(),
+    )
 
 
 def _start_background(

@@ -84,8 +84,8 @@ class GatewayProcess:
         # Broker connections when it takes readings: one per worker.
         self.connections = 1
 
-    def start(self, *, wait_connected: bool = True) -> GatewayProcess:
-        """Start; wait until connected to the broker, or else only until serving."""
+    def launch(self) -> None:
+        """Start the process and return at once, as systemd's restart would."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
@@ -94,6 +94,10 @@ class GatewayProcess:
             env=self._env(),
         )
         log.close()
+
+    def start(self, *, wait_connected: bool = True) -> GatewayProcess:
+        """Start; wait until connected to the broker, or else only until serving."""
+        self.launch()
         if wait_connected:
             wait_for(
                 lambda: (

@@ -1,0 +1,170 @@
+"""Poison-message breaker: a message being taken when the gateway died twice is set aside.
+
+Ingest contains every exception one message raises (DESIGN invariant 8). This is for what it
+cannot catch: a crash in a C extension, an out-of-memory kill, a bug in the commit path. The
+message that caused it was never acknowledged, so the broker delivers it again at every start,
+and without a breaker the box would crash-loop on it.
+
+How it knows: `breaker.json` in the buffer's directory says whether the last run stopped
+cleanly. After an unclean stop the broker first delivers again what was in flight, with the MQTT
+DUP flag set (the killing message among them), then what it queued meanwhile, without it. The
+gateway takes those redelivered messages one at a time ("careful" mode), and before each writes
+durably which message it is about to take and for how many deaths it has been in flight: one,
+the death that started careful mode. A message that this record names at the next start was
+being taken alone when the gateway died again: the second death. It goes to the reject log with
+reason `poison`, is acknowledged and counted; the messages around it are taken as usual.
+
+Careful mode ends at the first QoS 1 message without DUP, or after `careful_max` redelivered
+messages (the poison is among the first: the batch being committed is the oldest unacknowledged
+part of the stream). It costs one small fsynced file write per message, only after a crash.
+
+File format: JSON `{"clean": bool, "suspect": {"digest": sha256 hex, "deaths": n} | null}`,
+replaced atomically (temporary file, fsync, rename, fsync of the directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.errors import StorageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "breaker.json"
+# Deaths while a message was in flight, the last with it taken alone, that make it poison.
+POISON_DEATHS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    """A message about to be taken alone, and the deaths it has been in flight for so far."""
+
+    digest: str
+    deaths: int
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """What `breaker.json` holds."""
+
+    clean: bool = True
+    suspect: Suspect | None = None
+
+
+def fingerprint(topic: str, payload: bytes) -> str:
+    """A message's identity across redeliveries: the broker may give it another packet id."""
+    return hashlib.sha256(topic.encode("utf-8", "surrogateescape") + b"\0" + payload).hexdigest()
+
+
+def judge(previous: Suspect | None, digest: str) -> Suspect | None:
+    """The record to write before taking a redelivered message alone; None when it is poison.
+
+    `previous` is the record the last (unclean) run left: the message it was taking alone.
+    """
+    deaths = previous.deaths + 1 if previous is not None and previous.digest == digest else 1
+    return None if deaths >= POISON_DEATHS else Suspect(digest, deaths)
+
+
+def parse(text: str) -> BreakerState:
+    """The state from the file's text; anything unreadable counts as an unclean stop."""
+    try:
+        raw = json.loads(text)
+        suspect = raw.get("suspect")
+        return BreakerState(
+            clean=raw["clean"] is True,
+            suspect=None if suspect is None else Suspect(str(suspect["digest"]), suspect["deaths"]),
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return BreakerState(clean=False)
+
+
+def render(state: BreakerState) -> str:
+    """The file's text for `state`."""
+    suspect = state.suspect
+    return json.dumps(
+        {
+            "clean": state.clean,
+            "suspect": None
+            if suspect is None
+            else {"digest": suspect.digest, "deaths": suspect.deaths},
+        }
+    )
+
+
+class Breaker:
+    """The breaker of one buffer directory; see the module docstring."""
+
+    def __init__(self, directory: Path, careful_max: int) -> None:
+        """Read how the last run ended and mark this one as running.
+
+        Raises:
+            StorageError: the state file cannot be written.
+        """
+        self._path = directory / STATE_FILE
+        try:
+            previous = parse(self._path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            previous = BreakerState()  # a new buffer: nothing was in flight
+        except OSError as exc:
+            raise StorageError(f"cannot read {self._path}: {exc}") from exc
+        self.careful = not previous.clean
+        self._previous = previous.suspect
+        self._careful_left = careful_max
+        # The previous suspect stays in memory only: a death before it is taken again must not
+        # count against it.
+        self._write(BreakerState(clean=False))
+        if self.careful:
+            logger.warning(
+                "the last run did not stop cleanly: taking the messages the broker delivers "
+                "again one at a time, so that one that kills the gateway twice is set aside"
+            )
+
+    def take_alone(self, topic: str, payload: bytes) -> bool:
+        """Before a redelivered message is taken alone: record it; False when it is poison."""
+        suspect = judge(self._previous, fingerprint(topic, payload))
+        if suspect is None:
+            return False
+        self._careful_left -= 1
+        self._write(BreakerState(clean=False, suspect=suspect))
+        return True
+
+    def end_careful_if(self, *, redelivered: bool) -> bool:
+        """Leave careful mode at the first fresh message, or when its budget is spent.
+
+        Returns whether careful mode goes on for this message.
+        """
+        if redelivered and self._careful_left > 0:
+            return True
+        self.careful = False
+        self._previous = None
+        self._write(BreakerState(clean=False))
+        logger.info("redelivered messages taken; group commits as usual again")
+        return False
+
+    def stopped_cleanly(self) -> None:
+        """The run ends with everything it took committed and acknowledged."""
+        self._write(BreakerState(clean=True))
+
+    def _write(self, state: BreakerState) -> None:
+        temporary = self._path.with_suffix(".tmp")
+        try:
+            with temporary.open("w", encoding="utf-8") as out:
+                out.write(render(state))
+                out.flush()
+                os.fsync(out.fileno())
+            temporary.replace(self._path)
+            directory = os.open(self._path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self._path}: {exc}") from exc
