@@ -1,5 +1,6 @@
 """Injection, end to end: hostile topics and payloads leave in influxd exactly the measurements,
-tag keys and field keys that the accepted readings define, and nothing else.
+tag keys and field keys that the accepted readings define, and nothing else; and no message,
+however hostile, stops the gateway.
 """
 
 from __future__ import annotations
@@ -127,3 +128,82 @@ def test_hostile_campaign_leaves_only_what_accepted_readings_define(
     }
     assert stored_tags == {m: keys for m, keys in expected_tags.items() if keys}
     assert stored_fields == expected_fields
+
+
+# Messages that must each be refused whole, by format: what crashed or stalled the gateway once
+# (lone surrogate escapes, digit bombs, long digit runs), and their relatives.
+DIGITS = b"1" * (200 << 10)
+REFUSED = {
+    "j": [
+        b'{"ts": 1700000000000, "note": "\\ud800"}',
+        b'{"\\udfff": 1}',
+        b'{"v": 1, "tags": {"t": "\\udbff"}}',
+        b'{"v": 1, "tags": {"\\ud800": "x"}}',
+        b'{"s": "\\ude00\\ud83d"}',
+        b'{"k\\u0000": 1}',
+        b'{"v": ' + b"9" * 5000 + b"}",
+        b'{"s": "\xc0\xaf"}',
+        b'{"s": "\xe2\x82"}',
+        b'{"s": "\xed\xa0\x80"}',
+        b"\xef\xbb\xbf\xef\xbb\xbf{}",
+        b'{"device": 1}',
+        b'{"time": 1}',
+        b"[" * 5000 + b"]" * 5000,
+    ],
+    "l": [
+        b"m f=" + b"1" * 5000 + b"i",
+        b"m f=" + DIGITS + b"x",
+        b"m f=1,f=2",
+        b"m,t=\xed\xa0\x80 f=1",
+        b"m\\ f=1",
+        b"# only a comment",
+    ],
+    "v": [DIGITS + b"x", b"1e400", b"nan", b"\xff"],
+}
+
+
+def test_a_stream_of_hostile_messages_never_stops_the_gateway(
+    gateway: Callable[..., GatewayProcess], mosquitto: object, influx: InfluxV1, run_id: str
+) -> None:
+    """Each hostile message, followed by a good reading: the gateway lives, every good reading
+    lands, and the database holds only the measurements, tags and fields the good ones define.
+    """
+    gw = gateway(influx.config, SUBSCRIPTIONS.format(run=run_id))
+    topic_of = {
+        "j": f"{run_id}/j/dev-h/m",
+        "l": f"{run_id}/l/site/dev-h",
+        "v": f"{run_id}/v/dev-h",
+    }
+    settings = config.load(gw.config_path, {})
+    decoder = Decoder(settings.mqtt.subscriptions, settings.limits)
+    now_ms = time.time_ns() // 10**6
+    stream: list[tuple[str, bytes]] = []
+    hostile_count = 0
+    for rounds in range(3):
+        for kind, payloads in REFUSED.items():
+            for payload in payloads:
+                assert not decoder.decode(topic_of[kind], payload, now_ms * 10**6).readings
+                n = len(stream) // 2
+                reading = {"ts": now_ms - 100_000 + n, "temp": n, "round": rounds}
+                stream += [
+                    (topic_of[kind], payload),
+                    (f"{run_id}/j/dev-good/telemetry", json.dumps(reading).encode()),
+                ]
+                hostile_count += 1
+    publish_messages(mosquitto.port, stream)  # type: ignore[attr-defined]
+    goods = len(stream) // 2
+    wait_for(lambda: gw.readings("delivered") >= goods, 60, f"{goods} good readings delivered")
+    assert gw.process is not None
+    assert gw.process.poll() is None
+    assert gw.readings("accepted") == goods
+    assert gw.readings("invalid") == hostile_count
+    series = influx.query('SELECT "temp" FROM "telemetry"')
+    assert sorted(int(row[1]) for s in series for row in s["values"]) == list(range(goods))
+    measurements = {row[0] for s in influx.query("SHOW MEASUREMENTS") for row in s["values"]}
+    assert measurements == {"telemetry"}
+    (tags,) = influx.query("SHOW TAG KEYS")
+    assert {row[0] for row in tags["values"]} == {"device"}
+    (fields,) = influx.query("SHOW FIELD KEYS")
+    assert {row[0] for row in fields["values"]} == {"temp", "round"}
+    assert "Traceback" not in gw.log()
+    assert gw.stop() == 0
