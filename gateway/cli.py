@@ -19,7 +19,7 @@ from gateway.errors import ConfigError, StorageError
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from gateway.config import Settings
+    from gateway.config.settings import Settings
 
 EXIT_CONFIG = 2
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
     run.add_argument("--config", "-c", type=Path, required=True)
-    # How the parent of a gateway with workers starts each of them (gateway/supervisor.py).
+    # How the parent of a gateway with workers starts each of them (gateway/service/supervisor.py).
     run.add_argument("--worker-slot", type=Path, help=argparse.SUPPRESS)
     run.add_argument("--control-socket", type=Path, help=argparse.SUPPRESS)
     run.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in {"status", "verify-buffer", "dead-letters", "rejects"}:
         return _inspect(args)
     if args.command == "simulate":
-        from gateway import simulate  # noqa: PLC0415 - paho only when needed
+        from gateway.tools import simulate  # noqa: PLC0415 - paho only when needed
 
         count = args.count if args.count is not None or args.duration is not None else 10_000
         plan = simulate.Plan(
@@ -127,17 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         simulate.run(plan)
         return 0
     if args.command == "bench":
-        from gateway import bench  # noqa: PLC0415
+        from gateway.tools import bench  # noqa: PLC0415
 
         return bench.run(args)
-    from gateway import demo  # noqa: PLC0415
+    from gateway.tools import demo  # noqa: PLC0415
 
     return demo.run(args.devices, args.rate, args.duration)
 
 
 def _load(path: Path) -> Settings | None:
     """The validated configuration, or None after printing its problems."""
-    from gateway import config  # noqa: PLC0415
+    from gateway.config import loader as config  # noqa: PLC0415
 
     try:
         return config.load(path)
@@ -149,7 +149,7 @@ def _load(path: Path) -> Settings | None:
 
 
 def _check_config(path: Path) -> int:
-    from gateway import config  # noqa: PLC0415
+    from gateway.config import loader as config  # noqa: PLC0415
 
     settings = _load(path)
     if settings is None:
@@ -159,7 +159,7 @@ def _check_config(path: Path) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from gateway import status  # noqa: PLC0415
+    from gateway.service import status  # noqa: PLC0415
 
     settings = _load(args.config)
     if settings is None:
@@ -171,7 +171,7 @@ def _inspect(args: argparse.Namespace) -> int:
         if args.command == "rejects":
             from dataclasses import asdict  # noqa: PLC0415
 
-            from gateway import rejects  # noqa: PLC0415
+            from gateway.buffer import rejects  # noqa: PLC0415
 
             kept = []
             for path in status.environments(settings):
@@ -181,7 +181,7 @@ def _inspect(args: argparse.Namespace) -> int:
             print(json.dumps([asdict(r) for r in kept]) if args.json else rejects.render(kept))
             return 0
         if args.command == "dead-letters":
-            from gateway import deadletter  # noqa: PLC0415
+            from gateway.service import deadletters as deadletter  # noqa: PLC0415
 
             return max(
                 deadletter.run(settings, args.action, args.id, path)
@@ -198,7 +198,8 @@ def _inspect(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import functools  # noqa: PLC0415
 
-    from gateway import logsetup, service, supervisor, workers  # noqa: PLC0415
+    from gateway.service import lifecycle as service  # noqa: PLC0415
+    from gateway.service import logsetup, supervisor, workers  # noqa: PLC0415
 
     settings = _load(args.config)
     if settings is None:
@@ -238,7 +239,8 @@ def _retire(path: Path) -> int:
     """Retire every environment of this gateway, one after the other, in this process."""
     import functools  # noqa: PLC0415
 
-    from gateway import logsetup, service, workers  # noqa: PLC0415
+    from gateway.service import lifecycle as service  # noqa: PLC0415
+    from gateway.service import logsetup, workers  # noqa: PLC0415
 
     settings = _load(path)
     if settings is None:

@@ -6,6 +6,9 @@ from typing import ClassVar
 class GatewayError(Exception):
     """Base of the gateway's own exceptions."""
 
+    # A failure that waits for a retry may say when, from the other side (HTTP Retry-After).
+    retry_after_s: float | None = None
+
 
 class ConfigError(GatewayError):
     """The configuration is invalid; `problems` holds one "key.path: message" line per error."""
@@ -48,15 +51,25 @@ class CapacityError(StorageError):
 
 
 class SinkError(GatewayError):
-    """A write to the database failed."""
+    """A write to the database failed.
+
+    The policy is on the class: `retryable` (keep the readings and try again later, else isolate
+    the refused points) and `operator_must_act` (log at ERROR: nothing heals without a person).
+    """
 
     retryable: ClassVar[bool] = False
+    operator_must_act: ClassVar[bool] = False
+    # A sign the database is overloaded: the batch-size controller shrinks.
+    overloaded: ClassVar[bool] = False
+    # The `result` label of gateway_writes_total.
+    result: ClassVar[str] = "retry"
 
 
 class SinkUnavailable(SinkError):
     """The database is unreachable, overloaded or failing; the write is retried later."""
 
     retryable = True
+    overloaded = True
 
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         """`retry_after_s` carries the server's Retry-After, when it sent one."""
@@ -67,6 +80,8 @@ class SinkUnavailable(SinkError):
 class SinkRejected(SinkError):
     """The database refused the points as invalid (400/422); retrying cannot help."""
 
+    result = "rejected"
+
 
 class SinkAuthError(SinkError):
     """The database refused our credentials (401/403); the operator must act.
@@ -75,3 +90,5 @@ class SinkAuthError(SinkError):
     """
 
     retryable = True
+    operator_must_act = True
+    result = "auth"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from gateway import servers
+from gateway.tools import servers
 from tests.gatewayproc import GatewayProcess, config_text, stored_points
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import servers, simulate
-from gateway.demo import scrape
+from gateway.tools import servers, simulate
+from gateway.tools.demo import scrape
 
 if TYPE_CHECKING:
     from collections.abc import Callable

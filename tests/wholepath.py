@@ -12,18 +12,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.coalesce import coalesce
-from gateway.config import Subscription
-from gateway.lineparse import parse_lines
-from gateway.record import pack, split
+from gateway.config.mqtt import Subscription
+from gateway.config.sections import LimitSettings
+from gateway.flush.core.coalesce import coalesce
+from gateway.points.lineparse import parse_lines
+from gateway.points.record import pack, split
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from gateway.decode import Decoder
-    from gateway.model import FieldValue, Reading
+    from gateway.ingest.core.decode import Decoder
+    from gateway.points.model import FieldValue, Reading
 
 NOW_NS = 1_750_000_000_000_000_000
+# The limits a gateway has when its configuration names none.
+LIMITS = LimitSettings()
 SUBSCRIPTIONS = [
     Subscription(topic="j/{device}/{measurement}", format="json"),
     Subscription(topic="l/{site}/{device}", format="line"),

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway import servers
+from gateway.tools import servers
 from tests.gatewayproc import assert_identities, publish_in_background, wait_for
 
 if TYPE_CHECKING:

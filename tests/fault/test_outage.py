@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway import servers, simulate
+from gateway.tools import servers, simulate
 from tests.gatewayproc import publish_simulated, simulated_plan, wait_for
 
 if TYPE_CHECKING:

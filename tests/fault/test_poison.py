@@ -1,6 +1,6 @@
 """One message must never stop the gateway: isolation of what raises, and the poison breaker.
 
-The faults are injected with `GATEWAY_FAULT_INJECT` (gateway/faults.py) on a chosen payload:
+The faults are injected with `GATEWAY_FAULT_INJECT` (gateway/ingest/faults.py) on a chosen payload:
 `raise` is an unexpected exception in the middle of taking a message, `kill` a crash that no
 handler sees (SIGKILL, as a segfault or the out-of-memory killer would be).
 """
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway.faults import ENV
+from gateway.ingest.faults import ENV
 from tests.gatewayproc import assert_identities, count, publish_messages, wait_for
 
 if TYPE_CHECKING:

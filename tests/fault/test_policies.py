@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway import servers
+from gateway.tools import servers
 from tests.gatewayproc import assert_identities, count, publish_messages, wait_for
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway import servers, simulate
+from gateway.tools import servers, simulate
 from tests.gatewayproc import GatewayProcess, expected_points, simulated_plan, wait_for
 from tests.integration.test_end_to_end import victoria_points
 

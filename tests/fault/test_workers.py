@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway import servers, simulate
+from gateway.tools import servers, simulate
 from tests.gatewayproc import (
     assert_identities,
     expected_points,

@@ -16,10 +16,10 @@ import atheris
 sys.path.insert(0, str(Path(__file__).parents[2]))
 
 with atheris.instrument_imports():
-    from gateway.decode import Decoder
-    from tests.wholepath import SUBSCRIPTIONS, check_message, split_message
+    from gateway.ingest.core.decode import Decoder
+    from tests.wholepath import LIMITS, SUBSCRIPTIONS, check_message, split_message
 
-DECODER = Decoder(SUBSCRIPTIONS)
+DECODER = Decoder(SUBSCRIPTIONS, LIMITS)
 
 
 def test_one_input(data: bytes) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway import servers, simulate
+from gateway.tools import servers, simulate
 from tests.gatewayproc import (
     SIMULATED_START_MS,
     Points,

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway import config
-from gateway.decode import Decoder
+from gateway.config import loader as config
+from gateway.ingest.core.decode import Decoder
 from tests.gatewayproc import publish_messages, wait_for
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ PIECES = [
     "_field", "device", "m", "x", "é", "温度", "🌡", "a b", "k=v", "1i", "true", "-", "",
 ]  # fmt: skip
 # MQTT forbids wildcards in the topic of a PUBLISH; Mosquitto also drops a client that sends a
-# control character in a topic (the decoders meet those in tests/unit/test_hostile_input.py);
+# control character in a topic (the decoders meet those in tests/unit/ingest/test_hostile_input.py);
 # a "/" would add a level that the gateway's subscriptions do not ask the broker for.
 TOPIC_PIECES = [p for p in PIECES if p not in {"+", "#", "/"} and p.isprintable()]
 CAMPAIGN = 600

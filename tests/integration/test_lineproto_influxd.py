@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import DecodeError
-from gateway.lineproto import check_reading, encode_point
-from gateway.model import Reading
+from gateway.points.model import Reading
+from tests.points import check_reading, encode_point
 
 if TYPE_CHECKING:
     from tests.conftest import InfluxV1

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway import servers
+from gateway.tools import servers
 from tests.gatewayproc import (
     assert_identities,
     expected_points,

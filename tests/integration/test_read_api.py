@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from gateway import apispec, servers
+from gateway.api import apispec
+from gateway.tools import servers
 from tests.gatewayproc import publish_messages, wait_for
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway import servers
+from gateway.tools import servers
 from tests.gatewayproc import publish_messages, wait_for
 
 if TYPE_CHECKING:

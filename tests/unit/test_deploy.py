@@ -14,9 +14,9 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.brokerstats import BROKER_TOPICS
-from gateway.config import FlushSettings
-from gateway.metrics import Metrics
+from gateway.config.sections import FlushSettings
+from gateway.observe.brokerstats import BROKER_TOPICS
+from gateway.observe.metrics import Metrics
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"

@@ -1,0 +1,259 @@
+"""The OpenAPI 3.0 document of the read API (gateway/api/readapi.py), at /api/v1/openapi.json.
+
+The tests validate it with openapi-spec-validator and check every answer of a running gateway
+against it with schemathesis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import __version__
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+}
+_FIELD_VALUE = {
+    "oneOf": [{"type": "number"}, {"type": "boolean"}, {"type": "string"}],
+    "description": "A float, an integer, a boolean or a string, as the device sent it",
+}
+_STATE = {
+    "type": "string",
+    "enum": ["buffered", "delivered"],
+    "description": "buffered: accepted, not yet in the database; delivered: in the database",
+}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _ok(schema: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+_UNAUTHORIZED = {"description": "a bearer token is configured and was not given"}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "gateway read API",
+        "version": __version__,
+        "description": (
+            "What the gateway holds: devices, the latest value of each of a device's series "
+            "(accepted readings before the database has them), and the buffer's state. "
+            "Read-only. With [metrics] token set, every path needs "
+            "`Authorization: Bearer <token>`."
+        ),
+    },
+    "paths": {
+        "/api/v1/devices": {
+            "get": {
+                "summary": "Devices with buffered readings or a latest value",
+                "operationId": "listDevices",
+                "responses": {
+                    "200": _ok("DeviceList", "the devices, by name"),
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
+        "/api/v1/devices/{device}/latest": {
+            "get": {
+                "summary": "The latest reading of each series of a device",
+                "description": (
+                    "From the gateway's last-value table; on a miss the database is read, "
+                    "and what it returns is kept for the next request."
+                ),
+                "operationId": "latestOfDevice",
+                "parameters": [
+                    {
+                        "name": "device",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                    }
+                ],
+                "responses": {
+                    "200": _ok("DeviceLatest", "the latest reading of each series"),
+                    "401": _UNAUTHORIZED,
+                    "404": _error_response("no reading of the device, here or in the database"),
+                    "502": _error_response("not here, and the database could not be read"),
+                },
+            }
+        },
+        "/api/v1/status": {
+            "get": {
+                "summary": "Totals, capacity use, lag, batch size, sink and admission state",
+                "operationId": "status",
+                "parameters": [
+                    {
+                        "name": "top",
+                        "in": "query",
+                        "required": False,
+                        "description": "devices to list, largest backlog first (default 20)",
+                        "schema": {"type": "integer", "minimum": 0},
+                    }
+                ],
+                "responses": {
+                    "200": _ok("Status", "the gateway's state"),
+                    "400": _error_response("a malformed parameter"),
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
+        "/api/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {
+                    "200": {
+                        "description": "the OpenAPI document",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
+    },
+    "components": {
+        "schemas": {
+            "Error": _ERROR,
+            "DeviceList": {
+                "type": "object",
+                "required": ["devices"],
+                "properties": {
+                    "devices": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": [
+                                "device",
+                                "buffered_readings",
+                                "oldest_buffered_age_s",
+                                "last_seen",
+                            ],
+                            "properties": {
+                                "device": {"type": "string"},
+                                "buffered_readings": {"type": "integer", "minimum": 0},
+                                "oldest_buffered_age_s": {"type": "number", "nullable": True},
+                                "last_seen": {
+                                    "type": "string",
+                                    "format": "date-time",
+                                    "nullable": True,
+                                    "description": "when the newest reading was taken",
+                                },
+                            },
+                        },
+                    }
+                },
+            },
+            "DeviceLatest": {
+                "type": "object",
+                "required": ["device", "source", "measurements"],
+                "properties": {
+                    "device": {"type": "string"},
+                    "source": {
+                        "type": "string",
+                        "enum": ["cache", "database"],
+                        "description": "cache: the last-value table; database: read on a miss",
+                    },
+                    "measurements": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": [
+                                "measurement",
+                                "tags",
+                                "time",
+                                "time_ns",
+                                "state",
+                                "fields",
+                            ],
+                            "properties": {
+                                "measurement": {"type": "string"},
+                                "tags": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                },
+                                "time": {"type": "string", "format": "date-time"},
+                                "time_ns": {"type": "integer"},
+                                "state": _STATE,
+                                "fields": {
+                                    "type": "object",
+                                    "additionalProperties": {
+                                        "type": "object",
+                                        "required": ["value", "state"],
+                                        "properties": {"value": _FIELD_VALUE, "state": _STATE},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+            "Status": {
+                "type": "object",
+                "required": [
+                    "path",
+                    "readings",
+                    "bytes",
+                    "capacity_bytes",
+                    "budget_bytes",
+                    "fill_ratio",
+                    "devices_with_backlog",
+                    "dead_letters",
+                    "devices",
+                    "runtime",
+                ],
+                "properties": {
+                    "path": {"type": "string"},
+                    "readings": {"type": "integer", "minimum": 0},
+                    "bytes": {"type": "integer", "minimum": 0},
+                    "capacity_bytes": {"type": "integer", "minimum": 0},
+                    "budget_bytes": {"type": "integer", "minimum": 0},
+                    "fill_ratio": {"type": "number", "minimum": 0},
+                    "file_bytes": {"type": "integer", "minimum": 0},
+                    "devices_with_backlog": {"type": "integer", "minimum": 0},
+                    "dead_letters": {"type": "integer", "minimum": 0},
+                    "devices": {"type": "array", "items": {"type": "object"}},
+                    "runtime": {
+                        "type": "object",
+                        "required": [
+                            "readings",
+                            "lag_s",
+                            "batch_size",
+                            "sink",
+                            "admission",
+                            "mqtt_connected",
+                        ],
+                        "properties": {
+                            "readings": {
+                                "type": "object",
+                                "additionalProperties": {"type": "integer", "minimum": 0},
+                            },
+                            "lag_s": {"type": "number", "minimum": 0},
+                            "batch_size": {"type": "integer", "minimum": 1},
+                            "sink": {
+                                "type": "object",
+                                "properties": {
+                                    "state": {"type": "string", "enum": ["ok", "failing"]},
+                                    "failed_writes_in_a_row": {"type": "integer", "minimum": 0},
+                                },
+                            },
+                            "admission": {"type": "object"},
+                            "mqtt_connected": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        }
+    },
+}

@@ -1,0 +1,173 @@
+"""The gateway's HTTP server: `/metrics`, `/healthz` and `/readyz` on `[metrics] listen`.
+
+aiohttp in the service's event loop, so `/healthz` answering at all shows the loop turns.
+Loopback by default; nothing here can change the gateway's state. Optionally HTTPS, and a bearer
+token required on every path but `/healthz` (which says nothing but alive or not, and is what
+container health checks call).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.tls import server_context
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+    from aiohttp.typedefs import Handler, Middleware
+
+    from gateway.config.sections import MetricsSettings
+    from gateway.observe.health import Health, Verdict
+    from gateway.observe.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class Pages(Protocol):
+    """What the server shows: one gateway's own figures, or the sum of its workers'."""
+
+    async def metrics(self) -> bytes:
+        """The Prometheus text exposition."""
+        ...
+
+    async def liveness(self) -> Verdict:
+        """Alive or not, with the reasons."""
+        ...
+
+    async def readiness(self) -> Verdict:
+        """Ready or not, with the reasons."""
+        ...
+
+
+class LocalPages:
+    """The pages of the gateway running in this process."""
+
+    def __init__(self, metrics: Metrics, health: Health) -> None:
+        """Show `metrics` and judge by `health`."""
+        self._metrics = metrics
+        self._health = health
+
+    async def metrics(self) -> bytes:
+        """This process's registry."""
+        return generate_latest(self._metrics.registry)
+
+    async def liveness(self) -> Verdict:
+        """Alive while the event loop ticks."""
+        return self._health.liveness(time.monotonic())
+
+    async def readiness(self) -> Verdict:
+        """Ready while connected and taking readings."""
+        return self._health.readiness(time.monotonic())
+
+
+def make_app(
+    pages: Pages, token: str | None = None, routes: Sequence[web.RouteDef] = ()
+) -> web.Application:
+    """The routes over `pages` and `routes` (the read API); `token`: required bearer token."""
+
+    async def metrics_page(_request: web.Request) -> web.Response:
+        body = await pages.metrics()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return _verdict_response(await pages.liveness())
+
+    async def readyz(_request: web.Request) -> web.Response:
+        return _verdict_response(await pages.readiness())
+
+    middlewares = [_bearer_token(token)] if token else []
+    app = web.Application(middlewares=middlewares)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_routes(routes)
+    return app
+
+
+def _bearer_token(token: str) -> Middleware:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != "/healthz":
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return web.Response(
+                    status=401,
+                    text="bearer token required\n",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
+
+    return check
+
+
+def _verdict_response(verdict: Verdict) -> web.Response:
+    body = {"status": "ok" if verdict.ok else "fail", "problems": list(verdict.problems)}
+    return web.Response(
+        text=json.dumps(body),
+        status=200 if verdict.ok else 503,
+        content_type="application/json",
+    )
+
+
+async def serve(
+    settings: MetricsSettings,
+    pages: Pages,
+    routes: Sequence[web.RouteDef] = (),
+    *,
+    task_status: anyio.abc.TaskStatus,
+) -> None:
+    """Serve on `[metrics] listen` until cancelled; reports started once the socket is bound.
+
+    Raises:
+        OSError: the address cannot be bound (in use, or not an address of this host).
+    """
+    token = settings.token.get_secret_value() if settings.token else None
+    ssl_context = None
+    if settings.tls_cert_file and settings.tls_key_file:
+        ssl_context = server_context(settings.tls_cert_file, settings.tls_key_file)
+    host, port = settings.host_port
+    await _serve(
+        make_app(pages, token, routes),
+        lambda runner: web.TCPSite(runner, host, port, ssl_context=ssl_context),
+        task_status,
+    )
+
+
+async def serve_unix(
+    path: Path,
+    pages: Pages,
+    routes: Sequence[web.RouteDef] = (),
+    *,
+    task_status: anyio.abc.TaskStatus,
+) -> None:
+    """Serve a worker's pages to its parent on a Unix socket in the parent's private directory."""
+    app = make_app(pages, None, routes)
+    await _serve(app, lambda runner: web.UnixSite(runner, str(path)), task_status)
+
+
+async def _serve(
+    app: web.Application,
+    site: Callable[[web.AppRunner], web.BaseSite],
+    task_status: anyio.abc.TaskStatus,
+) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await site(runner).start()
+        task_status.started()
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()

@@ -1,0 +1,174 @@
+"""The read API on the gateway's HTTP server: what it holds, and the latest value of a device.
+
+`GET /api/v1/devices`, `GET /api/v1/devices/{device}/latest`, `GET /api/v1/status` and the
+OpenAPI document at `GET /api/v1/openapi.json` (gateway/api/apispec.py). Read-only: nothing here
+stores, deletes or acknowledges a reading. The one write is a cache fill: on a miss the latest
+values are read from the database and kept in the last-value table (gateway/buffer/latest.py), which
+is what a read-through cache does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway.api import apispec
+from gateway.api.dbread import DatabaseReadError, latest_lines
+from gateway.buffer import view as buffer_view
+from gateway.buffer.core.ledger import fifo_device
+from gateway.errors import DecodeError, StorageError
+from gateway.points.names import Names
+
+if TYPE_CHECKING:
+    from gateway.buffer.latest import Latest
+    from gateway.buffer.store import Buffer
+    from gateway.config.settings import Settings
+    from gateway.flush.flusher import Flusher
+    from gateway.observe.health import Health
+    from gateway.observe.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOP = 20
+
+
+class ReadApi:
+    """The handlers, over the running gateway's buffer, flusher, metrics and health."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        buffer: Buffer,
+        flusher: Flusher,
+        metrics: Metrics,
+        health: Health,
+    ) -> None:
+        """Serve what these hold; `settings` names the database a miss reads."""
+        self._settings = settings
+        # A device name the gateway could never have accepted is a 404 without a query.
+        self._names = Names(settings.limits.max_identifier_len)
+        self._buffer = buffer
+        self._flusher = flusher
+        self._metrics = metrics
+        self._health = health
+
+    def routes(self) -> list[web.RouteDef]:
+        """The API's routes, for the HTTP server."""
+        return [
+            web.get("/api/v1/openapi.json", self._openapi),
+            web.get("/api/v1/devices", self._devices),
+            web.get("/api/v1/devices/{device}/latest", self._latest),
+            web.get("/api/v1/status", self._status),
+        ]
+
+    async def _openapi(self, _request: web.Request) -> web.Response:
+        return web.json_response(apispec.DOCUMENT)
+
+    async def _devices(self, _request: web.Request) -> web.Response:
+        now_ns = time.time_ns()
+        rows: dict[str, dict[str, Any]] = {}
+        for fifo, state in self._buffer.devices().items():
+            row = rows.setdefault(fifo_device(fifo), _device_row(fifo_device(fifo)))
+            row["buffered_readings"] += state.readings
+            if state.readings:
+                age = buffer_view.oldest_age_s(state, now_ns)
+                oldest = row["oldest_buffered_age_s"]
+                row["oldest_buffered_age_s"] = age if oldest is None else max(oldest, age)
+        for device, updated_ns in self._buffer.latest_devices().items():
+            row = rows.setdefault(device, _device_row(device))
+            row["last_seen"] = _iso(updated_ns)
+        return web.json_response({"devices": [rows[name] for name in sorted(rows)]})
+
+    async def _latest(self, request: web.Request) -> web.Response:
+        device = request.match_info["device"]
+        try:
+            self._names.check("device", device)
+        except DecodeError as exc:
+            # No reading of it can have been accepted, so none is in the database either.
+            return _error(404, f"no device is named so: {exc.detail}")
+        found = self._buffer.latest_of(device)
+        source = "cache"
+        if not found:
+            try:
+                lines = await latest_lines(self._settings.influx, self._settings.api, device)
+            except DatabaseReadError as exc:
+                logger.warning("latest values of %r: %s", device[:200], exc)
+                return _error(502, f"not in the cache, and the database read failed: {exc}")
+            if lines:
+                try:
+                    self._buffer.remember(device, lines)
+                except StorageError as exc:
+                    logger.warning("%s", exc)
+                found = self._buffer.latest_of(device)
+            source = "database"
+        if not found:
+            return _error(404, f"no reading of device {device!r} in the cache or the database")
+        return web.json_response(
+            {
+                "device": device,
+                "source": source,
+                "measurements": [_measurement(latest) for latest in found],
+            }
+        )
+
+    async def _status(self, request: web.Request) -> web.Response:
+        try:
+            top = int(request.query.get("top", DEFAULT_TOP))
+        except ValueError:
+            return _error(400, "top must be an integer")
+        if top < 0:
+            return _error(400, "top must be 0 or more")
+        view = buffer_view.snapshot(self._buffer, time.time_ns(), top=top)
+        snapshot = self._metrics.accounting.snapshot()
+        b = self._settings.buffer
+        view["runtime"] = {
+            "readings": snapshot.outcomes,
+            "lag_s": self._flusher.lag_s(time.monotonic()),
+            "batch_size": self._flusher.batch_size,
+            "sink": {
+                "state": "failing" if self._flusher.failing_writes else "ok",
+                "failed_writes_in_a_row": self._flusher.failing_writes,
+            },
+            "admission": {
+                "policy": b.policy,
+                "paused": self._health.paused,
+                "high_watermark": b.high_watermark,
+                "low_watermark": b.low_watermark,
+            },
+            "mqtt_connected": self._health.connected,
+        }
+        return web.json_response(view)
+
+
+def _device_row(device: str) -> dict[str, Any]:
+    return {
+        "device": device,
+        "buffered_readings": 0,
+        "oldest_buffered_age_s": None,
+        "last_seen": None,
+    }
+
+
+def _measurement(latest: Latest) -> dict[str, Any]:
+    state = "buffered" if latest.buffered else "delivered"
+    return {
+        "measurement": latest.measurement,
+        "tags": latest.tags,
+        "time": _iso(latest.ts_ns),
+        "time_ns": latest.ts_ns,
+        "state": state,
+        "fields": {name: {"value": value, "state": state} for name, value in latest.fields.items()},
+    }
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _error(code: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=code)

@@ -1,0 +1,128 @@
+"""Admission carried out: one buffer transaction storing, refusing and dropping readings.
+
+The decisions come from gateway/buffer/core/admission.py; this applies them to a `FifoTransaction`,
+so the drops commit together with the stores they made room for. Readings leased to the flusher (on
+their way to the database) are never dropped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.buffer.core.admission import (
+    DEVICE_SHARE,
+    Candidate,
+    Fifo,
+    Lane,
+    Rules,
+    Verdict,
+    decide,
+    drop_reason,
+    victim,
+    when_no_room,
+)
+from gateway.buffer.core.ledger import KEY, Admitted, fifo_class
+from gateway.errors import CapacityError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from gateway.buffer.transaction import FifoTransaction
+
+NO_LEASE = (0, 0)
+
+
+class Admitter:
+    """Admits readings into one transaction; see the module docstring."""
+
+    def __init__(
+        self, w: FifoTransaction, rules: Rules, leases: Mapping[str, tuple[int, int]]
+    ) -> None:
+        """`leases`: FIFO -> (first sequence after the leased readings, leased bytes)."""
+        self._w = w
+        self._rules = rules
+        self._leases = leases
+        self._admitted = Admitted()
+
+    def admit(self, items: Iterable[tuple[str, bytes, Lane]]) -> Admitted:
+        """Admit (FIFO, packed record, lane) triples in order; returns what was done.
+
+        Raises:
+            CapacityError: a reading is to pause intake; `at_item` is its index.
+        """
+        w, admitted, rules = self._w, self._admitted, self._rules
+        touched = w.changed
+        high_bytes = rules.high_bytes
+        unlimited_share = rules.share_bytes is None
+        for index, item in enumerate(items):
+            # The common case, a FIFO this transaction already appends to and room below the
+            # watermark, skips the decision: it is most of the cost.
+            state = touched.get(item[0])
+            size = KEY.size + len(item[1])
+            if (
+                state is not None
+                and state.readings
+                and unlimited_share
+                and w.nbytes + size <= high_bytes
+            ):
+                w.append_to(state, item[1], size)
+                admitted.stored += 1
+                admitted.placed.append((item[0], state.number, state.next - 1, item[1]))
+            elif not self._admit_one(item):
+                raise CapacityError(
+                    f"readings budget of {rules.budget_bytes} bytes is at its high "
+                    f"watermark ({w.nbytes} bytes buffered)",
+                    at_item=index,
+                )
+        return admitted
+
+    def _admit_one(self, item: tuple[str, bytes, Lane]) -> bool:
+        """Decide one reading and carry the decision out; False when it is to pause intake."""
+        w, admitted = self._w, self._admitted
+        fifo, value, lane = item
+        size = KEY.size + len(value)
+        state = w.state(fifo)
+        lease_end, leased_bytes = self._leases.get(fifo, NO_LEASE)
+        if state is None or not state.readings:
+            view = Fifo(0, 0, is_new=True)
+        else:
+            view = Fifo(state.nbytes, state.nbytes - leased_bytes, is_new=False)
+        decision = decide(lane, size, fifo=view, used=w.nbytes, active=w.active, rules=self._rules)
+        if decision.drop_own_bytes:
+            count, _ = w.drop(fifo, lease_end, need_bytes=decision.drop_own_bytes)
+            admitted.dropped[DEVICE_SHARE, lane.device_class] += count
+        if decision.make_room_bytes and not self._make_room(lane, decision.make_room_bytes):
+            decision = when_no_room(lane)
+        if decision.verdict is Verdict.PAUSE:
+            return False
+        if decision.verdict is Verdict.REFUSE:
+            admitted.refused[decision.reason, lane.device_class] += 1
+        else:
+            w.store(fifo, value, size)
+            admitted.stored += 1
+            state = w.changed[fifo]
+            admitted.placed.append((fifo, state.number, state.next - 1, value))
+        return True
+
+    def _make_room(self, lane: Lane, need: int) -> bool:
+        """Drop victims' oldest readings until `need` bytes are free; False if none are left."""
+        w, rules, leases = self._w, self._rules, self._leases
+        reason = drop_reason(lane)
+        freed = 0
+        while freed < need:
+            candidates = (
+                Candidate(
+                    name,
+                    rules.lane(fifo_class(name)),
+                    state.nbytes - leases.get(name, NO_LEASE)[1],
+                )
+                for name, state in w.active_states()
+            )
+            chosen = victim(lane, candidates)
+            if chosen is None:
+                return False
+            lease_end = leases.get(chosen.name, NO_LEASE)[0]
+            count, nbytes = w.drop(chosen.name, lease_end, need_bytes=need - freed)
+            self._admitted.dropped[reason, chosen.lane.device_class] += count
+            freed += nbytes
+        return True

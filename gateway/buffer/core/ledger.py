@@ -1,0 +1,146 @@
+"""The buffer's ledger: FIFO names, each FIFO's accounting, the totals, and their encoding.
+
+Pure: plain values and `struct` layouts, shared by the store, its transactions and its
+integrity check (gateway/buffer/store.py gives the database layout). The `Ledger` is the
+committed accounting mirrored in memory; a transaction works on a copy of what it touches and
+hands back a `LedgerChange`, which the store has the ledger adopt only after LMDB committed, so
+the mirror never runs ahead of the disk.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+
+from gateway.config.mqtt import DEFAULT_DEVICE_CLASS as DEFAULT_CLASS
+
+KEY = struct.Struct(">IQ")
+DEVICE = struct.Struct(">IQQQQq")
+TOTALS = struct.Struct(">QQ")
+U32 = struct.Struct(">I")
+U64 = struct.Struct(">Q")
+U32_MAX = 2**32 - 1
+# A FIFO's name is the device, with the device class appended for other classes than the default.
+_CLASS_SEPARATOR = "\x1f"
+
+
+def fifo_name(device: str, device_class: str) -> str:
+    """The FIFO of a device's readings of one device class.
+
+    Device names hold no control character (gateway/points/names.py), so the separator is free.
+    """
+    if device_class == DEFAULT_CLASS:
+        return device
+    return f"{device}{_CLASS_SEPARATOR}{device_class}"
+
+
+def fifo_device(fifo: str) -> str:
+    """The device a FIFO belongs to."""
+    return fifo.partition(_CLASS_SEPARATOR)[0]
+
+
+def fifo_class(fifo: str) -> str:
+    """The device class of a FIFO."""
+    return fifo.partition(_CLASS_SEPARATOR)[2] or DEFAULT_CLASS
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """Accounting of one device's FIFO."""
+
+    number: int
+    head: int  # sequence of the oldest buffered reading
+    next: int  # sequence the next appended reading gets
+    readings: int
+    nbytes: int
+    oldest_ts_ns: int
+
+    def pack_fields(self) -> tuple[int, int, int, int, int, int]:
+        """The fields in record order: `DeviceState(*state.pack_fields())` is a copy."""
+        return self.number, self.head, self.next, self.readings, self.nbytes, self.oldest_ts_ns
+
+    def pack(self) -> bytes:
+        """Serialize for the `devices` database."""
+        return DEVICE.pack(*self.pack_fields())
+
+
+@dataclass(slots=True)
+class LedgerChange:
+    """What one committed transaction did to the ledger."""
+
+    changed: dict[str, DeviceState]
+    pruned: set[str]
+    new_numbers: set[int]
+    readings: int
+    nbytes: int
+    active: int
+
+
+class Ledger:
+    """The committed accounting: every FIFO's state, the totals, the device numbers in use."""
+
+    __slots__ = ("active", "nbytes", "numbers", "readings", "states")
+
+    def __init__(self, states: dict[str, DeviceState], readings: int, nbytes: int) -> None:
+        """Start from what the `devices` and `meta` databases hold."""
+        self.states = states
+        self.readings = readings
+        self.nbytes = nbytes
+        # Kept up to date by adopt: scrapes and every group commit ask for them, and counting
+        # would walk every device's state each time.
+        self.active = sum(1 for state in states.values() if state.readings)
+        self.numbers = {state.number for state in states.values()}
+
+    def adopt(self, change: LedgerChange) -> None:
+        """Take a committed transaction's change."""
+        for fifo in change.pruned:
+            state = self.states.pop(fifo, None)
+            if state is not None:
+                self.numbers.discard(state.number)
+        self.states.update(change.changed)
+        self.numbers |= change.new_numbers
+        self.readings, self.nbytes, self.active = change.readings, change.nbytes, change.active
+
+    def totals(self) -> Totals:
+        """Buffer-wide accounting."""
+        return Totals(self.readings, self.nbytes, self.active)
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A run of one device's buffered readings, as read for a batch."""
+
+    device: str
+    first_seq: int
+    values: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A point the database refused, with its reason."""
+
+    id: int
+    device: str
+    reason: str
+    line: str
+
+
+@dataclass(slots=True)
+class Admitted:
+    """What one `admit` did: readings stored, and refused and dropped by (reason, class)."""
+
+    stored: int = 0
+    refused: Counter[tuple[str, str]] = field(default_factory=Counter)
+    dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (FIFO, FIFO number, sequence, packed record) of each reading stored, for the latest values.
+    placed: list[tuple[str, int, int, bytes]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Buffer-wide accounting."""
+
+    readings: int
+    nbytes: int
+    devices: int  # devices with at least one buffered reading

@@ -1,0 +1,134 @@
+"""Loading the configuration: TOML file plus environment overrides, validated by pydantic.
+
+Every default lives in these models. Unknown keys are errors, and every error names the key path.
+
+Environment overrides: `GATEWAY__<SECTION>__<KEY>=value` sets `[section] key`; levels are
+joined by a double underscore, list items by their index (`GATEWAY__MQTT__SUBSCRIPTIONS__0__QOS=0`).
+The value is read as TOML when it parses as such (`1883`, `true`, `"text"`), else as a string.
+
+Secrets (the MQTT password, the InfluxDB token and password) are never written in the file: they
+come from a `*_file` key naming a file that holds them, or from the environment
+(`GATEWAY__MQTT__PASSWORD`, `GATEWAY__INFLUX__TOKEN`, `GATEWAY__INFLUX__PASSWORD`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from gateway.config.settings import Settings
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+ENV_PREFIX = "GATEWAY__"
+# Keys that hold a secret; they may come from the environment or a *_file key, never the TOML file.
+SECRET_KEYS = {
+    ("mqtt", "password"),
+    ("influx", "token"),
+    ("influx", "password"),
+    ("metrics", "token"),
+}
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, override and validate the configuration at `path`.
+
+    Raises:
+        ConfigError: naming every key path with its problem.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    problems = [
+        f"{'.'.join(key)}: secrets may not be written in the config file; use "
+        f"{key[1]}_file or {ENV_PREFIX}{key[0].upper()}__{key[1].upper()}"
+        for key in sorted(SECRET_KEYS)
+        if key[1] in raw.get(key[0], {})
+    ]
+    problems += _apply_environment(raw, environ)
+    problems += _read_secret_files(raw)
+    if problems:
+        raise ConfigError(problems)
+    return validate(raw)
+
+
+def validate(raw: dict[str, Any]) -> Settings:
+    """Validate an already-parsed configuration mapping."""
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err) for err in exc.errors()]) from None
+
+
+def _describe(err: Any) -> str:  # noqa: ANN401 - pydantic's ErrorDetails is a TypedDict
+    where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    if err["type"] == "missing":
+        return f"{where}: required key is missing"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}"
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    problems = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name.removeprefix(ENV_PREFIX).split("__")]
+        if not all(path):
+            problems.append(f"{name}: malformed override name")
+            continue
+        try:
+            _set_path(raw, path, _parse_env_value(environ[name]))
+        except (KeyError, IndexError, TypeError):
+            problems.append(f"{name}: {'.'.join(path)} cannot be set (no such list item)")
+    return problems
+
+
+def _parse_env_value(text: str) -> Any:  # noqa: ANN401 - any TOML value
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set_path(raw: dict[str, Any], path: list[str], value: object) -> None:
+    node: Any = raw
+    for part in path[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(path[-1])] = value
+    else:
+        node[path[-1]] = value
+
+
+def _read_secret_files(raw: dict[str, Any]) -> list[str]:
+    problems = []
+    for section, key in sorted(SECRET_KEYS):
+        table = raw.get(section)
+        if not isinstance(table, dict) or not table.get(f"{key}_file") or key in table:
+            continue
+        file = Path(str(table[f"{key}_file"]))
+        try:
+            table[key] = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(f"{section}.{key}_file: cannot read {file}: {exc.strerror}")
+    return problems
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, secrets masked, for `check-config`."""
+    return settings.model_dump(mode="json")

@@ -1,0 +1,151 @@
+"""`[mqtt]`: the broker connection, TLS toward servers, and the subscriptions."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    Field,
+    FilePath,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from gateway.config.section import Section, both_or_neither
+from gateway.points.topics import TopicTemplate
+
+# The device class of a subscription that names none: its readings' admission lane.
+DEFAULT_DEVICE_CLASS = "default"
+
+
+class Subscription(Section):
+    """One `[[mqtt.subscriptions]]` entry: which topics to take and how to read them."""
+
+    topic: str
+    qos: Literal[0, 1, 2] = 1
+    format: Literal["json", "line", "value"] = "json"
+    measurement: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    # Near capacity (see [buffer] policy): the device class names this subscription's lane in
+    # metrics and in the buffer; subscriptions sharing a class must agree on the three below.
+    device_class: str = Field(
+        default=DEFAULT_DEVICE_CLASS, min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+    # None: the [buffer] policy. "shed" drops the lowest priority first; critical is never dropped.
+    policy: Literal["reject", "drop_oldest", "shed"] | None = None
+    priority: int = Field(default=0, ge=0, le=9)
+    critical: bool = False
+    timestamp_key: str = "ts"
+    # None means the format's natural unit: ms for json, ns for line protocol.
+    timestamp_unit: Literal["s", "ms", "us", "ns"] | None = None
+    value_field: str = "value"
+    # JSON and plain numbers do not say int or float; a sensor sending 21 then 21.5 would make the
+    # database refuse the second as a type conflict, so numbers are floats unless asked otherwise.
+    integers: Literal["float", "int"] = "float"
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_is_a_template(cls, topic: str) -> str:
+        TopicTemplate.parse(topic)
+        return topic
+
+    @model_validator(mode="after")
+    def _measurement_has_one_source(self) -> Subscription:
+        in_topic = "measurement" in TopicTemplate.parse(self.topic).placeholders
+        if self.format == "line":
+            if in_topic or self.measurement is not None:
+                raise ValueError(
+                    "format 'line' carries its own measurement in every line; "
+                    "remove {measurement} from the topic and the measurement key"
+                )
+        elif in_topic and self.measurement is not None:
+            raise ValueError(
+                "measurement is given twice: by {measurement} in the topic and by the "
+                "measurement key"
+            )
+        elif not in_topic and self.measurement is None:
+            raise ValueError("no measurement: put {measurement} in the topic or set measurement")
+        return self
+
+    @property
+    def template(self) -> TopicTemplate:
+        """The parsed topic template."""
+        return TopicTemplate.parse(self.topic)
+
+
+class TlsSettings(Section):
+    """TLS toward a server (`[mqtt.tls]`, `[influx.tls]`): TLS 1.2 or newer, always verified."""
+
+    # The CA bundle that signed the server's certificate; none: the system's CAs.
+    ca_file: FilePath | None = None
+    # A client certificate and its key, for servers that authenticate clients by certificate.
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    # Turn off only for a server reached by an address its certificate does not name.
+    verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _cert_has_key(self) -> TlsSettings:
+        both_or_neither(self, "cert_file", "key_file")
+        return self
+
+
+class MqttSettings(Section):
+    """`[mqtt]`: the broker connection and the subscriptions."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str = Field(default="gateway", min_length=1)
+    username: str | None = None
+    password_file: Path | None = None
+    password: SecretStr | None = None
+    # TLS to the broker; without this table the connection is plain TCP.
+    tls: TlsSettings | None = None
+    keepalive_s: int = Field(default=60, ge=5, le=65535)
+    protocol: Literal["3.1.1", "5"] = "5"
+    # The broker keeps QoS 1 messages for us while we are away only with a persistent session.
+    persistent_session: bool = True
+    # MQTT 5 ends a session at disconnect unless an expiry is sent; one week outlives any outage.
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    # Subscribe to the broker's $SYS counters (Mosquitto: dropped and stored messages,
+    # clients) and export them as metrics; brokers without them simply send nothing.
+    broker_stats: bool = True
+    # Gateway processes under one parent, each with its own connection in the shared
+    # subscription group, its own LMDB environment (buffer.path/worker-N) and its own flusher.
+    workers: int = Field(default=1, ge=1, le=64)
+    # Subscribe as `$share/<share_group>/<filter>`: the broker hands each message to one member
+    # of the group. Needed by workers > 1 (defaults to client_id then) and by several gateways
+    # on several boxes taking one stream between them.
+    share_group: str | None = Field(default=None, min_length=1, pattern=r"^[^/+#]+$")
+    subscriptions: list[Subscription] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _workers_share(cls, data: Any) -> Any:  # noqa: ANN401 - the raw table
+        if isinstance(data, dict) and data.get("share_group") is None:
+            workers, client_id = data.get("workers", 1), data.get("client_id", "gateway")
+            if isinstance(workers, int) and workers > 1 and isinstance(client_id, str):
+                data = {**data, "share_group": re.sub(r"[/+#]", "_", client_id) or "gateway"}
+        return data
+
+    def subscribe_filter(self, mqtt_filter: str) -> str:
+        """The filter as sent in SUBSCRIBE: shared when a share group is configured."""
+        return f"$share/{self.share_group}/{mqtt_filter}" if self.share_group else mqtt_filter
+
+    @model_validator(mode="after")
+    def _classes_agree(self) -> MqttSettings:
+        first: dict[str, tuple[int, Subscription]] = {}
+        for index, sub in enumerate(self.subscriptions):
+            seen = first.setdefault(sub.device_class, (index, sub))
+            for key in ("policy", "priority", "critical"):
+                if getattr(sub, key) != getattr(seen[1], key):
+                    raise ValueError(
+                        f"subscriptions.{index}.{key}: device_class {sub.device_class!r} has "
+                        f"{key} {getattr(seen[1], key)!r} in subscriptions.{seen[0]}; a class is "
+                        "one lane, so give this subscription a device_class of its own"
+                    )
+        return self

@@ -1,0 +1,204 @@
+"""The sections besides `[mqtt]`: buffer, database, flusher, metrics, read API, limits, logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    ByteSize,
+    Field,
+    FilePath,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from gateway.config.mqtt import TlsSettings
+from gateway.config.section import Section, both_or_neither
+
+# How durable a commit is before readings are acknowledged (README: durability choices).
+SyncMode = Literal["commit", "interval", "none"]
+
+
+class BufferSettings(Section):
+    """`[buffer]`: where and how readings wait for the database."""
+
+    path: Path
+    capacity: ByteSize = ByteSize(1 << 30)
+    sync: SyncMode = "commit"
+    sync_interval_ms: int = Field(default=1000, ge=10)
+    # A group commit closes at this many readings or after this window, whichever comes first.
+    commit_max_readings: int = Field(default=2000, ge=1)
+    commit_window_ms: float = Field(default=5.0, gt=0, le=1000)
+    # What happens at high_watermark x the readings budget (see gateway/buffer/core/admission.py):
+    # "reject" leaves the broker, which keeps QoS 1 messages in the persistent session, until
+    # the fill is below low_watermark; "drop_oldest" and "shed" drop buffered readings instead.
+    policy: Literal["reject", "drop_oldest", "shed"] = "reject"
+    high_watermark: float = Field(default=0.9, gt=0, le=1)
+    low_watermark: float = Field(default=0.8, gt=0, lt=1)
+    # The most of the readings budget one device may hold; 1 means no limit.
+    device_share: float = Field(default=1.0, gt=0, le=1)
+    # Devices (per device class) with buffered readings; readings of more are refused, so that
+    # a firmware bug putting random ids in topics cannot fill the disk with keys.
+    max_devices: int = Field(default=100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _watermarks_are_ordered(self) -> BufferSettings:
+        if self.low_watermark >= self.high_watermark:
+            raise ValueError("need low_watermark < high_watermark")
+        return self
+
+    @field_validator("capacity")
+    @classmethod
+    def _capacity_is_usable(cls, capacity: ByteSize) -> ByteSize:
+        if capacity < 1 << 20:
+            raise ValueError("must be at least 1MiB")
+        return capacity
+
+
+class InfluxSettings(Section):
+    """`[influx]`: the database the buffer drains into."""
+
+    url: str = "http://127.0.0.1:8086"
+    api: Literal["v1", "v2"] = "v2"
+    org: str | None = None
+    bucket: str | None = None
+    token_file: Path | None = None
+    token: SecretStr | None = None
+    database: str | None = None
+    retention_policy: str | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    password: SecretStr | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+    # For an https:// url: the CA to trust (default: the system's) and a client certificate.
+    tls: TlsSettings | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _api_has_its_target(self) -> InfluxSettings:
+        if self.api == "v1":
+            if not self.database:
+                raise ValueError("api 'v1' needs database")
+            stray = [k for k in ("org", "bucket") if getattr(self, k) is not None]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} only apply to api 'v2'")
+        else:
+            if not self.bucket:
+                raise ValueError("api 'v2' needs bucket")
+            stray = [k for k in ("database", "retention_policy") if getattr(self, k) is not None]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} only apply to api 'v1'")
+        return self
+
+
+class FlushSettings(Section):
+    """`[flush]`: how the buffer drains into the database."""
+
+    batch_floor: int = Field(default=100, ge=1)
+    batch_ceiling: int = Field(default=10_000, ge=1)
+    batch_initial: int = Field(default=1000, ge=1)
+    linger_s: float = Field(default=1.0, gt=0)
+    target_latency_s: float = Field(default=0.5, gt=0)
+    max_in_flight: int = Field(default=4, ge=1, le=64)
+    retry_initial_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+    # On shutdown, how long to keep flushing before leaving the rest buffered for the next start.
+    grace_s: float = Field(default=10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _sizes_are_ordered(self) -> FlushSettings:
+        if not self.batch_floor <= self.batch_initial <= self.batch_ceiling:
+            raise ValueError("need batch_floor <= batch_initial <= batch_ceiling")
+        return self
+
+
+class MetricsSettings(Section):
+    """`[metrics]`: the Prometheus endpoint; loopback unless asked otherwise."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:9108"
+    # Serve HTTPS with this certificate and key (both or neither).
+    tls_cert_file: FilePath | None = None
+    tls_key_file: FilePath | None = None
+    # Require `Authorization: Bearer <token>` on every path but /healthz; the token comes from
+    # token_file or GATEWAY__METRICS__TOKEN.
+    token_file: Path | None = None
+    token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _cert_has_key(self) -> MetricsSettings:
+        both_or_neither(self, "tls_cert_file", "tls_key_file")
+        return self
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, listen: str) -> str:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:  # noqa: PLR2004
+            raise ValueError("must be HOST:PORT, such as 127.0.0.1:9108")
+        return listen
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """The listen address split for a socket bind."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class ApiSettings(Section):
+    """`[api]`: the read API on the metrics server (`/api/v1/...`)."""
+
+    enabled: bool = True
+    # The last-value table keeps this many series (least recently updated evicted).
+    latest_series: int = Field(default=10_000, ge=1, le=1_000_000)
+    # How a miss reads the database: "auto" is InfluxQL for api "v1" and Flux for api "v2";
+    # "prometheus" is VictoriaMetrics' query API (which has no Flux).
+    database_query: Literal["auto", "influxql", "flux", "prometheus"] = "auto"
+    # How far back a miss looks for a device's last value.
+    lookback_days: int = Field(default=365, ge=1)
+    query_timeout_s: float = Field(default=5.0, gt=0)
+
+    def query_language(self, api: str) -> str:
+        """The query language a miss uses with the configured database API."""
+        if self.database_query != "auto":
+            return self.database_query
+        return "influxql" if api == "v1" else "flux"
+
+
+class LimitSettings(Section):
+    """`[limits]`: what a sensor may send; anything beyond is refused and counted as invalid."""
+
+    max_payload_bytes: ByteSize = Field(default=ByteSize(256 << 10), ge=1)
+    max_readings_per_message: int = Field(default=1000, ge=1)
+    max_fields_per_reading: int = Field(default=100, ge=1)
+    # Tags of a reading, the topic's and the payload's together.
+    max_tags: int = Field(default=32, ge=1)
+    max_identifier_len: int = Field(default=256, ge=1, le=65535)
+    max_string_len: int = Field(default=4096, ge=0)
+    # Readings stamped further ahead than this (a sensor clock gone wrong) are refused.
+    max_future_s: float = Field(default=3600.0, ge=0)
+    # Readings older than this are refused; 10 years by default (backfills are rarely older).
+    max_age_s: float = Field(default=10 * 365 * 86400.0, gt=0)
+    # A field named like one of the reading's tags (a JSON key "device"): InfluxDB would store
+    # both, and queries on the tag would read the field. "rename" appends "_field" to its name.
+    field_named_like_tag: Literal["refuse", "rename"] = "refuse"
+
+
+class LogSettings(Section):
+    """`[log]`: log level and line format for journald."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    # A line with the counts since the previous one, the backlog and the lag; 0 turns it off.
+    summary_interval_s: float = Field(default=300.0, ge=0)
+    # The same message from the same place at most once per this many seconds; the next one
+    # says how many were suppressed. 0 turns it off.
+    repeat_window_s: float = Field(default=60.0, ge=0)

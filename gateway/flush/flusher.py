@@ -1,0 +1,316 @@
+"""The flusher: drains the buffer into the database, fairly, in order, deleting only what landed.
+
+Each of `max_in_flight` workers builds a batch from devices that no other worker holds (so one
+device's readings reach the database in order, DESIGN invariant 3), picking devices round-robin so a
+large backlog does not starve a small one. A batch goes out when it is full or its oldest reading
+has waited `linger_s`. On success the batch is deleted from the buffer (invariant 2); on a
+retryable error it stays and is retried with capped full-jitter backoff; a refused batch is split
+until the refused points are isolated and moved to the dead-letter store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from gateway import backoff
+from gateway.errors import SinkError, StorageError
+from gateway.flush.core.coalesce import coalesce
+from gateway.flush.core.controller import BatchSizer
+from gateway.flush.core.waiting import Waiting
+from gateway.points.record import split
+
+if TYPE_CHECKING:
+    from gateway.buffer.core.ledger import Span
+    from gateway.buffer.store import Buffer
+    from gateway.config.sections import FlushSettings
+    from gateway.flush.sink import Sink
+    from gateway.observe.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class Flusher:
+    """Background drain of the buffer; see the module docstring."""
+
+    def __init__(
+        self,
+        buffer: Buffer,
+        sink: Sink,
+        settings: FlushSettings,
+        metrics: Metrics,
+    ) -> None:
+        """Wire the flusher; `run` starts it."""
+        self._buffer = buffer
+        self._sink = sink
+        self._settings = settings
+        self._metrics = metrics
+        self._sizer = BatchSizer(
+            floor=settings.batch_floor,
+            ceiling=settings.batch_ceiling,
+            size=settings.batch_initial,
+            target_latency_s=settings.target_latency_s,
+        )
+        self._batch_size = self._sizer.size
+        self._busy: set[str] = set()
+        self._next_device = 0
+        self._wake = anyio.Event()
+        self._waiting = Waiting(recovered=sum(buffer.backlog().values()))
+        self._started = time.monotonic()
+        self._draining = False
+        self._failures = 0
+        self._probing = False
+        self._resume_at = 0.0
+        self.space_freed = anyio.Event()
+        metrics.batch_size.set(self._batch_size)
+
+    def notify(self, readings: int) -> None:
+        """Called by ingest after a commit of `readings` readings."""
+        first = self._waiting.committed(readings, time.monotonic(), self._settings.linger_s)
+        # Wake the workers only when this commit changes what they would do: the first reading
+        # to wait arms the linger timer, a full batch is due now. During an outage they wait for
+        # their probe time whatever arrives. Waking them on every commit cost more CPU than the
+        # commit itself at a few hundred commits per second.
+        if self._failures:
+            return
+        if first or self._buffer.totals().readings >= self._batch_size:
+            self._wake.set()
+
+    @property
+    def batch_size(self) -> int:
+        """The batch size in use."""
+        return self._batch_size
+
+    @property
+    def failing_writes(self) -> int:
+        """Database writes that failed in a row (0 while the database takes them)."""
+        return self._failures
+
+    def lag_s(self, now: float) -> float:
+        """How long the oldest undelivered reading has been buffered: the write-behind lag.
+
+        Readings found in the buffer at start count from the start.
+        """
+        if not self._waiting:
+            return 0.0
+        return now - max(self._waiting.oldest_since(), self._started)
+
+    def reconfigure(self, settings: FlushSettings) -> None:
+        """Take new tuning (SIGHUP); the batch size in use is kept within the new bounds."""
+        self._settings = settings
+        self._sizer = BatchSizer(
+            floor=settings.batch_floor,
+            ceiling=settings.batch_ceiling,
+            size=min(max(self._batch_size, settings.batch_floor), settings.batch_ceiling),
+            target_latency_s=settings.target_latency_s,
+        )
+        self._resize(self._sizer.size)
+        self._wake.set()
+
+    def forget(self, readings: int) -> None:
+        """Called by ingest when admission dropped `readings` buffered readings."""
+        self._waiting.delivered(readings)
+
+    async def run(self) -> None:
+        """Run the workers until cancelled."""
+        async with anyio.create_task_group() as tg:
+            for n in range(self._settings.max_in_flight):
+                tg.start_soon(self._worker, name=f"gateway.flush.{n}")
+
+    async def drain(self) -> None:
+        """Flush everything without waiting for linger; returns once the buffer is empty."""
+        self._draining = True
+        self._wake.set()
+        while self._buffer.totals().readings:
+            with anyio.move_on_after(0.1):
+                await self.space_freed.wait()
+
+    async def _worker(self) -> None:
+        while True:
+            wait_s = self._outage_wait()
+            wanted: list[tuple[str, int]] = []
+            if not wait_s:
+                wanted, wait_s = self._pick()
+            if not wanted:
+                await self._sleep_until_woken(wait_s)
+                continue
+            probing = self._failures > 0
+            self._probing = probing
+            self._busy.update(d for d, _ in wanted)
+            try:
+                await self._flush(wanted)
+            finally:
+                self._busy.difference_update(d for d, _ in wanted)
+                if probing:
+                    self._probing = False
+                self._wake.set()  # other workers may now take those devices, or stop waiting
+
+    def _outage_wait(self) -> float:
+        """During an outage one worker probes per backoff period and the others wait."""
+        if not self._failures:
+            return 0.0
+        if self._probing:
+            return math.inf
+        return max(0.0, self._resume_at - time.monotonic())
+
+    def _linger_left(self) -> float:
+        if not self._waiting:
+            return math.inf
+        due = self._waiting.oldest_since() + self._settings.linger_s
+        return max(0.0, due - time.monotonic())
+
+    async def _sleep_until_woken(self, timeout_s: float) -> None:
+        if self._wake.is_set():
+            # Something changed since the last look: consume the wake-up and look again.
+            self._wake = anyio.Event()
+            return
+        with anyio.move_on_after(timeout_s):
+            await self._wake.wait()
+
+    def _pick(self) -> tuple[list[tuple[str, int]], float]:
+        """Devices and counts for the next batch, or none and how long to wait for one."""
+        backlog = self._buffer.backlog()
+        ready = [(d, n) for d, n in backlog.items() if d not in self._busy]
+        available = sum(n for _, n in ready)
+        if not available:
+            return [], math.inf
+        linger_left = 0.0 if self._draining else self._linger_left()
+        if available < self._batch_size and linger_left > 0:
+            return [], linger_left
+        quota = max(1, math.ceil(self._batch_size / len(ready)))
+        start = self._next_device % len(ready)
+        wanted, room = [], self._batch_size
+        for device, count in ready[start:] + ready[:start]:
+            take = min(count, quota, room)
+            wanted.append((device, take))
+            room -= take
+            if not room:
+                break
+        self._next_device = start + len(wanted)
+        return wanted, 0.0
+
+    async def _flush(self, wanted: list[tuple[str, int]]) -> None:
+        spans = self._buffer.read(wanted)
+        if not spans:
+            return
+        deleted = False
+        try:
+            deleted = await self._deliver_spans(spans)
+        finally:
+            if not deleted:
+                # Not delivered: admission may drop these readings again if it must.
+                self._buffer.release([s.device for s in spans])
+
+    async def _deliver_spans(self, spans: list[Span]) -> bool:
+        """Write the spans and delete what landed; False when they stay buffered."""
+        stored = [split(value) for span in spans for value in span.values]
+        devices = [span.device for span in spans for _ in span.values]
+        lines, sources = coalesce(stored)
+        try:
+            refused = await self._deliver(lines)
+        except SinkError as exc:
+            self._back_off(exc)
+            return False
+        if self._failures:
+            logger.info("database accepts writes again after %d failed attempts", self._failures)
+            self._failures = 0
+        dead = [(devices[sources[j][0]], reason, lines[j].decode()) for j, reason in refused]
+        dead_readings = sum(len(sources[j]) for j, _ in refused)
+        try:
+            deleted = self._delete(spans, dead, dead_readings)
+        except StorageError as exc:
+            # The database has the points; they stay buffered and are written again later,
+            # which is harmless. Crashing here would stop intake as well.
+            self._back_off(exc)
+            return False
+        self._waiting.delivered(deleted)
+        self.space_freed.set()
+        self.space_freed = anyio.Event()
+        return True
+
+    def _delete(
+        self, spans: list[Span], dead: list[tuple[str, str, str]], dead_readings: int
+    ) -> int:
+        deleted = self._buffer.delete([(s.device, s.first_seq, len(s.values)) for s in spans], dead)
+        # Right after the commit that removed them, so a scrape sees both or neither.
+        self._metrics.accounting.removed(deleted - dead_readings, dead_readings)
+        self._metrics.observe_buffer(self._buffer.totals())
+        return deleted
+
+    async def _deliver(self, lines: list[bytes]) -> list[tuple[int, str]]:
+        """Write the lines; returns (index, the database's reason) of each refused line.
+
+        A refused write is split in halves until the refused lines are isolated; the rest is
+        delivered (rewriting a point the database already took is harmless).
+
+        Raises:
+            SinkError: a retryable failure; nothing may be deleted.
+        """
+        refused: list[tuple[int, str]] = []
+        pending = [(0, len(lines))]
+        while pending:
+            lo, hi = pending.pop()
+            try:
+                await self._write(b"\n".join(lines[lo:hi]), hi - lo)
+            except SinkError as exc:
+                if exc.retryable:
+                    raise
+                if hi - lo == 1:
+                    logger.error(  # noqa: TRY400 - the refusal is expected, not a bug
+                        "database refused a point; moved to the dead-letter store: %s "
+                        "(point: %.300s)",
+                        exc,
+                        lines[lo],
+                    )
+                    refused.append((lo, str(exc)))
+                else:
+                    mid = (lo + hi) // 2
+                    pending += [(mid, hi), (lo, mid)]
+        return sorted(refused)
+
+    async def _write(self, body: bytes, points: int) -> None:
+        started = time.monotonic()
+        try:
+            with self._metrics.writes_in_flight.track_inprogress():
+                await self._sink.write(body)
+        except SinkError as exc:
+            self._metrics.writes.labels(exc.result).inc()
+            if exc.overloaded:
+                self._resize(self._sizer.on_overload(time.monotonic()))
+            raise
+        now = time.monotonic()
+        self._metrics.writes.labels("ok").inc()
+        self._metrics.write_seconds.observe(now - started)
+        self._metrics.batch_points.observe(points)
+        self._resize(self._sizer.on_success(now - started, points, now))
+
+    def _resize(self, size: int) -> None:
+        self._batch_size = size
+        self._metrics.batch_size.set(size)
+
+    def _back_off(self, exc: SinkError | StorageError) -> None:
+        """Schedule the next probe with capped full-jitter backoff (honouring Retry-After)."""
+        self._failures += 1
+        if self._failures == 1:
+            if isinstance(exc, StorageError):
+                logger.error(
+                    "could not delete delivered readings from the buffer; they stay buffered "
+                    "and are written again later: %s",
+                    exc,
+                )
+            else:
+                level = logging.ERROR if exc.operator_must_act else logging.WARNING
+                logger.log(
+                    level, "database write failed, readings stay buffered and are retried: %s", exc
+                )
+        s = self._settings
+        delay = backoff.delay_s(self._failures, s.retry_initial_s, s.retry_max_s, random.uniform)
+        retry_after = exc.retry_after_s
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self._settings.retry_max_s))
+        self._resume_at = time.monotonic() + delay

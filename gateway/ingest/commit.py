@@ -1,0 +1,255 @@
+"""The group commit: store the taken messages in one buffer transaction, then acknowledge them.
+
+This is the only module that acknowledges MQTT messages, and it does so only after the readings
+of those messages are committed (DESIGN invariant 1); no await stands between the commit and its
+acks. A message that yields no valid reading is acknowledged with its batch, after being counted
+as invalid. Acks go out in arrival order, as MQTT requires. When admission pauses at a message
+(the `reject` policy at its watermark), the messages before it are committed and acknowledged and
+the rest stay with the broker. A bug in admission costs only the message that meets it: the batch
+is admitted again message by message. Failures of the buffer itself acknowledge nothing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.buffer.core.admission import DEVICE_SHARE, DROPPED_OLDEST, MAX_DEVICES, SHED
+from gateway.buffer.core.ledger import Admitted
+from gateway.buffer.rejects import Reject
+from gateway.errors import CapacityError, GatewayError
+from gateway.ingest.core.episodes import Episodes
+from gateway.ingest.mqtt import send_ack
+from gateway.ingest.taking import internal_error
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import aiomqtt
+
+    from gateway.buffer.core.admission import Lane, Rules
+    from gateway.buffer.rejects import RejectLog
+    from gateway.buffer.store import Buffer
+    from gateway.ingest.taking import Pending
+    from gateway.observe.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+# A refusal or drop episode is over after this long without one (one log line each way).
+EPISODE_QUIET_S = 10.0
+# Samples of refused messages for `gateway rejects`: at most this many, this often.
+REJECT_SAMPLES_PER_WRITE = 5
+REJECT_WRITE_INTERVAL_S = 1.0
+# Log wording of each refusal and drop reason.
+WHY = {
+    MAX_DEVICES: "the buffer holds [buffer] max_devices devices; readings of new devices refused",
+    DEVICE_SHARE: "a device is over its [buffer] device_share",
+    SHED: "buffer at its high watermark; lowest-priority readings shed",
+    DROPPED_OLDEST: "buffer at its high watermark; oldest readings of the largest device dropped",
+}
+
+
+class IntakePaused(GatewayError):
+    """Raised out of the consume loop to leave the broker while the buffer is too full."""
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        """`disk_full`: wait for free disk space rather than for the flusher."""
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """Admission paused at the message with this index of a batch."""
+
+    at_message: int
+    error: CapacityError
+
+
+class Committer:
+    """Commits batches of taken messages and acknowledges them; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        buffer: Buffer,
+        rules: Rules,
+        metrics: Metrics,
+        rejects: RejectLog,
+        on_commit: Callable[[int], None],
+        on_drop: Callable[[int], None],
+    ) -> None:
+        """`on_commit` and `on_drop` tell the flusher how many readings came and went."""
+        self.rules = rules
+        self._buffer = buffer
+        self._metrics = metrics
+        self._rejects = rejects
+        self._on_commit = on_commit
+        self._on_drop = on_drop
+        self._next_reject_write = 0.0
+        self._episodes: Episodes[tuple[str, str, str]] = Episodes(EPISODE_QUIET_S)
+
+    async def commit_and_ack(self, client: aiomqtt.Client, batch: list[Pending]) -> None:
+        """Store the batch, then acknowledge what was stored or deliberately refused.
+
+        Raises:
+            IntakePaused: the buffer cannot take more now; what was not committed is not
+                acknowledged, and the broker delivers it again.
+        """
+        started = time.monotonic()
+        try:
+            # No await between the commit and its acks: a stop cannot come between them and
+            # turn a committed batch into a redelivered one.
+            admitted, paused = self._admit(batch)
+            committed = len(batch) if paused is None else paused.at_message
+            for pending in batch[:committed]:
+                if pending.qos:
+                    send_ack(client, pending.mid, pending.qos)
+        except CapacityError as exc:
+            # Nothing of this batch is stored or acknowledged: the broker delivers it again.
+            raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc
+        if admitted.stored:
+            self._metrics.commit_seconds.observe(time.monotonic() - started)
+            self._metrics.commit_readings.observe(admitted.stored)
+            self._on_commit(admitted.stored)
+        dropped = sum(admitted.dropped.values())
+        if dropped:
+            self._on_drop(dropped)
+        if admitted.refused or admitted.dropped:
+            self._log_episodes(admitted)
+        elif self._episodes.running:
+            self._end_episodes()
+        if paused is not None:
+            # The messages from the one that met the watermark on were not acknowledged: the
+            # broker keeps them and delivers them again after the pause.
+            raise IntakePaused(str(paused.error))
+
+    def _admit(self, batch: list[Pending]) -> tuple[Admitted, Paused | None]:
+        """Store the batch; at a pause, store the messages before the one that paused.
+
+        Acknowledgements go out in order, so the messages before it can be committed and
+        acknowledged, and the rest come again from the broker.
+        """
+        rules = self.rules
+        items: list[tuple[str, bytes, Lane]] = []
+        ends = []
+        for pending in batch:
+            if pending.items:
+                items.extend(pending.items)
+            ends.append(len(items))
+        paused = None
+        try:
+            admitted = self._buffer.admit(items, rules) if items else Admitted()
+        except CapacityError as exc:
+            if exc.at_item is None:
+                raise
+            paused = Paused(bisect.bisect_right(ends, exc.at_item), exc)
+            # The same decisions again, up to the paused message: they cannot pause.
+            admitted = self._buffer.admit(
+                items[: ends[paused.at_message - 1]] if paused.at_message else [], rules
+            )
+            batch = batch[: paused.at_message]
+        except GatewayError:
+            raise  # the buffer failed: nothing is acknowledged
+        except Exception as exc:  # noqa: BLE001 - a bug in admission: find the message
+            admitted, paused = self._admit_one_by_one(batch, exc)
+            if paused is not None:
+                batch = batch[: paused.at_message]
+        # Counted right after the commit, so a scrape sees the readings and the buffer together.
+        self._metrics.accounting.committed(
+            accepted=admitted.stored,
+            invalid=self._count_invalid(batch),
+            refused=admitted.refused,
+            dropped=admitted.dropped,
+        )
+        self._metrics.observe_buffer(self._buffer.totals())
+        return admitted, paused
+
+    def _admit_one_by_one(
+        self, batch: list[Pending], exc: Exception
+    ) -> tuple[Admitted, Paused | None]:
+        """Admit each message in its own transaction; one that raises again is invalid.
+
+        A failed transaction leaves nothing behind (LMDB aborts it and the buffer adopts its
+        accounting only after a commit), so the messages can be tried again one by one.
+        """
+        logger.warning(
+            "unexpected %s while admitting a group commit; admitting its messages one by one",
+            type(exc).__name__,
+        )
+        total = Admitted()
+        for index, pending in enumerate(batch):
+            if not pending.items:
+                continue
+            try:
+                one = self._buffer.admit(pending.items, self.rules)
+            except CapacityError as capacity:
+                if capacity.at_item is None:
+                    raise
+                return total, Paused(index, capacity)
+            except GatewayError:
+                raise
+            except Exception as again:  # noqa: BLE001 - contained to this message
+                # Its readings are counted invalid, each, as they are not stored.
+                pending.decoded = internal_error(again, len(pending.decoded.readings))
+                pending.items = None
+                continue
+            total.stored += one.stored
+            total.refused.update(one.refused)
+            total.dropped.update(one.dropped)
+            total.placed.extend(one.placed)
+        return total, None
+
+    def _count_invalid(self, batch: list[Pending]) -> int:
+        """Count the invalid readings by reason; keep a sample for `gateway rejects`."""
+        invalid = 0
+        samples: list[Reject] = []
+        for pending in batch:
+            for error in pending.decoded.errors:
+                self._metrics.invalid.labels(error.reason).inc()
+                invalid += 1
+            if pending.decoded.errors:
+                logger.debug("invalid reading: %s", pending.decoded.errors[0])
+                if pending.raw is not None and len(samples) < REJECT_SAMPLES_PER_WRITE:
+                    error = pending.decoded.errors[0]
+                    samples.append(Reject.of(*pending.raw, error.reason, error.detail))
+        now = time.monotonic()
+        if samples and now >= self._next_reject_write:
+            # At most one write a second: a flood of bad messages must not double the fsyncs.
+            self._next_reject_write = now + REJECT_WRITE_INTERVAL_S
+            self._rejects.add(samples)
+        return invalid
+
+    def housekeeping(self) -> None:
+        """Log the end of refusal and drop episodes that went quiet while no message came."""
+        if self._episodes.running:
+            self._end_episodes()
+
+    def _log_episodes(self, admitted: Admitted) -> None:
+        now = time.monotonic()
+        for kind, counts in (("refusing", admitted.refused), ("dropping", admitted.dropped)):
+            for (reason, device_class), n in counts.items():
+                if self._episodes.record((kind, reason, device_class), n, now):
+                    logger.warning(
+                        "started %s readings of device class %r: %s",
+                        kind,
+                        device_class,
+                        WHY.get(reason, reason),
+                    )
+        self._end_episodes(now)
+
+    def _end_episodes(self, now: float | None = None) -> None:
+        for (kind, reason, device_class), episode in self._episodes.ended(
+            now if now is not None else time.monotonic()
+        ):
+            logger.warning(
+                "stopped %s readings of device class %r (%s): %d readings in %.0f s",
+                kind,
+                device_class,
+                reason,
+                episode.count,
+                episode.last - episode.started,
+            )

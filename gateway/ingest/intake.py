@@ -1,0 +1,308 @@
+"""Intake: the broker connection and the consume loop that forms group commits.
+
+Connects (and reconnects forever, with backoff), subscribes, waits for a message, lets the
+commit window fill the queue, and hands the batch to the committer (gateway/ingest/commit.py),
+which stores and then acknowledges it. A message received but not committed when the connection
+or the process dies is never acknowledged, so the broker delivers it again from the persistent
+session. After an unclean stop, redelivered messages are taken one at a time (gateway/ingest/
+breaker.py). When the buffer is too full, intake leaves the broker until it can take readings.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from typing import TYPE_CHECKING, NoReturn
+
+import aiomqtt
+import anyio
+
+from gateway import backoff
+from gateway.buffer.capacity import DISK_FULL_FREE_BYTES
+from gateway.buffer.core.admission import Watermarks
+from gateway.ingest.commit import Committer, IntakePaused
+from gateway.ingest.mqtt import drain_acks, end_session, make_client, next_message, take_queued
+from gateway.ingest.taking import Taker
+from gateway.observe.brokerstats import BROKER_TOPICS
+from gateway.tls import describe as describe_tls_failure
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import paho.mqtt.client as mqtt
+
+    from gateway.buffer.core.admission import Rules
+    from gateway.buffer.rejects import RejectLog
+    from gateway.buffer.store import Buffer
+    from gateway.config.mqtt import MqttSettings
+    from gateway.ingest.breaker import Breaker
+    from gateway.ingest.core.decode import Decoder
+    from gateway.ingest.taking import Pending
+    from gateway.observe.brokerstats import BrokerStats
+    from gateway.observe.health import Health
+    from gateway.observe.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+# First reconnect delay; doubles up to `reconnect_max_s`, with full jitter.
+RECONNECT_INITIAL_S = 0.5
+# CONNACK reason codes for a bad login: MQTT 3.1.1 (4, 5) and MQTT 5 (134, 135).
+REFUSED_CREDENTIALS = frozenset({4, 5, 134, 135})
+# How often a full disk is looked at again while intake waits for free space.
+DISK_FULL_RECHECK_S = 2.0
+
+
+class Ingest:
+    """Subscribes, decodes, group-commits and acknowledges; reconnects forever."""
+
+    def __init__(
+        self,
+        *,
+        settings: MqttSettings,
+        commit_max_readings: int,
+        commit_window_s: float,
+        buffer: Buffer,
+        decoder: Decoder,
+        metrics: Metrics,
+        on_commit: Callable[[int], None],
+        on_drop: Callable[[int], None],
+        space_freed: Callable[[], anyio.Event],
+        rules: Rules,
+        health: Health,
+        on_ready: Callable[[], None],
+        broker_stats: BrokerStats,
+        rejects: RejectLog,
+        breaker: Breaker | None = None,
+        fault: Callable[[bytes], None] | None = None,
+    ) -> None:
+        """Wire the ingest loop; `run` starts it. `on_ready` follows each subscription.
+
+        `breaker`: consulted after an unclean stop (gateway/ingest/breaker.py). `fault`: a hook
+        called with each payload while it is taken, for the fault tests (ingest/faults.py).
+        """
+        self._settings = settings
+        self._commit_max = commit_max_readings
+        self._commit_window_s = commit_window_s
+        self._buffer = buffer
+        self._metrics = metrics
+        self._space_freed = space_freed
+        self._rules = rules
+        self._watermarks = Watermarks(rules.high_bytes, rules.low_bytes)
+        self._health = health
+        self._on_ready = on_ready
+        self._breaker = breaker
+        self.taker = Taker(
+            decoder=decoder,
+            rules=rules,
+            metrics=metrics,
+            broker_stats=broker_stats,
+            rejects=rejects,
+            fault=fault,
+        )
+        self.committer = Committer(
+            buffer=buffer,
+            rules=rules,
+            metrics=metrics,
+            rejects=rejects,
+            on_commit=on_commit,
+            on_drop=on_drop,
+        )
+        for sub in settings.subscriptions:
+            if sub.qos == 2:  # noqa: PLR2004
+                logger.info(
+                    "subscription %r: QoS 2 is taken as QoS 1 (paho confirms a QoS 2 "
+                    "message to the broker before we could persist it)",
+                    sub.topic,
+                )
+
+    async def run(self, *, retire_quiet_s: float | None = None) -> None:
+        """Connect, consume and reconnect until cancelled.
+
+        `retire_quiet_s`: instead, take what the session still holds (unsubscribed, until no
+        message came for that long), end the session and return: a retired worker's last job.
+        """
+        failures = 0
+        while True:
+            try:
+                async with make_client(self._settings) as client:
+                    if retire_quiet_s is None:
+                        await self._subscribe(client)
+                    else:
+                        await client.unsubscribe(self._filters())
+                    self._set_connected(True)
+                    self._metrics.mqtt_connects.inc()
+                    self._on_ready()
+                    logger.info(
+                        "connected to the broker at %s:%d as %s%s",
+                        self._settings.host,
+                        self._settings.port,
+                        self._settings.client_id,
+                        f" after {failures} failed attempts" if failures else "",
+                    )
+                    failures = 0
+                    try:
+                        if retire_quiet_s is None:
+                            await self._consume(client)
+                        else:
+                            await self._consume_until_quiet(client, retire_quiet_s)
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            await drain_acks(client)
+            except IntakePaused as paused:
+                self._set_connected(False)
+                await self._pause(paused)
+            except aiomqtt.MqttError as exc:
+                self._set_connected(False)
+                failures += 1
+                if failures == 1:
+                    _log_connect_failure(exc)
+                await anyio.sleep(
+                    backoff.delay_s(
+                        failures,
+                        RECONNECT_INITIAL_S,
+                        self._settings.reconnect_max_s,
+                        random.uniform,
+                    )
+                )
+            else:
+                # Only a retiring session's consumption returns.
+                await end_session(self._settings)
+                self._set_connected(False)
+                return
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        s = self._settings
+        for sub in s.subscriptions:
+            shared = s.subscribe_filter(sub.template.mqtt_filter)
+            await client.subscribe(shared, qos=min(sub.qos, 1))
+        if s.broker_stats:
+            await client.subscribe([(topic, 0) for topic in BROKER_TOPICS])
+
+    def _filters(self) -> list[str]:
+        """Every filter a session of this client id may hold, shared or not."""
+        s = self._settings
+        plain = [sub.template.mqtt_filter for sub in s.subscriptions]
+        shared = [s.subscribe_filter(f) for f in plain] if s.share_group else []
+        return [*plain, *shared, *BROKER_TOPICS]
+
+    async def _consume(self, client: aiomqtt.Client) -> NoReturn:
+        """Group commits: wait for a message, let the window fill the queue, drain, commit, ack.
+
+        Sleeping through the window (instead of committing whenever the queue is empty) is
+        what makes batches large: aiomqtt hands over one packet per loop iteration.
+        """
+        messages = client.messages
+        while True:
+            first = await next_message(client)
+            started = time.monotonic()
+            breaker = self._breaker
+            if (
+                breaker is not None
+                and breaker.careful
+                and (not first.qos or breaker.end_careful_if(redelivered=first.dup))
+            ):
+                await self.committer.commit_and_ack(client, [self.taker.take_alone(first, breaker)])
+                continue
+            if len(messages) < self._commit_max:
+                await anyio.sleep(self._commit_window_s)
+            await self.committer.commit_and_ack(client, self._take_batch(client, first))
+            self._metrics.ack_delay_seconds.observe(time.monotonic() - started)
+
+    async def _consume_until_quiet(self, client: aiomqtt.Client, quiet_s: float) -> None:
+        """Commit what arrives until nothing came for `quiet_s`.
+
+        Polls the queue rather than awaiting the iterator: a wait cancelled there can take a
+        message off the queue and lose it, and this session is about to end.
+        """
+        last = time.monotonic()
+        while time.monotonic() - last < quiet_s:
+            await anyio.sleep(self._commit_window_s)
+            first = take_queued(client)
+            if first is not None:
+                last = time.monotonic()
+                await self.committer.commit_and_ack(client, self._take_batch(client, first))
+
+    def _take_batch(self, client: aiomqtt.Client, first: mqtt.MQTTMessage) -> list[Pending]:
+        """`first` and what is queued behind it, up to a group commit's worth of readings."""
+        take = self.taker.take
+        batch = [take(first)]
+        count = len(batch[0].decoded.readings)
+        while count < self._commit_max:
+            queued = take_queued(client)
+            if queued is None:
+                break
+            batch.append(take(queued))
+            count += len(batch[-1].decoded.readings)
+        self._metrics.messages.inc(len(batch))
+        return batch
+
+    def reconfigure(self, rules: Rules) -> None:
+        """Take new admission rules (SIGHUP); they apply from the next group commit."""
+        self._rules = self.taker.rules = self.committer.rules = rules
+        self._watermarks.high_bytes = rules.high_bytes
+        self._watermarks.low_bytes = rules.low_bytes
+
+    def _set_connected(self, connected: bool) -> None:
+        self._metrics.mqtt_connected.set(int(connected))
+        self._health.connected = connected
+
+    def _set_paused(self, paused: bool) -> None:
+        self._metrics.intake_paused.set(int(paused))
+        self._health.paused = paused
+
+    def housekeeping(self) -> None:
+        """Log the end of refusal and drop episodes that went quiet while no message came."""
+        self.committer.housekeeping()
+
+    async def _pause(self, paused: IntakePaused) -> None:
+        """Stay away from the broker until the buffer can take readings again."""
+        self._set_paused(True)
+        cause = "disk_full" if paused.disk_full else "watermark"
+        self._metrics.intake_pauses.labels(cause).inc()
+        logger.warning(
+            "%s (%s): intake paused and disconnected from the broker, which keeps QoS 1 "
+            "messages in the session (QoS 0 messages sent meanwhile are lost)",
+            "disk full" if paused.disk_full else "buffer at its high watermark",
+            paused,
+        )
+        if paused.disk_full:
+            # Free disk space has no event to wait on.
+            while shutil.disk_usage(self._buffer.path).free < DISK_FULL_FREE_BYTES:  # noqa: ASYNC110
+                await anyio.sleep(DISK_FULL_RECHECK_S)
+        else:
+            self._watermarks.rejecting = True
+            while self._watermarks.update(self._buffer.totals().nbytes) is None:
+                with anyio.move_on_after(1.0):
+                    await self._space_freed().wait()
+        self._set_paused(False)
+        totals = self._buffer.totals()
+        logger.info(
+            "intake resumed: %d of %d budget bytes buffered, %d bytes free on disk",
+            totals.nbytes,
+            self._rules.budget_bytes,
+            shutil.disk_usage(self._buffer.path).free,
+        )
+
+
+def _log_connect_failure(exc: aiomqtt.MqttError) -> None:
+    """One line for the first failure of a run of them, saying what the operator can fix."""
+    tls_problem = describe_tls_failure(exc)
+    if tls_problem is not None:
+        logger.error(
+            "cannot connect to the broker: %s (check [mqtt.tls] ca_file and that the broker's "
+            "certificate names the configured host); retrying",
+            tls_problem,
+        )
+    elif (
+        isinstance(exc, aiomqtt.MqttCodeError)
+        and getattr(exc.rc, "value", exc.rc) in REFUSED_CREDENTIALS
+    ):
+        logger.error(
+            "the broker refused the gateway's credentials (%s); check [mqtt] username and "
+            "password_file; retrying",
+            exc,
+        )
+    else:
+        logger.warning("broker connection lost or refused (%s); reconnecting", exc)

@@ -1,0 +1,140 @@
+"""Taking one MQTT message: decode, map and encode it, with whatever it raises contained.
+
+The result is a `Pending` message: its packet id, its valid readings ready for the buffer, and
+one error per invalid reading. Nothing a message holds, and no bug it meets here, escapes: an
+unexpected exception makes the message invalid (`internal_error`), so it is counted, sampled
+and acknowledged like any other invalid input (DESIGN invariant 8). After an unclean stop a
+redelivered message is recorded by the breaker before it is taken (gateway/ingest/breaker.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway.buffer.core.ledger import fifo_name
+from gateway.buffer.rejects import Reject
+from gateway.errors import DecodeError
+from gateway.ingest.core.decode import Decoded
+from gateway.observe.brokerstats import SYS_PREFIX
+from gateway.points.record import pack
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import paho.mqtt.client as mqtt
+
+    from gateway.buffer.core.admission import Lane, Rules
+    from gateway.buffer.rejects import RejectLog
+    from gateway.ingest.breaker import Breaker
+    from gateway.ingest.core.decode import Decoder
+    from gateway.observe.brokerstats import BrokerStats
+    from gateway.observe.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A message taken and not yet committed."""
+
+    mid: int
+    qos: int
+    decoded: Decoded
+    # (topic, payload), for the reject log.
+    raw: tuple[str, bytes] | None = None
+    # (FIFO, packed record, lane) of each valid reading, ready for the buffer.
+    items: list[tuple[str, bytes, Lane]] | None = None
+
+
+class Taker:
+    """Takes messages under the current admission rules; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        decoder: Decoder,
+        rules: Rules,
+        metrics: Metrics,
+        broker_stats: BrokerStats,
+        rejects: RejectLog,
+        fault: Callable[[bytes], None] | None,
+    ) -> None:
+        """`fault`: a hook called with each payload, for the fault tests (ingest/faults.py)."""
+        self.rules = rules
+        self._decoder = decoder
+        self._metrics = metrics
+        self._broker_stats = broker_stats
+        self._rejects = rejects
+        self._fault = fault
+
+    def take(self, message: mqtt.MQTTMessage) -> Pending:
+        """Decode, map and encode one message; whatever it raises stays with it."""
+        try:
+            return self._take_unguarded(message)
+        except Exception as exc:  # noqa: BLE001 - contained to this message (invariant 8)
+            return Pending(message.mid, message.qos, internal_error(exc), raw_message(message))
+
+    def _take_unguarded(self, message: mqtt.MQTTMessage) -> Pending:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            decoded = Decoded(errors=[DecodeError("not_utf8", "topic is not UTF-8")])
+            return Pending(message.mid, message.qos, decoded)
+        if topic.startswith(SYS_PREFIX):
+            # The broker's own counters (QoS 0): metrics, not readings.
+            self._broker_stats.update(topic, bytes(message.payload))
+            return Pending(message.mid, 0, Decoded())
+        payload = bytes(message.payload)
+        if self._fault is not None:
+            self._fault(payload)
+        decoded = self._decoder.decode(topic, payload, time.time_ns())
+        pending = Pending(message.mid, message.qos, decoded, (topic, payload))
+        if decoded.readings:
+            lane = self.rules.lane(decoded.device_class)
+            name = lane.device_class
+            pending.items = [(fifo_name(r.device, name), pack(r), lane) for r in decoded.readings]
+        return pending
+
+    def take_alone(self, message: mqtt.MQTTMessage, breaker: Breaker) -> Pending:
+        """A message redelivered after an unclean stop: recorded first, or set aside as poison."""
+        self._metrics.messages.inc()
+        topic, payload = raw_message(message)
+        if not message.qos or breaker.take_alone(topic, payload):
+            return self.take(message)
+        self._metrics.poison_messages.inc()
+        logger.error(
+            "a message on topic %r was being taken both times the gateway died; set aside as "
+            "poison in `gateway rejects` and acknowledged (%d bytes)",
+            topic[:200],
+            len(payload),
+        )
+        error = DecodeError("poison", "the gateway died twice while taking this message")
+        # Written now, not with the rate-limited samples: this is the message's only record.
+        self._rejects.add([Reject.of(topic, payload, error.reason, error.detail)])
+        return Pending(message.mid, message.qos, Decoded(errors=[error]))
+
+
+def internal_error(exc: Exception, readings: int = 1) -> Decoded:
+    """What a message that raised `exc` counts as: `readings` invalid readings."""
+    # One line per exception type and repeat window ([log] repeat_window_s), with the
+    # traceback: a bug to report, and the message's readings are lost to it.
+    logger.error(
+        "unexpected %s while taking a message; counted invalid (internal_error) and "
+        "acknowledged, sample in `gateway rejects`",
+        type(exc).__name__,
+        exc_info=exc,
+    )
+    error = DecodeError("internal_error", f"{type(exc).__name__}: {exc}")
+    return Decoded(errors=[error] * max(readings, 1))
+
+
+def raw_message(message: mqtt.MQTTMessage) -> tuple[str, bytes]:
+    """Topic and payload for the reject log and the breaker, whatever the topic's bytes."""
+    try:
+        topic = message.topic
+    except UnicodeDecodeError:
+        topic = "(topic not UTF-8)"
+    return topic, bytes(message.payload)

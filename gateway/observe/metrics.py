@@ -1,0 +1,198 @@
+"""Every Prometheus metric of the gateway, defined in one place; no per-device labels.
+
+`gateway_readings_total{outcome}`, `gateway_buffer_readings` and the refusals and drops by
+reason and device class come from one `Accounting` snapshot per scrape, so they satisfy its
+identities exactly (see gateway/observe/accounting.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.observe.accounting import Accounting
+from gateway.observe.brokerstats import BrokerStats
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from prometheus_client.metrics_core import Metric
+
+    from gateway.buffer.core.ledger import Totals
+
+# `*_created` series double the exposition and no dashboard or alert uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+WRITE_RESULTS = ("ok", "retry", "rejected", "auth")
+PAUSE_CAUSES = ("watermark", "disk_full")
+
+
+class Metrics:
+    """The gateway's metrics on a registry of their own (tests pass a fresh one)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        """Create every metric, with every label value present from the start."""
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.accounting = Accounting()
+        self._budget_bytes = 0
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.broker = BrokerStats()
+        r.register(self.broker)
+        r.register(_AccountingCollector(self))
+        self.invalid = Counter(
+            "gateway_invalid_readings_total",
+            "Readings refused as invalid, by reason",
+            ["reason"],
+            registry=r,
+        )
+        # Present at 0 from the start, so that their alerts see the first increase.
+        for reason in ("internal_error", "poison"):
+            self.invalid.labels(reason)
+        self.messages = Counter("gateway_mqtt_messages_total", "MQTT messages received", registry=r)
+        self.mqtt_speedup = Gauge(
+            "gateway_mqtt_speedup_active",
+            "1 while a speed-up of the MQTT client is in place; 0 after paho changed",
+            ["speedup"],
+            registry=r,
+        )
+        self.poison_messages = Counter(
+            "gateway_poison_messages_total",
+            "Messages set aside after the gateway died twice while taking them",
+            registry=r,
+        )
+        self.buffer_bytes = Gauge("gateway_buffer_bytes", "Bytes of buffered readings", registry=r)
+        self.buffer_devices = Gauge(
+            "gateway_buffer_devices", "Devices with buffered readings", registry=r
+        )
+        self.buffer_capacity = Gauge(
+            "gateway_buffer_capacity_bytes",
+            "Disk budget of the buffer: its LMDB file never grows past it",
+            registry=r,
+        )
+        self.buffer_budget = Gauge(
+            "gateway_buffer_budget_bytes",
+            "Bytes of readings the buffer may hold (the fill ratio's denominator)",
+            registry=r,
+        )
+        self.buffer_fill = Gauge(
+            "gateway_buffer_fill_ratio", "Buffered bytes over the readings budget", registry=r
+        )
+        self.commit_readings = Histogram(
+            "gateway_commit_readings",
+            "Readings per group commit",
+            registry=r,
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+        )
+        self.commit_seconds = Histogram(
+            "gateway_commit_duration_seconds",
+            "LMDB group commit latency",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+        )
+        self.ack_delay_seconds = Histogram(
+            "gateway_ack_delay_seconds",
+            "Receipt to PUBACK of the oldest message of each group commit (an upper bound "
+            "for every message of it)",
+            registry=r,
+            buckets=(0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1),
+        )
+        self.write_seconds = Histogram(
+            "gateway_write_duration_seconds",
+            "Database write latency",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.writes = Counter(
+            "gateway_writes_total", "Database writes by result", ["result"], registry=r
+        )
+        self.batch_points = Histogram(
+            "gateway_write_points",
+            "Points per database write",
+            registry=r,
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+        )
+        self.batch_size = Gauge("gateway_batch_size", "Batch size in use", registry=r)
+        self.writes_in_flight = Gauge(
+            "gateway_writes_in_flight", "Database writes under way", registry=r
+        )
+        self.lag_seconds = Gauge(
+            "gateway_buffer_lag_seconds",
+            "How long the oldest undelivered reading has been buffered (the write-behind lag)",
+            registry=r,
+        )
+        self.intake_paused = Gauge(
+            "gateway_intake_paused", "1 while intake is paused at the high watermark", registry=r
+        )
+        self.intake_pauses = Counter(
+            "gateway_intake_pauses_total",
+            "Times intake paused: at the high watermark (policy reject) or with the disk full",
+            ["cause"],
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "gateway_mqtt_connected", "1 while connected to the broker", registry=r
+        )
+        self.mqtt_connects = Counter(
+            "gateway_mqtt_connects_total", "Successful broker connects", registry=r
+        )
+        for result in WRITE_RESULTS:
+            self.writes.labels(result)
+        for cause in PAUSE_CAUSES:
+            self.intake_pauses.labels(cause)
+
+    def observe_buffer(self, totals: Totals) -> None:
+        """Update the buffer gauges from its accounting."""
+        self.buffer_bytes.set(totals.nbytes)
+        self.buffer_devices.set(totals.devices)
+        if self._budget_bytes:
+            self.buffer_fill.set(totals.nbytes / self._budget_bytes)
+
+    def set_buffer_limits(self, capacity_bytes: int, budget_bytes: int) -> None:
+        """Record the buffer's disk budget and readings budget."""
+        self.buffer_capacity.set(capacity_bytes)
+        self.buffer_budget.set(budget_bytes)
+        self._budget_bytes = budget_bytes
+
+
+class _AccountingCollector(Collector):
+    """Exports one consistent snapshot of the accounting per scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._metrics.accounting.snapshot()
+        readings = CounterMetricFamily(
+            "gateway_readings", "Readings by outcome", labels=["outcome"]
+        )
+        for outcome, count in snapshot.outcomes.items():
+            readings.add_metric([outcome], count)
+        yield readings
+        yield GaugeMetricFamily(
+            "gateway_buffer_readings", "Readings in the buffer", value=snapshot.buffered
+        )
+        for kind, counts, help_text in (
+            ("refused", snapshot.refused, "Valid readings acknowledged but not stored"),
+            ("dropped", snapshot.dropped, "Buffered readings dropped before delivery"),
+        ):
+            family = CounterMetricFamily(
+                f"gateway_readings_{kind}",
+                f"{help_text}, by admission reason and device class",
+                labels=["reason", "device_class"],
+            )
+            for (reason, device_class), count in sorted(counts.items()):
+                family.add_metric([reason, device_class], count)
+            yield family

@@ -1,0 +1,130 @@
+"""Reading InfluxDB line protocol sent by sensors (payload format `line`).
+
+Only the syntax is checked here; gateway/points/names.py then applies the same rules as to every
+other reading, so a line cannot smuggle in what a JSON payload could not.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gateway.errors import DecodeError
+from gateway.points.model import FieldValue
+
+_INT = re.compile(r"[+-]?\d+[iu]")
+# Unambiguous, so a long run of digits cannot make the match backtrack quadratically.
+_FLOAT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# Significant digits of the longest 64-bit integer; `int` itself raises beyond 4,300.
+INT64_DIGITS = 19
+_TRUE = frozenset({"t", "T", "true", "True", "TRUE"})
+_FALSE = frozenset({"f", "F", "false", "False", "FALSE"})
+
+ParsedLine = tuple[str, list[tuple[str, str]], list[tuple[str, FieldValue]], int | None]
+
+
+def parse_lines(text: str) -> list[ParsedLine]:
+    """Parse every non-blank, non-comment line into (measurement, tags, fields, timestamp).
+
+    Raises:
+        DecodeError: for the first malformed line, naming its number.
+    """
+    parsed = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        stripped = line.strip(" \t\r")
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            parsed.append(_parse_line(stripped))
+        except DecodeError as exc:
+            raise DecodeError(exc.reason, f"line {number}: {exc.detail}") from None
+    return parsed
+
+
+def _parse_line(line: str) -> ParsedLine:
+    measurement, pos = _scan_name(line, 0, ", ")
+    if not measurement:
+        raise DecodeError("bad_line", "no measurement")
+    tags: list[tuple[str, str]] = []
+    while pos < len(line) and line[pos] == ",":
+        key, pos = _scan_name(line, pos + 1, ",= ")
+        pos = _expect(line, pos, "=", "tag")
+        value, pos = _scan_name(line, pos, ",= ")
+        tags.append((key, value))
+    pos = _expect(line, pos, " ", "fields")
+    fields: list[tuple[str, FieldValue]] = []
+    while True:
+        field_key, pos = _scan_name(line, pos, ",= ")
+        pos = _expect(line, pos, "=", "field")
+        field_value, pos = _scan_value(line, pos)
+        fields.append((field_key, field_value))
+        if pos >= len(line) or line[pos] != ",":
+            break
+        pos += 1
+    if len(fields) > 1 and len({key for key, _ in fields}) < len(fields):
+        # The database would keep one of them: refused rather than silently collapsed.
+        raise DecodeError("duplicate_field", "a field key appears twice in the line")
+    if pos >= len(line):
+        return measurement, tags, fields, None
+    stamp = line[_expect(line, pos, " ", "timestamp") :]
+    if not re.fullmatch(r"-?\d+", stamp):
+        raise DecodeError("bad_line", f"timestamp {stamp[:40]!r} is not an integer")
+    return measurement, tags, fields, int(stamp)
+
+
+def bounded_int(token: str) -> int:
+    """The integer of a token of digits with an optional sign, if it can fit in 64 bits.
+
+    Raises:
+        DecodeError: `integer_out_of_range`, before `int` spends time on a digit bomb.
+    """
+    if len(token.lstrip("+-").lstrip("0")) > INT64_DIGITS:
+        raise DecodeError("integer_out_of_range", f"{token[:40]!r}... does not fit in 64 bits")
+    return int(token)
+
+
+def _expect(line: str, pos: int, char: str, what: str) -> int:
+    if pos >= len(line) or line[pos] != char:
+        raise DecodeError("bad_line", f"expected {char!r} before the {what} at column {pos + 1}")
+    return pos + 1
+
+
+def _scan_name(line: str, pos: int, stops: str) -> tuple[str, int]:
+    out = []
+    while pos < len(line) and line[pos] not in stops:
+        if line[pos] == "\\" and pos + 1 < len(line) and line[pos + 1] in stops + "\\":
+            pos += 1
+        out.append(line[pos])
+        pos += 1
+    return "".join(out), pos
+
+
+def _scan_value(line: str, pos: int) -> tuple[FieldValue, int]:
+    if pos < len(line) and line[pos] == '"':
+        out = []
+        pos += 1
+        while pos < len(line) and line[pos] != '"':
+            if line[pos] == "\\" and pos + 1 < len(line) and line[pos + 1] in '"\\':
+                pos += 1
+            out.append(line[pos])
+            pos += 1
+        if pos >= len(line):
+            raise DecodeError("bad_line", "unterminated string value")
+        return "".join(out), pos + 1
+    end = pos
+    while end < len(line) and line[end] not in ", ":
+        end += 1
+    token = line[pos:end]
+    value: FieldValue
+    if _INT.fullmatch(token):
+        value = bounded_int(token[:-1])
+    elif _FLOAT.fullmatch(token):
+        value = float(token)
+    elif token in _TRUE:
+        value = True
+    elif token in _FALSE:
+        value = False
+    else:
+        raise DecodeError(
+            "bad_line", f"field value {token[:40]!r} is not a number, boolean or quoted string"
+        )
+    return value, end

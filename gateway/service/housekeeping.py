@@ -1,0 +1,85 @@
+"""Periodic chores of the running service: health, systemd's watchdog, the summary line.
+
+Every tick marks the loop alive, pings systemd's watchdog with a status line, ends quiet refusal
+and drop episodes, and now and then logs a summary. The buffer works in the event loop's thread,
+so a hung disk stops the ticks, the watchdog pings and /healthz together, and systemd restarts
+the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    from gateway.buffer.store import Buffer
+    from gateway.flush.flusher import Flusher
+    from gateway.ingest.intake import Ingest
+    from gateway.observe.accounting import Snapshot
+    from gateway.observe.health import Health
+    from gateway.observe.metrics import Metrics
+    from gateway.service.sdnotify import Notifier
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 2.0
+
+
+@dataclass
+class Housekeeping:
+    """The chores; `run` does them until cancelled."""
+
+    buffer: Buffer
+    flusher: Flusher
+    ingest: Ingest
+    metrics: Metrics
+    health: Health
+    notifier: Notifier
+    summary_interval_s: float
+
+    async def run(self) -> None:
+        """Tick, probe and summarize until cancelled."""
+        tick_s = min(TICK_S, self.notifier.watchdog_interval_s or TICK_S)
+        last = self.metrics.accounting.snapshot()
+        next_summary = time.monotonic() + self.summary_interval_s
+        while True:
+            now = time.monotonic()
+            self.health.last_tick = now
+            self.ingest.housekeeping()
+            if self.health.liveness(now).ok:
+                self.notifier.send(WATCHDOG="1", STATUS=self.status_line())
+            if self.summary_interval_s and now >= next_summary:
+                last = self._summarize(last)
+                next_summary = now + self.summary_interval_s
+            await anyio.sleep(tick_s)
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: backlog, fill, lag."""
+        totals = self.buffer.totals()
+        fill = totals.nbytes / self.buffer.budget_bytes if self.buffer.budget_bytes else 0.0
+        return (
+            f"backlog {totals.readings} readings from {totals.devices} devices "
+            f"({fill:.0%} of the buffer), lag {self.flusher.lag_s(time.monotonic()):.1f} s"
+            + ("" if self.health.connected else ", broker disconnected")
+            + (", intake paused" if self.health.paused else "")
+        )
+
+    def _summarize(self, last: Snapshot) -> Snapshot:
+        snapshot = self.metrics.accounting.snapshot()
+        before = last.outcomes
+        now = snapshot.outcomes
+        logger.info(
+            "summary: received %d, delivered %d, refused %d, dropped %d since the last summary; "
+            "%s, batch size %d",
+            now["received"] - before["received"],
+            now["delivered"] - before["delivered"],
+            now["refused"] - before["refused"],
+            now["dropped"] - before["dropped"],
+            self.status_line(),
+            self.flusher.batch_size,
+        )
+        return snapshot

@@ -1,0 +1,295 @@
+"""Wires the gateway together and owns its lifecycle.
+
+Start order: buffer -> metrics -> flusher -> ingest. Stop order on SIGTERM/SIGINT: close intake
+(finishing the commit and acks in progress), flush for up to `flush.grace_s`, close the buffer.
+What was not flushed stays buffered for the next start. A second signal skips the flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from gateway.api import httpserver
+from gateway.api.readapi import ReadApi
+from gateway.buffer.core.admission import rules_of
+from gateway.buffer.rejects import RejectLog
+from gateway.buffer.store import Buffer
+from gateway.flush.flusher import Flusher
+from gateway.flush.sink import make_sink
+from gateway.ingest import faults, mqtt
+from gateway.ingest.breaker import Breaker
+from gateway.ingest.core.decode import Decoder
+from gateway.ingest.intake import Ingest
+from gateway.observe.accounting import Accounting
+from gateway.observe.health import Health
+from gateway.observe.metrics import Metrics
+from gateway.service import workers
+from gateway.service.housekeeping import Housekeeping
+from gateway.service.reloading import Reloader
+from gateway.service.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+    from pathlib import Path
+
+    from gateway.config.sections import BufferSettings
+    from gateway.config.settings import Settings
+    from gateway.service.workers import Worker
+
+logger = logging.getLogger(__name__)
+
+# The buffer works in the event loop's thread: py-lmdb releases the GIL in every put and get, and
+# a buffer thread competing with a busy loop waited up to a switch interval (5 ms) to get it back
+# after each one (appends fell from 750,000/s to 3,000/s in a test). Only `env.sync` of the
+# interval mode runs in a thread: one call, one wait.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# After an unclean stop, at most this many group commits' worth of redelivered messages are taken
+# one at a time: the one that killed the gateway was in the oldest unacknowledged commit.
+CAREFUL_COMMITS = 2
+# A retiring session is done once nothing came from it for this long.
+RETIRE_QUIET_S = 2.0
+ORPHAN_CHECK_S = 1.0
+
+
+async def run(  # noqa: PLR0915 - start and stop order read best in one place
+    settings: Settings,
+    config_path: Path | None = None,
+    metrics: Metrics | None = None,
+    *,
+    worker: Worker | None = None,
+    retire: bool = False,
+) -> None:
+    """Run the gateway until SIGTERM or SIGINT; SIGHUP reloads `config_path`.
+
+    `worker`: run as one worker of a parent (`gateway/service/supervisor.py`), with `settings`
+    already those of its slot. `retire` (implied for a worker of an environment no worker uses any
+    more): take what the broker keeps for the session, end it, deliver everything, remove the
+    environment and return.
+    """
+    metrics = metrics or Metrics()
+    for speedup, active in mqtt.install_speedups().items():
+        metrics.mqtt_speedup.labels(speedup).set(int(active))
+    notifier = Notifier()
+    b = settings.buffer
+    buffer = _open_buffer(settings, metrics)
+    health = Health(started=time.monotonic())
+    sink = make_sink(settings.influx)
+    flusher = Flusher(buffer, sink, settings.flush, metrics)
+    metrics.lag_seconds.set_function(lambda: flusher.lag_s(time.monotonic()))
+    breaker = Breaker(b.path, careful_max=CAREFUL_COMMITS * b.commit_max_readings)
+    ingest = _make_ingest(
+        settings, buffer, flusher, metrics, health=health, notifier=notifier, breaker=breaker
+    )
+    chores = Housekeeping(
+        buffer=buffer,
+        flusher=flusher,
+        ingest=ingest,
+        metrics=metrics,
+        health=health,
+        notifier=notifier,
+        summary_interval_s=settings.log.summary_interval_s,
+    )
+    reloader = Reloader(
+        settings,
+        config_path,
+        flusher=flusher,
+        ingest=ingest,
+        chores=chores,
+        budget_bytes=buffer.budget_bytes,
+        slot=worker.slot if worker else None,
+    )
+    retired = False
+    try:
+        async with anyio.create_task_group() as tg:
+            api = ReadApi(settings, buffer=buffer, flusher=flusher, metrics=metrics, health=health)
+            await _serve_pages(tg, settings, httpserver.LocalPages(metrics, health), api, worker)
+            _start_background(tg, flusher, chores, b)
+            intake = anyio.CancelScope()
+            intake_closed = anyio.Event()
+            retiring = retire or (worker is not None and worker.slot.index is None)
+            job = _retire(ingest, flusher) if retiring else ingest.run()
+            tg.start_soon(_run_intake, job, intake, intake_closed, name="gateway.ingest")
+            with anyio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        reloader.reload()
+                        continue
+                    logger.info(
+                        "%s: closing intake, flushing for up to %.0f s",
+                        signal.Signals(signum).name,
+                        reloader.settings.flush.grace_s,
+                    )
+                    break
+                notifier.send(STOPPING="1", STATUS="closing intake and flushing")
+                intake.cancel()
+                await intake_closed.wait()
+                started = time.monotonic()
+                with anyio.move_on_after(reloader.settings.flush.grace_s) as grace:
+                    tg.start_soon(_skip_on_second_signal, signals, grace)
+                    await flusher.drain()
+            left = buffer.totals()
+            logger.info(
+                "stopped after flushing for %.1f s; %d readings stay buffered for the next start",
+                time.monotonic() - started,
+                left.readings,
+            )
+            retired = retiring and not left.readings and not buffer.dead_letter_count()
+            tg.cancel_scope.cancel()
+        # Reached only by a stop through the graceful path: every message taken is committed
+        # and acknowledged, and the next start needs no care.
+        breaker.stopped_cleanly()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await sink.aclose()
+        buffer.sync()
+        buffer.close()
+        notifier.close()
+    if retired:
+        workers.remove_environment(settings.buffer.path)
+        logger.info("retired %s: delivered and removed", settings.buffer.path)
+
+
+def _make_ingest(
+    settings: Settings,
+    buffer: Buffer,
+    flusher: Flusher,
+    metrics: Metrics,
+    *,
+    health: Health,
+    notifier: Notifier,
+    breaker: Breaker,
+) -> Ingest:
+    b = settings.buffer
+    return Ingest(
+        settings=settings.mqtt,
+        commit_max_readings=b.commit_max_readings,
+        commit_window_s=b.commit_window_ms / 1000,
+        buffer=buffer,
+        decoder=Decoder(settings.mqtt.subscriptions, settings.limits),
+        metrics=metrics,
+        on_commit=flusher.notify,
+        on_drop=flusher.forget,
+        space_freed=lambda: flusher.space_freed,
+        rules=rules_of(settings, buffer.budget_bytes),
+        health=health,
+        on_ready=_ReadyOnce(notifier).ready,
+        broker_stats=metrics.broker,
+        rejects=RejectLog(settings.buffer.path),
+        breaker=breaker,
+        fault=faults.from_environment(),
+    )
+
+
+def _start_background(
+    tg: anyio.abc.TaskGroup, flusher: Flusher, chores: Housekeeping, b: BufferSettings
+) -> None:
+    tg.start_soon(flusher.run, name="gateway.flush")
+    tg.start_soon(chores.run, name="gateway.housekeeping")
+    if b.sync == "interval":
+        tg.start_soon(_sync_every, chores.buffer, b.sync_interval_ms / 1000, name="gateway.sync")
+
+
+async def _serve_pages(
+    tg: anyio.abc.TaskGroup,
+    settings: Settings,
+    pages: httpserver.LocalPages,
+    api: ReadApi,
+    worker: Worker | None,
+) -> None:
+    """A worker shows its pages to its parent; a gateway alone on `[metrics] listen`."""
+    routes = api.routes() if settings.api.enabled else []
+    if worker is not None:
+        await tg.start(httpserver.serve_unix, worker.control_socket, pages, routes)
+        tg.start_soon(_stop_when_orphaned, worker.parent_pid, name="gateway.parent")
+    elif settings.metrics.enabled:
+        m = settings.metrics
+        await tg.start(httpserver.serve, m, pages, routes)
+        logger.info(
+            "metrics on %s://%s/metrics, health on /healthz and /readyz%s%s",
+            "https" if m.tls_cert_file else "http",
+            m.listen,
+            ", read API on /api/v1" if routes else "",
+            ", bearer token required" if m.token else "",
+        )
+
+
+def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
+    """Open the buffer and start the metrics from what it holds."""
+    b = settings.buffer
+    # Without the read API nothing reads the last-value table: no need to keep it.
+    latest_series = settings.api.latest_series if settings.api.enabled else 0
+    buffer = Buffer(b.path, int(b.capacity), b.sync, latest_series=latest_series)
+    totals = buffer.totals()
+    logger.info(
+        "buffer open at %s: %d readings from %d devices waiting, %d of %d budget bytes used "
+        "(disk budget %d bytes), sync mode %s, policy %s",
+        b.path,
+        totals.readings,
+        totals.devices,
+        totals.nbytes,
+        buffer.budget_bytes,
+        buffer.capacity_bytes,
+        b.sync,
+        b.policy,
+    )
+    metrics.set_buffer_limits(buffer.capacity_bytes, buffer.budget_bytes)
+    metrics.accounting = Accounting(recovered=totals.readings)
+    metrics.observe_buffer(totals)
+    return buffer
+
+
+class _ReadyOnce:
+    """READY=1 to systemd the first time the gateway is subscribed, with the buffer open."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self._notifier = notifier
+        self._sent = False
+
+    def ready(self) -> None:
+        if not self._sent:
+            self._notifier.send(READY="1", STATUS="subscribed; taking readings")
+            self._sent = True
+
+
+async def _run_intake(job: Awaitable[None], scope: anyio.CancelScope, closed: anyio.Event) -> None:
+    with scope:
+        await job
+    closed.set()
+
+
+async def _retire(ingest: Ingest, flusher: Flusher) -> None:
+    """Take what the old session holds, end it, deliver everything, then stop."""
+    await ingest.run(retire_quiet_s=RETIRE_QUIET_S)
+    await flusher.drain()
+    os.kill(os.getpid(), signal.SIGTERM)
+    await anyio.sleep_forever()
+
+
+async def _stop_when_orphaned(parent_pid: int) -> None:
+    """A worker whose parent died (kill -9) stops as if told to: nobody would restart it."""
+    # No event exists for it (prctl's PDEATHSIG is Linux-only and lost across a fork race).
+    while os.getppid() == parent_pid:  # noqa: ASYNC110
+        await anyio.sleep(ORPHAN_CHECK_S)
+    logger.warning("the parent process is gone; stopping")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def _skip_on_second_signal(signals: object, grace: anyio.CancelScope) -> None:
+    async for signum in signals:  # type: ignore[attr-defined]
+        if signum == signal.SIGHUP:
+            continue
+        logger.warning("second signal: leaving the rest buffered")
+        grace.cancel()
+        return
+
+
+async def _sync_every(buffer: Buffer, interval_s: float) -> None:
+    while True:
+        await anyio.sleep(interval_s)
+        await anyio.to_thread.run_sync(buffer.sync)

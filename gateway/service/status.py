@@ -1,0 +1,150 @@
+"""`gateway status` and `gateway verify-buffer`: views of the buffer from outside the service.
+
+`status` asks the running service (`/api/v1/status`, the same figures as the read API), else
+opens LMDB read-only, which works while the gateway runs (LMDB serves concurrent readers) and
+while it is stopped, and can change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.request
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from gateway.buffer.store import Buffer
+from gateway.buffer.view import combine, snapshot
+from gateway.service import workers
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gateway.config.settings import Settings
+
+EXIT_MISMATCH = 1
+SERVICE_TIMEOUT_S = 2.0
+ALL_DEVICES = 1 << 31
+
+
+def render(view: dict[str, Any], top: int) -> str:
+    """The snapshot as a terminal table, largest backlog first."""
+    summary = (
+        f"buffer {view['path']}: {view['readings']:,} readings, {_size(view['bytes'])} of "
+        f"{_size(view['budget_bytes'])} ({view['fill_ratio']:.1%}; file "
+        f"{_size(view['file_bytes'])} of {_size(view['capacity_bytes'])} on disk), "
+        f"{view['devices_with_backlog']:,} devices with a backlog, "
+        f"{view['dead_letters']:,} dead letters"
+    )
+    lines = [summary]
+    devices = view["devices"]
+    if devices:
+        oldest = max(devices, key=lambda d: d["oldest_age_s"])
+        lines.append(
+            f"oldest buffered reading: {_age(oldest['oldest_age_s'])} old ({oldest['device']})"
+        )
+        lines.append(f"{'device':<32} {'class':<12} {'readings':>12} {'bytes':>10} {'oldest':>10}")
+        lines += [
+            f"{d['device'][:32]:<32} {d['device_class'][:12]:<12} {d['readings']:>12,} "
+            f"{_size(d['bytes']):>10} {_age(d['oldest_age_s']):>10}"
+            for d in devices[:top]
+        ]
+        if view["devices_with_backlog"] > top:
+            lines.append(f"... and {view['devices_with_backlog'] - top:,} more devices")
+    return "\n".join(lines)
+
+
+def status(settings: Settings, *, as_json: bool, top: int) -> str:
+    """The status text (or JSON): from the running service's API, else from the buffer on disk.
+
+    The service adds what only it knows (lag, batch size, sink and admission state); the disk
+    has the same buffer figures, so the command works with the service stopped.
+    """
+    view = from_service(settings, top=ALL_DEVICES if as_json else top)
+    if view is None:
+        view = from_disk(settings)
+    if as_json:
+        return json.dumps(view, indent=2)
+    text = render(view, top)
+    runtime = view.get("runtime")
+    if runtime is None:
+        return f"{text}\n(service not answering on {settings.metrics.listen}: read from disk)"
+    sink, admission = runtime["sink"], runtime["admission"]
+    return (
+        f"{text}\nwrite-behind lag {runtime['lag_s']:.1f} s, batch size {runtime['batch_size']}, "
+        f"database {sink['state']}, intake {'paused' if admission['paused'] else 'taking readings'}"
+        f" (policy {admission['policy']}), broker "
+        f"{'connected' if runtime['mqtt_connected'] else 'not connected'}"
+    )
+
+
+def from_disk(settings: Settings) -> dict[str, Any]:
+    """The buffer figures read from LMDB: every worker's environment together."""
+    views = []
+    for path in environments(settings):
+        with Buffer(path, int(settings.buffer.capacity), readonly=True) as buffer:
+            views.append(snapshot(buffer, time.time_ns()))
+    return views[0] if len(views) == 1 else combine(str(settings.buffer.path), views)
+
+
+def from_service(settings: Settings, *, top: int) -> dict[str, Any] | None:
+    """`/api/v1/status` of the running service; None when it does not answer it."""
+    m = settings.metrics
+    if not (m.enabled and settings.api.enabled):
+        return None
+    host, port = m.host_port
+    if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - the wildcard is where it listens
+        host = "127.0.0.1"
+    scheme, context = "http", None
+    if m.tls_cert_file:
+        # Its own certificate is the one to trust; the name in it need not be this host's.
+        scheme, context = "https", ssl.create_default_context(cafile=str(m.tls_cert_file))
+        context.check_hostname = False
+    request = urllib.request.Request(  # noqa: S310 - the configured server
+        f"{scheme}://{host}:{port}/api/v1/status?top={top}",
+        headers={"Authorization": f"Bearer {m.token.get_secret_value()}"} if m.token else {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=SERVICE_TIMEOUT_S, context=context) as r:  # noqa: S310
+            view: dict[str, Any] = json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+    return view
+
+
+def environments(settings: Settings) -> list[Path]:
+    """Every LMDB environment under the buffer path (one per worker), or the path itself."""
+    return [slot.path for slot in workers.existing(settings)] or [settings.buffer.path]
+
+
+def verify(settings: Settings, *, repair: bool) -> tuple[int, str]:
+    """Full scan of every environment; (exit code, report text)."""
+    code, texts = 0, []
+    for path in environments(settings):
+        with Buffer(path, int(settings.buffer.capacity), readonly=not repair) as buffer:
+            report = buffer.repair() if repair else buffer.verify()
+            totals = asdict(buffer.totals())
+        if report.is_consistent:
+            texts.append(f"buffer {path} is consistent: {totals}")
+            continue
+        code = EXIT_MISMATCH
+        verdict = "repaired" if repair else "run with --repair while the gateway is stopped to fix"
+        texts += [f"buffer {path} accounting mismatch ({verdict}):", *report.problems]
+    return code, "\n".join(texts)
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":  # noqa: PLR2004
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GiB"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:  # noqa: PLR2004
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

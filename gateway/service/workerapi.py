@@ -1,0 +1,137 @@
+"""The read API of a gateway with workers: the parent asks every worker and merges the answers.
+
+A shared subscription spreads a device over the workers, so each holds part of its backlog and
+possibly the newest reading of one of its series. Merged: backlogs add up, the newest reading of
+each series wins, and the status adds the workers' figures (the worst lag, sink and admission
+state). A miss is read from the database by each worker, which each keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.api import apispec
+from gateway.api.readapi import DEFAULT_TOP
+from gateway.buffer import view as buffer_view
+
+# (HTTP status, JSON body) of each worker's answer to one request.
+Answers = list[tuple[int, dict[str, Any]]]
+Ask = Callable[[str], Awaitable[Answers]]
+
+
+def routes(ask: Ask, path: str) -> list[web.RouteDef]:
+    """The API's routes for the parent; `ask(path_qs)` gets every running worker's answer."""
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.json_response(apispec.DOCUMENT)
+
+    async def devices(request: web.Request) -> web.Response:
+        return _json(*merge_devices(await ask(request.path_qs)))
+
+    async def latest(request: web.Request) -> web.Response:
+        return _json(*merge_latest(await ask(request.path_qs)))
+
+    async def status_page(request: web.Request) -> web.Response:
+        answers = await ask(request.path_qs)
+        try:
+            top = int(request.query.get("top", DEFAULT_TOP))
+        except ValueError:
+            top = DEFAULT_TOP  # the workers refused it, and their 400 is the answer
+        return _json(*merge_status(answers, path, top))
+
+    return [
+        web.get("/api/v1/openapi.json", openapi),
+        web.get("/api/v1/devices", devices),
+        web.get("/api/v1/devices/{device}/latest", latest),
+        web.get("/api/v1/status", status_page),
+    ]
+
+
+def _json(code: int, body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, status=code)
+
+
+def _failure(answers: Answers) -> tuple[int, dict[str, Any]] | None:
+    """The first refusal of the request itself (4xx), or 503 when no worker answered."""
+    for code, body in answers:
+        if 400 <= code < 500 and code != 404:  # noqa: PLR2004
+            return code, body
+    if not answers:
+        return 503, {"error": "no worker is answering"}
+    return None
+
+
+def merge_devices(answers: Answers) -> tuple[int, dict[str, Any]]:
+    """One device list: buffered counts added, the oldest age and the last seen time kept."""
+    failure = _failure(answers)
+    if failure is not None:
+        return failure
+    rows: dict[str, dict[str, Any]] = {}
+    for _, body in answers:
+        for row in body.get("devices", []):
+            seen = rows.get(row["device"])
+            if seen is None:
+                rows[row["device"]] = dict(row)
+                continue
+            seen["buffered_readings"] += row["buffered_readings"]
+            for key in ("oldest_buffered_age_s", "last_seen"):
+                # ISO 8601 UTC times and ages both compare in their natural order.
+                values = [v for v in (seen[key], row[key]) if v is not None]
+                seen[key] = max(values) if values else None
+    return 200, {"devices": [rows[name] for name in sorted(rows)]}
+
+
+def merge_latest(answers: Answers) -> tuple[int, dict[str, Any]]:
+    """Each series' newest reading among the workers' answers; 404 when none has one."""
+    found = [body for code, body in answers if code == 200]  # noqa: PLR2004
+    if not found:
+        failure = _failure(answers)
+        if failure is not None:
+            return failure
+        return next(((c, b) for c, b in answers if c != 404), answers[0])  # noqa: PLR2004
+    newest: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
+    for body in found:
+        for m in body["measurements"]:
+            key = (m["measurement"], tuple(sorted(m["tags"].items())))
+            if key not in newest or m["time_ns"] > newest[key]["time_ns"]:
+                newest[key] = m
+    sources = {body["source"] for body in found}
+    return 200, {
+        "device": found[0]["device"],
+        "source": "cache" if "cache" in sources else "database",
+        "measurements": [newest[key] for key in sorted(newest)],
+    }
+
+
+def merge_status(answers: Answers, path: str, top: int) -> tuple[int, dict[str, Any]]:
+    """The buffers' figures added (gateway/buffer/view.py `combine`), the runtime state merged."""
+    failure = _failure(answers)
+    if failure is not None:
+        return failure
+    views = [body for code, body in answers if code == 200]  # noqa: PLR2004
+    if not views:
+        return answers[0]
+    view = buffer_view.combine(
+        path, [{k: v for k, v in w.items() if k != "runtime"} for w in views]
+    )
+    runtimes = [v["runtime"] for v in views]
+    readings: dict[str, int] = {}
+    for runtime in runtimes:
+        for outcome, count in runtime["readings"].items():
+            readings[outcome] = readings.get(outcome, 0) + count
+    failing = max(r["sink"]["failed_writes_in_a_row"] for r in runtimes)
+    admission = dict(runtimes[0]["admission"])
+    admission["paused"] = any(r["admission"]["paused"] for r in runtimes)
+    view["runtime"] = {
+        "readings": readings,
+        "lag_s": max(r["lag_s"] for r in runtimes),
+        "batch_size": max(r["batch_size"] for r in runtimes),
+        "sink": {"state": "failing" if failing else "ok", "failed_writes_in_a_row": failing},
+        "admission": admission,
+        "mqtt_connected": all(r["mqtt_connected"] for r in runtimes),
+    }
+    view["devices"] = view["devices"][:top]
+    return 200, view

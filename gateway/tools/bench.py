@@ -1,0 +1,135 @@
+"""`gateway bench`: measured figures a user can reproduce on their own edge box.
+
+Scenarios:
+- `append`: buffer append throughput per sync mode at 1, 100 and 1,000 readings per transaction.
+- `ingest`: QoS 1 publishers (`loadgen`, in their own processes) -> local Mosquitto -> the
+  gateway, with the database stopped: accepted readings/s, commits, the gateway's
+  receipt-to-PUBACK delay, the publishers' PUBACK latency from the broker, gateway CPU and
+  peak RSS. `--rate` fixes the load.
+- `backlog`: the same with no rate limit until N readings are buffered, sampling the gateway's
+  resident memory along the way (it must not grow with the backlog).
+Each scenario runs `--runs` times; the table shows medians.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from gateway.tools import scenarios
+
+if TYPE_CHECKING:
+    import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the scenarios of `gateway bench`, print a table of medians, optionally write JSON."""
+    scenarios = args.scenario or ["append", "ingest"]
+    figures: dict[str, Any] = {}
+    if "append" in scenarios:
+        _run_append(args.runs, figures)
+    if "ingest" in scenarios:
+        _run_ingest(args, figures)
+    if "payload-batches" in scenarios:
+        _run_payload_batches(args, figures)
+    if "end-to-end" in scenarios:
+        _run_end_to_end(args, figures)
+    if "backlog" in scenarios:
+        _run_backlog(args, figures)
+    if "drain" in scenarios:
+        _run_drain(args, figures)
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+def _run_append(runs: int, figures: dict[str, Any]) -> None:
+    for mode in ("commit", "interval", "none"):
+        for per_txn in (1, 100, 1000):
+            key = f"append {mode:<8} {per_txn:>4}/txn readings/s"
+            samples = [scenarios.bench_append(mode, per_txn) for _ in range(runs)]
+            figures[key] = statistics.median(samples)
+            _show(figures, key, samples)
+
+
+def _run_ingest(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    for workers in args.workers or [1]:
+        label = f"ingest sync={args.sync} rate={f'{args.rate:.0f}/s' if args.rate else 'max'}"
+        results = [
+            scenarios.bench_ingest(
+                args.count, args.rate, args.publishers, args.sync, workers=workers
+            )
+            for _ in range(args.runs)
+        ]
+        _collect(figures, f"{label} workers={workers}", results)
+
+
+def _run_payload_batches(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    for workers in args.workers or [1]:
+        results = [
+            scenarios.bench_ingest(
+                args.count,
+                args.rate,
+                args.publishers,
+                args.sync,
+                per_message=args.per_message,
+                workers=workers,
+            )
+            for _ in range(args.runs)
+        ]
+        _collect(figures, f"payload-batches {args.per_message}/message workers={workers}", results)
+
+
+def _run_end_to_end(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    for workers in args.workers or [1]:
+        label = f"end-to-end {args.rate:.0f}/s for {args.duration:.0f} s workers={workers}"
+        results = [
+            scenarios.bench_end_to_end(args.rate, args.duration, args.publishers, workers)
+            for _ in range(args.runs)
+        ]
+        _collect(figures, label, results)
+
+
+def _collect(figures: dict[str, Any], label: str, results: list[dict[str, Any]]) -> None:
+    samples_by_key: dict[str, list[float]] = {}
+    for result in results:
+        for key, value in result.items():
+            if isinstance(value, float | int):
+                samples_by_key.setdefault(key, []).append(float(value))
+    for key, samples in samples_by_key.items():
+        figures[f"{label} {key}"] = statistics.median(samples)
+        _show(figures, f"{label} {key}", samples)
+
+
+def _run_backlog(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    result = scenarios.bench_ingest(
+        args.backlog, 0, args.publishers, args.sync, rss_every=max(1, args.backlog // 10)
+    )
+    figures["backlog rss_mib_by_readings"] = result["rss_mib_by_backlog"]
+    figures["backlog peak_rss_mib"] = result["gateway_peak_rss_mib"]
+    figures["backlog accepted_per_s"] = result["accepted_per_s"]
+    for readings, anon, mapped in result["rss_mib_by_backlog"]:
+        label = f"backlog at {readings:,}: RSS MiB anonymous / LMDB map"
+        print(f"{label:<58} {anon:>12.1f} / {mapped:.1f}", flush=True)
+    print(f"{'backlog peak rss MiB':<58} {result['gateway_peak_rss_mib']:>12.1f}")
+    print(f"{'backlog accepted readings/s':<58} {result['accepted_per_s']:>12,.1f}")
+
+
+def _run_drain(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    for database in ("victoria-metrics", "influxd"):
+        samples_by_key: dict[str, list[float]] = {}
+        for _ in range(args.runs):
+            for key, value in scenarios.bench_drain(
+                database, args.drain, args.drain_devices
+            ).items():
+                samples_by_key.setdefault(key, []).append(float(value))
+        for key, samples in samples_by_key.items():
+            label = f"drain {database} {key}"
+            figures[label] = statistics.median(samples)
+            _show(figures, label, samples)
+
+
+def _show(figures: dict[str, Any], key: str, samples: list[float]) -> None:
+    spread = f"  (runs: {', '.join(f'{s:,.1f}' for s in samples)})" if len(samples) > 1 else ""
+    print(f"{key:<58} {figures[key]:>12,.1f}{spread}", flush=True)

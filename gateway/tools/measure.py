@@ -1,0 +1,127 @@
+"""Measuring a gateway run from outside: its processes' CPU and memory, and its metrics.
+
+Used by the benchmark's scenarios (gateway/tools/scenarios.py). CPU and memory come from
+/proc for the gateway's processes (the parent and its workers), the machine's busy CPU from
+/proc/stat; quantiles from samples or from a Prometheus histogram.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gateway.tools import servers
+from gateway.tools.demo import scrape, write_config
+
+POLL_S = 0.05
+
+
+class Gateway:
+    """A gateway subprocess; without `database_url` the database is stopped (a closed port)."""
+
+    def __init__(
+        self,
+        work: Path,
+        broker_port: int,
+        sync: str,
+        *,
+        database_url: str = "",
+        api: str = "v1",
+        workers: int = 1,
+    ) -> None:
+        """Start it on `broker_port` and wait until it is connected."""
+        metrics_port = servers.free_port()
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        config = work / "gateway.toml"
+        write_config(
+            config,
+            broker_port,
+            database_url or f"http://127.0.0.1:{servers.free_port()}",
+            work / "buffer",
+            metrics_port,
+            capacity="8GiB",
+            sync=sync,
+            log_level="warning",
+            api=api,
+            workers=workers,
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            stdout=(work / "gateway.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while self.metric("gateway_mqtt_connected") != workers:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise servers.ServerError("the gateway did not start; see its log")
+            time.sleep(POLL_S)
+
+    def metric(self, name: str) -> float:
+        """One sample of its /metrics; 0 while it does not answer."""
+        try:
+            return scrape(self.metrics_url).get(name, 0.0)
+        except OSError:
+            return 0.0
+
+    def _pids(self) -> list[int]:
+        """The gateway's process, and its workers' when it has them."""
+        return [self.process.pid, *servers.children_of(self.process.pid)]
+
+    def cpu_s(self) -> float:
+        """CPU seconds its processes used so far."""
+        return sum(cpu_s(pid) for pid in self._pids())
+
+    def rss_mib(self, key: str = "VmRSS") -> float:
+        """Resident memory of its processes (`VmHWM`: their peaks)."""
+        return sum(rss_mib(pid, key) for pid in self._pids())
+
+    def stop(self) -> None:
+        """SIGTERM, and SIGKILL after 30 s."""
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def rss_mib(pid: int, key: str = "VmRSS") -> float:
+    """Resident memory of one process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds of one process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def box_cpu_s() -> float:
+    """CPU seconds all cores spent busy since boot (not idle, not waiting on I/O)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The q-quantile of sorted `values` (nearest rank)."""
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
+    """Upper bound of the bucket holding quantile q, in ms."""
+    buckets = sorted(
+        (float(key.split("le=")[1].rstrip("}")), value)
+        for key, value in metrics.items()
+        if key.startswith(f"{name}_bucket{{")
+    )
+    total = buckets[-1][1] if buckets else 0
+    for bound, cumulative in buckets:
+        if cumulative >= q * total:
+            return bound * 1000
+    return float("nan")

@@ -1,0 +1,304 @@
+"""The benchmark's scenarios: each runs real parts on this machine and returns its figures.
+
+See gateway/tools/bench.py for what each measures and how the runner reports it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.buffer.store import Buffer
+from gateway.points.model import Reading
+from gateway.points.record import pack
+from gateway.tools import loadgen, servers, simulate
+from gateway.tools.demo import scrape
+from gateway.tools.measure import (
+    POLL_S,
+    Gateway,
+    box_cpu_s,
+    cpu_s,
+    histogram_quantile,
+    quantile,
+    rss_mib,
+)
+
+APPEND_SECONDS = 2.0
+
+
+SYNC_INTERVAL_S = 1.0
+
+
+BENCH_DEVICES = 50
+
+
+SLOW_POLL_S = 0.5
+
+
+NEAR_END = 0.9
+
+
+# How often the end-to-end scenario samples the gateway's lag, backlog and batch size.
+E2E_SAMPLE_S = 0.5
+
+
+def bench_append(sync: str, per_txn: int, seconds: float = APPEND_SECONDS) -> float:
+    """Readings per second appended in transactions of `per_txn` readings."""
+    records = [
+        (
+            f"dev-{k}",
+            pack(
+                Reading(
+                    f"dev-{k}",
+                    "telemetry",
+                    (("device", f"dev-{k}"),),
+                    (("temp", 21.5), ("hum", 40.2)),
+                    1_700_000_000_000_000_000,
+                )
+            ),
+        )
+        for k in range(BENCH_DEVICES)
+    ]
+    batch = [records[i % BENCH_DEVICES] for i in range(per_txn)]
+    with (
+        tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,
+        Buffer(
+            Path(tmp),
+            8 << 30,
+            sync,  # type: ignore[arg-type]
+        ) as buffer,
+    ):
+        stop = threading.Event()
+        syncer = threading.Thread(target=_sync_every, args=(buffer, stop), daemon=True)
+        if sync == "interval":
+            syncer.start()
+        appended, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            buffer.append(batch)
+            appended += per_txn
+        stop.set()
+    return appended / elapsed
+
+
+def _sync_every(buffer: Buffer, stop: threading.Event) -> None:
+    while not stop.wait(SYNC_INTERVAL_S):
+        buffer.sync()
+
+
+def _publish(load: loadgen.Load) -> loadgen.LoadResult:
+    return loadgen.publish(load)
+
+
+def bench_ingest(
+    count: int,
+    rate: float,
+    publishers: int,
+    sync: str,
+    *,
+    rss_every: int = 0,
+    per_message: int = 1,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Publish `count` QoS 1 readings (`per_message` per message) into a gateway; its figures."""
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        work = Path(tmp)
+        broker = servers.start_mosquitto(work / "mosquitto")
+        gateway = None
+        try:
+            gateway = Gateway(work, broker.port, sync, workers=workers)
+            jobs = _loads(broker.port, count, rate, publishers, per_message)
+            cpu0, started = gateway.cpu_s(), time.perf_counter()
+            broker_cpu0, box0 = cpu_s(broker.process.pid), box_cpu_s()
+            # Anonymous memory is the process's own; file-backed is LMDB's map of its data file,
+            # clean page cache the kernel reclaims under pressure.
+            rss: list[tuple[int, float, float]] = []
+            with multiprocessing.get_context("fork").Pool(publishers) as pool:
+                pending = pool.map_async(_publish, jobs)
+                accepted, total = 0.0, sum(job.count for job in jobs)
+                while accepted < total:
+                    # A scrape costs the gateway CPU (with workers, the parent merges their
+                    # pages): look often only near the end, where the timing needs it.
+                    time.sleep(POLL_S if accepted >= total * NEAR_END else SLOW_POLL_S)
+                    accepted = gateway.metric("gateway_readings_total{outcome=accepted}")
+                    if rss_every and accepted >= (len(rss) + 1) * rss_every:
+                        rss.append(
+                            (int(accepted), gateway.rss_mib("RssAnon"), gateway.rss_mib("RssFile"))
+                        )
+                elapsed = time.perf_counter() - started
+                results = pending.get(timeout=600)
+            metrics = scrape(gateway.metrics_url)
+            latencies = sorted(x for r in results for x in r.puback_latencies_s)
+            commits = metrics["gateway_commit_readings_count"]
+            return {
+                "readings": int(accepted),
+                "accepted_per_s": accepted / elapsed,
+                "commits_per_s": commits / elapsed,
+                "readings_per_commit": metrics["gateway_commit_readings_sum"] / commits,
+                "ack_delay_p50_ms": histogram_quantile(metrics, "gateway_ack_delay_seconds", 0.5),
+                "ack_delay_p99_ms": histogram_quantile(metrics, "gateway_ack_delay_seconds", 0.99),
+                "broker_puback_p50_ms": quantile(latencies, 0.5) * 1000,
+                "broker_puback_p99_ms": quantile(latencies, 0.99) * 1000,
+                "broker_puback_p999_ms": quantile(latencies, 0.999) * 1000,
+                "gateway_cpu_percent": (gateway.cpu_s() - cpu0) / elapsed * 100,
+                "broker_cpu_percent": (cpu_s(broker.process.pid) - broker_cpu0) / elapsed * 100,
+                # Busy time of all cores together (200 % is a saturated 2-core box).
+                "machine_cpu_percent": (box_cpu_s() - box0) / elapsed * 100,
+                # The steadiest figure on a busy machine: CPU time over readings accepted.
+                "gateway_cpu_us_per_reading": (gateway.cpu_s() - cpu0) / accepted * 1e6,
+                "gateway_peak_rss_mib": gateway.rss_mib("VmHWM"),
+                "gateway_anon_rss_mib": gateway.rss_mib("RssAnon"),
+                "rss_mib_by_backlog": rss,
+            }
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            broker.stop()
+
+
+def _loads(
+    port: int, count: int, rate: float, publishers: int, per_message: int = 1
+) -> list[loadgen.Load]:
+    """`count` readings at `rate` from BENCH_DEVICES devices, split over `publishers`."""
+    devices = BENCH_DEVICES // publishers
+    return [
+        loadgen.Load(
+            "127.0.0.1",
+            port,
+            f"bench-{p}",
+            range(p * devices, (p + 1) * devices),
+            count // publishers,
+            rate / publishers,
+            per_message=per_message,
+        )
+        for p in range(publishers)
+    ]
+
+
+def bench_end_to_end(
+    rate: float, duration_s: float, publishers: int, workers: int = 1
+) -> dict[str, Any]:
+    """Steady load at `rate` for `duration_s` into a local influxd: lag, backlog, CPU, RSS."""
+    count = int(rate * duration_s)
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        work = Path(tmp)
+        broker = servers.start_mosquitto(work / "mosquitto")
+        db = servers.start_influxd(work / "influxd")
+        servers.influxql(db.url, "CREATE DATABASE telemetry")
+        gateway = None
+        try:
+            gateway = Gateway(work, broker.port, "commit", database_url=db.url, workers=workers)
+            jobs = _loads(broker.port, count, rate, publishers)
+            cpu0, db_cpu0 = gateway.cpu_s(), cpu_s(db.process.pid)
+            started = time.perf_counter()
+            lags, backlogs, sizes = [], [], []
+            with multiprocessing.get_context("fork").Pool(publishers) as pool:
+                pending = pool.map_async(_publish, jobs)
+                delivered = 0.0
+                while delivered < sum(job.count for job in jobs):
+                    time.sleep(E2E_SAMPLE_S)
+                    metrics = scrape(gateway.metrics_url)
+                    delivered = metrics["gateway_readings_total{outcome=delivered}"]
+                    lags.append(metrics["gateway_buffer_lag_seconds"])
+                    backlogs.append(metrics["gateway_buffer_readings"])
+                    sizes.append(metrics["gateway_batch_size"])
+                elapsed = time.perf_counter() - started
+                pending.get(timeout=600)
+            half = len(backlogs) // 2
+            return {
+                "delivered_per_s": delivered / elapsed,
+                "lag_p50_s": quantile(sorted(lags), 0.5),
+                "lag_p99_s": quantile(sorted(lags), 0.99),
+                "backlog_first_half_max": max(backlogs[:half] or [0]),
+                "backlog_second_half_max": max(backlogs[half:] or [0]),
+                "batch_size_median": statistics.median(sizes),
+                "gateway_cpu_us_per_reading": (gateway.cpu_s() - cpu0) / delivered * 1e6,
+                "gateway_cpu_percent": (gateway.cpu_s() - cpu0) / elapsed * 100,
+                "gateway_peak_rss_mib": gateway.rss_mib("VmHWM"),
+                "database_cpu_percent": (cpu_s(db.process.pid) - db_cpu0) / elapsed * 100,
+                "database_rss_mib": rss_mib(db.process.pid),
+            }
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            db.stop()
+            broker.stop()
+
+
+def prefill(path: Path, readings: int, devices: int) -> None:
+    """A buffer holding `readings` simulated readings spread over `devices` devices."""
+    with Buffer(path, 8 << 30, "none") as buffer:
+        for start in range(0, readings, 10_000):
+            batch = []
+            for n in range(start, min(readings, start + 10_000)):
+                k, i = n % devices, n // devices
+                device = simulate.device_name(k)
+                batch.append(
+                    (
+                        device,
+                        pack(
+                            Reading(
+                                device,
+                                "telemetry",
+                                (("device", device),),
+                                tuple(simulate.values(k, i).items()),
+                                (1_700_000_000_000 + i) * 10**6,
+                            )
+                        ),
+                    )
+                )
+            buffer.append(batch)
+        buffer.sync()
+
+
+def bench_drain(database: str, readings: int, devices: int) -> dict[str, Any]:
+    """Drain a prefilled backlog into a local influxd (v1) or VictoriaMetrics (v2)."""
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        work = Path(tmp)
+        prefill(work / "buffer", readings, devices)
+        broker = servers.start_mosquitto(work / "mosquitto")
+        if database == "influxd":
+            db = servers.start_influxd(work / "influxd")
+            servers.influxql(db.url, "CREATE DATABASE telemetry")
+        else:
+            db = servers.start_victoria_metrics(work / "victoria-metrics")
+        gateway = None
+        try:
+            db_cpu0 = cpu_s(db.process.pid)
+            started = time.perf_counter()
+            api = "v1" if database == "influxd" else "v2"
+            gateway = Gateway(work, broker.port, "commit", database_url=db.url, api=api)
+            sizes: list[float] = []
+            while (left := gateway.metric("gateway_buffer_readings")) > 0 or not sizes:
+                sizes.append(gateway.metric("gateway_batch_size"))
+                time.sleep(POLL_S)
+            elapsed = time.perf_counter() - started
+            metrics = scrape(gateway.metrics_url)
+            if database == "influxd":
+                # Every simulated reading has a temp field: one count says all landed.
+                series = servers.influxql(
+                    db.url, 'SELECT count("temp") FROM "telemetry"', "telemetry"
+                )
+                stored = series[0]["values"][0][1]
+                if stored != readings:
+                    raise servers.ServerError(f"influxd holds {stored} of {readings} points")
+            return {
+                "points_per_s": readings / elapsed,
+                "left": left,
+                "batch_size_median": statistics.median(sizes),
+                "batch_size_max": max(sizes),
+                "write_p50_ms": histogram_quantile(metrics, "gateway_write_duration_seconds", 0.5),
+                "write_p99_ms": histogram_quantile(metrics, "gateway_write_duration_seconds", 0.99),
+                "gateway_cpu_percent": gateway.cpu_s() / elapsed * 100,
+                "gateway_cpu_us_per_point": gateway.cpu_s() / readings * 1e6,
+                "database_cpu_percent": (cpu_s(db.process.pid) - db_cpu0) / elapsed * 100,
+            }
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            db.stop()
+            broker.stop()

@@ -1,0 +1,79 @@
+"""The last-value table in a real LMDB buffer: newest by timestamp, bounded, state by FIFO."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.buffer.store import Buffer
+from gateway.points.model import Reading
+from gateway.points.record import pack
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+MIB = 1 << 20
+
+
+def rec(device: str, ts: int, value: float, room: str = "a") -> tuple[str, bytes]:
+    tags = (("device", device), ("room", room))
+    return device, pack(Reading(device, "m", tags, (("v", value),), ts))
+
+
+def values(buffer: Buffer, device: str) -> dict[str, tuple[float, int, bool]]:
+    return {
+        latest.tags["room"]: (latest.fields["v"], latest.ts_ns, latest.buffered)
+        for latest in buffer.latest_of(device)
+    }
+
+
+def test_newest_by_timestamp_per_series_not_the_last_to_arrive(tmp_path: Path) -> None:
+    with Buffer(tmp_path, 16 * MIB) as buffer:
+        buffer.append([rec("d1", 10, 1.0), rec("d1", 30, 3.0), rec("d1", 20, 2.0)])
+        buffer.append([rec("d1", 25, 2.5), rec("d1", 5, 0.5, room="b")])
+        assert values(buffer, "d1") == {"a": (3.0, 30, True), "b": (0.5, 5, True)}
+        assert values(buffer, "d2") == {}
+        assert set(buffer.latest_devices()) == {"d1"}
+
+
+def test_a_value_is_delivered_once_its_reading_left_the_buffer(tmp_path: Path) -> None:
+    with Buffer(tmp_path, 16 * MIB) as buffer:
+        buffer.append([rec("d1", 10, 1.0), rec("d1", 20, 2.0)])
+        (span,) = buffer.read([("d1", 1)])
+        buffer.delete([("d1", span.first_seq, 1)])
+        assert values(buffer, "d1") == {"a": (2.0, 20, True)}
+        (span,) = buffer.read([("d1", 1)])
+        buffer.delete([("d1", span.first_seq, 1)])
+        assert values(buffer, "d1") == {"a": (2.0, 20, False)}
+        buffer.append([rec("d1", 15, 1.5)])  # older than the delivered one: not the latest
+        assert values(buffer, "d1") == {"a": (2.0, 20, False)}
+
+
+def test_the_least_recently_updated_series_is_evicted_past_the_bound(tmp_path: Path) -> None:
+    with Buffer(tmp_path, 16 * MIB, latest_series=3) as buffer:
+        buffer.append([rec("d1", 1, 1.0), rec("d2", 1, 1.0), rec("d3", 1, 1.0)])
+        buffer.append([rec("d1", 2, 2.0)])  # d1 is now the most recent
+        buffer.append([rec("d4", 1, 1.0)])
+        assert set(buffer.latest_devices()) == {"d1", "d3", "d4"}
+        buffer.append([rec(f"x{i}", 1, 1.0) for i in range(10)])
+        assert set(buffer.latest_devices()) == {"x7", "x8", "x9"}
+
+
+def test_values_from_the_database_are_kept_and_survive_a_restart(tmp_path: Path) -> None:
+    with Buffer(tmp_path, 16 * MIB) as buffer:
+        buffer.remember("d9", [b'm,device=d9,room=z v=4.5,ok=true,s="x y" 1700000000000000000'])
+    with Buffer(tmp_path, 16 * MIB, readonly=True) as buffer:
+        (latest,) = buffer.latest_of("d9")
+        assert latest.fields == {"v": 4.5, "ok": True, "s": "x y"}
+        assert (latest.ts_ns, latest.buffered, latest.from_database) == (
+            1700000000000000000,
+            False,
+            True,
+        )
+
+
+def test_no_table_is_kept_when_turned_off(tmp_path: Path) -> None:
+    with Buffer(tmp_path, 16 * MIB, latest_series=0) as buffer:
+        buffer.append([rec("d1", 10, 1.0)])
+        assert buffer.latest is None
+        assert buffer.latest_of("d1") == []
+        assert buffer.totals().readings == 1

@@ -1,0 +1,257 @@
+"""Configuration: the contract file loads, mistakes are named, secrets stay secret."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway import cli
+from gateway.buffer.core.admission import Lane, Policy, rules_of
+from gateway.config import loader as config
+from gateway.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parents[3] / "config"
+MINIMAL = (CONFIG_DIR / "minimal.toml").read_text()
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text), environ or {})
+    return info.value.problems
+
+
+EXAMPLES = [*CONFIG_DIR.glob("*.toml"), *(CONFIG_DIR.parent / "deploy").glob("**/*.toml")]
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES), ids=lambda p: p.name)
+def test_every_example_config_loads(path: Path) -> None:
+    """Each file in config/ and deploy/ is a valid configuration."""
+    assert config.load(path, {}).mqtt.subscriptions
+
+
+def test_minimal_contract_file_loads_with_defaults(tmp_path: Path) -> None:
+    """The minimal file of the contract loads and takes the documented defaults."""
+    settings = config.load(write(tmp_path, MINIMAL), {})
+    assert settings.influx.api == "v1"
+    assert settings.influx.database == "telemetry"
+    assert settings.buffer.capacity == 1 << 30
+    assert settings.buffer.sync == "commit"
+    assert settings.mqtt.persistent_session is True
+    assert settings.metrics.host_port == ("127.0.0.1", 9108)
+    assert settings.mqtt.subscriptions[0].template.mqtt_filter == "sensors/+/+"
+
+
+def test_misspelt_key_is_named(tmp_path: Path) -> None:
+    """An unknown key is an error naming its full path."""
+    assert problems(tmp_path, MINIMAL.replace("capacity =", "capacty =")) == [
+        "buffer.capacty: unknown key"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("qos = 1", "qos = 3"), "mqtt.subscriptions.0.qos: Input should be 0, 1 or 2"),
+        (
+            ('topic = "sensors/{device}/{measurement}"', 'topic = "sensors/+/{measurement}"'),
+            "mqtt.subscriptions.0.topic: level '+': use a named placeholder",
+        ),
+        (
+            ('topic = "sensors/{device}/{measurement}"', 'topic = "sensors/{measurement}"'),
+            "mqtt.subscriptions.0.topic: topic template needs a {device} level",
+        ),
+        (('database = "telemetry"', ""), "influx: api 'v1' needs database"),
+        (('capacity = "1GiB"', 'capacity = "lots"'), "buffer.capacity: could not parse value"),
+        (('listen = "127.0.0.1:9108"', 'listen = "9108"'), "metrics.listen: must be HOST:PORT"),
+        (("port = 1883", "port = 0"), "mqtt.port: Input should be greater than or equal to 1"),
+        (
+            ('url = "http://127.0.0.1:8086"', 'url = "127.0.0.1:8086"'),
+            "influx.url: must start with http:// or https://",
+        ),
+    ],
+)
+def test_invalid_values_are_named(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    """Each bad value yields one problem that starts with its key path."""
+    found = problems(tmp_path, MINIMAL.replace(*change))
+    assert len(found) == 1
+    assert found[0].startswith(expected), found
+
+
+def test_missing_section_is_named(tmp_path: Path) -> None:
+    """A missing required section is named."""
+    text = MINIMAL.split("[buffer]")[0] + "[influx]\n" + MINIMAL.split("[influx]")[1]
+    assert problems(tmp_path, text) == ["buffer: required key is missing"]
+
+
+def test_not_toml_is_reported(tmp_path: Path) -> None:
+    """A syntax error is reported with the file name, not a traceback."""
+    (found,) = problems(tmp_path, "[mqtt\n")
+    assert "not valid TOML" in found
+
+
+def test_environment_overrides_any_key(tmp_path: Path) -> None:
+    """GATEWAY__SECTION__KEY overrides, with TOML typing and list indexes."""
+    settings = config.load(
+        write(tmp_path, MINIMAL),
+        {
+            "GATEWAY__MQTT__PORT": "1884",
+            "GATEWAY__MQTT__SUBSCRIPTIONS__0__QOS": "0",
+            "GATEWAY__FLUSH__LINGER_S": "2.5",
+            "GATEWAY__INFLUX__DATABASE": "other",
+            "UNRELATED": "x",
+        },
+    )
+    assert settings.mqtt.port == 1884
+    assert settings.mqtt.subscriptions[0].qos == 0
+    assert settings.flush.linger_s == 2.5
+    assert settings.influx.database == "other"
+
+
+def test_environment_typo_is_named(tmp_path: Path) -> None:
+    """A misspelt override fails like a misspelt key."""
+    assert problems(tmp_path, MINIMAL, {"GATEWAY__MQTT__HOTS": "x"}) == ["mqtt.hots: unknown key"]
+
+
+def test_secret_inline_in_file_is_refused(tmp_path: Path) -> None:
+    """A password written in the file is refused with the ways to give it."""
+    (found,) = problems(
+        tmp_path,
+        MINIMAL.replace('client_id = "gateway-1"', 'client_id = "gateway-1"\npassword = "hunter2"'),
+    )
+    assert found.startswith("mqtt.password: secrets may not be written in the config file")
+    assert "hunter2" not in found
+
+
+def test_secrets_from_file_and_environment_are_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Secrets load from a file or the environment and check-config never prints them."""
+    (tmp_path / "pw").write_text("file-secret-1\n")
+    text = MINIMAL.replace(
+        'client_id = "gateway-1"',
+        f'client_id = "gateway-1"\nusername = "gw"\npassword_file = "{tmp_path / "pw"}"',
+    )
+    path = write(tmp_path, text)
+    settings = config.load(path, {})
+    assert settings.mqtt.password is not None
+    assert settings.mqtt.password.get_secret_value() == "file-secret-1"
+    assert "file-secret-1" not in repr(settings)
+
+    monkey = pytest.MonkeyPatch()
+    monkey.setenv("GATEWAY__INFLUX__PASSWORD", "env-secret-2")
+    try:
+        assert cli.main(["check-config", str(path)]) == 0
+    finally:
+        monkey.undo()
+    out = capsys.readouterr().out
+    shown = json.loads(out)
+    assert shown["mqtt"]["password"] == "**********"
+    assert shown["influx"]["password"] == "**********"
+    assert "file-secret-1" not in out
+    assert "env-secret-2" not in out
+
+
+def test_unreadable_secret_file_is_named(tmp_path: Path) -> None:
+    """A secret file that cannot be read is an error naming its key."""
+    text = MINIMAL.replace(
+        'database = "telemetry"', 'database = "telemetry"\npassword_file = "/nonexistent/pw"'
+    )
+    (found,) = problems(tmp_path, text)
+    assert found.startswith("influx.password_file: cannot read /nonexistent/pw")
+
+
+def test_check_config_exits_2_and_names_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config prints each problem and exits 2."""
+    path = write(tmp_path, MINIMAL.replace("host =", "hots ="))
+    assert cli.main(["check-config", str(path)]) == cli.EXIT_CONFIG
+    assert "mqtt.hots: unknown key" in capsys.readouterr().err
+
+
+def test_v2_needs_bucket_and_refuses_v1_keys(tmp_path: Path) -> None:
+    """api v2 takes org/bucket, and says so when given v1's database."""
+    text = MINIMAL.replace('api = "v1"', 'api = "v2"')
+    assert problems(tmp_path, text) == ["influx: api 'v2' needs bucket"]
+    text = text.replace('database = "telemetry"', 'bucket = "b"\ndatabase = "x"')
+    assert problems(tmp_path, text) == ["influx: database only apply to api 'v1'"]
+
+
+def test_measurement_source_is_checked(tmp_path: Path) -> None:
+    """A subscription needs exactly one source of measurement."""
+    text = MINIMAL.replace('format = "json"', 'format = "json"\nmeasurement = "m"')
+    (found,) = problems(tmp_path, text)
+    assert found.startswith("mqtt.subscriptions.0: measurement is given twice")
+
+
+def test_admission_lanes_follow_subscriptions_and_the_global_policy(tmp_path: Path) -> None:
+    """Each device class becomes a lane; a subscription without a policy takes [buffer]'s."""
+    text = MINIMAL.replace('capacity = "1GiB"', 'capacity = "1GiB"\npolicy = "shed"') + (
+        '\n[[mqtt.subscriptions]]\ntopic = "alarms/{device}"\nmeasurement = "alarm"\n'
+        'device_class = "alarm"\npriority = 9\ncritical = true\n'
+    )
+    settings = config.load(write(tmp_path, text), {})
+    rules = rules_of(settings, 1000)
+    assert rules.lane("alarm") == Lane("alarm", Policy.SHED, priority=9, critical=True)
+    assert rules.lane("default") == Lane("default", Policy.SHED)
+    assert rules.lane("gone-from-the-config") == Lane(policy=Policy.SHED)
+
+
+def test_subscriptions_of_one_class_must_agree(tmp_path: Path) -> None:
+    """Two subscriptions in one device class with different priorities are one named error."""
+    text = MINIMAL + '\n[[mqtt.subscriptions]]\ntopic = "alarms/{device}"\nmeasurement = "a"\n'
+    text += "priority = 9\n"
+    found = problems(tmp_path, text)
+    assert len(found) == 1
+    assert found[0].startswith("mqtt: subscriptions.1.priority: device_class 'default' has"), found
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("policy", '"drop_newest"', "buffer.policy: Input should be 'reject', 'drop_oldest'"),
+        ("device_share", "0", "buffer.device_share: Input should be greater than 0"),
+        ("max_devices", "0", "buffer.max_devices: Input should be greater than or equal to 1"),
+    ],
+)
+def test_admission_settings_are_checked(
+    tmp_path: Path, key: str, value: str, expected: str
+) -> None:
+    found = problems(tmp_path, MINIMAL.replace('capacity = "1GiB"', f"{key} = {value}"))
+    assert len(found) == 1
+    assert found[0].startswith(expected), found
+
+
+def test_tls_settings_name_missing_files_and_lone_certificates(tmp_path: Path) -> None:
+    cert = tmp_path / "gateway.pem"
+    cert.write_text("not checked here")
+
+    def with_tls(table: str) -> list[str]:
+        return problems(tmp_path, MINIMAL.replace("[buffer]", f"[mqtt.tls]\n{table}\n[buffer]"))
+
+    assert with_tls(f'ca_file = "{tmp_path}/missing.pem"') == [
+        "mqtt.tls.ca_file: Path does not point to a file"
+    ]
+    assert with_tls(f'cert_file = "{cert}"') == ["mqtt.tls: cert_file and key_file go together"]
+
+
+def test_metrics_token_is_a_secret(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret-metrics\n")
+    text = MINIMAL.replace(
+        'listen = "127.0.0.1:9108"', f'listen = "127.0.0.1:9108"\ntoken_file = "{token}"'
+    )
+    settings = config.load(write(tmp_path, text), {})
+    assert settings.metrics.token is not None
+    assert settings.metrics.token.get_secret_value() == "s3cret-metrics"
+    assert "s3cret-metrics" not in json.dumps(config.redacted(settings))
+    in_file = MINIMAL.replace('listen = "127.0.0.1:9108"', 'listen = "127.0.0.1:9108"\ntoken = "x"')
+    assert problems(tmp_path, in_file)[0].startswith("metrics.token: secrets may not be written")
