@@ -19,7 +19,11 @@ messages (the poison is among the first: the batch being committed is the oldest
 part of the stream). It costs one small fsynced file write per message, only after a crash.
 
 File format: JSON `{"clean": bool, "suspect": {"digest": sha256 hex, "deaths": n} | null}`,
-replaced atomically (temporary file, fsync, rename, fsync of the directory).
+padded with spaces to `RECORD_BYTES`. At start and at a clean stop it is replaced atomically
+(temporary file, fsync, rename, fsync of the directory); in careful mode each record is written
+in place at offset 0 and fdatasync'd, one sync per message instead of three. A record that small
+lies within one disk sector, which storage writes whole; a torn one would not parse, and an
+unreadable file errs on the careful side (an unclean stop, no suspect).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "breaker.json"
 # Deaths while a message was in flight, the last with it taken alone, that make it poison.
 POISON_DEATHS = 2
+# Every record is padded to this size, so that one written in place replaces the last whole.
+RECORD_BYTES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +93,9 @@ def parse(text: str) -> BreakerState:
 
 
 def render(state: BreakerState) -> str:
-    """The file's text for `state`."""
+    """The file's text for `state`, padded to `RECORD_BYTES`."""
     suspect = state.suspect
-    return json.dumps(
+    text = json.dumps(
         {
             "clean": state.clean,
             "suspect": None
@@ -97,6 +103,7 @@ def render(state: BreakerState) -> str:
             else {"digest": suspect.digest, "deaths": suspect.deaths},
         }
     )
+    return text.ljust(RECORD_BYTES)
 
 
 class Breaker:
@@ -133,7 +140,7 @@ class Breaker:
         if suspect is None:
             return False
         self._careful_left -= 1
-        self._write(BreakerState(clean=False, suspect=suspect))
+        self._write_in_place(BreakerState(clean=False, suspect=suspect))
         return True
 
     def end_careful_if(self, *, redelivered: bool) -> bool:
@@ -152,6 +159,17 @@ class Breaker:
     def stopped_cleanly(self) -> None:
         """The run ends with everything it took committed and acknowledged."""
         self._write(BreakerState(clean=True))
+
+    def _write_in_place(self, state: BreakerState) -> None:
+        try:
+            descriptor = os.open(self._path, os.O_WRONLY)
+            try:
+                os.pwrite(descriptor, render(state).encode(), 0)
+                os.fdatasync(descriptor)
+            finally:
+                os.close(descriptor)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self._path}: {exc}") from exc
 
     def _write(self, state: BreakerState) -> None:
         temporary = self._path.with_suffix(".tmp")

@@ -19,7 +19,17 @@ from gateway.buffer.store import Buffer
 from gateway.config.mqtt import MqttSettings, Subscription
 from gateway.config.sections import LimitSettings
 from gateway.errors import ConfigError
-from gateway.ingest.breaker import STATE_FILE, Breaker, Suspect, fingerprint, judge
+from gateway.ingest.breaker import (
+    RECORD_BYTES,
+    STATE_FILE,
+    Breaker,
+    BreakerState,
+    Suspect,
+    fingerprint,
+    judge,
+    parse,
+    render,
+)
 from gateway.ingest.core.decode import Decoder
 from gateway.ingest.faults import ENV, InjectedFault, from_environment
 from gateway.ingest.intake import Ingest
@@ -226,3 +236,12 @@ def test_the_fault_hook_is_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch)
     hook(b"harmless")
     with pytest.raises(InjectedFault):
         hook(b"a trip wire")
+
+
+def test_every_record_has_the_same_size_so_one_written_in_place_replaces_the_last() -> None:
+    """The longest record fits the padded size; any record parses back to itself."""
+    longest = BreakerState(clean=False, suspect=Suspect("f" * 64, 10**9))
+    for state in (BreakerState(), longest):
+        text = render(state)
+        assert len(text.encode()) == RECORD_BYTES
+        assert parse(text) == state
