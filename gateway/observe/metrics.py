@@ -7,7 +7,7 @@ identities exactly (see gateway/observe/accounting.py).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,13 +29,28 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-    from gateway.buffer.core.ledger import Totals
 
 # `*_created` series double the exposition and no dashboard or alert uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 WRITE_RESULTS = ("ok", "retry", "rejected", "auth")
 PAUSE_CAUSES = ("watermark", "disk_full")
+
+
+class BufferTotals(Protocol):
+    """What the metrics read of the buffer's totals (the buffer's `Totals` has them)."""
+
+    @property
+    def readings(self) -> int:
+        """Buffered readings."""
+
+    @property
+    def nbytes(self) -> int:
+        """Their bytes."""
+
+    @property
+    def devices(self) -> int:
+        """Devices with buffered readings."""
 
 
 class Metrics:
@@ -153,7 +168,7 @@ class Metrics:
         for cause in PAUSE_CAUSES:
             self.intake_pauses.labels(cause)
 
-    def observe_buffer(self, totals: Totals) -> None:
+    def observe_buffer(self, totals: BufferTotals) -> None:
         """Update the buffer gauges from its accounting."""
         self.buffer_bytes.set(totals.nbytes)
         self.buffer_devices.set(totals.devices)
