@@ -279,6 +279,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     bench.add_argument("--rate", type=float, default=0, help="ingest: readings/s, 0 for max")
     bench.add_argument("--publishers", type=int, default=2, help="publisher processes")
     bench.add_argument(
+        "--devices", type=int, help="ingest, end-to-end: devices the load spreads over (50)"
+    )
+    bench.add_argument(
         "--per-message", type=int, default=100, help="payload-batches: readings per message"
     )
     bench.add_argument(

@@ -18,6 +18,7 @@ import statistics
 from typing import TYPE_CHECKING, Any
 
 from gateway.tools import scenarios
+from gateway.tools.scenarios import BENCH_DEVICES
 
 if TYPE_CHECKING:
     import argparse
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 def run(args: argparse.Namespace) -> int:
     """Run the scenarios of `gateway bench`, print a table of medians, optionally write JSON."""
     scenarios = args.scenario or ["append", "ingest"]
+    args.devices = args.devices or BENCH_DEVICES
     figures: dict[str, Any] = {}
     if "append" in scenarios:
         _run_append(args.runs, figures)
@@ -56,9 +58,16 @@ def _run_append(runs: int, figures: dict[str, Any]) -> None:
 def _run_ingest(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     for workers in args.workers or [1]:
         label = f"ingest sync={args.sync} rate={f'{args.rate:.0f}/s' if args.rate else 'max'}"
+        if args.devices != BENCH_DEVICES:
+            label += f" devices={args.devices}"
         results = [
             scenarios.bench_ingest(
-                args.count, args.rate, args.publishers, args.sync, workers=workers
+                args.count,
+                args.rate,
+                args.publishers,
+                args.sync,
+                workers=workers,
+                devices=args.devices,
             )
             for _ in range(args.runs)
         ]
@@ -84,8 +93,12 @@ def _run_payload_batches(args: argparse.Namespace, figures: dict[str, Any]) -> N
 def _run_end_to_end(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     for workers in args.workers or [1]:
         label = f"end-to-end {args.rate:.0f}/s for {args.duration:.0f} s workers={workers}"
+        if args.devices != BENCH_DEVICES:
+            label += f" devices={args.devices}"
         results = [
-            scenarios.bench_end_to_end(args.rate, args.duration, args.publishers, workers)
+            scenarios.bench_end_to_end(
+                args.rate, args.duration, args.publishers, workers, devices=args.devices
+            )
             for _ in range(args.runs)
         ]
         _collect(figures, label, results)

@@ -17,6 +17,9 @@ from gateway.tools import servers
 from gateway.tools.demo import scrape, write_config
 
 POLL_S = 0.05
+# The buffer's disk budget in the benchmark: large, so that no scenario meets it by accident.
+CAPACITY_BYTES = 8 << 30
+GIB = 1 << 30
 
 
 class Gateway:
@@ -36,13 +39,14 @@ class Gateway:
         metrics_port = servers.free_port()
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         config = work / "gateway.toml"
+        self.buffer_dir = work / "buffer"
         write_config(
             config,
             broker_port,
             database_url or f"http://127.0.0.1:{servers.free_port()}",
             work / "buffer",
             metrics_port,
-            capacity="8GiB",
+            capacity=f"{CAPACITY_BYTES}B",
             sync=sync,
             log_level="warning",
             api=api,
@@ -78,6 +82,35 @@ class Gateway:
         """Resident memory of its processes (`VmHWM`: their peaks)."""
         return sum(rss_mib(pid, key) for pid in self._pids())
 
+    def write_bytes(self) -> int:
+        """Bytes its processes caused to be written to storage so far (/proc/<pid>/io)."""
+        return sum(write_bytes(pid) for pid in self._pids())
+
+    def data_file_bytes(self) -> int:
+        """Size of the buffer's LMDB data files (one per worker environment)."""
+        return sum(f.stat().st_size for f in self.buffer_dir.rglob("data.mdb"))
+
+    def disk_figures(self, written_before: int, readings: float) -> dict[str, float]:
+        """What the buffer cost the disk: written per reading, file size, readings per GiB.
+
+        `written_before`: `write_bytes()` when the measured readings started; `readings`: how
+        many arrived since.
+        """
+        metrics = scrape(self.metrics_url)
+        buffered = metrics.get("gateway_buffer_readings", 0.0)
+        accounted = metrics.get("gateway_buffer_bytes", 0.0)
+        budget = metrics.get("gateway_buffer_budget_bytes", 0.0)
+        file_bytes = self.data_file_bytes()
+        return {
+            "written_bytes_per_reading": (self.write_bytes() - written_before) / max(readings, 1),
+            "file_bytes_per_buffered_reading": file_bytes / buffered if buffered else 0.0,
+            # How many readings the budget holds at this size per reading, per GiB of capacity:
+            # what a full buffer keeps when the database is away.
+            "readings_per_gib_capacity": (
+                budget / (accounted / buffered) / (CAPACITY_BYTES / GIB) if accounted else 0.0
+            ),
+        }
+
     def stop(self) -> None:
         """SIGTERM, and SIGKILL after 30 s."""
         self.process.terminate()
@@ -93,6 +126,17 @@ def rss_mib(pid: int, key: str = "VmRSS") -> float:
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def write_bytes(pid: int) -> int:
+    """Bytes one process caused to be written to storage (0 where /proc does not say)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def cpu_s(pid: int) -> float:

@@ -103,6 +103,7 @@ def bench_ingest(
     rss_every: int = 0,
     per_message: int = 1,
     workers: int = 1,
+    devices: int = BENCH_DEVICES,
 ) -> dict[str, Any]:
     """Publish `count` QoS 1 readings (`per_message` per message) into a gateway; its figures."""
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
@@ -111,9 +112,10 @@ def bench_ingest(
         gateway = None
         try:
             gateway = Gateway(work, broker.port, sync, workers=workers)
-            jobs = _loads(broker.port, count, rate, publishers, per_message)
+            jobs = _loads(broker.port, count, rate, publishers, per_message, devices=devices)
             cpu0, started = gateway.cpu_s(), time.perf_counter()
             broker_cpu0, box0 = cpu_s(broker.process.pid), box_cpu_s()
+            written0 = gateway.write_bytes()
             # Anonymous memory is the process's own; file-backed is LMDB's map of its data file,
             # clean page cache the kernel reclaims under pressure.
             rss: list[tuple[int, float, float]] = []
@@ -152,6 +154,7 @@ def bench_ingest(
                 "gateway_cpu_us_per_reading": (gateway.cpu_s() - cpu0) / accepted * 1e6,
                 "gateway_peak_rss_mib": gateway.rss_mib("VmHWM"),
                 "gateway_anon_rss_mib": gateway.rss_mib("RssAnon"),
+                **gateway.disk_figures(written0, accepted),
                 "rss_mib_by_backlog": rss,
             }
         finally:
@@ -161,10 +164,17 @@ def bench_ingest(
 
 
 def _loads(
-    port: int, count: int, rate: float, publishers: int, per_message: int = 1
+    port: int,
+    count: int,
+    rate: float,
+    publishers: int,
+    per_message: int = 1,
+    *,
+    devices: int = BENCH_DEVICES,
 ) -> list[loadgen.Load]:
-    """`count` readings at `rate` from BENCH_DEVICES devices, split over `publishers`."""
-    devices = BENCH_DEVICES // publishers
+    """`count` readings at `rate` from `devices` devices, split over `publishers`."""
+    publishers = min(publishers, devices)
+    devices //= publishers
     return [
         loadgen.Load(
             "127.0.0.1",
@@ -180,7 +190,7 @@ def _loads(
 
 
 def bench_end_to_end(
-    rate: float, duration_s: float, publishers: int, workers: int = 1
+    rate: float, duration_s: float, publishers: int, workers: int = 1, devices: int = BENCH_DEVICES
 ) -> dict[str, Any]:
     """Steady load at `rate` for `duration_s` into a local influxd: lag, backlog, CPU, RSS."""
     count = int(rate * duration_s)
@@ -192,8 +202,9 @@ def bench_end_to_end(
         gateway = None
         try:
             gateway = Gateway(work, broker.port, "commit", database_url=db.url, workers=workers)
-            jobs = _loads(broker.port, count, rate, publishers)
+            jobs = _loads(broker.port, count, rate, publishers, devices=devices)
             cpu0, db_cpu0 = gateway.cpu_s(), cpu_s(db.process.pid)
+            written0 = gateway.write_bytes()
             started = time.perf_counter()
             lags, backlogs, sizes = [], [], []
             with multiprocessing.get_context("fork").Pool(publishers) as pool:
@@ -221,6 +232,7 @@ def bench_end_to_end(
                 "gateway_peak_rss_mib": gateway.rss_mib("VmHWM"),
                 "database_cpu_percent": (cpu_s(db.process.pid) - db_cpu0) / elapsed * 100,
                 "database_rss_mib": rss_mib(db.process.pid),
+                "written_bytes_per_reading": (gateway.write_bytes() - written0) / delivered,
             }
         finally:
             if gateway is not None:
@@ -296,6 +308,8 @@ def bench_drain(database: str, readings: int, devices: int) -> dict[str, Any]:
                 "gateway_cpu_percent": gateway.cpu_s() / elapsed * 100,
                 "gateway_cpu_us_per_point": gateway.cpu_s() / readings * 1e6,
                 "database_cpu_percent": (cpu_s(db.process.pid) - db_cpu0) / elapsed * 100,
+                # Deleting what landed writes too; the gateway wrote nothing before the drain.
+                "written_bytes_per_reading": gateway.write_bytes() / readings,
             }
         finally:
             if gateway is not None:
