@@ -17,7 +17,7 @@ import json
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from gateway.tools import scenarios
+from gateway.tools import calibration, scenarios
 from gateway.tools.scenarios import BENCH_DEVICES
 
 if TYPE_CHECKING:
@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the scenarios of `gateway bench`, print a table of medians, optionally write JSON."""
     scenarios = args.scenario or ["append", "ingest"]
     args.devices = args.devices or BENCH_DEVICES
-    figures: dict[str, Any] = {}
+    host = calibration.calibrate()
+    print(calibration.render(host), flush=True)
+    figures: dict[str, Any] = {"calibration": host}
     if "append" in scenarios:
         _run_append(args.runs, figures)
     if "ingest" in scenarios:
