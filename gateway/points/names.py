@@ -95,6 +95,8 @@ class Names:
 
         `tag_keys` are the reading's tag keys, when the caller knows them already; strings
         longer than `max_string_len` are refused (in this loop: it runs for every reading).
+        Repeated field keys are refused where they can arise, in line parsing and in renaming:
+        JSON objects cannot repeat a key, and a set per reading here would cost every format.
 
         Raises:
             DecodeError: naming the offending field.

@@ -26,22 +26,22 @@ if TYPE_CHECKING:
 
 def run(args: argparse.Namespace) -> int:
     """Run the scenarios of `gateway bench`, print a table of medians, optionally write JSON."""
-    scenarios = args.scenario or ["append", "ingest"]
+    chosen = args.scenario or ["append", "ingest"]
     args.devices = args.devices or BENCH_DEVICES
     host = calibration.calibrate()
     print(calibration.render(host), flush=True)
     figures: dict[str, Any] = {"calibration": host}
-    if "append" in scenarios:
+    if "append" in chosen:
         _run_append(args.runs, figures)
-    if "ingest" in scenarios:
+    if "ingest" in chosen:
         _run_ingest(args, figures)
-    if "payload-batches" in scenarios:
+    if "payload-batches" in chosen:
         _run_payload_batches(args, figures)
-    if "end-to-end" in scenarios:
+    if "end-to-end" in chosen:
         _run_end_to_end(args, figures)
-    if "backlog" in scenarios:
+    if "backlog" in chosen:
         _run_backlog(args, figures)
-    if "drain" in scenarios:
+    if "drain" in chosen:
         _run_drain(args, figures)
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
@@ -59,9 +59,8 @@ def _run_append(runs: int, figures: dict[str, Any]) -> None:
 
 def _run_ingest(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     for workers in args.workers or [1]:
-        label = f"ingest sync={args.sync} rate={f'{args.rate:.0f}/s' if args.rate else 'max'}"
-        if args.devices != BENCH_DEVICES:
-            label += f" devices={args.devices}"
+        rate = f"{args.rate:.0f}/s" if args.rate else "max"
+        label = f"ingest sync={args.sync} rate={rate}{_devices(args)}"
         results = [
             scenarios.bench_ingest(
                 args.count,
@@ -94,9 +93,8 @@ def _run_payload_batches(args: argparse.Namespace, figures: dict[str, Any]) -> N
 
 def _run_end_to_end(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     for workers in args.workers or [1]:
-        label = f"end-to-end {args.rate:.0f}/s for {args.duration:.0f} s workers={workers}"
-        if args.devices != BENCH_DEVICES:
-            label += f" devices={args.devices}"
+        label = f"end-to-end {args.rate:.0f}/s for {args.duration:.0f} s{_devices(args)}"
+        label += f" workers={workers}"
         results = [
             scenarios.bench_end_to_end(
                 args.rate, args.duration, args.publishers, workers, devices=args.devices
@@ -104,6 +102,11 @@ def _run_end_to_end(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             for _ in range(args.runs)
         ]
         _collect(figures, label, results)
+
+
+def _devices(args: argparse.Namespace) -> str:
+    """The device count in a figure's label, when it is not the default one."""
+    return f" devices={args.devices}" if args.devices != BENCH_DEVICES else ""
 
 
 def _collect(figures: dict[str, Any], label: str, results: list[dict[str, Any]]) -> None:

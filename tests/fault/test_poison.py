@@ -8,6 +8,7 @@ handler sees (SIGKILL, as a segfault or the out-of-memory killer would be).
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.fault
 
 START_MS = 1_700_000_000_000
+# Enough of the 2,000 readings waiting in the stopped gateway's socket; a PUBLISH of one is at
+# most this long, so at least IN_FLIGHT_BYTES / MESSAGE_BYTES_MAX messages were in flight.
+IN_FLIGHT_BYTES = 40_000
+MESSAGE_BYTES_MAX = 100
 
 
 def good(run_id: str, n: int) -> tuple[str, bytes]:
@@ -78,18 +83,45 @@ def test_a_message_that_kills_the_gateway_twice_is_set_aside_and_the_box_resumes
     assert influx.count() == 100
 
 
-def test_a_kill_9_without_poison_costs_no_reading_in_careful_mode(
+def unread_bytes(pid: int, broker_port: int) -> int:
+    """Bytes waiting in the receive queue of `pid`'s connection to the broker (ss's Recv-Q)."""
+    listed = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( dport = :{broker_port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for line in listed.splitlines():
+        if f"pid={pid}," in line:
+            return int(line.split()[0])
+    return 0
+
+
+def test_messages_in_flight_at_a_kill_9_are_taken_one_by_one_and_none_refused(
     gateway: Callable[..., GatewayProcess], mosquitto: Endpoint, influx: InfluxV1, run_id: str
 ) -> None:
-    """After an ordinary kill -9, the redelivered messages are taken one by one, none refused."""
-    gw = gateway(influx.config, buffer='capacity = "64MiB"\ncommit_window_ms = 200')
-    messages = [good(run_id, n) for n in range(2000)]
-    publish_messages(mosquitto.port, messages)
-    wait_for(lambda: gw.metrics()["gateway_mqtt_messages_total"] > 0, 30, "intake under way")
+    """After an ordinary kill -9, the redelivered messages are taken alone; all land, none poison.
+
+    The gateway is stopped (SIGSTOP) while the readings are published, so the broker has them in
+    flight to it, and killed once they wait in its socket.
+    """
+    gw = gateway(influx.config)
+    assert gw.process is not None
+    pid = gw.process.pid
+    gw.process.send_signal(signal.SIGSTOP)
+    publish_messages(mosquitto.port, [good(run_id, n) for n in range(2000)])
+    wait_for(
+        lambda: unread_bytes(pid, mosquitto.port) > IN_FLIGHT_BYTES,
+        30,
+        "the broker to deliver to the stopped gateway",
+    )
     gw.kill()
     gw.start()
     wait_for(lambda: landed(influx) == set(range(2000)), 90, "all 2,000 readings")
     assert "taking the messages the broker delivers again one at a time" in gw.log()
+    # A group commit holds many messages; each message taken alone is a commit of its own.
+    commits = gw.metrics()["gateway_commit_readings_count"]
+    assert commits >= IN_FLIGHT_BYTES / MESSAGE_BYTES_MAX
     assert count(gw, "gateway_poison_messages") == 0
     assert gw.stop() == 0
 
