@@ -28,6 +28,7 @@ unreadable file errs on the careful side (an unclean stop, no suspect).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gateway.errors import StorageError
+from gateway.errors import CapacityError, StorageError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -127,7 +128,9 @@ class Breaker:
         self._careful_left = careful_max
         # The previous suspect stays in memory only: a death before it is taken again must not
         # count against it.
-        self._write(BreakerState(clean=False))
+        self._write_or_warn(
+            BreakerState(clean=False), "a crash now would go unnoticed at the next start"
+        )
         if self.careful:
             logger.warning(
                 "the last run did not stop cleanly: taking the messages the broker delivers "
@@ -135,7 +138,12 @@ class Breaker:
             )
 
     def take_alone(self, topic: str, payload: bytes) -> bool:
-        """Before a redelivered message is taken alone: record it; False when it is poison."""
+        """Before a redelivered message is taken alone: record it; False when it is poison.
+
+        Raises:
+            CapacityError: the disk is full; intake pauses until it is not.
+            StorageError: the record could not be written for another reason.
+        """
         suspect = judge(self._previous, fingerprint(topic, payload))
         if suspect is None:
             return False
@@ -152,13 +160,20 @@ class Breaker:
             return True
         self.careful = False
         self._previous = None
-        self._write(BreakerState(clean=False))
+        self._write_or_warn(BreakerState(clean=False), "a stale suspect record stays")
         logger.info("redelivered messages taken; group commits as usual again")
         return False
 
     def stopped_cleanly(self) -> None:
         """The run ends with everything it took committed and acknowledged."""
-        self._write(BreakerState(clean=True))
+        self._write_or_warn(BreakerState(clean=True), "the next start will take redeliveries alone")
+
+    def _write_or_warn(self, state: BreakerState, consequence: str) -> None:
+        """Write a state the gateway can run without: a full disk must not stop it."""
+        try:
+            self._write(state)
+        except CapacityError as exc:
+            logger.warning("%s; %s", exc, consequence)
 
     def _write_in_place(self, state: BreakerState) -> None:
         try:
@@ -169,7 +184,7 @@ class Breaker:
             finally:
                 os.close(descriptor)
         except OSError as exc:
-            raise StorageError(f"cannot write {self._path}: {exc}") from exc
+            raise _write_error(self._path, exc) from exc
 
     def _write(self, state: BreakerState) -> None:
         temporary = self._path.with_suffix(".tmp")
@@ -185,4 +200,11 @@ class Breaker:
             finally:
                 os.close(directory)
         except OSError as exc:
-            raise StorageError(f"cannot write {self._path}: {exc}") from exc
+            raise _write_error(self._path, exc) from exc
+
+
+def _write_error(path: Path, exc: OSError) -> StorageError:
+    """A full disk is capacity, handled like the buffer's; anything else is a storage failure."""
+    if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
+        return CapacityError(f"no room to write {path}: {exc.strerror}", disk_full=True)
+    return StorageError(f"cannot write {path}: {exc}")

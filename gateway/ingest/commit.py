@@ -125,7 +125,7 @@ class Committer:
         if paused is not None:
             # The messages from the one that met the watermark on were not acknowledged: the
             # broker keeps them and delivers them again after the pause.
-            raise IntakePaused(str(paused.error))
+            raise IntakePaused(str(paused.error), disk_full=paused.error.disk_full)
 
     def _admit(self, batch: list[Pending]) -> tuple[Admitted, Paused | None]:
         """Store the batch; at a pause, store the messages before the one that paused.
@@ -187,8 +187,8 @@ class Committer:
             try:
                 one = self._buffer.admit(pending.items, self.rules)
             except CapacityError as capacity:
-                if capacity.at_item is None:
-                    raise
+                # The messages before it are committed: they are counted and acknowledged, and
+                # intake pauses at this one, whether admission or the disk said no.
                 return total, Paused(index, capacity)
             except GatewayError:
                 raise

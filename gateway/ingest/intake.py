@@ -22,6 +22,7 @@ import anyio
 from gateway import backoff
 from gateway.buffer.capacity import DISK_FULL_FREE_BYTES
 from gateway.buffer.core.admission import Watermarks
+from gateway.errors import CapacityError
 from gateway.ingest.commit import Committer, IntakePaused
 from gateway.ingest.mqtt import drain_acks, end_session, make_client, next_message, take_queued
 from gateway.ingest.taking import Taker
@@ -203,7 +204,11 @@ class Ingest:
                 and breaker.careful
                 and (not first.qos or breaker.end_careful_if(redelivered=first.dup))
             ):
-                await self.committer.commit_and_ack(client, [self.taker.take_alone(first, breaker)])
+                try:
+                    alone = self.taker.take_alone(first, breaker)
+                except CapacityError as exc:
+                    raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc
+                await self.committer.commit_and_ack(client, [alone])
                 continue
             if len(messages) < self._commit_max:
                 await anyio.sleep(self._commit_window_s)

@@ -18,7 +18,7 @@ from gateway.buffer.rejects import RejectLog
 from gateway.buffer.store import Buffer
 from gateway.config.mqtt import MqttSettings, Subscription
 from gateway.config.sections import LimitSettings
-from gateway.errors import ConfigError
+from gateway.errors import CapacityError, ConfigError
 from gateway.ingest.breaker import (
     RECORD_BYTES,
     STATE_FILE,
@@ -245,3 +245,48 @@ def test_every_record_has_the_same_size_so_one_written_in_place_replaces_the_las
         text = render(state)
         assert len(text.encode()) == RECORD_BYTES
         assert parse(text) == state
+
+
+class _BugThenFullDisk(Buffer):
+    """Admission raises on the whole batch; alone, the second message finds the disk full."""
+
+    def admit(self, items: Iterable[tuple[str, bytes, Lane]], rules: Rules) -> Admitted:
+        items = list(items)
+        if len(items) > 1:
+            raise ZeroDivisionError("a bug in admission")
+        if b"full" in items[0][1]:
+            raise CapacityError("the disk holding the buffer is full", disk_full=True)
+        return super().admit(items, rules)
+
+
+def test_a_full_disk_while_admitting_one_by_one_pauses_there_and_counts_what_was_stored(
+    make_ingest: Callable[..., tuple[Ingest, Buffer, Metrics]],
+) -> None:
+    """What was committed before the full disk is counted; the pause starts at that message."""
+    ingest, buffer, metrics = make_ingest(buffer_class=_BugThenFullDisk)
+    batch = [
+        ingest.taker.take(message(1, b'{"v": 1}')),
+        ingest.taker.take(message(2, b'{"s": "full"}')),
+        ingest.taker.take(message(3, b'{"v": 3}')),
+    ]
+    admitted, paused = ingest.committer._admit(batch)
+    assert paused is not None
+    assert paused.at_message == 1
+    assert paused.error.disk_full
+    assert admitted.stored == buffer.totals().readings == 1
+    outcomes = metrics.accounting.snapshot().outcomes
+    assert outcomes["accepted"] == 1
+    assert outcomes["received"] == 1
+
+
+def test_a_full_disk_under_the_breaker_is_capacity_not_a_crash(tmp_path: Path) -> None:
+    """Careful mode on a full disk pauses intake (CapacityError) instead of stopping the box."""
+    Breaker(tmp_path, careful_max=10)  # a run that dies
+    breaker = Breaker(tmp_path, careful_max=10)
+    (tmp_path / STATE_FILE).unlink()
+    (tmp_path / STATE_FILE).symlink_to("/dev/full")  # every write: no space left on device
+    with pytest.raises(CapacityError) as raised:
+        breaker.take_alone("t", b"x")
+    assert raised.value.disk_full
+    breaker.stopped_cleanly()  # replaced by a real file: a clean stop still records itself
+    assert not Breaker(tmp_path, careful_max=10).careful
