@@ -1,7 +1,8 @@
 """Intake: the broker connection and the consume loop that forms group commits.
 
 Connects (and reconnects forever, with backoff), subscribes, waits for a message, lets the
-commit window fill the queue, and hands the batch to the committer (gateway/ingest/commit.py),
+queue fill until it holds a commit's target or the commit window is over, and hands the batch to
+the committer (gateway/ingest/commit.py),
 which stores and then acknowledges it. A message received but not committed when the connection
 or the process dies is never acknowledged, so the broker delivers it again from the persistent
 session. After an unclean stop, redelivered messages are taken one at a time (gateway/ingest/
@@ -30,7 +31,7 @@ from gateway.observe.brokerstats import BROKER_TOPICS
 from gateway.tls import describe as describe_tls_failure
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sized
 
     import paho.mqtt.client as mqtt
 
@@ -53,6 +54,8 @@ RECONNECT_INITIAL_S = 0.5
 REFUSED_CREDENTIALS = frozenset({4, 5, 134, 135})
 # How often a full disk is looked at again while intake waits for free space.
 DISK_FULL_RECHECK_S = 2.0
+# How often a filling commit window looks at the queue.
+WINDOW_POLL_S = 0.005
 
 
 class Ingest:
@@ -65,6 +68,7 @@ class Ingest:
         commit_max_readings: int,
         commit_window_s: float,
         buffer: Buffer,
+        commit_target_readings: int | None = None,
         decoder: Decoder,
         metrics: Metrics,
         on_commit: Callable[[int], None],
@@ -85,6 +89,9 @@ class Ingest:
         """
         self._settings = settings
         self._commit_max = commit_max_readings
+        self._commit_target = min(
+            commit_target_readings or commit_max_readings, commit_max_readings
+        )
         self._commit_window_s = commit_window_s
         self._buffer = buffer
         self._metrics = metrics
@@ -210,10 +217,23 @@ class Ingest:
                     raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc
                 await self.committer.commit_and_ack(client, [alone])
                 continue
-            if len(messages) < self._commit_max:
-                await anyio.sleep(self._commit_window_s)
+            await self._let_queue_fill(messages, started)
             await self.committer.commit_and_ack(client, self._take_batch(client, first))
             self._metrics.ack_delay_seconds.observe(time.monotonic() - started)
+
+    async def _let_queue_fill(self, messages: Sized, started: float) -> None:
+        """Wait until a commit's target is queued behind the first message or the window ends.
+
+        Polled: the queue has no event for its length. Every commit costs the disk the same
+        pages whatever it holds, so at a high rate the target closes commits early and at a
+        low rate the window bounds the PUBACK delay.
+        """
+        deadline = started + self._commit_window_s
+        while len(messages) + 1 < self._commit_target:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await anyio.sleep(min(left, WINDOW_POLL_S))
 
     async def _consume_until_quiet(self, client: aiomqtt.Client, quiet_s: float) -> None:
         """Commit what arrives until nothing came for `quiet_s`.

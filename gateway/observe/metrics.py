@@ -122,7 +122,23 @@ class Metrics:
             "Receipt to PUBACK of the oldest message of each group commit (an upper bound "
             "for every message of it)",
             registry=r,
-            buckets=(0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1),
+            buckets=(
+                0.001,
+                0.002,
+                0.005,
+                0.0075,
+                0.01,
+                0.015,
+                0.02,
+                0.03,
+                0.04,
+                0.05,
+                0.06,
+                0.075,
+                0.1,
+                0.25,
+                1,
+            ),
         )
         self.write_seconds = Histogram(
             "gateway_write_duration_seconds",

@@ -169,6 +169,7 @@ def _make_ingest(
     return Ingest(
         settings=settings.mqtt,
         commit_max_readings=b.commit_max_readings,
+        commit_target_readings=b.commit_target_readings,
         commit_window_s=b.commit_window_ms / 1000,
         buffer=buffer,
         decoder=Decoder(settings.mqtt.subscriptions, settings.limits),
