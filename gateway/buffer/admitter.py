@@ -21,7 +21,8 @@ from gateway.buffer.core.admission import (
     victim,
     when_no_room,
 )
-from gateway.buffer.core.ledger import KEY, Admitted, fifo_class
+from gateway.buffer.core.chunk import reading_bytes
+from gateway.buffer.core.ledger import Admitted, fifo_class
 from gateway.errors import CapacityError
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class Admitter:
             # The common case, a FIFO this transaction already appends to and room below the
             # watermark, skips the decision: it is most of the cost.
             state = touched.get(item[0])
-            size = KEY.size + len(item[1])
+            size = reading_bytes(item[1])
             if (
                 state is not None
                 and state.readings
@@ -80,7 +81,7 @@ class Admitter:
         """Decide one reading and carry the decision out; False when it is to pause intake."""
         w, admitted = self._w, self._admitted
         fifo, value, lane = item
-        size = KEY.size + len(value)
+        size = reading_bytes(value)
         state = w.state(fifo)
         lease_end, leased_bytes = self._leases.get(fifo, NO_LEASE)
         if state is None or not state.readings:

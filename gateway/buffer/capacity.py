@@ -1,33 +1,42 @@
 """The buffer's disk budget: how much of the LMDB map readings may take, and when it is full.
 
-Capacity is the LMDB map size, so the file never grows past it. Readings may take
-`READINGS_FRACTION` of it; a transaction that would leave the map nearly full of pages is
-refused (a full map refuses even deletes); an LMDB write error while the disk itself is nearly
-full is the disk filling up (another process, say), which waiting for the flusher cannot fix.
-All three are `CapacityError`: capacity, handled by the admission policy, never a crash.
+Capacity is the LMDB map size of each of the buffer's two environments, and the pages both have
+in use may reach `PAGE_GUARD_FRACTION` of it together, counting the journal twice (a seal copies
+it into the store) and the pages a checkpoint rewrites twice (LMDB copies before it frees): a
+commit that would leave more is refused (a full map refuses even the checkpoint that frees
+pages). Readings count their uncompressed
+bytes against a budget of `READINGS_FRACTION` of the capacity; they are stored compressed, so the
+budget is larger than the capacity. An LMDB write error while the disk itself is nearly full is
+the disk filling up (another process, say), which waiting for the flusher cannot fix. All three
+are `CapacityError`: capacity, handled by the admission policy, never a crash.
 """
 
 from __future__ import annotations
 
 import shutil
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lmdb
 
 from gateway.errors import CapacityError, StorageError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
-    from gateway.buffer.transaction import Tables
 
-# LMDB fills B-tree pages about half when many FIFOs append side by side, and copy-on-write needs
-# free pages besides; measured with 1 to 1,000 devices, readings taking 35 % of the map never
-# filled it (40 % did, with 1,000 devices in 16 MiB).
-READINGS_FRACTION = 0.35
+# Line protocol compresses several-fold in chunks (the simulator's readings took 2 bytes of file
+# each at 100 devices and 11 at 1,000 in `gateway bench`, against about 75 counted), so readings
+# counting 2.25 times the capacity fit in it with the guard's margin for copy-on-write, the
+# journal and chunks partly delivered. Readings that compress less meet the page guard first,
+# which pauses intake like the `reject` policy.
+READINGS_FRACTION = 2.25
 # A transaction leaving more of the map than this in use is refused: a full map would leave no
 # free page to copy into, and then not even deletes could run.
 PAGE_GUARD_FRACTION = 0.9
+# Past this fraction of the map in use, the buffer checkpoints after every change, so that the
+# pages deliveries and drops freed come back before the guard refuses a commit.
+PRESSURE_FRACTION = 0.6
 # An LMDB write error with less free disk than this is the disk filling up, handled like capacity.
 DISK_FULL_FREE_BYTES = 8 << 20
 
@@ -38,30 +47,66 @@ def readings_budget(capacity_bytes: int) -> int:
 
 
 class PageGuard:
-    """Refuses a transaction that would leave deletes no free pages to copy into."""
+    """Refuses a group commit that would leave the checkpoint no free pages to copy into."""
 
-    def __init__(self, env: lmdb.Environment, tables: Tables, capacity_bytes: int) -> None:
-        """Pages in use may reach `PAGE_GUARD_FRACTION` of the map."""
-        self._tables = tables
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        databases: Sequence[Any],
+        rewritten: Sequence[Any],
+        capacity_bytes: int,
+    ) -> None:
+        """Pages in use in both environments may reach `PAGE_GUARD_FRACTION` of the map.
+
+        `databases`: every named database of the store; `rewritten`: those a checkpoint may
+        rewrite whole (the accounting, the last values), whose pages it needs twice.
+        """
+        self._env = env
+        self._databases = tuple(databases)
+        self._rewritten = tuple(rewritten)
         self._capacity_bytes = capacity_bytes
         self._most_pages = int(env.info()["map_size"] * PAGE_GUARD_FRACTION / env.stat()["psize"])
+        self._pressure_pages = int(self._most_pages * PRESSURE_FRACTION / PAGE_GUARD_FRACTION)
+        self._store_pages = 0
+        self.pages = 0
+        self.measure_store()
 
-    def check(self, txn: lmdb.Transaction) -> None:
-        """Count the pages this transaction leaves in use.
+    @property
+    def under_pressure(self) -> bool:
+        """Whether the last commit left the map nearly as full as the guard allows."""
+        return self.pages > self._pressure_pages
+
+    def measure_store(self) -> None:
+        """Count the store's pages, with a copy of those a checkpoint may rewrite.
+
+        They change only at checkpoints. The copy is room the checkpoint needs: LMDB writes
+        each page a transaction changes to a free page and frees the old one only after it.
+        """
+        with self._env.begin() as txn:
+            in_use = sum([_pages(txn.stat(db)) for db in self._databases])
+            copied = sum([_pages(txn.stat(db)) for db in self._rewritten])
+        self._store_pages = in_use + copied
+
+    def check(self, journal_txn: lmdb.Transaction) -> None:
+        """Count the pages this journal transaction leaves in use, with the store's.
+
+        The journal's pages count twice: a seal copies its readings into the store before the
+        journal records are deleted.
 
         Raises:
             CapacityError: more than the guard allows.
         """
-        pages = 0
-        t = self._tables
-        for db in (t.data, t.devices, t.meta, t.dead):
-            stat = txn.stat(db)
-            pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        pages = self.pages = self._store_pages + 2 * _pages(journal_txn.stat())
         if pages > self._most_pages:
             raise CapacityError(
                 f"the disk budget of {self._capacity_bytes} bytes is nearly full "
                 f"({pages} pages in use)"
             )
+
+
+def _pages(stat: Mapping[str, Any]) -> int:
+    pages: int = stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+    return pages
 
 
 def translate(exc: lmdb.Error, path: Path, capacity_bytes: int) -> StorageError:

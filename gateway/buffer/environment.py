@@ -1,4 +1,10 @@
-"""Opening the buffer's LMDB environment: the directory's lock, the map, the named databases.
+"""Opening the buffer's LMDB environments: the directory's lock, the maps, the named databases.
+
+Two environments in one directory: the journal (`journal.mdb`, its one unnamed database holding a
+chunk per group commit) and the store (`data.mdb`: sealed chunks, accounting, dead letters, the
+last-value table). A group commit writes the journal alone, and an append to the right edge of
+the only B-tree of an environment dirties the fewest pages (gateway/buffer/store.py has the
+figures).
 
 One writer process per environment: the ledger mirrored in memory is only right if no other
 process writes, so a writer holds an advisory lock on `gateway.lock` while it has the buffer
@@ -8,7 +14,8 @@ open. Readers (`gateway status`, `verify-buffer`) open it read-only beside a run
 from __future__ import annotations
 
 import fcntl
-from typing import TYPE_CHECKING, TextIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
 
 import lmdb
 
@@ -25,16 +32,35 @@ LOCK_FILE = "gateway.lock"
 # LMDB's two files in the environment's directory.
 DATA_FILE = "data.mdb"
 LMDB_LOCK_FILE = "lock.mdb"
-DATABASES = (b"data", b"devices", b"meta", b"dead")
+JOURNAL_FILE = "journal.mdb"
+JOURNAL_LOCK_FILE = "journal.mdb-lock"
+# Every file of a buffer's directory, for whoever removes one.
+FILES = (DATA_FILE, LMDB_LOCK_FILE, JOURNAL_FILE, JOURNAL_LOCK_FILE, LOCK_FILE)
+DATABASES = (b"sealed", b"devices", b"meta", b"dead")
+# What `meta` says under `format`; a buffer without it was written by a version that stored a
+# key per reading, which this one cannot read.
+FORMAT = b"chunks-1"
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A buffer directory, opened."""
+
+    owner: TextIO | None  # the writer's lock, None read-only
+    env: lmdb.Environment
+    journal: lmdb.Environment | None  # None read-only before the first writer made it
+    tables: Tables
+    latest: LatestTable | None
 
 
 def open_environment(
     path: Path, capacity_bytes: int, sync: SyncMode, *, readonly: bool, latest_series: int
-) -> tuple[TextIO | None, lmdb.Environment, Tables, LatestTable | None]:
-    """The writer's lock (None read-only), the environment, its tables and last-value table.
+) -> Opened:
+    """Both environments, their tables and the last-value table.
 
     Raises:
-        StorageError: another process holds the lock, or LMDB cannot open the environment.
+        StorageError: another process holds the lock, LMDB cannot open an environment, or the
+            buffer is of a format this version cannot read.
     """
     owner = None
     try:
@@ -42,25 +68,56 @@ def open_environment(
             path.mkdir(parents=True, exist_ok=True)
             owner = lock_exclusively(path / LOCK_FILE)
         durable = sync == "commit"
-        env = lmdb.open(
-            str(path),
-            map_size=capacity_bytes,
-            max_dbs=6,
-            sync=durable,
-            metasync=durable,
-            readonly=readonly,
-            lock=True,
-            readahead=False,
-            max_readers=256,
-        )
+        options: dict[str, Any] = {
+            "map_size": capacity_bytes,
+            "sync": durable,
+            "metasync": durable,
+            "readonly": readonly,
+            "lock": True,
+            "readahead": False,
+            "max_readers": 256,
+        }
+        env = lmdb.open(str(path), max_dbs=8, **options)
+        _check_format(env, path, readonly=readonly)
         # Without a transaction of ours py-lmdb opens each database in one it commits, which
         # keeps the handles valid in a read-only environment too.
         tables = Tables(*(env.open_db(name, create=not readonly) for name in DATABASES))
-        return owner, env, tables, _open_latest(env, latest_series, readonly=readonly)
+        journal = None
+        if not readonly or (path / JOURNAL_FILE).exists():
+            journal = lmdb.open(str(path / JOURNAL_FILE), subdir=False, max_dbs=0, **options)
+        latest = _open_latest(env, latest_series, readonly=readonly)
+        return Opened(owner, env, journal, tables, latest)
     except lmdb.Error as exc:
         if owner is not None:
             owner.close()
         raise StorageError(f"cannot open buffer at {path}: {exc}") from exc
+
+
+def _check_format(env: lmdb.Environment, path: Path, *, readonly: bool) -> None:
+    """Refuse a buffer of another format; mark a new one with this one's.
+
+    Raises:
+        StorageError: the buffer holds readings in a format this version cannot read.
+    """
+    with env.begin(write=not readonly) as txn:
+        names = {bytes(key) for key, _ in txn.cursor()}
+        if b"meta" not in names:
+            if not readonly:
+                txn.put(b"format", FORMAT, db=env.open_db(b"meta", txn=txn))
+            return
+        meta = env.open_db(b"meta", txn=txn, create=False)
+        found = txn.get(b"format", db=meta)
+        if found == FORMAT:
+            return
+        if found is None and b"data" not in names:
+            if not readonly:
+                txn.put(b"format", FORMAT, db=meta)
+            return
+        raise StorageError(
+            f"the buffer at {path} was written by an older version of the gateway, which "
+            "stored one key per reading; drain it with that version (let it deliver "
+            "everything), then remove the directory"
+        )
 
 
 def _open_latest(env: lmdb.Environment, bound: int, *, readonly: bool) -> LatestTable | None:

@@ -1,73 +1,100 @@
-"""Buffer integrity: scan the data, compare it with the accounting, rebuild the accounting.
+"""Buffer integrity: walk the data, compare it with the accounting, rebuild the accounting.
 
 A concern of its own: the start-up check and `gateway verify-buffer`, never the hot path. The
-comparison itself is pure, in gateway/buffer/core/verify.py.
+comparison itself is pure, in gateway/buffer/core/verify.py. What a FIFO holds is what a walk of
+its sealed chunks and journal segments finds from its head on (chunks are deleted lazily, so
+what lies before the head is not counted).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.buffer.core.ledger import KEY, TOTALS, U32, DeviceState, Ledger
+from gateway.buffer.core.chunk import reading_bytes
+from gateway.buffer.core.ledger import SEALED_KEY, DeviceState, Ledger
 from gateway.buffer.core.verify import Found, Report, compare
-from gateway.buffer.transaction import read_ledger
 from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import lmdb
 
+    from gateway.buffer.fiforead import FifoWalker
     from gateway.buffer.transaction import Tables
 
+# An orphan's walk takes every sequence.
+_EVERYTHING = 2**63 - 1
 
-def scan(env: lmdb.Environment, tables: Tables) -> dict[int, Found]:
-    """Walk every stored reading: what each device number really holds."""
+
+def scan(walker: FifoWalker, ledger: Ledger, orphans: Iterable[int]) -> dict[int, Found]:
+    """What each FIFO number really holds: the ledger's FIFOs from their heads, orphans whole."""
     found: dict[int, Found] = {}
-    with env.begin() as txn:
-        for key, value in txn.cursor(db=tables.data):
-            number, seq = KEY.unpack(key)
-            entry = found.get(number)
-            if entry is None:
-                entry = found[number] = Found(first_seq=seq, oldest_ts_ns=timestamp_of(value))
+    states = list(ledger.states.values())
+    states += [DeviceState(number, 0, _EVERYTHING, 1, 0, 0, sealed_from=0) for number in orphans]
+    for state in states:
+        entry = Found()
+        for seq, value in walker.readings(state, state.head):
+            if not entry.readings:
+                entry.first_seq, entry.oldest_ts_ns = seq, timestamp_of(value)
             entry.readings += 1
-            entry.nbytes += KEY.size + len(value)
+            entry.nbytes += reading_bytes(value)
             entry.last_seq = seq
+        if entry.readings:
+            found[state.number] = entry
     return found
 
 
-def verify(env: lmdb.Environment, tables: Tables, ledger: Ledger) -> Report:
-    """Compare the committed accounting with a full scan of the data."""
-    return compare(dict(ledger.states), (ledger.readings, ledger.nbytes), scan(env, tables))
+def sealed_numbers(txn: lmdb.Transaction, tables: Tables) -> set[int]:
+    """Every FIFO number with a sealed chunk."""
+    cursor = txn.cursor(db=tables.sealed)
+    return {SEALED_KEY.unpack(key)[1] for key in cursor.iternext(keys=True, values=False)}
 
 
-def repair(env: lmdb.Environment, tables: Tables, ledger: Ledger) -> tuple[Report, Ledger]:
-    """Rebuild the accounting from a full scan; what was wrong before, and the new ledger.
+def verify(walker: FifoWalker, ledger: Ledger, orphans: Iterable[int]) -> Report:
+    """Compare the accounting with a walk of the data."""
+    orphans = list(orphans)
+    return compare(
+        dict(ledger.states), (ledger.readings, ledger.nbytes), scan(walker, ledger, orphans)
+    )
 
-    Readings whose device number has no device entry are kept under a device named
-    `orphan-<number>`: their records still carry their own device tag.
+
+def repair(walker: FifoWalker, ledger: Ledger, orphans: Iterable[int]) -> Report:
+    """Rebuild the accounting in `ledger` from a walk; returns what was wrong before.
+
+    Readings whose FIFO number has no FIFO are kept under a FIFO named `orphan-<number>`: their
+    records still carry their own device tag. The caller checkpoints the result.
     """
-    found = scan(env, tables)
+    orphans = list(orphans)
+    # A wrong `sealed_from` would hide chunks: look from the first seal; the checkpoint after
+    # the repair moves each FIFO's on to its first chunk again.
+    for state in ledger.states.values():
+        state.sealed_from = 0
+    found = scan(walker, ledger, orphans)
     report = compare(ledger.states, (ledger.readings, ledger.nbytes), found)
     if report.is_consistent:
-        return report, ledger
-    states = {name: DeviceState(*state.pack_fields()) for name, state in ledger.states.items()}
+        return report
     for number in report.orphan_numbers:
-        states[f"orphan-{number}"] = DeviceState(number, 0, 0, 0, 0, 0)
-    with env.begin(write=True) as txn:
-        for name, state in states.items():
-            seen = found.get(state.number, Found())
-            if seen.readings:
-                state.head = seen.first_seq
-                state.next = max(state.next, seen.last_seq + 1)
-            else:
-                state.head = state.next = max(state.next, state.head)
-            state.readings, state.nbytes = seen.readings, seen.nbytes
-            state.oldest_ts_ns = seen.oldest_ts_ns
-            txn.put(name.encode(), state.pack(), db=tables.devices)
-        totals = (sum(f.readings for f in found.values()), sum(f.nbytes for f in found.values()))
-        txn.put(b"totals", TOTALS.pack(*totals), db=tables.meta)
-        next_number = max([s.number for s in states.values()], default=-1) + 1
-        raw = txn.get(b"next_device", db=tables.meta)
-        if not raw or U32.unpack(raw)[0] < next_number:
-            txn.put(b"next_device", U32.pack(next_number), db=tables.meta)
-    with env.begin() as txn:
-        return report, read_ledger(txn, tables)
+        seen = found[number]
+        ledger.states[f"orphan-{number}"] = DeviceState(
+            number, seen.first_seq, seen.last_seq + 1, 0, 0, 0, sealed_from=0
+        )
+        ledger.numbers.add(number)
+    for state in ledger.states.values():
+        seen = found.get(state.number, Found())
+        if seen.readings:
+            state.head = seen.first_seq
+            state.next = max(state.next, seen.last_seq + 1)
+        else:
+            state.head = state.next = max(state.next, state.head)
+            state.gap_start = state.gap_end = 0
+        state.readings, state.nbytes = seen.readings, seen.nbytes
+        state.oldest_ts_ns = seen.oldest_ts_ns
+    ledger.readings = sum(f.readings for f in found.values())
+    ledger.nbytes = sum(f.nbytes for f in found.values())
+    ledger.active = sum(1 for state in ledger.states.values() if state.readings)
+    ledger.next_device = max(
+        ledger.next_device, max((s.number + 1 for s in ledger.states.values()), default=0)
+    )
+    ledger.dirty.update(ledger.states)
+    return report

@@ -1,7 +1,9 @@
 """The last-value table: per series, the newest reading the gateway accepted or read back.
 
-Kept in the buffer's LMDB environment and written in the transaction that stores the readings,
-so what `/api/v1/devices/{device}/latest` shows is exactly what was acknowledged. Two databases:
+Kept in the buffer's store environment. A group commit only notes its newest values in memory;
+the buffer's checkpoint writes them (gateway/buffer/checkpoint.py), and a restart notes again
+what the journal holds past the last checkpoint, so what `/api/v1/devices/{device}/latest` shows
+is exactly what was acknowledged without a write per series and commit. Two databases:
 - `latest`: key device, 0x1f, series (`measurement,tag=value,...` as encoded for the database)
   -> `>qQIQqB` (timestamp ns, update number, FIFO number, sequence, updated at ns, source) and
   the encoded fields.
@@ -48,6 +50,11 @@ class Latest:
     from_database: bool
 
 
+# What a noted value waits to be written as: timestamp, origin (FIFO number, sequence, updated
+# at, source) and the encoded fields.
+Noted = tuple[int, tuple[int, int, int, int], bytes]
+
+
 class LatestTable:
     """Reads and writes the two databases inside the caller's transactions."""
 
@@ -56,9 +63,15 @@ class LatestTable:
         self._latest = latest
         self._lru = lru
         self.bound = bound
+        self.noted: dict[bytes, Noted] = {}
 
-    def record(self, txn: lmdb.Transaction, placed: Iterable[Placed], now_ns: int) -> None:
-        """Make each series' newest reading among `placed` its latest, if newer than the kept."""
+    @property
+    def databases(self) -> tuple[Any, ...]:
+        """The table's LMDB handles, for counting the pages it takes."""
+        return (self._latest, self._lru)
+
+    def note(self, placed: Iterable[Placed], now_ns: int) -> None:
+        """Make each series' newest reading among `placed` its latest, once `write` runs."""
         # Per reading only the header is read and the series sliced: this runs in every commit.
         newest: dict[tuple[str, bytes], tuple[int, int, int, bytes, int]] = {}
         header, start = HEADER.unpack_from, HEADER.size
@@ -73,8 +86,18 @@ class LatestTable:
             device = devices.get(fifo)
             if device is None:
                 device = devices[fifo] = fifo_device(fifo).encode() + SEPARATOR
-            origin = (number, seq, now_ns, FROM_INGEST)
-            self._put(txn, device + series, ts_ns, origin, value[fields_at:])
+            name = device + series
+            kept_noted = self.noted.get(name)
+            if kept_noted is None or ts_ns >= kept_noted[0]:
+                # Re-inserted, so that `write` updates series in the order they were updated.
+                self.noted.pop(name, None)
+                self.noted[name] = (ts_ns, (number, seq, now_ns, FROM_INGEST), value[fields_at:])
+
+    def write(self, txn: lmdb.Transaction) -> None:
+        """Write what was noted into the table."""
+        for key, (ts_ns, origin, fields) in self.noted.items():
+            self._put(txn, key, ts_ns, origin, fields)
+        self.noted.clear()
 
     def fill(self, txn: lmdb.Transaction, device: str, lines: Iterable[bytes], now_ns: int) -> None:
         """Keep values read back from the database (line protocol, one reading per line)."""
@@ -121,17 +144,31 @@ class LatestTable:
         """The latest reading of each series of `device`; `states`: FIFO number -> state."""
         prefix = device.encode() + SEPARATOR
         cursor = txn.cursor(db=self._latest)
-        found = []
+        entries: dict[bytes, bytes] = {}
         if cursor.set_range(prefix):
             for key, value in cursor:
                 name = bytes(key)
                 if not name.startswith(prefix):
                     break
-                found.append(_decode(device, name[len(prefix) :], value, states))
+                entries[name] = bytes(value)
+        for name, (ts_ns, origin, fields) in self.noted.items():
+            kept = entries.get(name)
+            if name.startswith(prefix) and (kept is None or ts_ns >= ENTRY.unpack_from(kept)[0]):
+                entries[name] = ENTRY.pack(ts_ns, 0, *origin) + fields
+        return [
+            _decode(device, name[len(prefix) :], value, states)
+            for name, value in sorted(entries.items())
+        ]
+
+    def devices(self, txn: lmdb.Transaction) -> dict[str, int]:
+        """Device -> last updated ns, of every device in the table or noted."""
+        found = dict(self._stored_devices(txn))
+        for key, (_, origin, _) in self.noted.items():
+            device = key.partition(SEPARATOR)[0].decode()
+            found[device] = max(found.get(device, 0), origin[2])
         return found
 
-    def devices(self, txn: lmdb.Transaction) -> Iterator[tuple[str, int]]:
-        """(device, last updated ns) of every device in the table."""
+    def _stored_devices(self, txn: lmdb.Transaction) -> Iterator[tuple[str, int]]:
         last: tuple[str, int] | None = None
         for key, value in txn.cursor(db=self._latest):
             device = bytes(key).partition(SEPARATOR)[0].decode()

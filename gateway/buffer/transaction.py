@@ -1,33 +1,38 @@
-"""One write transaction on the buffer's FIFOs: appends, drops and deletes with their accounting.
+"""One change to the buffer's FIFOs: appends, drops and deletes with their accounting.
 
 The transaction works on copies of the ledger's entries it touches (gateway/buffer/core/
-ledger.py), writes the accounting into the LMDB transaction with `finish`, and hands back the
-change with `change`; the store has the ledger adopt it only after LMDB committed. This module
-also owns the accounting's on-disk form: `read_ledger` is `finish` read back.
+ledger.py) and hands back the change with `change`; the store has the ledger adopt it only after
+LMDB committed, so the mirror never runs ahead of the disk. Appends become one journal chunk,
+written by `finish`; drops and deletes only move heads and gaps, which the next checkpoint writes
+(gateway/buffer/checkpoint.py), together with the device names, totals and device numbers this
+module also reads back (`read_ledger`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
+from gateway.buffer.core.chunk import Segment, encode_journal, reading_bytes
 from gateway.buffer.core.ledger import (
     DEVICE,
-    KEY,
     TOTALS,
     U32,
     U32_MAX,
+    U64,
     DeviceState,
     Ledger,
     LedgerChange,
 )
-from gateway.errors import StorageError
 from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     import lmdb
+
+    from gateway.buffer.fiforead import FifoWalker
 
 # Idle FIFO entries are forgotten once there are this many entries and no more than half hold
 # readings, so that device ids seen once (a firmware bug) do not pile up as keys.
@@ -36,51 +41,61 @@ PRUNE_FLOOR_ENTRIES = 10_000
 
 @dataclass(frozen=True, slots=True)
 class Tables:
-    """The named databases of the buffer's LMDB environment (py-lmdb's handles are untyped)."""
+    """The named databases of the buffer's store environment (py-lmdb's handles are untyped)."""
 
-    data: Any
+    sealed: Any
     devices: Any
     meta: Any
     dead: Any
 
 
 def read_ledger(txn: lmdb.Transaction, tables: Tables) -> Ledger:
-    """The committed accounting, as `FifoTransaction.finish` wrote it."""
+    """The accounting as the last checkpoint wrote it (gateway/buffer/checkpoint.py)."""
     states = {
         bytes(name).decode(): DeviceState(*DEVICE.unpack(value))
         for name, value in txn.cursor(db=tables.devices)
     }
     raw = txn.get(b"totals", db=tables.meta)
     readings, nbytes = TOTALS.unpack(raw) if raw else (0, 0)
-    return Ledger(states, readings, nbytes)
+    ledger = Ledger(states, readings, nbytes)
+    raw = txn.get(b"next_device", db=tables.meta)
+    ledger.next_device = U32.unpack(raw)[0] if raw else 0
+    raw = txn.get(b"next_seal", db=tables.meta)
+    ledger.next_seal = U32.unpack(raw)[0] if raw else 0
+    for name in ("applied", "sealed_through"):
+        raw = txn.get(name.encode(), db=tables.meta)
+        setattr(ledger, name, U64.unpack(raw)[0] - 1 if raw else -1)
+    return ledger
+
+
+@dataclass(slots=True)
+class _Appended:
+    """The readings one transaction appends to one FIFO."""
+
+    first: int
+    first_ts_ns: int
+    records: list[bytes] = field(default_factory=list)
+    nbytes: int = 0
 
 
 class FifoTransaction:
-    """One write transaction's view of the accounting; see the module docstring."""
+    """One change's view of the accounting; see the module docstring."""
 
-    def __init__(self, ledger: Ledger, tables: Tables, txn: lmdb.Transaction) -> None:
+    def __init__(self, ledger: Ledger, walker: FifoWalker) -> None:
         """Start from the committed `ledger`; it is only read here."""
         self._ledger = ledger
-        self._tables = tables
-        self._txn = txn
-        self._put = txn.put
-        self._data = tables.data
-        self._data_cursor: lmdb.Cursor | None = None
+        self._walker = walker
         self._base = ledger.states
         self.changed: dict[str, DeviceState] = {}
         self.pruned: set[str] = set()
         self.readings, self.nbytes = ledger.readings, ledger.nbytes
         self.active = ledger.active
         self._entries = len(self._base)
-        self._next_device: int | None = None  # read when the first new device needs it
-        self._new_numbers: set[int] = set()
-
-    @property
-    def _cursor(self) -> lmdb.Cursor:
-        # Only drops and deletes walk the data; most appends never need a cursor.
-        if self._data_cursor is None:
-            self._data_cursor = self._txn.cursor(db=self._data)
-        return self._data_cursor
+        self._next_device = ledger.next_device
+        self._new_numbers: dict[int, str] = {}
+        self._appended: dict[int, _Appended] = {}
+        self._segments: list[Segment] | None = None
+        self.chunk_bytes = 0
 
     def state(self, fifo: str) -> DeviceState | None:
         """The FIFO's accounting as this transaction has it, copied for change."""
@@ -88,7 +103,7 @@ class FifoTransaction:
         if state is None and fifo not in self.pruned:
             base = self._base.get(fifo)
             if base is not None:
-                state = self.changed[fifo] = DeviceState(*DEVICE.unpack(base.pack()))
+                state = self.changed[fifo] = DeviceState(*base.pack_fields())
         return state
 
     def active_states(self) -> Iterator[tuple[str, DeviceState]]:
@@ -106,18 +121,25 @@ class FifoTransaction:
         if state is None:
             if self._entries >= PRUNE_FLOOR_ENTRIES and self._entries >= 2 * self.active:
                 self._prune_idle()
-            state = self.changed[fifo] = DeviceState(self._new_number(), 0, 0, 0, 0, 0)
+            number = self._new_number()
+            self._new_numbers[number] = fifo
+            state = self.changed[fifo] = DeviceState(number, 0, 0, 0, 0, 0)
             self.pruned.discard(fifo)
             self._entries += 1
         if not state.readings:
             state.head = state.next
+            state.gap_start = state.gap_end = 0
             state.oldest_ts_ns = timestamp_of(value)
             self.active += 1
         self.append_to(state, value, size)
 
     def append_to(self, state: DeviceState, value: bytes, size: int) -> None:
         """Append to a FIFO that holds readings and whose state this transaction has."""
-        self._put(KEY.pack(state.number, state.next), value, db=self._data)
+        appended = self._appended.get(state.number)
+        if appended is None:
+            appended = self._appended[state.number] = _Appended(state.next, timestamp_of(value))
+        appended.records.append(value)
+        appended.nbytes += size
         state.next += 1
         state.readings += 1
         state.nbytes += size
@@ -127,58 +149,97 @@ class FifoTransaction:
     def drop(
         self, fifo: str, lease_end: int, *, need_bytes: int = 0, count: int | None = None
     ) -> tuple[int, int]:
-        """Delete readings of `fifo` from its first one at or after `lease_end`.
+        """Take readings of `fifo` out of the buffer from its first one at or after `lease_end`.
 
-        Deletes `count` readings, or as many as free `need_bytes`; returns (readings, bytes).
-        Readings before `lease_end` are in flight and stay, which can leave a gap behind them.
+        Takes `count` readings, or as many as free `need_bytes`; returns (readings, bytes).
+        Readings before `lease_end` are in flight and stay, which leaves a gap behind them.
         """
         state = self.state(fifo)
         if state is None or not state.readings:
             return 0, 0
         start = max(state.head, lease_end)
-        cursor = self._cursor
         dropped = freed = 0
-        if cursor.set_range(KEY.pack(state.number, start)):
-            while (dropped < count) if count is not None else (freed < need_bytes):
-                key = cursor.key()
-                if not key or KEY.unpack(key)[0] != state.number:
-                    break
-                freed += len(key) + len(cursor.value())
-                dropped += 1
-                cursor.delete()
+        last = start - 1
+        for seq, value in self._readings(state, start):
+            if (dropped >= count) if count is not None else (freed >= need_bytes):
+                break
+            freed += reading_bytes(value)
+            dropped += 1
+            last = seq
+        if not dropped:
+            return 0, 0
         state.readings -= dropped
         state.nbytes -= freed
         self.readings -= dropped
         self.nbytes -= freed
-        if dropped and start == state.head:
+        if start == state.head:
+            state.head = last + 1
             self._find_head(state)
+        elif state.gap_end > state.gap_start:
+            # Reads stop at the gap, so the lease ends at or before it: the two join up.
+            state.gap_start, state.gap_end = start, max(state.gap_end, last + 1)
+        else:
+            state.gap_start, state.gap_end = start, last + 1
         return dropped, freed
 
+    def _readings(self, state: DeviceState, start: int) -> Iterator[tuple[int, bytes]]:
+        """The FIFO's readings from `start`: committed ones, then this transaction's appends."""
+        appended = self._appended.get(state.number)
+        if appended is None:
+            return self._walker.readings(state, start)
+        committed = (
+            found for found in self._walker.readings(state, start) if found[0] < appended.first
+        )
+        own = (
+            (appended.first + offset, value)
+            for offset, value in enumerate(appended.records)
+            if appended.first + offset >= start and state.is_live(appended.first + offset)
+        )
+        return chain(committed, own)
+
     def _find_head(self, state: DeviceState) -> None:
+        """Move the head past what was taken out, to the oldest reading still buffered."""
         if not state.readings:
             state.head = state.next
+            state.gap_start = state.gap_end = 0
             state.oldest_ts_ns = 0
             self.active -= 1
             return
-        cursor = self._cursor
-        if not cursor.set_range(KEY.pack(state.number, state.head)):
-            raise StorageError(f"device number {state.number} has readings but no head")
-        number, state.head = KEY.unpack(cursor.key())
-        if number != state.number:
-            raise StorageError(f"device number {state.number} has readings but no head")
-        state.oldest_ts_ns = timestamp_of(cursor.value())
+        if state.gap_start <= state.head < state.gap_end:
+            state.head = state.gap_end
+        if state.gap_end <= state.head:
+            state.gap_start = state.gap_end = 0
+        seq, value = next(iter(self._readings(state, state.head)), (None, b""))
+        if seq is None:
+            self._walker.first(state)  # raises: accounting and data disagree
+            return
+        state.head = seq
+        state.oldest_ts_ns = timestamp_of(value)
+
+    def delete_head(self, state: DeviceState, count: int) -> None:
+        """Take the `count` oldest readings of a FIFO out after their delivery.
+
+        Reads stop at a gap, so the run lies before it.
+        """
+        freed = 0
+        for _, (_, value) in zip(range(count), self._readings(state, state.head), strict=False):
+            freed += reading_bytes(value)
+        state.readings -= count
+        state.nbytes -= freed
+        self.readings -= count
+        self.nbytes -= freed
+        state.head += count
+        self._find_head(state)
 
     def _new_number(self) -> int:
         # Numbers wrap after 2**32 devices (a firmware bug can invent that many over months);
-        # one still in use is skipped.
-        in_use = self._ledger.numbers
-        if self._next_device is None:
-            raw = self._txn.get(b"next_device", db=self._tables.meta)
-            self._next_device = U32.unpack(raw)[0] if raw else 0
+        # one still in use, or forgotten since the last checkpoint, is skipped.
+        in_use, retired = self._ledger.numbers, self._ledger.retired
         number = self._next_device
-        while number > U32_MAX or number in in_use or number in self._new_numbers:
+        while (
+            number > U32_MAX or number in in_use or number in retired or number in self._new_numbers
+        ):
             number = 0 if number >= U32_MAX else number + 1
-        self._new_numbers.add(number)
         self._next_device = number + 1
         return number
 
@@ -190,19 +251,39 @@ class FifoTransaction:
                 self.changed.pop(fifo, None)
                 self._entries -= 1
 
-    def finish(self) -> None:
-        """Write the accounting into the transaction."""
-        tables, txn = self._tables, self._txn
-        for fifo, state in self.changed.items():
-            txn.put(fifo.encode(), state.pack(), db=tables.devices)
-        for fifo in self.pruned:
-            txn.delete(fifo.encode(), db=tables.devices)
-        if self._next_device is not None:
-            txn.put(b"next_device", U32.pack(self._next_device & U32_MAX), db=tables.meta)
-        txn.put(b"totals", TOTALS.pack(self.readings, self.nbytes), db=tables.meta)
+    def finish(self, journal: lmdb.Transaction) -> None:
+        """Write this transaction's appends as one journal chunk (nothing if none)."""
+        if not self._appended:
+            return
+        segments = []
+        groups = []
+        for number, appended in self._appended.items():
+            segments.append(
+                Segment(
+                    number,
+                    appended.first,
+                    len(appended.records),
+                    appended.nbytes,
+                    appended.first_ts_ns,
+                )
+            )
+            groups.append(appended.records)
+        names = [(n, f) for n, f in self._new_numbers.items() if f in self.changed]
+        value = encode_journal(segments, groups, names)
+        if not journal.put(U64.pack(self._ledger.next_record), value, append=True):
+            raise AssertionError("journal record numbers must grow")
+        self._segments = segments
+        self.chunk_bytes = len(value)
 
     def change(self) -> LedgerChange:
         """What the ledger adopts once LMDB committed this transaction."""
         return LedgerChange(
-            self.changed, self.pruned, self._new_numbers, self.readings, self.nbytes, self.active
+            self.changed,
+            self.pruned,
+            set(self._new_numbers),
+            self.readings,
+            self.nbytes,
+            self.active,
+            next_device=self._next_device & U32_MAX,
+            segments=self._segments,
         )

@@ -50,6 +50,7 @@ class Housekeeping:
             now = time.monotonic()
             self.health.last_tick = now
             self.ingest.housekeeping()
+            self.buffer.maintain()
             if self.health.liveness(now).ok:
                 self.notifier.send(WATCHDOG="1", STATUS=self.status_line())
             if self.summary_interval_s and now >= next_summary:

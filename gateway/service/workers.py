@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ByteSize
 
-from gateway.buffer.environment import DATA_FILE, LMDB_LOCK_FILE, LOCK_FILE
+from gateway.buffer.environment import DATA_FILE, FILES
 from gateway.buffer.rejects import DIRECTORY as REJECTS_DIRECTORY
 
 if TYPE_CHECKING:
@@ -108,5 +108,5 @@ def remove_environment(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
         return
     shutil.rmtree(path / REJECTS_DIRECTORY, ignore_errors=True)
-    for name in (DATA_FILE, LMDB_LOCK_FILE, LOCK_FILE):
+    for name in FILES:
         (path / name).unlink(missing_ok=True)

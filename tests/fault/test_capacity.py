@@ -44,10 +44,11 @@ def test_reject_pauses_at_high_watermark_and_loses_no_qos1_reading(
         gw = gateway(
             f'url = "{db.url}"\napi = "v2"\norg = "o"\nbucket = "b"',
             flush="linger_s = 0.1\nretry_max_s = 1\n",
-            buffer='capacity = "2MiB"\n',
+            buffer='capacity = "1MiB"\n',
         )
         db.kill()
-        count = 40_000
+        # About twice what the readings budget holds (2.25 MiB of 75-byte readings).
+        count = 60_000
         publisher = publish_in_background(mosquitto.port, run_id, count)
         wait_for(lambda: gw.metrics()["gateway_intake_paused"] == 1, 60, "intake to pause")
         paused = assert_identities(gw)
@@ -117,7 +118,9 @@ def test_full_disk_pauses_intake_until_space_returns(
         db.kill()
         filler = small_disk / "filler"
         free = shutil.disk_usage(small_disk).free
-        filler.write_bytes(b"\0" * (free - (1 << 20)))
+        # The journal takes about 20 bytes a reading: 40,000 readings need three times what is
+        # left free.
+        filler.write_bytes(b"\0" * (free - (256 << 10)))
         count = 40_000
         publisher = publish_in_background(mosquitto.port, run_id, count)
         wait_for(lambda: gw.metrics()["gateway_intake_paused"] == 1, 60, "intake to pause")

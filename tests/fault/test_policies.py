@@ -26,6 +26,8 @@ pytestmark = pytest.mark.fault
 
 FLUSH = "linger_s = 0.1\nretry_max_s = 1\nbatch_initial = 500\nbatch_ceiling = 500\n"
 START_MS = 1_700_000_000_000
+# Readings of one device, well past what the 1 MiB buffer's budget holds.
+LARGE = 48_000
 
 
 def subscription(run_id: str, kind: str, extra: str = "") -> str:
@@ -67,7 +69,8 @@ def start_with_database_down(
         f'url = "{db.url}"\napi = "v2"\norg = "o"\nbucket = "b"',
         subscriptions=subscriptions,
         flush=FLUSH,
-        buffer=f'capacity = "2MiB"\n{buffer}',
+        # The smallest capacity: its readings budget (2.36 MB) is about 32,000 readings.
+        buffer=f'capacity = "1MiB"\n{buffer}',
     )
     db.kill()
     return gw
@@ -102,7 +105,7 @@ def test_drop_oldest_drops_the_oldest_of_the_largest_device(
     )
     small = [f"small-{k:02}" for k in range(20)]
     batch = [m for d in small for m in messages(run_id, d, "telemetry", 0, 50)]
-    batch += messages(run_id, "large", "telemetry", 0, 12_000)
+    batch += messages(run_id, "large", "telemetry", 0, LARGE)
     batch += [m for d in small for m in messages(run_id, d, "telemetry", 50, 50)]
     publish_messages(mosquitto.port, batch)
     db = restart_and_drain(gw, database, len(batch))
@@ -116,8 +119,8 @@ def test_drop_oldest_drops_the_oldest_of_the_largest_device(
         for device in small:
             assert found[device] == set(range(100)), device
         kept = found["large"]
-        assert len(kept) + dropped == 12_000
-        lost = sorted(set(range(12_000)) - kept)
+        assert len(kept) + dropped == LARGE
+        lost = sorted(set(range(LARGE)) - kept)
         # The lost readings are one run of the oldest; the only older ones kept are those that
         # were on their way to the database (a probe write) when the drops happened.
         assert lost == list(range(lost[0], lost[-1] + 1))
@@ -140,16 +143,17 @@ def test_shed_keeps_every_critical_alarm(
     gw = start_with_database_down(gateway, database, subscriptions, 'policy = "shed"\n')
     devices = [f"pump-{k}" for k in range(5)]
     batch: list[tuple[str, str]] = []
-    for round_ in range(40):
+    rounds = 100
+    for round_ in range(rounds):
         for device in devices:
             batch += messages(run_id, device, "telemetry", round_ * 100, 100)
             batch += messages(run_id, device, "alarm", round_ * 5, 5)
-    telemetry = 40 * 5 * 100
+    telemetry = rounds * 5 * 100
     publish_messages(mosquitto.port, batch)
     db = restart_and_drain(gw, database, len(batch))
     try:
         alarms = stored(db, run_id, "alarm")
-        assert alarms == {device: set(range(200)) for device in devices}
+        assert alarms == {device: set(range(rounds * 5)) for device in devices}
         kept = sum(len(n) for n in stored(db, run_id, "telemetry").values())
         shed = count(gw, "gateway_readings_dropped", reason="shed", device_class="telemetry")
         shed += count(gw, "gateway_readings_refused", reason="shed", device_class="telemetry")

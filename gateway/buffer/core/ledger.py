@@ -12,15 +12,23 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway.config.mqtt import DEFAULT_DEVICE_CLASS as DEFAULT_CLASS
 
-KEY = struct.Struct(">IQ")
-DEVICE = struct.Struct(">IQQQQq")
+if TYPE_CHECKING:
+    from gateway.buffer.core.chunk import Segment
+
+# A sealed chunk's key: (seal number, FIFO number, first sequence). Seals are numbered in the
+# order they happen, so a seal's chunks append at the right edge of the `sealed` B-tree.
+SEALED_KEY = struct.Struct(">IIQ")
+DEVICE = struct.Struct(">IQQQQqQQI")
 TOTALS = struct.Struct(">QQ")
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 U32_MAX = 2**32 - 1
+# A FIFO's `sealed_from` when no sealed chunk holds any of its readings.
+NO_SEAL = U32_MAX
 # A FIFO's name is the device, with the device class appended for other classes than the default.
 _CLASS_SEPARATOR = "\x1f"
 
@@ -55,10 +63,36 @@ class DeviceState:
     readings: int
     nbytes: int
     oldest_ts_ns: int
+    # Readings dropped behind a flush in flight: sequences gap_start to gap_end - 1 are gone
+    # while the ones before them are leased. Reads stop at the gap, so there is at most one.
+    gap_start: int = 0
+    gap_end: int = 0
+    # The oldest seal that may still hold a chunk of this FIFO (NO_SEAL: none does), so that a
+    # read or a deletion looks at the seals from there on only.
+    sealed_from: int = NO_SEAL
 
-    def pack_fields(self) -> tuple[int, int, int, int, int, int]:
+    def pack_fields(self) -> tuple[int, int, int, int, int, int, int, int, int]:
         """The fields in record order: `DeviceState(*state.pack_fields())` is a copy."""
-        return self.number, self.head, self.next, self.readings, self.nbytes, self.oldest_ts_ns
+        return (
+            self.number,
+            self.head,
+            self.next,
+            self.readings,
+            self.nbytes,
+            self.oldest_ts_ns,
+            self.gap_start,
+            self.gap_end,
+            self.sealed_from,
+        )
+
+    @property
+    def read_limit(self) -> int:
+        """The sequence a read stops before: the gap's start, or the tail."""
+        return self.gap_start if self.gap_end > self.gap_start else self.next
+
+    def is_live(self, seq: int) -> bool:
+        """Whether the reading with this sequence is still buffered."""
+        return self.head <= seq < self.next and not self.gap_start <= seq < self.gap_end
 
     def pack(self) -> bytes:
         """Serialize for the `devices` database."""
@@ -75,12 +109,34 @@ class LedgerChange:
     readings: int
     nbytes: int
     active: int
+    next_device: int = 0
+    # The journal chunk the transaction wrote, by segment; None when it appended nothing.
+    segments: list[Segment] | None = None
 
 
 class Ledger:
-    """The committed accounting: every FIFO's state, the totals, the device numbers in use."""
+    """The committed accounting: every FIFO's state, the totals, the device numbers in use.
 
-    __slots__ = ("active", "nbytes", "numbers", "readings", "states")
+    Besides, what the next checkpoint must write: the FIFOs changed and forgotten since the
+    last one, and the journal positions (`applied`: the newest journal record whose appends the
+    stored accounting includes; `sealed_through`: the newest record sealed, -1 for none).
+    """
+
+    __slots__ = (
+        "active",
+        "applied",
+        "dirty",
+        "forgotten",
+        "nbytes",
+        "next_device",
+        "next_record",
+        "next_seal",
+        "numbers",
+        "readings",
+        "retired",
+        "sealed_through",
+        "states",
+    )
 
     def __init__(self, states: dict[str, DeviceState], readings: int, nbytes: int) -> None:
         """Start from what the `devices` and `meta` databases hold."""
@@ -91,6 +147,16 @@ class Ledger:
         # would walk every device's state each time.
         self.active = sum(1 for state in states.values() if state.readings)
         self.numbers = {state.number for state in states.values()}
+        self.next_device = 0
+        self.applied = -1
+        self.sealed_through = -1
+        self.next_record = 0
+        self.next_seal = 0
+        self.dirty: set[str] = set()
+        self.forgotten: set[str] = set()
+        # Numbers of forgotten FIFOs, with the oldest seal that may hold a chunk of theirs: not
+        # given out again before a seal has taken their journal segments out of use.
+        self.retired: dict[int, int] = {}
 
     def adopt(self, change: LedgerChange) -> None:
         """Take a committed transaction's change."""
@@ -98,13 +164,29 @@ class Ledger:
             state = self.states.pop(fifo, None)
             if state is not None:
                 self.numbers.discard(state.number)
+                self.retired[state.number] = state.sealed_from
+            self.dirty.discard(fifo)
+            self.forgotten.add(fifo)
         self.states.update(change.changed)
+        self.dirty.update(change.changed)
+        self.forgotten.difference_update(change.changed)
         self.numbers |= change.new_numbers
         self.readings, self.nbytes, self.active = change.readings, change.nbytes, change.active
+        self.next_device = change.next_device
+        if change.segments is not None:
+            self.next_record += 1
 
     def totals(self) -> Totals:
         """Buffer-wide accounting."""
         return Totals(self.readings, self.nbytes, self.active)
+
+    def copy(self) -> Ledger:
+        """A ledger that can adopt a change without touching this one."""
+        other = Ledger.__new__(Ledger)
+        for name in Ledger.__slots__:
+            value = getattr(self, name)
+            setattr(other, name, value.copy() if isinstance(value, (dict, set)) else value)
+        return other
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,12 +47,8 @@ KEY_BYTES = 12
 
 def stored_values(buffer: Buffer) -> dict[str, list[bytes]]:
     """Every FIFO's readings in order, read without leasing them."""
-    numbers = {state.number: name for name, state in buffer.devices().items()}
-    found: dict[str, list[bytes]] = {}
-    with buffer._env.begin() as txn:
-        for key, value in txn.cursor(db=buffer._tables.data):
-            found.setdefault(numbers[int.from_bytes(key[:4])], []).append(bytes(value))
-    return found
+    found = {fifo: buffer.readings_of(fifo) for fifo in buffer.devices()}
+    return {fifo: values for fifo, values in found.items() if values}
 
 
 class AdmissionMachine(RuleBasedStateMachine):
