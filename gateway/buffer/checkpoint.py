@@ -67,7 +67,7 @@ SEAL_RECORDS = 4096
 # space in sealed chunks, not in journal chunks that other devices' readings keep.
 SEAL_CAPACITY_FRACTION = 1 / 16
 # The most readings one sealed chunk holds: a read decompresses a whole chunk.
-SEALED_CHUNK_READINGS = 4096
+SEALED_CHUNK_READINGS = 1024
 
 
 def is_seal_due(index: JournalIndex, capacity_bytes: int) -> bool:

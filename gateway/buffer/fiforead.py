@@ -8,6 +8,7 @@ lazily. Each journal chunk is decompressed once per walker, however many devices
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from gateway.buffer.core.chunk import journal_records, sealed_count, sealed_records
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 # (first sequence, records) of each device's segment in one journal chunk, by FIFO number.
 Groups = dict[int, tuple[int, list[bytes]]]
+# Decompressed chunks kept between reads: a fixed bound on memory whatever the backlog.
+MAX_DECODED_BYTES = 16 << 20
 
 
 class FifoWalker:
@@ -34,12 +37,17 @@ class FifoWalker:
         sealed: Callable[[], tuple[lmdb.Transaction, Any]],
         journal: lmdb.Transaction | None,
         index: JournalIndex,
+        decoded: DecodedChunks | None = None,
     ) -> None:
-        """`sealed`: the store's transaction and sealed database, opened on first need."""
+        """`sealed`: the store's transaction and sealed database, opened on first need.
+
+        `decoded`: chunks decompressed before, shared between walkers (chunks never change, and
+        their keys are never used again).
+        """
         self._sealed = sealed
         self._journal = journal
         self._index = index
-        self._chunks: dict[int, Groups] = {}
+        self._decoded = decoded if decoded is not None else DecodedChunks()
 
     def readings(self, state: DeviceState, start: int) -> Iterator[tuple[int, bytes]]:
         """(sequence, record) of each buffered reading of the device from `start` on."""
@@ -69,30 +77,70 @@ class FifoWalker:
 
     def journal_group(self, record: int, number: int) -> tuple[int, list[bytes]]:
         """A device's segment of a journal record: (first sequence, records)."""
-        groups = self._chunks.get(record)
-        if groups is None:
-            value = self._journal.get(U64.pack(record)) if self._journal is not None else None
+        key = U64.pack(record)
+
+        def decode() -> tuple[Groups, int]:
+            value = self._journal.get(key) if self._journal is not None else None
             if value is None:
                 raise StorageError(f"journal record {record} is missing")
             segments, records = journal_records(value)
-            groups = self._chunks[record] = {
-                s.number: (s.first, r) for s, r in zip(segments, records, strict=True)
-            }
+            groups = {s.number: (s.first, r) for s, r in zip(segments, records, strict=True)}
+            return groups, sum(len(r) for rs in records for r in rs)
+
+        groups: Groups = self._decoded.get(b"j" + key, decode)
         return groups[number]
 
     def _from_sealed(self, state: DeviceState, seq: int, limit: int) -> Iterator[tuple[int, bytes]]:
         txn, db = self._sealed()
-        for _, first, value in sealed_chunks(txn.cursor(db=db), state.number, state.sealed_from):
+        for seal, first, value in sealed_chunks(txn.cursor(db=db), state.number, state.sealed_from):
             if first >= limit:
                 return
             if first + sealed_count(value) <= seq:
                 continue
-            for offset, record in enumerate(sealed_records(value)):
-                at = first + offset
-                if at >= limit:
-                    return
-                if at >= seq and state.is_live(at):
-                    yield at, record
+
+            def decode(value: bytes = value) -> tuple[list[bytes], int]:
+                records = sealed_records(value)
+                return records, sum(len(r) for r in records)
+
+            key = b"s" + SEALED_KEY.pack(seal, state.number, first)
+            records: list[bytes] = self._decoded.get(key, decode)
+            end = first + len(records)
+            low, high = max(seq, state.head, first), min(limit, state.next, end)
+            # Only a gap makes a reading between the head and the tail not live.
+            gap = state.gap_start < high and state.gap_end > max(low, state.gap_start)
+            for at in range(low, high):
+                if not gap or state.is_live(at):
+                    yield at, records[at - first]
+            if end >= limit:
+                return
+
+
+class DecodedChunks:
+    """Decompressed chunks, the least recently used dropped past `MAX_DECODED_BYTES`.
+
+    A flush reads a batch, deletes it, and finds the new head in the same chunks: decompressed
+    once, not three times.
+    """
+
+    def __init__(self, max_bytes: int = MAX_DECODED_BYTES) -> None:
+        """Hold up to `max_bytes` of decompressed records."""
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: OrderedDict[bytes, tuple[Any, int]] = OrderedDict()
+
+    def get(self, key: bytes, decode: Callable[[], tuple[Any, int]]) -> Any:  # noqa: ANN401 - what `decode` returns
+        """The decoded chunk under `key`, decoding it (value, size) if not held."""
+        held = self._entries.get(key)
+        if held is not None:
+            self._entries.move_to_end(key)
+            return held[0]
+        value, size = decode()
+        self._entries[key] = (value, size)
+        self._bytes += size
+        while self._bytes > self._max_bytes and len(self._entries) > 1:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._bytes -= dropped
+        return value
 
 
 def sealed_chunks(

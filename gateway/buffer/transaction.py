@@ -216,14 +216,16 @@ class FifoTransaction:
         state.head = seq
         state.oldest_ts_ns = timestamp_of(value)
 
-    def delete_head(self, state: DeviceState, count: int) -> None:
+    def delete_head(self, state: DeviceState, count: int, freed: int | None = None) -> None:
         """Take the `count` oldest readings of a FIFO out after their delivery.
 
-        Reads stop at a gap, so the run lies before it.
+        Reads stop at a gap, so the run lies before it. `freed`: their bytes, when the caller
+        knows them (the lease of the read that returned them), which saves reading them again.
         """
-        freed = 0
-        for _, (_, value) in zip(range(count), self._readings(state, state.head), strict=False):
-            freed += reading_bytes(value)
+        if freed is None:
+            freed = 0
+            for _, (_, value) in zip(range(count), self._readings(state, state.head), strict=False):
+                freed += reading_bytes(value)
         state.readings -= count
         state.nbytes -= freed
         self.readings -= count

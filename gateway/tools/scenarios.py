@@ -241,9 +241,13 @@ def bench_end_to_end(
             broker.stop()
 
 
-def prefill(path: Path, readings: int, devices: int) -> None:
-    """A buffer holding `readings` simulated readings spread over `devices` devices."""
-    with Buffer(path, 8 << 30, "none") as buffer:
+def prefill(path: Path, readings: int, devices: int, *, crash: bool = False) -> None:
+    """A buffer holding `readings` simulated readings spread over `devices` devices.
+
+    `crash`: left as kill -9 would leave it, without the closing checkpoint.
+    """
+    buffer = Buffer(path, 8 << 30, "none")
+    try:
         for start in range(0, readings, 10_000):
             batch = []
             for n in range(start, min(readings, start + 10_000)):
@@ -265,6 +269,47 @@ def prefill(path: Path, readings: int, devices: int) -> None:
                 )
             buffer.append(batch)
         buffer.sync()
+    finally:
+        if crash:
+            buffer.abandon()
+        else:
+            buffer.close()
+
+
+def bench_startup(readings: int, devices: int) -> dict[str, Any]:
+    """Open a buffer holding `readings` after a crash and after a clean close; start on it."""
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        work = Path(tmp)
+        prefill(work / "buffer", readings, devices, crash=True)
+        opened: list[float] = []
+        for _ in ("after kill -9", "after a clean stop"):
+            started = time.perf_counter()
+            with Buffer(work / "buffer", 8 << 30, "commit") as buffer:
+                opened.append(time.perf_counter() - started)
+                if buffer.totals().readings != readings:
+                    raise servers.ServerError("the reopened buffer lost readings")
+        broker = servers.start_mosquitto(work / "mosquitto")
+        try:
+            took = []
+            empty = work / "empty"
+            empty.mkdir()
+            for where in (work, empty):
+                started = time.perf_counter()
+                gateway = Gateway(where, broker.port, "commit")
+                took.append(time.perf_counter() - started)
+                gateway.stop()
+        finally:
+            broker.stop()
+        return {
+            "open_after_kill9_s": opened[0],
+            "open_after_clean_stop_s": opened[1],
+            "gateway_connected_with_backlog_s": took[0],
+            "gateway_connected_empty_s": took[1],
+            "data_files_bytes_per_reading": sum(
+                f.stat().st_size for f in (work / "buffer").glob("*.mdb")
+            )
+            / readings,
+        }
 
 
 def bench_drain(database: str, readings: int, devices: int) -> dict[str, Any]:
