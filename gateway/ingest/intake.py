@@ -25,7 +25,14 @@ from gateway.buffer.capacity import DISK_FULL_FREE_BYTES
 from gateway.buffer.core.admission import Watermarks
 from gateway.errors import CapacityError
 from gateway.ingest.commit import Committer, IntakePaused
-from gateway.ingest.mqtt import drain_acks, end_session, make_client, next_message, take_queued
+from gateway.ingest.mqtt import (
+    drain_acks,
+    end_session,
+    make_client,
+    next_message,
+    received_at,
+    take_queued,
+)
 from gateway.ingest.taking import Taker
 from gateway.observe.brokerstats import BROKER_TOPICS
 from gateway.tls import describe as describe_tls_failure
@@ -204,7 +211,8 @@ class Ingest:
         messages = client.messages
         while True:
             first = await next_message(client)
-            started = time.monotonic()
+            # From its receipt: one that waited behind the last commit closes its window sooner.
+            started = received_at(first)
             breaker = self._breaker
             if (
                 breaker is not None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiomqtt
@@ -124,6 +125,12 @@ async def next_message(client: aiomqtt.Client) -> mqtt.MQTTMessage:
     """
     message: mqtt.MQTTMessage = await anext(client.messages)  # type: ignore[arg-type]
     return message
+
+
+def received_at(message: mqtt.MQTTMessage) -> float:
+    """When paho read the message off the socket (`time.monotonic`), or now if it did not say."""
+    stamped: float = message.timestamp
+    return stamped if stamped > 0 else time.monotonic()
 
 
 def take_queued(client: aiomqtt.Client) -> mqtt.MQTTMessage | None:

@@ -7,6 +7,7 @@ into, these fail here, by name, instead of the gateway failing at run time.
 from __future__ import annotations
 
 import logging
+import time
 from importlib.metadata import version
 
 import pytest
@@ -103,3 +104,12 @@ def test_the_pinned_versions_are_the_ones_installed() -> None:
     """The adapter was written against these; pyproject.toml pins the same ranges."""
     assert mqtt.paho_version.startswith("2.")
     assert version("aiomqtt").startswith("2.")
+
+
+def test_receipt_time_is_when_paho_read_the_message() -> None:
+    """The commit window and the PUBACK delay count from it, not from when intake got to it."""
+    message = paho_client.MQTTMessage(mid=1, topic=b"s/d/m")
+    before = time.monotonic()
+    assert mqtt.received_at(message) >= before  # paho leaves 0.0 on a message it did not read
+    message.timestamp = before - 5.0
+    assert mqtt.received_at(message) == before - 5.0
