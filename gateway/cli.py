@@ -271,12 +271,22 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     bench.add_argument(
         "--scenario",
         action="append",
-        choices=("append", "ingest", "payload-batches", "end-to-end", "backlog", "drain"),
+        choices=(
+            "append",
+            "ingest",
+            "payload-batches",
+            "end-to-end",
+            "backlog",
+            "drain",
+            "outage",
+        ),
         help="repeatable; default: append and ingest",
     )
     bench.add_argument("--runs", type=int, default=3, help="runs per scenario (median shown)")
     bench.add_argument("--count", type=int, default=100_000, help="ingest: readings per run")
-    bench.add_argument("--rate", type=float, default=0, help="ingest: readings/s, 0 for max")
+    bench.add_argument(
+        "--rate", type=float, default=0, help="ingest: readings/s, 0 for max; outage: 1000 if 0"
+    )
     bench.add_argument("--publishers", type=int, default=2, help="publisher processes")
     bench.add_argument(
         "--devices", type=int, help="ingest, end-to-end: devices the load spreads over (50)"
@@ -297,4 +307,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     bench.add_argument("--backlog", type=int, default=5_000_000, help="backlog: readings")
     bench.add_argument("--drain", type=int, default=1_000_000, help="drain: backlog readings")
     bench.add_argument("--drain-devices", type=int, default=1000, help="drain: devices")
+    bench.add_argument(
+        "--max-bytes-per-s", type=float, help="drain: the uplink budget ([flush] max_bytes_per_s)"
+    )
+    bench.add_argument(
+        "--no-gzip", action="store_true", help="drain: send plain line protocol ([flush] gzip)"
+    )
+    bench.add_argument(
+        "--outage", type=float, default=30.0, help="outage: seconds the database is down"
+    )
     bench.add_argument("--json", type=Path, help="also write the figures to this file")

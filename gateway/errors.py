@@ -63,6 +63,8 @@ class SinkError(GatewayError):
     overloaded: ClassVar[bool] = False
     # The `result` label of gateway_writes_total.
     result: ClassVar[str] = "retry"
+    # No HTTP response came: the flusher probes for the database's return (SinkUnavailable).
+    unreachable: bool = False
 
 
 class SinkUnavailable(SinkError):
@@ -71,10 +73,17 @@ class SinkUnavailable(SinkError):
     retryable = True
     overloaded = True
 
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        """`retry_after_s` carries the server's Retry-After, when it sent one."""
+    def __init__(
+        self, message: str, retry_after_s: float | None = None, *, unreachable: bool = False
+    ) -> None:
+        """`retry_after_s` carries the server's Retry-After, when it sent one.
+
+        `unreachable`: no HTTP response came (connection refused, reset, no route), so the
+        database's return can be noticed by probing it rather than by waiting out the backoff.
+        """
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.unreachable = unreachable
 
 
 class SinkRejected(SinkError):

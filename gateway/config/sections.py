@@ -116,6 +116,13 @@ class FlushSettings(Section):
     max_in_flight: int = Field(default=4, ge=1, le=64)
     retry_initial_s: float = Field(default=0.5, gt=0)
     retry_max_s: float = Field(default=30.0, gt=0)
+    # While the database cannot be reached, ping it this often and write as soon as it answers.
+    probe_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # Send writes gzip-compressed (Content-Encoding: gzip): about a tenth of the bytes.
+    gzip: bool = True
+    # An average cap on the bytes sent to the database, for metered links; the rest waits on
+    # disk. Unset: no cap.
+    max_bytes_per_s: float | None = Field(default=None, gt=0)
     # On shutdown, how long to keep flushing before leaving the rest buffered for the next start.
     grace_s: float = Field(default=10.0, ge=0)
 

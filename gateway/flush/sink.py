@@ -15,6 +15,7 @@ import aiohttp
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
+from influxdb_client.service.write_service import WriteService
 
 from gateway.errors import SinkAuthError, SinkError, SinkRejected, SinkUnavailable
 from gateway.tls import client_context
@@ -69,11 +70,27 @@ def retry_after(value: str | None) -> float | None:
 class Sink(Protocol):
     """Something that stores a line-protocol body or raises a `SinkError`."""
 
-    async def write(self, body: bytes) -> None:
-        """Store the points of `body` (newline-separated lines, ns precision)."""
+    async def write(self, body: bytes, *, encoding: str | None = None) -> None:
+        """Store the points of `body` (newline-separated lines, ns precision).
+
+        `encoding`: the body's `Content-Encoding` ("gzip"), or None for plain line protocol.
+        """
+
+    async def ready(self) -> bool:
+        """Whether the database answers its readiness endpoint (`/ping`) now."""
 
     async def aclose(self) -> None:
         """Release connections."""
+
+
+def unreachable(exc: BaseException) -> SinkUnavailable:
+    """A failure before any HTTP response: the host refused, reset or dropped the connection.
+
+    A timeout is not one of them: a slow database answers its ping at once, so probing would
+    send it the same heavy write again every second.
+    """
+    reached = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
+    return SinkUnavailable(f"{type(exc).__name__}: {exc}", unreachable=not reached)
 
 
 class V1Sink:
@@ -91,24 +108,35 @@ class V1Sink:
             self._auth = aiohttp.BasicAuth(settings.username, settings.password.get_secret_value())
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
         self._ssl = client_context(settings.tls) if settings.url.startswith("https:") else None
+        self._ping_url = f"{settings.url}/ping"
         self._session: aiohttp.ClientSession | None = None
 
-    async def write(self, body: bytes) -> None:
-        """POST the body; see `classify` for the outcomes."""
+    def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
                 auth=self._auth,
                 connector=aiohttp.TCPConnector(ssl=self._ssl) if self._ssl else None,
             )
+        return self._session
+
+    async def write(self, body: bytes, *, encoding: str | None = None) -> None:
+        """POST the body; see `classify` for the outcomes."""
+        headers = {"Content-Encoding": encoding} if encoding else None
         try:
-            async with self._session.post(self._url, params=self._params, data=body) as response:
+            async with self._http().post(
+                self._url, params=self._params, data=body, headers=headers
+            ) as response:
                 text = await response.text(errors="replace")
                 outcome = classify(response.status, response.headers, text)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SinkUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise unreachable(exc) from exc
         if isinstance(outcome, SinkError):
             raise outcome
+
+    async def ready(self) -> bool:
+        """GET /ping (InfluxDB 1.x, 2.x and VictoriaMetrics answer 204)."""
+        return await ping(self._http(), self._ping_url, {})
 
     async def aclose(self) -> None:
         """Close the HTTP session."""
@@ -123,11 +151,14 @@ class V2Sink:
         """Create the client; it connects on the first write."""
         self._settings = settings
         self._client: InfluxDBClientAsync | None = None
+        self._writes: WriteService | None = None
+        self._ping: aiohttp.ClientSession | None = None
+        token = settings.token.get_secret_value() if settings.token else ""
+        self._ping_headers = {"Authorization": f"Token {token}"} if token else {}
 
-    async def write(self, body: bytes) -> None:
-        """Write the body; see `classify` for the outcomes."""
+    def _service(self) -> WriteService:
         s = self._settings
-        if self._client is None:
+        if self._writes is None:
             # The client must be created inside the running event loop.
             self._client = InfluxDBClientAsync(
                 url=s.url,
@@ -136,24 +167,58 @@ class V2Sink:
                 timeout=int(s.timeout_s * 1000),
                 ssl_context=client_context(s.tls) if s.url.startswith("https:") else None,
             )
+            # Its write service rather than its write API: that one re-encodes the body and
+            # would gzip it a second time; the service sends the bytes and headers it is given.
+            self._writes = WriteService(self._client.api_client)  # type: ignore[no-untyped-call]
+        return self._writes
+
+    async def write(self, body: bytes, *, encoding: str | None = None) -> None:
+        """Write the body; see `classify` for the outcomes."""
+        s = self._settings
+        extra = {"content_encoding": encoding} if encoding else {}
         try:
-            await self._client.write_api().write(
-                bucket=s.bucket or "",
+            await self._service().post_write_async(  # type: ignore[no-untyped-call]
                 org=s.org or "",
-                record=body,
-                write_precision=WritePrecision.NS,  # type: ignore[arg-type]
+                bucket=s.bucket or "",
+                body=body,
+                precision=WritePrecision.NS,
+                content_type="text/plain; charset=utf-8",
+                _return_http_data_only=False,
+                **extra,
             )
         except ApiException as exc:
             outcome = classify(exc.status or 0, exc.headers or {}, str(exc.body or exc.reason))
             if isinstance(outcome, SinkError):
                 raise outcome from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise SinkUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise unreachable(exc) from exc
+
+    async def ready(self) -> bool:
+        """GET /ping with the token (InfluxDB 2.x, 1.8+ and VictoriaMetrics answer 204)."""
+        s = self._settings
+        if self._ping is None:
+            ssl = client_context(s.tls) if s.url.startswith("https:") else None
+            self._ping = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=s.timeout_s),
+                connector=aiohttp.TCPConnector(ssl=ssl) if ssl else None,
+            )
+        return await ping(self._ping, f"{s.url}/ping", self._ping_headers)
 
     async def aclose(self) -> None:
         """Close the client."""
         if self._client is not None:
             await self._client.close()  # type: ignore[no-untyped-call]
+        if self._ping is not None:
+            await self._ping.close()
+
+
+async def ping(session: aiohttp.ClientSession, url: str, headers: Mapping[str, str]) -> bool:
+    """True when `url` answers 2xx; any failure to get there is False, never an exception."""
+    try:
+        async with session.get(url, headers=headers) as response:
+            return HTTP_OK_MIN <= response.status <= HTTP_OK_MAX
+    except (aiohttp.ClientError, TimeoutError):
+        return False
 
 
 def make_sink(settings: InfluxSettings) -> Sink:

@@ -158,6 +158,17 @@ class Metrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
         )
         self.batch_size = Gauge("gateway_batch_size", "Batch size in use", registry=r)
+        self.sent_bytes = Counter(
+            "gateway_sink_sent_bytes",
+            "Bytes of write request bodies sent to the database, after compression",
+            registry=r,
+        )
+        self.probes = Counter(
+            "gateway_sink_probes",
+            "Readiness pings of an unreachable database, by result",
+            ["result"],
+            registry=r,
+        )
         self.writes_in_flight = Gauge(
             "gateway_writes_in_flight", "Database writes under way", registry=r
         )

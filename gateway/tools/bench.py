@@ -8,6 +8,8 @@ Scenarios:
   peak RSS. `--rate` fixes the load.
 - `backlog`: the same with no rate limit until N readings are buffered, sampling the gateway's
   resident memory along the way (it must not grow with the backlog).
+- `outage`: a steady `--rate` into VictoriaMetrics, stopped for `--outage` seconds in the middle:
+  how soon after its return the first batch lands, and how fast the backlog drains.
 Each scenario runs `--runs` times; the table shows medians.
 """
 
@@ -43,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
         _run_backlog(args, figures)
     if "drain" in chosen:
         _run_drain(args, figures)
+    if "outage" in chosen:
+        results = [
+            scenarios.bench_outage(args.rate or 1000, args.outage, args.publishers, args.devices)
+            for _ in range(args.runs)
+        ]
+        _collect(figures, f"outage {args.outage:.0f} s at {args.rate or 1000:.0f}/s", results)
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
@@ -139,17 +147,17 @@ def _run_backlog(args: argparse.Namespace, figures: dict[str, Any]) -> None:
 
 
 def _run_drain(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    budget = args.max_bytes_per_s
     for database in ("victoria-metrics", "influxd"):
-        samples_by_key: dict[str, list[float]] = {}
-        for _ in range(args.runs):
-            for key, value in scenarios.bench_drain(
-                database, args.drain, args.drain_devices
-            ).items():
-                samples_by_key.setdefault(key, []).append(float(value))
-        for key, samples in samples_by_key.items():
-            label = f"drain {database} {key}"
-            figures[label] = statistics.median(samples)
-            _show(figures, label, samples)
+        results = [
+            scenarios.bench_drain(
+                database, args.drain, args.drain_devices, budget, gzip=not args.no_gzip
+            )
+            for _ in range(args.runs)
+        ]
+        label = f"drain {database}" + (f" budget={budget:.0f}B/s" if budget else "")
+        label += " plain" if args.no_gzip else ""
+        _collect(figures, label, results)
 
 
 def _show(figures: dict[str, Any], key: str, samples: list[float]) -> None:

@@ -63,8 +63,9 @@ def write_config(
     log_level: str = "info",
     api: str = "v1",
     workers: int = 1,
+    flush: str = "",
 ) -> None:
-    """A gateway configuration for the local servers."""
+    """A gateway configuration for the local servers; `flush`: more `[flush]` lines."""
     path.write_text(
         f"""\
 [mqtt]
@@ -93,7 +94,7 @@ url = "{influx_url}"
 
 [flush]
 linger_s = 0.5
-
+{flush}
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
 

@@ -34,8 +34,9 @@ class Gateway:
         database_url: str = "",
         api: str = "v1",
         workers: int = 1,
+        flush: str = "",
     ) -> None:
-        """Start it on `broker_port` and wait until it is connected."""
+        """Start it on `broker_port` and wait until it is connected; `flush`: `[flush]` lines."""
         metrics_port = servers.free_port()
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         config = work / "gateway.toml"
@@ -51,6 +52,7 @@ class Gateway:
             log_level="warning",
             api=api,
             workers=workers,
+            flush=flush,
         )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(config)],

@@ -5,6 +5,7 @@ See gateway/tools/bench.py for what each measures and how the runner reports it.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import statistics
 import tempfile
@@ -41,6 +42,12 @@ SLOW_POLL_S = 0.5
 
 
 NEAR_END = 0.9
+# Bytes of request bodies the gateway sent to the database (compressed as sent).
+SENT_BYTES = "gateway_sink_sent_bytes_total"
+# The outage scenario: steady load this long before the outage and after it.
+OUTAGE_MARGIN_S = 10.0
+# ... and how often it looks for the first batch after the database's return.
+OUTAGE_POLL_S = 0.02
 
 
 # How often the end-to-end scenario samples the gateway's lag, backlog and batch size.
@@ -233,12 +240,71 @@ def bench_end_to_end(
                 "database_cpu_percent": (cpu_s(db.process.pid) - db_cpu0) / elapsed * 100,
                 "database_rss_mib": rss_mib(db.process.pid),
                 "written_bytes_per_reading": (gateway.write_bytes() - written0) / delivered,
+                "wire_bytes_per_reading": metrics.get(SENT_BYTES, 0.0) / delivered,
             }
         finally:
             if gateway is not None:
                 gateway.stop()
             db.stop()
             broker.stop()
+
+
+def bench_outage(
+    rate: float, outage_s: float, publishers: int, devices: int = BENCH_DEVICES
+) -> dict[str, Any]:
+    """A steady `rate` into VictoriaMetrics, which is down for `outage_s` in the middle.
+
+    The figures: how long after the database accepted writes again the first batch landed,
+    the backlog then, and how long the backlog took to drain. Default flush settings, so the
+    write backoff has grown to `retry_max_s` by the end of a long outage.
+    """
+    before_s = after_s = OUTAGE_MARGIN_S
+    count = int(rate * (before_s + outage_s + after_s))
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        work = Path(tmp)
+        broker = servers.start_mosquitto(work / "mosquitto")
+        db = servers.start_victoria_metrics(work / "victoria-metrics")
+        gateway = None
+        try:
+            gateway = Gateway(work, broker.port, "commit", database_url=db.url, api="v2")
+            jobs = _loads(broker.port, count, rate, publishers, devices=devices)
+            with multiprocessing.get_context("fork").Pool(publishers) as pool:
+                pending = pool.map_async(_publish, jobs)
+                time.sleep(before_s)
+                db.kill()
+                time.sleep(outage_s)
+                landed = gateway.metric("gateway_readings_total{outcome=delivered}")
+                db = servers.start_victoria_metrics(db.workdir, port=db.port)
+                back = time.perf_counter()
+                backlog = gateway.metric("gateway_buffer_readings")
+                while gateway.metric("gateway_readings_total{outcome=delivered}") == landed:
+                    time.sleep(OUTAGE_POLL_S)
+                resumed = time.perf_counter() - back
+                while gateway.metric("gateway_buffer_readings") > backlog / 100:
+                    time.sleep(OUTAGE_POLL_S)
+                drained = time.perf_counter() - back
+                pending.get(timeout=600)
+            wait_until_delivered(gateway, count)
+            return {
+                "first_batch_after_return_s": resumed,
+                "backlog_at_return": backlog,
+                "backlog_99pct_drained_after_s": drained,
+                "probes_ok": gateway.metric("gateway_sink_probes_total{result=ok}"),
+            }
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            db.stop()
+            broker.stop()
+
+
+def wait_until_delivered(gateway: Gateway, count: int, timeout_s: float = 120) -> None:
+    """Wait until `count` readings were delivered; raises if that takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while gateway.metric("gateway_readings_total{outcome=delivered}") < count:
+        if time.monotonic() > deadline:
+            raise servers.ServerError(f"{count} readings were not all delivered")
+        time.sleep(POLL_S)
 
 
 def prefill(path: Path, readings: int, devices: int, *, crash: bool = False) -> None:
@@ -312,8 +378,19 @@ def bench_startup(readings: int, devices: int) -> dict[str, Any]:
         }
 
 
-def bench_drain(database: str, readings: int, devices: int) -> dict[str, Any]:
-    """Drain a prefilled backlog into a local influxd (v1) or VictoriaMetrics (v2)."""
+def bench_drain(
+    database: str,
+    readings: int,
+    devices: int,
+    max_bytes_per_s: float | None = None,
+    *,
+    gzip: bool = True,
+) -> dict[str, Any]:
+    """Drain a prefilled backlog into a local influxd (v1) or VictoriaMetrics (v2).
+
+    `max_bytes_per_s`: the uplink budget (`[flush] max_bytes_per_s`); the rate kept is measured
+    from the first body sent to the last. `gzip`: `[flush] gzip`.
+    """
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         work = Path(tmp)
         prefill(work / "buffer", readings, devices)
@@ -328,10 +405,17 @@ def bench_drain(database: str, readings: int, devices: int) -> dict[str, Any]:
             db_cpu0 = cpu_s(db.process.pid)
             started = time.perf_counter()
             api = "v1" if database == "influxd" else "v2"
-            gateway = Gateway(work, broker.port, "commit", database_url=db.url, api=api)
+            flush = f"gzip = {str(gzip).lower()}\n"
+            if max_bytes_per_s:
+                flush += f"max_bytes_per_s = {max_bytes_per_s}\n"
+            gateway = Gateway(
+                work, broker.port, "commit", database_url=db.url, api=api, flush=flush
+            )
             sizes: list[float] = []
+            sent: list[tuple[float, float]] = []
             while (left := gateway.metric("gateway_buffer_readings")) > 0 or not sizes:
                 sizes.append(gateway.metric("gateway_batch_size"))
+                sent.append((time.perf_counter(), gateway.metric(SENT_BYTES)))
                 time.sleep(POLL_S)
             elapsed = time.perf_counter() - started
             metrics = scrape(gateway.metrics_url)
@@ -355,9 +439,26 @@ def bench_drain(database: str, readings: int, devices: int) -> dict[str, Any]:
                 "database_cpu_percent": (cpu_s(db.process.pid) - db_cpu0) / elapsed * 100,
                 # Deleting what landed writes too; the gateway wrote nothing before the drain.
                 "written_bytes_per_reading": gateway.write_bytes() / readings,
+                "wire_bytes_per_reading": metrics.get(SENT_BYTES, 0.0) / readings,
+                "uplink_bytes_per_s": _send_rate(sent),
             }
         finally:
             if gateway is not None:
                 gateway.stop()
             db.stop()
             broker.stop()
+
+
+def _send_rate(sent: list[tuple[float, float]]) -> float:
+    """Bytes/s between the first sample that saw a body go out and the last that saw one more.
+
+    The counter counts a body when it goes out, so the span from the first to the last body
+    covers all but the last one's bytes.
+    """
+    moved = [(t, b) for t, b in sent if b > 0]
+    changes = [moved[0]] if moved else []
+    changes += [later for earlier, later in itertools.pairwise(moved) if later[1] > earlier[1]]
+    if len(changes) < 2:  # noqa: PLR2004 - a rate needs two points
+        return 0.0
+    (t0, b0), (t1, b1) = changes[0], changes[-1]
+    return (b1 - b0) / (t1 - t0)

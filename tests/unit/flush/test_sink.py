@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 
 from gateway.errors import SinkAuthError, SinkRejected, SinkUnavailable
-from gateway.flush.sink import Delivered, classify, retry_after
+from gateway.flush.sink import Delivered, classify, ping, retry_after, unreachable
+from gateway.tools.servers import free_port
 
 
 @pytest.mark.parametrize(
@@ -40,3 +42,18 @@ def test_retry_after_is_honoured() -> None:
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0
     assert retry_after("soon") is None
     assert retry_after(None) is None
+
+
+def test_only_a_failure_without_a_response_is_unreachable() -> None:
+    """A refused connection is probed for; a timeout (a slow database) keeps its backoff."""
+    refused = aiohttp.ClientConnectionError("Connection refused")
+    assert unreachable(refused).unreachable
+    assert not unreachable(TimeoutError()).unreachable
+    assert not unreachable(aiohttp.ServerTimeoutError()).unreachable
+    assert not classify(503, {}, "busy").unreachable  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_a_ping_to_a_closed_port_is_false_not_an_error() -> None:
+    async with aiohttp.ClientSession() as session:
+        assert not await ping(session, f"http://127.0.0.1:{free_port()}/ping", {})
