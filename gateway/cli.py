@@ -279,13 +279,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             "backlog",
             "drain",
             "outage",
+            "live-first",
         ),
         help="repeatable; default: append and ingest",
     )
     bench.add_argument("--runs", type=int, default=3, help="runs per scenario (median shown)")
     bench.add_argument("--count", type=int, default=100_000, help="ingest: readings per run")
     bench.add_argument(
-        "--rate", type=float, default=0, help="ingest: readings/s, 0 for max; outage: 1000 if 0"
+        "--rate",
+        type=float,
+        default=0,
+        help="ingest: readings/s, 0 for max; outage, live-first: 1000 if 0",
     )
     bench.add_argument("--publishers", type=int, default=2, help="publisher processes")
     bench.add_argument(

@@ -240,6 +240,8 @@ DOCUMENT: dict[str, Any] = {
                                 "additionalProperties": {"type": "integer", "minimum": 0},
                             },
                             "lag_s": {"type": "number", "minimum": 0},
+                            "live_lag_s": {"type": "number", "minimum": 0},
+                            "backlog_lag_s": {"type": "number", "minimum": 0},
                             "batch_size": {"type": "integer", "minimum": 1},
                             "sink": {
                                 "type": "object",

@@ -128,7 +128,9 @@ class ReadApi:
         b = self._settings.buffer
         view["runtime"] = {
             "readings": snapshot.outcomes,
-            "lag_s": self._flusher.lag_s(time.monotonic()),
+            "lag_s": self._flusher.lag_s(now := time.monotonic()),
+            "live_lag_s": self._flusher.live_lag_s(now),
+            "backlog_lag_s": self._flusher.backlog_lag_s(now),
             "batch_size": self._flusher.batch_size,
             "sink": {
                 "state": "failing" if self._flusher.failing_writes else "ok",

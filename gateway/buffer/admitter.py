@@ -37,12 +37,21 @@ class Admitter:
     """Admits readings into one transaction; see the module docstring."""
 
     def __init__(
-        self, w: FifoTransaction, rules: Rules, leases: Mapping[str, tuple[int, int]]
+        self,
+        w: FifoTransaction,
+        rules: Rules,
+        leases: Mapping[str, tuple[int, int]],
+        live_from: Mapping[str, int] | None = None,
     ) -> None:
-        """`leases`: FIFO -> (first sequence after the leased readings, leased bytes)."""
+        """`leases`: FIFO -> (first sequence after the leased readings, leased bytes).
+
+        `live_from`: FIFO -> where the live stream of a live-first drain begins; drops take
+        from the readings before it only.
+        """
         self._w = w
         self._rules = rules
         self._leases = leases
+        self._live_from = live_from or {}
         self._admitted = Admitted()
 
     def admit(self, items: Iterable[tuple[str, bytes, Lane]]) -> Admitted:
@@ -90,7 +99,12 @@ class Admitter:
             view = Fifo(state.nbytes, state.nbytes - leased_bytes, is_new=False)
         decision = decide(lane, size, fifo=view, used=w.nbytes, active=w.active, rules=self._rules)
         if decision.drop_own_bytes:
-            count, _ = w.drop(fifo, lease_end, need_bytes=decision.drop_own_bytes)
+            count, _ = w.drop(
+                fifo,
+                lease_end,
+                need_bytes=decision.drop_own_bytes,
+                limit=self._live_from.get(fifo),
+            )
             admitted.dropped[DEVICE_SHARE, lane.device_class] += count
         if decision.make_room_bytes and not self._make_room(lane, decision.make_room_bytes):
             decision = when_no_room(lane)
@@ -110,6 +124,9 @@ class Admitter:
         w, rules, leases = self._w, self._rules, self._leases
         reason = drop_reason(lane)
         freed = 0
+        # FIFOs that had nothing to give (their oldest readings are in flight before a live
+        # stream): not chosen again in this decision.
+        spent: set[str] = set()
         while freed < need:
             candidates = (
                 Candidate(
@@ -118,12 +135,20 @@ class Admitter:
                     state.nbytes - leases.get(name, NO_LEASE)[1],
                 )
                 for name, state in w.active_states()
+                if name not in spent
             )
             chosen = victim(lane, candidates)
             if chosen is None:
                 return False
             lease_end = leases.get(chosen.name, NO_LEASE)[0]
-            count, nbytes = w.drop(chosen.name, lease_end, need_bytes=need - freed)
+            count, nbytes = w.drop(
+                chosen.name,
+                lease_end,
+                need_bytes=need - freed,
+                limit=self._live_from.get(chosen.name),
+            )
+            if not count:
+                spent.add(chosen.name)
             self._admitted.dropped[reason, chosen.lane.device_class] += count
             freed += nbytes
         return True

@@ -42,6 +42,7 @@ from gateway.buffer.core.chunk import (
 )
 from gateway.buffer.core.journalindex import JournalIndex
 from gateway.buffer.core.ledger import (
+    NEWEST_NONE,
     NO_SEAL,
     SEALED_KEY,
     TOTALS,
@@ -52,6 +53,7 @@ from gateway.buffer.core.ledger import (
 )
 from gateway.buffer.transaction import read_ledger
 from gateway.errors import StorageError
+from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
     import lmdb
@@ -311,14 +313,19 @@ class _Replay:
                 state.head = segment.first
                 state.gap_start = state.gap_end = 0
                 state.oldest_ts_ns = segment.first_ts_ns
+                state.newest_ts_ns = NEWEST_NONE
             state.next = segment.end
             state.readings += segment.count
             state.nbytes += segment.nbytes
             self.readings += segment.count
             self.nbytes += segment.nbytes
             self.replayed.add(name)
+        segments, groups = journal_records(bytes(value))
+        for segment, records in zip(segments, groups, strict=True):
+            state = self.states[self.names[segment.number]]
+            state.note_newest(max(timestamp_of(record) for record in records))
         if self.latest is not None:
-            self.latest.note(_placed(bytes(value), self.names), self.now_ns)
+            self.latest.note(_placed(segments, groups, self.names), self.now_ns)
 
     def live(self, header: JournalHeader) -> list[Segment]:
         """The record's segments holding a buffered reading."""
@@ -345,8 +352,9 @@ def _adopt_name(
     names[number] = name
 
 
-def _placed(value: bytes, names: dict[int, str]) -> list[tuple[str, int, int, bytes]]:
-    segments, groups = journal_records(value)
+def _placed(
+    segments: list[Segment], groups: list[list[bytes]], names: dict[int, str]
+) -> list[tuple[str, int, int, bytes]]:
     return [
         (names[segment.number], segment.number, segment.first + offset, record)
         for segment, records in zip(segments, groups, strict=True)

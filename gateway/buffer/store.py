@@ -39,6 +39,10 @@ protocol, and a guard on the pages in use refuses a commit before the disk budge
 Admission (gateway/buffer/core/admission.py) decides near the budget, inside the change that
 stores, so drops and stores take effect together.
 
+A live-first drain (gateway/buffer/live.py) splits FIFOs at their tails: reads of the backlog
+stop at the split, live reads start there, and a delivered live run becomes the FIFO's one gap,
+so the layout and its recovery stay as they are; the split itself lives in memory only.
+
 Invariants: a reading is acknowledged only after the journal commit holding it (durable for the
 sync mode). A reading leaves only by `delete`, which the flusher calls after the database
 confirmed (or after moving it to `dead`), or by a drop that admission decided and counted;
@@ -56,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import lmdb
 
-from gateway.buffer import capacity, checkpoint, deadletters, environment, integrity
+from gateway.buffer import capacity, checkpoint, deadletters, environment, integrity, live
 from gateway.buffer.admitter import Admitter
 from gateway.buffer.core.admission import Lane, Rules
 from gateway.buffer.core.chunk import reading_bytes
@@ -74,6 +78,7 @@ from gateway.buffer.fiforead import DecodedChunks, FifoWalker
 from gateway.buffer.transaction import FifoTransaction
 from gateway.config.sections import ApiSettings, SyncMode
 from gateway.errors import CapacityError, StorageError
+from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -81,6 +86,7 @@ if TYPE_CHECKING:
 
     from gateway.buffer.core.journalindex import JournalIndex
     from gateway.buffer.latest import Latest
+    from gateway.buffer.live import LiveMark
 
 logger = logging.getLogger(__name__)
 # Without a configuration (tools, tests), the read API's default.
@@ -132,6 +138,14 @@ class Buffer:
         # Readings the flusher has read and not yet deleted, per FIFO: (end sequence, bytes).
         # They are on their way to the database, so admission never drops them.
         self._leases: dict[str, tuple[int, int]] = {}
+        # A live-first drain's split of each FIFO (gateway/buffer/live.py), its `first` by FIFO
+        # for admission, and the leases of live-stream reads (end sequence, bytes).
+        self._live: dict[str, LiveMark] = {}
+        self._live_from: dict[str, int] = {}
+        self._live_leases: dict[str, tuple[int, int]] = {}
+        # Split FIFOs whose live stream stopped at a reading not newer than their backlog, and
+        # the sequence it stopped at: nothing of it can go until the backlog is delivered.
+        self._held: dict[str, int] = {}
         # The accounting, for the flusher's scheduling and admission; it adopts a change only
         # after the journal commit holding it, and the checkpoint writes it to the store.
         self._ledger, self._index = checkpoint.recover(
@@ -243,7 +257,7 @@ class Buffer:
             try:
                 with journal.begin(write=True) as txn, self._walker(txn) as walker:
                     w = FifoTransaction(self._ledger, walker)
-                    admitted = Admitter(w, rules, self._leases).admit(items)
+                    admitted = Admitter(w, rules, self._leases, self._live_from).admit(items)
                     if admitted.stored:
                         w.finish(txn)
                         self._guard.check(txn)
@@ -305,7 +319,8 @@ class Buffer:
                 state = states.get(fifo)
                 if state is None or n <= 0 or not state.readings:
                     continue
-                stop = state.read_limit
+                mark = self._live.get(fifo)
+                stop = state.read_limit if mark is None else min(state.read_limit, mark.first)
                 values: list[bytes] = []
                 last_seq = state.head
                 for seq, value in walker.readings(state, state.head):
@@ -318,6 +333,67 @@ class Buffer:
                     self._leases[fifo] = (last_seq + 1, leased)
                     spans.append(Span(fifo, state.head, tuple(values)))
         return spans
+
+    def begin_live_first(self) -> dict[str, int]:
+        """Split every FIFO at its tail: what is appended from now on goes ahead of its backlog.
+
+        Returns each FIFO's next sequence now, where its live stream begins (readings from
+        there on were accepted after this call). A FIFO split before stays as it was.
+        """
+        with self._lock:
+            for fifo, state in self._ledger.states.items():
+                mark = None if fifo in self._live else live.mark_of(state)
+                if mark is not None:
+                    self._live[fifo] = mark
+                    self._live_from[fifo] = mark.first
+            return {fifo: state.next for fifo, state in self._ledger.states.items()}
+
+    def live_backlog(self) -> dict[str, int]:
+        """Readings of each split FIFO's live stream still buffered (`begin_live_first`)."""
+        with self._lock:
+            self._end_finished_splits()
+            states = self._ledger.states
+            waiting = {
+                fifo: live.live_waiting(states[fifo], mark)
+                for fifo, mark in self._live.items()
+                if self._held.get(fifo) != live.cursor(states[fifo], mark)
+            }
+            return {fifo: n for fifo, n in waiting.items() if n}
+
+    def read_live(self, wanted: Iterable[tuple[str, int]]) -> list[Span]:
+        """Read up to n readings of each (FIFO, n)'s live stream, leased until `delete`/`release`.
+
+        A read stops at the first reading not newer than the FIFO's backlog: it waits for the
+        backlog to be delivered (gateway/buffer/live.py).
+        """
+        spans = []
+        with self._lock, self._walker() as walker:
+            for fifo, n in wanted:
+                mark = self._live.get(fifo)
+                state = self._ledger.states.get(fifo)
+                if mark is None or state is None or n <= 0:
+                    continue
+                first = live.cursor(state, mark)
+                values: list[bytes] = []
+                for seq, value in walker.readings(state, first):
+                    if len(values) >= n:
+                        break
+                    if timestamp_of(value) <= mark.newer_than_ns:
+                        self._held[fifo] = seq
+                        break
+                    values.append(value)
+                if values:
+                    leased = sum(reading_bytes(v) for v in values)
+                    self._live_leases[fifo] = (first + len(values), leased)
+                    spans.append(Span(fifo, first, tuple(values)))
+        return spans
+
+    def _end_finished_splits(self) -> None:
+        states = self._ledger.states
+        for fifo in [f for f, mark in self._live.items() if live.is_over(states.get(f), mark)]:
+            del self._live[fifo]
+            del self._live_from[fifo]
+            self._held.pop(fifo, None)
 
     def readings_of(self, fifo: str) -> list[bytes]:
         """Every buffered reading of a FIFO in order, without leasing them (checks and tools)."""
@@ -332,6 +408,7 @@ class Buffer:
         with self._lock:
             for fifo in fifos:
                 self._leases.pop(fifo, None)
+                self._live_leases.pop(fifo, None)
 
     def delete(
         self,
@@ -354,8 +431,15 @@ class Buffer:
             with self._walker() as walker:
                 w = FifoTransaction(self._ledger, walker)
                 deleted = 0
+                live_deleted: set[str] = set()
                 for fifo, first_seq, count in spans:
                     state = w.state(fifo)
+                    mark = self._live.get(fifo)
+                    if state is not None and mark is not None and first_seq != state.head:
+                        self._delete_live(w, state, mark, (fifo, first_seq, count))
+                        live_deleted.add(fifo)
+                        deleted += count
+                        continue
                     stop = state.read_limit if state else 0
                     if (
                         state is None
@@ -381,9 +465,26 @@ class Buffer:
             else:
                 self._adopt(change)
             for fifo, _, _ in spans:
-                self._leases.pop(fifo, None)
+                if fifo in live_deleted:
+                    self._live_leases.pop(fifo, None)
+                else:
+                    self._leases.pop(fifo, None)
+            self._end_finished_splits()
             self._checkpoint_if_due()
             return deleted
+
+    def _delete_live(
+        self, w: FifoTransaction, state: DeviceState, mark: LiveMark, span: tuple[str, int, int]
+    ) -> None:
+        fifo, first_seq, count = span
+        if first_seq != live.cursor(state, mark) or first_seq + count > state.next:
+            raise StorageError(
+                f"delete of {fifo!r} from {first_seq} does not match its live stream"
+            )
+        lease_end, leased = self._live_leases.get(fifo, (None, 0))
+        if lease_end != first_seq + count:
+            raise StorageError(f"delete of {fifo!r} from {first_seq} was not read whole")
+        w.delete_live(state, first_seq, count, leased)
 
     def maintain(self) -> None:
         """Checkpoint if one is due; the service calls this when intake and flushing are idle."""
@@ -456,9 +557,13 @@ class Buffer:
             seq += 1
 
     def backlog(self) -> dict[str, int]:
-        """Buffered readings per device, for devices that have any."""
+        """Buffered readings per FIFO that `read` can reach (a split FIFO's before its mark)."""
         with self._lock:
-            return {d: s.readings for d, s in self._ledger.states.items() if s.readings}
+            self._end_finished_splits()
+            counts = {d: s.readings for d, s in self._ledger.states.items() if s.readings}
+            for fifo, mark in self._live.items():
+                counts[fifo] -= live.live_waiting(self._ledger.states[fifo], mark)
+            return {fifo: n for fifo, n in counts.items() if n}
 
     def devices(self) -> dict[str, DeviceState]:
         """A snapshot of every device's accounting."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.buffer.core.chunk import Segment, encode_journal, reading_bytes
 from gateway.buffer.core.ledger import (
-    DEVICE,
+    NEWEST_NONE,
     TOTALS,
     U32,
     U32_MAX,
@@ -52,7 +52,7 @@ class Tables:
 def read_ledger(txn: lmdb.Transaction, tables: Tables) -> Ledger:
     """The accounting as the last checkpoint wrote it (gateway/buffer/checkpoint.py)."""
     states = {
-        bytes(name).decode(): DeviceState(*DEVICE.unpack(value))
+        bytes(name).decode(): DeviceState.unpack(bytes(value))
         for name, value in txn.cursor(db=tables.devices)
     }
     raw = txn.get(b"totals", db=tables.meta)
@@ -130,6 +130,7 @@ class FifoTransaction:
             state.head = state.next
             state.gap_start = state.gap_end = 0
             state.oldest_ts_ns = timestamp_of(value)
+            state.newest_ts_ns = NEWEST_NONE
             self.active += 1
         self.append_to(state, value, size)
 
@@ -140,6 +141,7 @@ class FifoTransaction:
             appended = self._appended[state.number] = _Appended(state.next, timestamp_of(value))
         appended.records.append(value)
         appended.nbytes += size
+        state.note_newest(timestamp_of(value))
         state.next += 1
         state.readings += 1
         state.nbytes += size
@@ -147,20 +149,33 @@ class FifoTransaction:
         self.nbytes += size
 
     def drop(
-        self, fifo: str, lease_end: int, *, need_bytes: int = 0, count: int | None = None
+        self,
+        fifo: str,
+        lease_end: int,
+        *,
+        need_bytes: int = 0,
+        count: int | None = None,
+        limit: int | None = None,
     ) -> tuple[int, int]:
         """Take readings of `fifo` out of the buffer from its first one at or after `lease_end`.
 
         Takes `count` readings, or as many as free `need_bytes`; returns (readings, bytes).
         Readings before `lease_end` are in flight and stay, which leaves a gap behind them.
+        `limit`: where a live-first drain's live stream begins; nothing from there on is taken,
+        and nothing at all while the readings before it are in flight (that would need a second
+        gap).
         """
         state = self.state(fifo)
         if state is None or not state.readings:
             return 0, 0
         start = max(state.head, lease_end)
+        if limit is not None and start != state.head:
+            return 0, 0
         dropped = freed = 0
         last = start - 1
         for seq, value in self._readings(state, start):
+            if limit is not None and seq >= limit:
+                break
             if (dropped >= count) if count is not None else (freed >= need_bytes):
                 break
             freed += reading_bytes(value)
@@ -232,6 +247,22 @@ class FifoTransaction:
         self.nbytes -= freed
         state.head += count
         self._find_head(state)
+
+    def delete_live(self, state: DeviceState, first: int, count: int, freed: int) -> None:
+        """Take a delivered run out of the middle of a FIFO: the live stream of a live-first drain.
+
+        The run starts where the gap ends (or opens it), so the FIFO still has one gap: its
+        older readings before it, the rest of the live stream after it.
+        """
+        state.readings -= count
+        state.nbytes -= freed
+        self.readings -= count
+        self.nbytes -= freed
+        if state.gap_end <= state.gap_start:
+            state.gap_start = first
+        state.gap_end = first + count
+        if not state.readings:
+            self._find_head(state)
 
     def _new_number(self) -> int:
         # Numbers wrap after 2**32 devices (a firmware bug can invent that many over months);

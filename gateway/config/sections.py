@@ -118,6 +118,9 @@ class FlushSettings(Section):
     retry_max_s: float = Field(default=30.0, gt=0)
     # While the database cannot be reached, ping it this often and write as soon as it answers.
     probe_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # After an outage (and at start), send what arrives ahead of what was buffered before;
+    # each keeps its own order. False: strict acceptance order per device.
+    live_first: bool = True
     # Send writes gzip-compressed (Content-Encoding: gzip): about a tenth of the bytes.
     gzip: bool = True
     # An average cap on the bytes sent to the database, for metered links; the rest waits on

@@ -69,7 +69,15 @@ class Flusher:
         self._busy: set[str] = set()
         self._next_device = 0
         self._wake = anyio.Event()
-        self._waiting = Waiting(recovered=sum(buffer.backlog().values()))
+        self._waiting = Waiting(recovered=buffer.totals().readings)
+        # During a live-first drain (gateway/buffer/live.py): each FIFO's sequence where its
+        # live stream began, and the readings buffered before it; `_waiting` then holds only
+        # the readings accepted since.
+        self._split: dict[str, int] | None = None
+        self._backlog: Waiting | None = None
+        # Start counts as a return: the first write that lands splits what was found buffered
+        # (if the database is down at start, what arrives meanwhile joins the backlog).
+        self._split_at_next_landing = True
         self._started = time.monotonic()
         self._draining = False
         self._failures = 0
@@ -109,9 +117,20 @@ class Flusher:
 
         Readings found in the buffer at start count from the start.
         """
-        if not self._waiting:
+        return max(self.live_lag_s(now), self.backlog_lag_s(now))
+
+    def live_lag_s(self, now: float) -> float:
+        """The lag of the readings accepted since the last live-first split (all, without one)."""
+        return self._lag_of(self._waiting, now)
+
+    def backlog_lag_s(self, now: float) -> float:
+        """The lag of the readings a live-first drain sends behind the live ones (0 without one)."""
+        return 0.0 if self._backlog is None else self._lag_of(self._backlog, now)
+
+    def _lag_of(self, waiting: Waiting, now: float) -> float:
+        if not waiting:
             return 0.0
-        return now - max(self._waiting.oldest_since(), self._started)
+        return now - max(waiting.oldest_since(), self._started)
 
     def reconfigure(self, settings: FlushSettings) -> None:
         """Take new tuning (SIGHUP); the batch size in use is kept within the new bounds."""
@@ -128,7 +147,9 @@ class Flusher:
 
     def forget(self, readings: int) -> None:
         """Called by ingest when admission dropped `readings` buffered readings."""
-        self._waiting.delivered(readings)
+        # Drops take the oldest readings, which during a live-first drain are the backlog's.
+        (self._backlog or self._waiting).delivered(readings)
+        self._end_live_first_if_done()
 
     async def run(self) -> None:
         """Run the workers until cancelled."""
@@ -173,8 +194,9 @@ class Flusher:
         while True:
             wait_s = self._outage_wait()
             wanted: list[tuple[str, int]] = []
+            live = False
             if not wait_s:
-                wanted, wait_s = self._pick()
+                wanted, wait_s, live = self._pick()
             if not wanted:
                 await self._sleep_until_woken(wait_s)
                 continue
@@ -182,7 +204,10 @@ class Flusher:
             self._probing = probing
             self._busy.update(d for d, _ in wanted)
             try:
-                await self._flush(wanted)
+                if not await self._flush(wanted, live=live):
+                    # Nothing could be read after all (a live stream held behind its
+                    # backlog): give the others the loop instead of asking again at once.
+                    await anyio.sleep(self._settings.linger_s)
             finally:
                 self._busy.difference_update(d for d, _ in wanted)
                 if probing:
@@ -197,10 +222,10 @@ class Flusher:
             return math.inf
         return max(0.0, self._resume_at - time.monotonic())
 
-    def _linger_left(self) -> float:
-        if not self._waiting:
+    def _linger_left(self, waiting: Waiting) -> float:
+        if not waiting:
             return math.inf
-        due = self._waiting.oldest_since() + self._settings.linger_s
+        due = waiting.oldest_since() + self._settings.linger_s
         return max(0.0, due - time.monotonic())
 
     async def _sleep_until_woken(self, timeout_s: float) -> None:
@@ -211,14 +236,29 @@ class Flusher:
         with anyio.move_on_after(timeout_s):
             await self._wake.wait()
 
-    def _pick(self) -> tuple[list[tuple[str, int]], float]:
-        """Devices and counts for the next batch, or none and how long to wait for one."""
-        backlog = self._buffer.backlog()
+    def _pick(self) -> tuple[list[tuple[str, int]], float, bool]:
+        """Devices and counts for the next batch, or none and how long to wait for one.
+
+        During a live-first drain, live streams go first and the backlog gets the rest; the
+        flag says which the batch is from.
+        """
+        live_wait = math.inf
+        if self._split is not None:
+            wanted, live_wait = self._choose(self._buffer.live_backlog(), self._waiting)
+            if wanted:
+                return wanted, 0.0, True
+        wanted, wait_s = self._choose(self._buffer.backlog(), self._backlog or self._waiting)
+        return wanted, min(wait_s, live_wait), False
+
+    def _choose(
+        self, backlog: dict[str, int], waiting: Waiting
+    ) -> tuple[list[tuple[str, int]], float]:
+        """Round-robin quotas over the devices of `backlog` no batch holds, once one is due."""
         ready = [(d, n) for d, n in backlog.items() if d not in self._busy]
         available = sum(n for _, n in ready)
         if not available:
             return [], math.inf
-        linger_left = 0.0 if self._draining else self._linger_left()
+        linger_left = 0.0 if self._draining else self._linger_left(waiting)
         if available < self._batch_size and linger_left > 0:
             return [], linger_left
         quota = max(1, math.ceil(self._batch_size / len(ready)))
@@ -233,10 +273,11 @@ class Flusher:
         self._next_device = start + len(wanted)
         return wanted, 0.0
 
-    async def _flush(self, wanted: list[tuple[str, int]]) -> None:
-        spans = self._buffer.read(wanted)
+    async def _flush(self, wanted: list[tuple[str, int]], *, live: bool) -> bool:
+        """Read, write and delete one batch; False when nothing could be read."""
+        spans = self._buffer.read_live(wanted) if live else self._buffer.read(wanted)
         if not spans:
-            return
+            return False
         deleted = False
         try:
             deleted = await self._deliver_spans(spans)
@@ -244,6 +285,7 @@ class Flusher:
             if not deleted:
                 # Not delivered: admission may drop these readings again if it must.
                 self._buffer.release([s.device for s in spans])
+        return True
 
     async def _deliver_spans(self, spans: list[Span]) -> bool:
         """Write the spans and delete what landed; False when they stay buffered."""
@@ -255,6 +297,8 @@ class Flusher:
         except SinkError as exc:
             self._back_off(exc)
             return False
+        returned = self._failures > 0 or self._split_at_next_landing
+        self._split_at_next_landing = False
         if self._failures:
             logger.info("database accepts writes again after %d failed attempts", self._failures)
             self._failures = 0
@@ -262,16 +306,51 @@ class Flusher:
         dead = [(devices[sources[j][0]], reason, lines[j].decode()) for j, reason in refused]
         dead_readings = sum(len(sources[j]) for j, _ in refused)
         try:
-            deleted = self._delete(spans, dead, dead_readings)
+            self._delete(spans, dead, dead_readings)
         except StorageError as exc:
             # The database has the points; they stay buffered and are written again later,
             # which is harmless. Crashing here would stop intake as well.
             self._back_off(exc)
             return False
-        self._waiting.delivered(deleted)
+        self._account_delivered(spans)
+        if returned:
+            self._begin_live_first()
         self.space_freed.set()
         self.space_freed = anyio.Event()
         return True
+
+    def _begin_live_first(self) -> None:
+        """After an outage (or at start): what arrives from now on goes ahead of the backlog."""
+        if not self._settings.live_first or self._split is not None:
+            return
+        if not self._buffer.totals().readings:
+            return
+        self._split = self._buffer.begin_live_first()
+        self._backlog, self._waiting = self._waiting, Waiting(recovered=0)
+        logger.info(
+            "live-first drain: new readings go ahead of the %d buffered ones",
+            self._buffer.totals().readings,
+        )
+
+    def _account_delivered(self, spans: list[Span]) -> None:
+        """Take delivered spans off the waiting readings: live ones and backlog ones apart."""
+        delivered = sum(len(span.values) for span in spans)
+        split, backlog = self._split, self._backlog
+        if split is None or backlog is None:
+            self._waiting.delivered(delivered)
+            return
+        live = 0
+        for span in spans:
+            end = span.first_seq + len(span.values)
+            live += max(0, end - max(span.first_seq, split.get(span.device, 0)))
+        self._waiting.delivered(live)
+        backlog.delivered(delivered - live)
+        self._end_live_first_if_done()
+
+    def _end_live_first_if_done(self) -> None:
+        if self._backlog is not None and not self._backlog:
+            self._split = self._backlog = None
+            logger.info("live-first drain: the backlog is delivered")
 
     def _delete(
         self, spans: list[Span], dead: list[tuple[str, str, str]], dead_readings: int

@@ -177,6 +177,16 @@ class Metrics:
             "How long the oldest undelivered reading has been buffered (the write-behind lag)",
             registry=r,
         )
+        self.live_lag_seconds = Gauge(
+            "gateway_buffer_live_lag_seconds",
+            "The lag of the readings accepted since a live-first drain began (all, without one)",
+            registry=r,
+        )
+        self.backlog_lag_seconds = Gauge(
+            "gateway_buffer_backlog_lag_seconds",
+            "The lag of the backlog a live-first drain sends behind the live readings",
+            registry=r,
+        )
         self.intake_paused = Gauge(
             "gateway_intake_paused", "1 while intake is paused at the high watermark", registry=r
         )

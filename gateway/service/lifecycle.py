@@ -83,6 +83,8 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
     sink = make_sink(settings.influx)
     flusher = Flusher(buffer, sink, settings.flush, metrics)
     metrics.lag_seconds.set_function(lambda: flusher.lag_s(time.monotonic()))
+    metrics.live_lag_seconds.set_function(lambda: flusher.live_lag_s(time.monotonic()))
+    metrics.backlog_lag_seconds.set_function(lambda: flusher.backlog_lag_s(time.monotonic()))
     breaker = Breaker(b.path, careful_max=CAREFUL_COMMITS * b.commit_max_readings)
     ingest = _make_ingest(
         settings, buffer, flusher, metrics, health=health, notifier=notifier, breaker=breaker

@@ -71,8 +71,10 @@ def status(settings: Settings, *, as_json: bool, top: int) -> str:
     if runtime is None:
         return f"{text}\n(service not answering on {settings.metrics.listen}: read from disk)"
     sink, admission = runtime["sink"], runtime["admission"]
+    live, backlog = runtime.get("live_lag_s", 0.0), runtime.get("backlog_lag_s", 0.0)
     return (
-        f"{text}\nwrite-behind lag {runtime['lag_s']:.1f} s, batch size {runtime['batch_size']}, "
+        f"{text}\nwrite-behind lag {runtime['lag_s']:.1f} s (live {live:.1f} s, backlog "
+        f"{backlog:.1f} s), batch size {runtime['batch_size']}, "
         f"database {sink['state']}, intake {'paused' if admission['paused'] else 'taking readings'}"
         f" (policy {admission['policy']}), broker "
         f"{'connected' if runtime['mqtt_connected'] else 'not connected'}"

@@ -128,6 +128,8 @@ def merge_status(answers: Answers, path: str, top: int) -> tuple[int, dict[str, 
     view["runtime"] = {
         "readings": readings,
         "lag_s": max(r["lag_s"] for r in runtimes),
+        "live_lag_s": max(r.get("live_lag_s", 0.0) for r in runtimes),
+        "backlog_lag_s": max(r.get("backlog_lag_s", 0.0) for r in runtimes),
         "batch_size": max(r["batch_size"] for r in runtimes),
         "sink": {"state": "failing" if failing else "ok", "failed_writes_in_a_row": failing},
         "admission": admission,

@@ -8,6 +8,9 @@ Scenarios:
   peak RSS. `--rate` fixes the load.
 - `backlog`: the same with no rate limit until N readings are buffered, sampling the gateway's
   resident memory along the way (it must not grow with the backlog).
+- `live-first`: a prefilled backlog (`--drain`, `--drain-devices`) drains into VictoriaMetrics
+  while new readings arrive at `--rate`, with `[flush] live_first` on and off: the new readings'
+  lag and the backlog's drain rate.
 - `outage`: a steady `--rate` into VictoriaMetrics, stopped for `--outage` seconds in the middle:
   how soon after its return the first batch lands, and how fast the backlog drains.
 Each scenario runs `--runs` times; the table shows medians.
@@ -45,15 +48,37 @@ def run(args: argparse.Namespace) -> int:
         _run_backlog(args, figures)
     if "drain" in chosen:
         _run_drain(args, figures)
+    if "live-first" in chosen:
+        _run_live_first(args, figures)
     if "outage" in chosen:
-        results = [
-            scenarios.bench_outage(args.rate or 1000, args.outage, args.publishers, args.devices)
-            for _ in range(args.runs)
-        ]
-        _collect(figures, f"outage {args.outage:.0f} s at {args.rate or 1000:.0f}/s", results)
+        _run_outage(args, figures)
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0
+
+
+def _run_live_first(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    for live_first in (True, False):
+        results = [
+            scenarios.bench_live_first(
+                args.drain,
+                args.drain_devices,
+                args.rate or 1000,
+                args.publishers,
+                live_first=live_first,
+            )
+            for _ in range(args.runs)
+        ]
+        label = f"live-first={'on' if live_first else 'off'} {args.drain:,} backlog"
+        _collect(figures, label, results)
+
+
+def _run_outage(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    results = [
+        scenarios.bench_outage(args.rate or 1000, args.outage, args.publishers, args.devices)
+        for _ in range(args.runs)
+    ]
+    _collect(figures, f"outage {args.outage:.0f} s at {args.rate or 1000:.0f}/s", results)
 
 
 def _run_append(runs: int, figures: dict[str, Any]) -> None:

@@ -42,6 +42,11 @@ SLOW_POLL_S = 0.5
 
 
 NEAR_END = 0.9
+# The timestamp (ms) of the first prefilled reading of each device, as the load generator's.
+PREFILL_START_MS = 1_700_000_000_000
+# The live-first scenario: how long the new readings keep coming, and how often it samples.
+LIVE_LOAD_S = 30.0
+LIVE_SAMPLE_S = 0.2
 # Bytes of request bodies the gateway sent to the database (compressed as sent).
 SENT_BYTES = "gateway_sink_sent_bytes_total"
 # The outage scenario: steady load this long before the outage and after it.
@@ -178,8 +183,12 @@ def _loads(
     per_message: int = 1,
     *,
     devices: int = BENCH_DEVICES,
+    start_ms: int = PREFILL_START_MS,
 ) -> list[loadgen.Load]:
-    """`count` readings at `rate` from `devices` devices, split over `publishers`."""
+    """`count` readings at `rate` from `devices` devices, split over `publishers`.
+
+    `start_ms`: the first reading's timestamp.
+    """
     publishers = min(publishers, devices)
     devices //= publishers
     return [
@@ -191,6 +200,7 @@ def _loads(
             count // publishers,
             rate / publishers,
             per_message=per_message,
+            start_ms=start_ms,
         )
         for p in range(publishers)
     ]
@@ -328,7 +338,7 @@ def prefill(path: Path, readings: int, devices: int, *, crash: bool = False) -> 
                                 "telemetry",
                                 (("device", device),),
                                 tuple(simulate.values(k, i).items()),
-                                (1_700_000_000_000 + i) * 10**6,
+                                (PREFILL_START_MS + i) * 10**6,
                             )
                         ),
                     )
@@ -462,3 +472,52 @@ def _send_rate(sent: list[tuple[float, float]]) -> float:
         return 0.0
     (t0, b0), (t1, b1) = changes[0], changes[-1]
     return (b1 - b0) / (t1 - t0)
+
+
+def bench_live_first(
+    readings: int, devices: int, rate: float, publishers: int, *, live_first: bool
+) -> dict[str, Any]:
+    """A prefilled backlog drains into VictoriaMetrics while new readings arrive at `rate`.
+
+    The figures: the lag of the new readings (their oldest undelivered one's age, sampled),
+    and how soon the backlog was delivered (only about a second of new readings left).
+    """
+    count = int(rate * LIVE_LOAD_S)
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        work = Path(tmp)
+        prefill(work / "buffer", readings, devices)
+        broker = servers.start_mosquitto(work / "mosquitto")
+        db = servers.start_victoria_metrics(work / "victoria-metrics")
+        gateway = None
+        try:
+            started = time.perf_counter()
+            flush = f"live_first = {str(live_first).lower()}\n"
+            gateway = Gateway(
+                work, broker.port, "commit", database_url=db.url, api="v2", flush=flush
+            )
+            # Stamped after the backlog, as readings that come after an outage are.
+            newer = PREFILL_START_MS + readings // devices + 1
+            jobs = _loads(broker.port, count, rate, publishers, devices=devices, start_ms=newer)
+            lags: list[float] = []
+            drained_s = 0.0
+            with multiprocessing.get_context("fork").Pool(publishers) as pool:
+                pending = pool.map_async(_publish, jobs)
+                while not drained_s or not pending.ready():
+                    time.sleep(LIVE_SAMPLE_S)
+                    metrics = scrape(gateway.metrics_url)
+                    lags.append(metrics["gateway_buffer_live_lag_seconds"])
+                    if not drained_s and metrics["gateway_buffer_readings"] <= rate:
+                        drained_s = time.perf_counter() - started
+                pending.get(timeout=600)
+            wait_until_delivered(gateway, readings + count)
+            return {
+                "new_readings_lag_max_s": max(lags),
+                "new_readings_lag_p50_s": quantile(sorted(lags), 0.5),
+                "backlog_delivered_after_s": drained_s,
+                "backlog_points_per_s": readings / drained_s,
+            }
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            db.stop()
+            broker.stop()

@@ -22,13 +22,20 @@ if TYPE_CHECKING:
 # A sealed chunk's key: (seal number, FIFO number, first sequence). Seals are numbered in the
 # order they happen, so a seal's chunks append at the right edge of the `sealed` B-tree.
 SEALED_KEY = struct.Struct(">IIQ")
-DEVICE = struct.Struct(">IQQQQqQQI")
+DEVICE = struct.Struct(">IQQQQqQQIq")
+# The same without the newest timestamp, as buffers written before it store it.
+DEVICE_WITHOUT_NEWEST = struct.Struct(">IQQQQqQQI")
 TOTALS = struct.Struct(">QQ")
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
 U32_MAX = 2**32 - 1
 # A FIFO's `sealed_from` when no sealed chunk holds any of its readings.
 NO_SEAL = U32_MAX
+# A FIFO's `newest_ts_ns` when it is not known (a buffer from before it was kept): every
+# timestamp must be taken as possibly older.
+NEWEST_UNKNOWN = 2**63 - 1
+# ... and while nothing was appended since the FIFO was last empty.
+NEWEST_NONE = -(2**63)
 # A FIFO's name is the device, with the device class appended for other classes than the default.
 _CLASS_SEPARATOR = "\x1f"
 
@@ -70,8 +77,11 @@ class DeviceState:
     # The oldest seal that may still hold a chunk of this FIFO (NO_SEAL: none does), so that a
     # read or a deletion looks at the seals from there on only.
     sealed_from: int = NO_SEAL
+    # The newest reading timestamp appended since the FIFO was last empty (an upper bound of
+    # what it holds): a live-first drain sends ahead only readings newer than its backlog.
+    newest_ts_ns: int = NEWEST_NONE
 
-    def pack_fields(self) -> tuple[int, int, int, int, int, int, int, int, int]:
+    def pack_fields(self) -> tuple[int, int, int, int, int, int, int, int, int, int]:
         """The fields in record order: `DeviceState(*state.pack_fields())` is a copy."""
         return (
             self.number,
@@ -83,6 +93,7 @@ class DeviceState:
             self.gap_start,
             self.gap_end,
             self.sealed_from,
+            self.newest_ts_ns,
         )
 
     @property
@@ -97,6 +108,19 @@ class DeviceState:
     def pack(self) -> bytes:
         """Serialize for the `devices` database."""
         return DEVICE.pack(*self.pack_fields())
+
+    @classmethod
+    def unpack(cls, value: bytes) -> DeviceState:
+        """Read a `devices` record, of this layout or of the one before the newest timestamp."""
+        if len(value) == DEVICE_WITHOUT_NEWEST.size:
+            state = cls(*DEVICE_WITHOUT_NEWEST.unpack(value))
+            state.newest_ts_ns = NEWEST_UNKNOWN
+            return state
+        return cls(*DEVICE.unpack(value))
+
+    def note_newest(self, ts_ns: int) -> None:
+        """Take an appended reading's timestamp into `newest_ts_ns`."""
+        self.newest_ts_ns = max(self.newest_ts_ns, ts_ns)
 
 
 @dataclass(slots=True)

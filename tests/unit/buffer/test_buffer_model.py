@@ -1,5 +1,5 @@
 """The buffer against a plain model: a FIFO per device through random appends, reads, deliveries,
-drops, checkpoints, sealing, clean restarts and crashes.
+drops, live-first splits and live deliveries, checkpoints, sealing, clean restarts and crashes.
 
 A crash closes the environments without the checkpoint a clean close writes, as kill -9 would:
 every appended reading must come back, and deliveries and drops since the last checkpoint come
@@ -50,6 +50,8 @@ class BufferMachine(RuleBasedStateMachine):
         # Readings taken out since the last checkpoint, by device, oldest first.
         self.unsaved: dict[str, list[bytes]] = {d: [] for d in DEVICES}
         self.leased: dict[str, int] = dict.fromkeys(DEVICES, 0)
+        # Split devices (a live-first drain): how many of their oldest readings are backlog.
+        self.backlog: dict[str, int] = {}
         self.checkpoints_seen = 0
         self.clock = 0
 
@@ -83,6 +85,12 @@ class BufferMachine(RuleBasedStateMachine):
             del queue[start]
         self.unsaved[device].extend(taken)
 
+    def _took_backlog(self, device: str, count: int) -> None:
+        if device in self.backlog:
+            self.backlog[device] -= count
+            if not self.backlog[device]:
+                del self.backlog[device]
+
     def _after(self) -> None:
         if self.buffer.checkpoints != self.checkpoints_seen:
             self.checkpoints_seen = self.buffer.checkpoints
@@ -103,7 +111,8 @@ class BufferMachine(RuleBasedStateMachine):
         spans = self.buffer.read([(device, n)])
         got = [v for s in spans for v in s.values]
         assert got == list(self.model[device])[: len(got)]
-        assert len(got) == min(n, len(self.model[device])) or self.buffer.devices()[device].gap_end
+        reachable = self.backlog.get(device, len(self.model[device]))
+        assert len(got) == min(n, reachable) or self.buffer.devices()[device].gap_end
         self.leased[device] = len(got)
 
     @rule(device=st.sampled_from(DEVICES), n=st.integers(1, 10), dead=st.booleans())
@@ -118,6 +127,31 @@ class BufferMachine(RuleBasedStateMachine):
         count = len(span.values)
         assert self.buffer.delete([(device, span.first_seq, count)], lines) == count
         self._take_out(device, 0, count)
+        self._took_backlog(device, count)
+        self._after()
+
+    @rule()
+    def split(self) -> None:
+        """A live-first drain begins: what is appended from now on goes ahead of the backlog."""
+        gaps = {d for d, s in self.buffer.devices().items() if s.gap_end > s.gap_start}
+        self.buffer.begin_live_first()
+        for device, queue in self.model.items():
+            if queue and device not in self.backlog and device not in gaps:
+                self.backlog[device] = len(queue)
+
+    @rule(device=st.sampled_from(DEVICES), n=st.integers(1, 10))
+    def deliver_live(self, device: str, n: int) -> None:
+        """A live batch: the oldest readings after the split, taken out of the FIFO's middle."""
+        spans = self.buffer.read_live([(device, n)])
+        if device not in self.backlog:
+            assert spans == []
+            return
+        queue, first = list(self.model[device]), self.backlog[device]
+        got = [v for s in spans for v in s.values]
+        assert got == queue[first : first + n]
+        if spans:
+            assert self.buffer.delete([(device, spans[0].first_seq, len(got))]) == len(got)
+            self._take_out(device, first, len(got))
         self._after()
 
     @rule(device=st.sampled_from(DEVICES), n=st.integers(1, 6))
@@ -136,7 +170,11 @@ class BufferMachine(RuleBasedStateMachine):
         for _, _, _, value in admitted.placed:
             self.model[device].append(value)
         dropped = admitted.dropped[DEVICE_SHARE, DROPPING.device_class]
+        if device in self.backlog:
+            assert not (dropped and self.leased[device]), "no second gap behind a split"
+            assert dropped <= self.backlog[device], "drops stop at the split"
         self._take_out(device, self.leased[device], dropped)
+        self._took_backlog(device, dropped)
         self._after()
 
     @rule()
@@ -153,6 +191,7 @@ class BufferMachine(RuleBasedStateMachine):
         self.buffer = Buffer(self.path, CAPACITY)
         self.checkpoints_seen = self.buffer.checkpoints
         self.leased = dict.fromkeys(DEVICES, 0)
+        self.backlog = {}  # a split lives in the running process only
 
     @rule()
     def crash(self) -> None:
@@ -166,6 +205,7 @@ class BufferMachine(RuleBasedStateMachine):
         self.unsaved = {d: [] for d in DEVICES}
         self.checkpoints_seen = self.buffer.checkpoints
         self.leased = dict.fromkeys(DEVICES, 0)
+        self.backlog = {}
 
     @invariant()
     def accounting_matches_model(self) -> None:
@@ -173,7 +213,12 @@ class BufferMachine(RuleBasedStateMachine):
         assert totals.readings == sum(len(q) for q in self.model.values())
         assert totals.nbytes == sum(KEY_BYTES + len(v) for q in self.model.values() for v in q)
         assert totals.devices == sum(1 for q in self.model.values() if q)
-        assert self.buffer.backlog() == {d: len(q) for d, q in self.model.items() if q}
+        assert self.buffer.backlog() == {
+            d: self.backlog.get(d, len(q)) for d, q in self.model.items() if q
+        }
+        assert self.buffer.live_backlog() == {
+            d: len(self.model[d]) - n for d, n in self.backlog.items() if len(self.model[d]) > n
+        }
         for device, state in self.buffer.devices().items():
             queue = self.model[device]
             oldest = unpack(device, queue[0]).ts_ns if queue else 0
