@@ -106,18 +106,13 @@ class V1Sink:
         self._auth = None
         if settings.username and settings.password:
             self._auth = aiohttp.BasicAuth(settings.username, settings.password.get_secret_value())
-        self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
-        self._ssl = client_context(settings.tls) if settings.url.startswith("https:") else None
+        self._settings = settings
         self._ping_url = f"{settings.url}/ping"
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
-                auth=self._auth,
-                connector=aiohttp.TCPConnector(ssl=self._ssl) if self._ssl else None,
-            )
+            self._session = http_session(self._settings, self._auth)
         return self._session
 
     async def write(self, body: bytes, *, encoding: str | None = None) -> None:
@@ -195,14 +190,9 @@ class V2Sink:
 
     async def ready(self) -> bool:
         """GET /ping with the token (InfluxDB 2.x, 1.8+ and VictoriaMetrics answer 204)."""
-        s = self._settings
         if self._ping is None:
-            ssl = client_context(s.tls) if s.url.startswith("https:") else None
-            self._ping = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=s.timeout_s),
-                connector=aiohttp.TCPConnector(ssl=ssl) if ssl else None,
-            )
-        return await ping(self._ping, f"{s.url}/ping", self._ping_headers)
+            self._ping = http_session(self._settings)
+        return await ping(self._ping, f"{self._settings.url}/ping", self._ping_headers)
 
     async def aclose(self) -> None:
         """Close the client."""
@@ -212,12 +202,27 @@ class V2Sink:
             await self._ping.close()
 
 
+def http_session(
+    settings: InfluxSettings, auth: aiohttp.BasicAuth | None = None
+) -> aiohttp.ClientSession:
+    """A session to the database: its timeout, and TLS for an https:// url."""
+    ssl = client_context(settings.tls) if settings.url.startswith("https:") else None
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=settings.timeout_s),
+        auth=auth,
+        connector=aiohttp.TCPConnector(ssl=ssl) if ssl else None,
+    )
+
+
 async def ping(session: aiohttp.ClientSession, url: str, headers: Mapping[str, str]) -> bool:
-    """True when `url` answers 2xx; any failure to get there is False, never an exception."""
+    """True when `url` answers 2xx; any failure to get there is False, never an exception.
+
+    The probe runs beside the flush workers: an exception out of it would stop the gateway.
+    """
     try:
         async with session.get(url, headers=headers) as response:
             return HTTP_OK_MIN <= response.status <= HTTP_OK_MAX
-    except (aiohttp.ClientError, TimeoutError):
+    except (aiohttp.ClientError, OSError, ValueError):
         return False
 
 
