@@ -22,17 +22,15 @@ from gateway.buffer.core.ledger import Admitted
 from gateway.buffer.rejects import Reject
 from gateway.errors import CapacityError, GatewayError
 from gateway.ingest.core.episodes import Episodes
-from gateway.ingest.mqtt import send_ack
 from gateway.ingest.taking import internal_error
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import aiomqtt
-
     from gateway.buffer.core.admission import Lane, Rules
     from gateway.buffer.rejects import RejectLog
     from gateway.buffer.store import Buffer
+    from gateway.ingest.mqtt import Connection
     from gateway.ingest.taking import Pending
     from gateway.observe.metrics import Metrics
 
@@ -92,7 +90,7 @@ class Committer:
         self._next_reject_write = 0.0
         self._episodes: Episodes[tuple[str, str, str]] = Episodes(EPISODE_QUIET_S)
 
-    async def commit_and_ack(self, client: aiomqtt.Client, batch: list[Pending]) -> None:
+    async def commit_and_ack(self, connection: Connection, batch: list[Pending]) -> None:
         """Store the batch, then acknowledge what was stored or deliberately refused.
 
         Raises:
@@ -105,9 +103,7 @@ class Committer:
             # turn a committed batch into a redelivered one.
             admitted, paused = self._admit(batch)
             committed = len(batch) if paused is None else paused.at_message
-            for pending in batch[:committed]:
-                if pending.qos:
-                    send_ack(client, pending.mid, pending.qos)
+            connection.ack([(p.mid, p.qos) for p in batch[:committed] if p.qos])
         except CapacityError as exc:
             # Nothing of this batch is stored or acknowledged: the broker delivers it again.
             raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc

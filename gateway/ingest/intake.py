@@ -25,14 +25,7 @@ from gateway.buffer.capacity import DISK_FULL_FREE_BYTES
 from gateway.buffer.core.admission import Watermarks
 from gateway.errors import CapacityError
 from gateway.ingest.commit import Committer, IntakePaused
-from gateway.ingest.mqtt import (
-    drain_acks,
-    end_session,
-    make_client,
-    next_message,
-    received_at,
-    take_queued,
-)
+from gateway.ingest.mqtt import Connection, end_session
 from gateway.ingest.taking import Taker
 from gateway.observe.brokerstats import BROKER_TOPICS
 from gateway.tls import describe as describe_tls_failure
@@ -40,14 +33,13 @@ from gateway.tls import describe as describe_tls_failure
 if TYPE_CHECKING:
     from collections.abc import Callable, Sized
 
-    import paho.mqtt.client as mqtt
-
     from gateway.buffer.core.admission import Rules
     from gateway.buffer.rejects import RejectLog
     from gateway.buffer.store import Buffer
     from gateway.config.mqtt import MqttSettings
     from gateway.ingest.breaker import Breaker
     from gateway.ingest.core.decode import Decoder
+    from gateway.ingest.core.packets import Incoming
     from gateway.ingest.taking import Pending
     from gateway.observe.brokerstats import BrokerStats
     from gateway.observe.health import Health
@@ -141,11 +133,11 @@ class Ingest:
         failures = 0
         while True:
             try:
-                async with make_client(self._settings) as client:
+                async with Connection(self._settings) as connection:
                     if retire_quiet_s is None:
-                        await self._subscribe(client)
+                        await self._subscribe(connection.client)
                     else:
-                        await client.unsubscribe(self._filters())
+                        await connection.client.unsubscribe(self._filters())
                     self._set_connected(True)
                     self._metrics.mqtt_connects.inc()
                     self._on_ready()
@@ -159,12 +151,12 @@ class Ingest:
                     failures = 0
                     try:
                         if retire_quiet_s is None:
-                            await self._consume(client)
+                            await self._consume(connection)
                         else:
-                            await self._consume_until_quiet(client, retire_quiet_s)
+                            await self._consume_until_quiet(connection, retire_quiet_s)
                     finally:
                         with anyio.CancelScope(shield=True):
-                            await drain_acks(client)
+                            await connection.leave()
             except IntakePaused as paused:
                 self._set_connected(False)
                 await self._pause(paused)
@@ -202,17 +194,17 @@ class Ingest:
         shared = [s.subscribe_filter(f) for f in plain] if s.share_group else []
         return [*plain, *shared, *BROKER_TOPICS]
 
-    async def _consume(self, client: aiomqtt.Client) -> NoReturn:
-        """Group commits: wait for a message, let the window fill the queue, drain, commit, ack.
+    async def _consume(self, connection: Connection) -> NoReturn:
+        """Group commits: wait for a message, let the window fill the inbox, drain, commit, ack.
 
-        Sleeping through the window (instead of committing whenever the queue is empty) is
-        what makes batches large: aiomqtt hands over one packet per loop iteration.
+        Sleeping through the window (instead of committing whenever the inbox is empty) is
+        what makes batches large: the socket is read once per loop iteration.
         """
-        messages = client.messages
+        inbox = connection.inbox
         while True:
-            first = await next_message(client)
+            first = await connection.next_message()
             # From its receipt: one that waited behind the last commit closes its window sooner.
-            started = received_at(first)
+            started = first.received_at
             breaker = self._breaker
             if (
                 breaker is not None
@@ -223,10 +215,10 @@ class Ingest:
                     alone = self.taker.take_alone(first, breaker)
                 except CapacityError as exc:
                     raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc
-                await self.committer.commit_and_ack(client, [alone])
+                await self.committer.commit_and_ack(connection, [alone])
                 continue
-            await self._let_queue_fill(messages, started)
-            await self.committer.commit_and_ack(client, self._take_batch(client, first))
+            await self._let_queue_fill(inbox, started)
+            await self.committer.commit_and_ack(connection, self._take_batch(connection, first))
             self._metrics.ack_delay_seconds.observe(time.monotonic() - started)
 
     async def _let_queue_fill(self, messages: Sized, started: float) -> None:
@@ -243,27 +235,23 @@ class Ingest:
                 return
             await anyio.sleep(min(left, WINDOW_POLL_S))
 
-    async def _consume_until_quiet(self, client: aiomqtt.Client, quiet_s: float) -> None:
-        """Commit what arrives until nothing came for `quiet_s`.
-
-        Polls the queue rather than awaiting the iterator: a wait cancelled there can take a
-        message off the queue and lose it, and this session is about to end.
-        """
+    async def _consume_until_quiet(self, connection: Connection, quiet_s: float) -> None:
+        """Commit what arrives until nothing came for `quiet_s`."""
         last = time.monotonic()
         while time.monotonic() - last < quiet_s:
             await anyio.sleep(self._commit_window_s)
-            first = take_queued(client)
+            first = connection.take_queued()
             if first is not None:
                 last = time.monotonic()
-                await self.committer.commit_and_ack(client, self._take_batch(client, first))
+                await self.committer.commit_and_ack(connection, self._take_batch(connection, first))
 
-    def _take_batch(self, client: aiomqtt.Client, first: mqtt.MQTTMessage) -> list[Pending]:
+    def _take_batch(self, connection: Connection, first: Incoming) -> list[Pending]:
         """`first` and what is queued behind it, up to a group commit's worth of readings."""
         take = self.taker.take
         batch = [take(first)]
         count = len(batch[0].decoded.readings)
         while count < self._commit_max:
-            queued = take_queued(client)
+            queued = connection.take_queued()
             if queued is None:
                 break
             batch.append(take(queued))

@@ -1,31 +1,38 @@
 """The one adapter around aiomqtt 2.x and paho-mqtt 2.x: every private hop the gateway makes.
 
-aiomqtt 2.x lacks a few things the gateway depends on, so these helpers reach into its paho
-client, and two per-message costs of paho are removed by replacing two of its classes. Both
+aiomqtt 2.x lacks a few things the gateway depends on, and paho's per-message path cost most of
+the gateway's CPU under load, so a `Connection` reaches into aiomqtt's paho client. Both
 versions are pinned in pyproject.toml for that reason, and tests/unit/ingest/test_mqtt.py fails
 loudly when an internal used here is missing. Each hop says why it is needed:
 
-- manual acknowledgement (`_client.manual_ack_set`, `_client.ack`): aiomqtt 2.x has no public
-  switch (empicano/aiomqtt#345); acks must wait for the commit (DESIGN invariant 1);
-- paho's own messages on aiomqtt's queue (`_client.on_message`, `_queue`): aiomqtt's wrapper
-  objects cost a sixth of the CPU under load, and a topic that is not UTF-8 raised inside a paho
-  callback, leaving the message unacknowledged forever;
-- draining the queue without awaiting (`_queue.get_nowait`) and waiting for queued PUBACKs to be
-  written before a disconnect (`_client.want_write`);
-- speed-ups (`install_speedups`): paho builds its property lookup tables anew for every PUBLISH
-  (`Properties.__init__`, a third of the CPU under load), and every `MQTTMessage` makes an
-  `MQTTMessageInfo` with a `threading.Condition` that only outgoing messages use (7 %). Both are
-  replaced process-wide, once, by the service; where paho changed, they fall back with a
-  WARNING and the `gateway_mqtt_speedup_active` metric says so. tests/unit/ingest/test_mqtt.py
-  checks both against paho's own.
+- manual acknowledgement (`_client.manual_ack_set`): aiomqtt 2.x has no public switch
+  (empicano/aiomqtt#345); acks must wait for the commit (DESIGN invariant 1);
+- the socket reader (`loop_read` and `_sock_recv` of paho's client replaced on the instance,
+  `_packet_read` and `_loop_rc_handle` called): paho reads a packet with three or more system
+  calls and builds a message, its properties and a callback lookup for it, a third of the CPU
+  under load; the reader takes up to 64 KiB per call and parses PUBLISH packets itself
+  (gateway/ingest/core/packets.py), handing every other packet to paho whole, so connection,
+  subscription, keepalive and errors stay paho's;
+- the inbox instead of aiomqtt's queue and iterator, woken once per read, and aiomqtt's
+  `_disconnected` future to end a wait when the connection is lost (as its iterator does);
+- all PUBACKs of a group commit in one packet write (`_packet_queue`), not one write each;
+- leaving with a DISCONNECT queued as a plain write (`_state`, `_packet_queue`), so that the
+  broker reads every PUBACK before the socket closes (see `Connection.leave`);
+- speed-ups for what paho still parses (`install_speedups`): paho builds its property lookup
+  tables anew for every packet (`Properties.__init__`), and every `MQTTMessage` makes an
+  `MQTTMessageInfo` with a `threading.Condition` that only outgoing messages use. Both are
+  replaced process-wide, once, by the service. Where paho changed, each speed-up (the socket
+  reader too) falls back with a WARNING and the `gateway_mqtt_speedup_active` metric says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections import deque
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import aiomqtt
 import anyio
@@ -33,9 +40,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt import __version__ as paho_version
 from paho.mqtt import _packet
 from paho.mqtt import client as paho_client
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.ingest.core.packets import Incoming, MalformedPacketError, cut_packets
 from gateway.tls import client_context
 
 if TYPE_CHECKING:
@@ -46,13 +55,13 @@ logger = logging.getLogger(__name__)
 # With manual acks the broker stops sending once this many QoS 1 messages await our PUBACK
 # (MQTT 5 Receive Maximum), which bounds the memory held while a commit is slow or paused.
 RECEIVE_MAXIMUM = 20_000
-# Leaving a connection waits this long at most for queued PUBACKs to be written.
-ACK_DRAIN_TIMEOUT_S = 1.0
+# Leaving a connection waits this long at most for the broker to close it.
+LEAVE_TIMEOUT_S = 1.0
 ACK_DRAIN_POLL_S = 0.001
 
 
 def make_client(s: MqttSettings) -> aiomqtt.Client:
-    """A client for the configured broker, with manual acks and paho's messages queued."""
+    """Aiomqtt's client for the configured broker, as `Connection` wraps it."""
     v5 = s.protocol == "5"
     properties = None
     if v5:
@@ -60,7 +69,7 @@ def make_client(s: MqttSettings) -> aiomqtt.Client:
         properties.ReceiveMaximum = RECEIVE_MAXIMUM
         if s.persistent_session:
             properties.SessionExpiryInterval = s.session_expiry_s
-    client = aiomqtt.Client(
+    return aiomqtt.Client(
         s.host,
         s.port,
         identifier=s.client_id,
@@ -76,9 +85,6 @@ def make_client(s: MqttSettings) -> aiomqtt.Client:
         # paho checks the host name itself unless told not to; the context says what we want.
         tls_insecure=None if s.tls is None else not s.tls.verify_hostname,
     )
-    enable_manual_ack(client)
-    deliver_paho_messages(client)
-    return client
 
 
 async def end_session(s: MqttSettings) -> None:
@@ -87,80 +93,268 @@ async def end_session(s: MqttSettings) -> None:
     A clean connect discards the old session (MQTT 3.1.1 clean session, MQTT 5 clean start),
     and without a session expiry the new one ends at disconnect.
     """
-    async with make_client(s.model_copy(update={"persistent_session": False})):
+    async with Connection(s.model_copy(update={"persistent_session": False})):
         pass
 
 
-def enable_manual_ack(client: aiomqtt.Client) -> None:
-    """Switch paho to manual acknowledgement before connecting.
+class Connection:
+    """One connection to the broker: aiomqtt's client, the socket reader and the inbox.
 
-    aiomqtt 2.x has no public switch for it (empicano/aiomqtt#345); paho 2.x does. It must be on
-    before CONNECT: a persistent session delivers queued messages right after CONNACK.
+    Use as an async context manager, as aiomqtt's client; `client` is that client, for
+    subscribing.
     """
-    client._client.manual_ack_set(True)  # noqa: SLF001
+
+    def __init__(self, settings: MqttSettings) -> None:
+        """Set up manual acks and the read path before connecting.
+
+        Both must be in place before CONNECT: a persistent session delivers queued messages
+        right after CONNACK.
+        """
+        self.client = make_client(settings)
+        self.inbox = Inbox()
+        self._paho = paho = self.client._client  # noqa: SLF001
+        paho.manual_ack_set(True)
+        inbox = self.inbox
+
+        def on_message(_client: object, _userdata: object, message: mqtt.MQTTMessage) -> None:
+            # Only what the socket reader leaves to paho comes here (or everything, without it).
+            inbox.put(from_paho(message))
+
+        paho.on_message = on_message
+        self._batched_acks = _READER_FITS
+        if _READER_FITS:
+            SocketReader(paho, inbox, v5=settings.protocol == "5")
+
+    async def __aenter__(self) -> Self:
+        """Connect (aiomqtt's client does; see its errors)."""
+        await self.client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Disconnect."""
+        await self.client.__aexit__(*exc_info)  # type: ignore[arg-type]
+
+    async def next_message(self) -> Incoming:
+        """Wait for the next message.
+
+        Raises:
+            aiomqtt.MqttError: the connection was lost meanwhile, as aiomqtt's iterator does.
+        """
+        inbox = self.inbox
+        while (message := inbox.take()) is None:
+            await inbox.wait(self.client._disconnected)  # noqa: SLF001
+        return message
+
+    def take_queued(self) -> Incoming | None:
+        """The next message already read, without awaiting; None when there is none."""
+        return self.inbox.take()
+
+    def ack(self, pairs: list[tuple[int, int]]) -> None:
+        """Acknowledge committed messages, in the order given: (packet id, QoS) of each.
+
+        One write for all of them: a PUBACK of MQTT 3.1.1 and of MQTT 5 (success, no
+        properties) is the same four bytes. QoS 0 needs none.
+        """
+        words = [_PUBACK_WORD | mid for mid, qos in pairs if qos == 1]
+        if self._batched_acks and len(words) == len(pairs):
+            if words:
+                packet = struct.pack(f">{len(words)}I", *words)
+                self._paho._packet_queue(PUBACK, packet, 0, 0)  # noqa: SLF001
+            return
+        for mid, qos in pairs:
+            if qos:
+                self._paho.ack(mid, qos)
+
+    async def leave(self, timeout_s: float = LEAVE_TIMEOUT_S) -> None:
+        """Write the queued PUBACKs and a DISCONNECT, then wait until the broker has closed.
+
+        paho closes the socket as soon as its DISCONNECT is written; messages the broker sent
+        meanwhile are then unread, the kernel answers with a reset, and the broker can lose
+        the PUBACKs it had not read yet: committed messages came again (a commit's worth at
+        each pause of intake). The broker closes the connection only after reading all of
+        them (MQTT 3.14.4), and the socket is read until then. Without the socket reader,
+        only the queued PUBACKs are waited for.
+        """
+        disconnected = self.client._disconnected  # noqa: SLF001
+        if disconnected.done() or self._paho._sock is None:  # noqa: SLF001
+            return
+        if self._batched_acks:
+            # paho's own disconnect, but queued as a plain write so that paho does not close
+            # the socket after writing it; reading the broker's close ends the connection.
+            self._paho._state = _DISCONNECTING  # noqa: SLF001
+            self._paho._packet_queue(PUBACK, DISCONNECT_PACKET, 0, 0)  # noqa: SLF001
+            await asyncio.wait((disconnected,), timeout=timeout_s)
+            return
+        with anyio.move_on_after(timeout_s):
+            # paho offers no event for an empty outgoing queue, so it is polled.
+            while self._paho.want_write():  # noqa: ASYNC110
+                await anyio.sleep(ACK_DRAIN_POLL_S)
 
 
-def deliver_paho_messages(client: aiomqtt.Client) -> None:
-    """Queue paho's own messages, skipping aiomqtt's per-message wrapper objects.
-
-    aiomqtt 2.x converts each paho message into its `Message` and `Topic` on the network path;
-    that cost a sixth of the gateway's CPU under load. The gateway needs only the topic,
-    payload, mid and QoS, which paho's message already has. A topic that is not UTF-8 is then
-    counted as invalid here instead of raising inside a paho callback, which would have left the
-    message unacknowledged forever.
-    """
-    queue = client._queue  # noqa: SLF001
-
-    def on_message(_client: object, _userdata: object, message: mqtt.MQTTMessage) -> None:
-        queue.put_nowait(message)  # type: ignore[arg-type]
-
-    client._client.on_message = on_message  # noqa: SLF001
+# PUBACK: the packet type, a remaining length of 2, then the packet id (big-endian).
+PUBACK = 0x40
+_PUBACK_WORD = 0x4002_0000
+# DISCONNECT with no reason code (normal disconnection in MQTT 5) and no properties.
+DISCONNECT_PACKET = b"\xe0\x00"
 
 
-async def next_message(client: aiomqtt.Client) -> mqtt.MQTTMessage:
-    """Wait for the next message (paho's own object: see `deliver_paho_messages`).
-
-    aiomqtt's iterator also ends the wait when the connection is lost (raising MqttError),
-    which a bare wait on its queue would not.
-    """
-    message: mqtt.MQTTMessage = await anext(client.messages)  # type: ignore[arg-type]
-    return message
-
-
-def received_at(message: mqtt.MQTTMessage) -> float:
-    """When paho read the message off the socket (`time.monotonic`), or now if it did not say."""
+def from_paho(message: mqtt.MQTTMessage) -> Incoming:
+    """Paho's message as the gateway takes it."""
     stamped: float = message.timestamp
-    return stamped if stamped > 0 else time.monotonic()
+    return Incoming(
+        message._topic,  # noqa: SLF001 - the bytes; `topic` would raise on a bad one
+        bytes(message.payload),
+        message.mid,
+        message.qos,
+        bool(message.dup),
+        stamped if stamped > 0 else time.monotonic(),
+    )
 
 
-def take_queued(client: aiomqtt.Client) -> mqtt.MQTTMessage | None:
-    """The next message aiomqtt has queued, without awaiting; None when there is none.
+class Inbox:
+    """Messages read and not yet taken, in arrival order, with one waiter at a time."""
 
-    Its iterator costs a task and an `asyncio.wait` per message; draining the queue it reads
-    from directly is several times cheaper once a group commit is under way.
+    def __init__(self) -> None:
+        """Empty."""
+        self.messages: deque[Incoming] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        """How many messages wait."""
+        return len(self.messages)
+
+    def put(self, message: Incoming) -> None:
+        """Add one message and wake the waiter."""
+        self.messages.append(message)
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the waiter, if any: messages were added."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self) -> Incoming | None:
+        """The oldest message, or None."""
+        messages = self.messages
+        return messages.popleft() if messages else None
+
+    async def wait(self, disconnected: asyncio.Future[None]) -> None:
+        """Until a message is added, or the connection is lost (raising aiomqtt.MqttError)."""
+        if not self.messages:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait((waiter, disconnected), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._waiter = None
+        if disconnected.done() and not self.messages:
+            cause = None if disconnected.cancelled() else disconnected.exception()
+            message = "Disconnected during message iteration"
+            raise aiomqtt.MqttError(message) from cause
+
+
+class SocketReader:
+    """paho's read path for one client: 64 KiB per read, PUBLISH packets parsed here.
+
+    Every other packet is handed to paho's own `_packet_read`, whole, through `_sock_recv`,
+    so paho's state between packets is always "no packet begun".
     """
+
+    def __init__(self, paho: mqtt.Client, inbox: Inbox, *, v5: bool) -> None:
+        """Replace paho's `loop_read` and `_sock_recv` on this client."""
+        self._paho = paho
+        self._inbox = inbox
+        self._v5 = v5
+        self._recv = paho._sock_recv  # noqa: SLF001
+        self._paho_packet_read = paho._packet_read  # noqa: SLF001
+        self._sock: object = None
+        self._rest = b""
+        self._handed = b""
+        self._rc = mqtt.MQTT_ERR_SUCCESS
+        paho._sock_recv = self._serve_handed  # type: ignore[method-assign]  # noqa: SLF001
+        paho.loop_read = self.read  # type: ignore[method-assign]
+
+    def read(self, max_packets: int = 1) -> MQTTErrorCode:  # noqa: ARG002 - paho's signature
+        """What aiomqtt calls when the socket is readable: read once, cut, queue, wake."""
+        paho = self._paho
+        sock = paho._sock  # noqa: SLF001
+        if sock is None:
+            return mqtt.MQTT_ERR_NO_CONN
+        if sock is not self._sock:  # a new connection starts with a new packet
+            self._sock, self._rest = sock, b""
+        try:
+            chunk = self._recv(READ_BYTES)
+        except BlockingIOError:
+            return mqtt.MQTT_ERR_SUCCESS
+        except OSError as exc:
+            logger.debug("reading from the broker failed: %s", exc)
+            chunk = b""
+        if not chunk:
+            return paho._loop_rc_handle(mqtt.MQTT_ERR_CONN_LOST)  # noqa: SLF001
+        now = time.monotonic()
+        # What paho's keepalive looks at; paho sets it under a lock that guards threads we
+        # do not run.
+        paho._last_bytes_received = now  # noqa: SLF001
+        data = self._rest + chunk if self._rest else chunk
+        self._rc = mqtt.MQTT_ERR_SUCCESS
+        try:
+            used = cut_packets(
+                data,
+                v5=self._v5,
+                received_at=now,
+                take=self._inbox.messages.append,
+                hand_over=self._hand_over,
+            )
+        except MalformedPacketError as exc:
+            logger.warning("the broker sent a malformed packet (%s); reconnecting", exc)
+            used = len(data)
+            self._rc = paho._loop_rc_handle(mqtt.MQTT_ERR_PROTOCOL)  # noqa: SLF001
+        self._rest = data[used:]
+        self._inbox.wake()
+        return self._rc
+
+    def _hand_over(self, packet: bytes) -> int:
+        """Let paho read and handle one whole packet; its result code."""
+        self._handed = packet
+        rc = self._paho_packet_read()
+        self._handed = b""
+        if rc > 0:
+            self._rc = self._paho._loop_rc_handle(rc)  # noqa: SLF001
+        return int(rc)
+
+    def _serve_handed(self, bufsize: int) -> bytes:
+        """Paho's socket read, served from the packet handed to it."""
+        served, self._handed = self._handed[:bufsize], self._handed[bufsize:]
+        if not served:
+            raise BlockingIOError
+        return served
+
+
+# One read of the socket takes at most this much (the kernel's buffer holds more).
+READ_BYTES = 1 << 16
+# What the socket reader calls or replaces on paho's client.
+_READER_HOOKS = ("_sock_recv", "_packet_read", "_loop_rc_handle", "_packet_queue", "loop_read")
+_READER_FIELDS = ("_sock", "_last_bytes_received", "_state")
+# The state paho's own disconnect sets, which makes the broker's close a clean one.
+_DISCONNECTING: Any = getattr(
+    getattr(paho_client, "_ConnectionState", None), "MQTT_CS_DISCONNECTING", None
+)
+
+
+def _reader_fits() -> bool:
+    """Whether paho's client still has what the socket reader calls, replaces and sets."""
     try:
-        message: mqtt.MQTTMessage = client._queue.get_nowait()  # type: ignore[assignment]  # noqa: SLF001
-    except asyncio.QueueEmpty:
-        return None
-    return message
+        probe = paho_client.Client(CallbackAPIVersion.VERSION2)
+    except Exception:  # noqa: BLE001 - a changed constructor is a changed paho
+        return False
+    return (
+        all(callable(getattr(probe, name, None)) for name in _READER_HOOKS)
+        and all(hasattr(probe, name) for name in _READER_FIELDS)
+        and _DISCONNECTING is not None
+    )
 
 
-async def drain_acks(client: aiomqtt.Client, timeout_s: float = ACK_DRAIN_TIMEOUT_S) -> None:
-    """Give the event loop time to write queued PUBACKs before the connection closes.
-
-    aiomqtt closes the socket on leaving its context without flushing paho's outgoing queue;
-    an acknowledgement lost there makes the broker deliver a committed message again.
-    """
-    with anyio.move_on_after(timeout_s):
-        # paho offers no event for an empty outgoing queue, so it is polled.
-        while client._client.want_write():  # noqa: SLF001, ASYNC110
-            await anyio.sleep(ACK_DRAIN_POLL_S)
-
-
-def send_ack(client: aiomqtt.Client, mid: int, qos: int) -> None:
-    """Send the PUBACK (QoS 1) for a committed message."""
-    client._client.ack(mid, qos)  # noqa: SLF001
+_READER_FITS = _reader_fits()
 
 
 # Private attributes paho's Properties keeps besides the property values themselves.
@@ -231,7 +425,7 @@ def install_speedups() -> dict[str, bool]:
     stay and a WARNING says which speed-up is lost: the gateway then works, slower (about a
     third more CPU per message for the first, 7 % for the second, as measured when written).
     """
-    active = {"properties": True, "message_info": True}
+    active = {"properties": True, "message_info": True, "socket_reader": _READER_FITS}
     current = getattr(_packet, "Properties", None)
     if current is not _TemplateProperties:
         if current is Properties:

@@ -24,12 +24,11 @@ from gateway.points.record import pack
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import paho.mqtt.client as mqtt
-
     from gateway.buffer.core.admission import Lane, Rules
     from gateway.buffer.rejects import RejectLog
     from gateway.ingest.breaker import Breaker
     from gateway.ingest.core.decode import Decoder
+    from gateway.ingest.core.packets import Incoming
     from gateway.observe.brokerstats import BrokerStats
     from gateway.observe.metrics import Metrics
 
@@ -70,14 +69,14 @@ class Taker:
         self._rejects = rejects
         self._fault = fault
 
-    def take(self, message: mqtt.MQTTMessage) -> Pending:
+    def take(self, message: Incoming) -> Pending:
         """Decode, map and encode one message; whatever it raises stays with it."""
         try:
             return self._take_unguarded(message)
         except Exception as exc:  # noqa: BLE001 - contained to this message (invariant 8)
             return Pending(message.mid, message.qos, internal_error(exc), raw_message(message))
 
-    def _take_unguarded(self, message: mqtt.MQTTMessage) -> Pending:
+    def _take_unguarded(self, message: Incoming) -> Pending:
         try:
             topic = message.topic
         except UnicodeDecodeError:
@@ -98,7 +97,7 @@ class Taker:
             pending.items = [(fifo_name(r.device, name), pack(r), lane) for r in decoded.readings]
         return pending
 
-    def take_alone(self, message: mqtt.MQTTMessage, breaker: Breaker) -> Pending:
+    def take_alone(self, message: Incoming, breaker: Breaker) -> Pending:
         """A message redelivered after an unclean stop: recorded first, or set aside as poison."""
         self._metrics.messages.inc()
         topic, payload = raw_message(message)
@@ -131,7 +130,7 @@ def internal_error(exc: Exception, readings: int = 1) -> Decoded:
     return Decoded(errors=[error] * max(readings, 1))
 
 
-def raw_message(message: mqtt.MQTTMessage) -> tuple[str, bytes]:
+def raw_message(message: Incoming) -> tuple[str, bytes]:
     """Topic and payload for the reject log and the breaker, whatever the topic's bytes."""
     try:
         topic = message.topic

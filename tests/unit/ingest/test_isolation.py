@@ -10,7 +10,6 @@ import json
 from typing import TYPE_CHECKING
 
 import anyio
-import paho.mqtt.client as mqtt
 import pytest
 
 from gateway.buffer.core.admission import Rules
@@ -31,6 +30,7 @@ from gateway.ingest.breaker import (
     render,
 )
 from gateway.ingest.core.decode import Decoder
+from gateway.ingest.core.packets import Incoming
 from gateway.ingest.faults import ENV, InjectedFault, from_environment
 from gateway.ingest.intake import Ingest
 from gateway.observe.health import Health
@@ -92,11 +92,8 @@ def make_ingest(tmp_path: Path) -> Iterator[Callable[..., tuple[Ingest, Buffer, 
         thing.__exit__(None, None, None)  # type: ignore[attr-defined]
 
 
-def message(mid: int, payload: bytes, topic: bytes = b"s/dev-1/m") -> mqtt.MQTTMessage:
-    m = mqtt.MQTTMessage(mid, topic)
-    m.payload = payload
-    m.qos = 1
-    return m
+def message(mid: int, payload: bytes, topic: bytes = b"s/dev-1/m") -> Incoming:
+    return Incoming(topic, payload, mid, 1, False, 0.0)
 
 
 def take_and_admit(ingest: Ingest, *payloads: bytes) -> Admitted:

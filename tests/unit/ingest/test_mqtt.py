@@ -6,10 +6,12 @@ into, these fail here, by name, instead of the gateway failing at run time.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from importlib.metadata import version
 
+import aiomqtt
 import pytest
 from paho.mqtt import _packet
 from paho.mqtt import client as paho_client
@@ -36,15 +38,17 @@ def decoded(body: bytes) -> tuple[object, ...]:
 
 @pytest.mark.anyio
 async def test_every_private_hop_of_the_adapter_exists() -> None:
-    """aiomqtt's paho client and queue, and paho's own hooks, as the adapter uses them."""
+    """aiomqtt's paho client and its future, and paho's own hooks, as the adapter uses them."""
     settings = MqttSettings(subscriptions=[Subscription(topic="s/{device}/{measurement}")])
-    client = mqtt.make_client(settings)
-    paho = client._client
+    connection = mqtt.Connection(settings)
+    paho = connection.client._client
     for name in ("manual_ack_set", "ack", "want_write", "on_message"):
         assert hasattr(paho, name), f"paho's client has no {name}"
     assert paho._manual_ack, "manual acknowledgement is on before connecting"
-    assert hasattr(client._queue, "get_nowait"), "aiomqtt keeps no asyncio queue"
-    assert mqtt.take_queued(client) is None
+    assert mqtt._READER_FITS, "paho's client lacks what the socket reader calls or sets"
+    assert isinstance(paho.loop_read.__self__, mqtt.SocketReader), "the reader is in place"
+    assert isinstance(connection.client._disconnected, asyncio.Future)
+    assert connection.take_queued() is None
     assert hasattr(_packet, "Properties"), "paho's packet module builds no Properties"
     # paho's own message class, as read before the speed-up replaced it.
     assert "info" in mqtt._MESSAGE_SLOTS, "paho's MQTTMessage keeps no info slot"
@@ -61,7 +65,11 @@ def test_same_decoding_with_and_without_properties() -> None:
     try:
         _packet.Properties = Properties
         expected = [decoded(b) for b in bodies]
-        assert mqtt.install_speedups() == {"properties": True, "message_info": True}
+        assert mqtt.install_speedups() == {
+            "properties": True,
+            "message_info": True,
+            "socket_reader": True,
+        }
         assert _packet.Properties is not Properties
         assert [decoded(b) for b in bodies] == expected
         assert all(mqtt.install_speedups().values()), "installing twice is harmless"
@@ -106,10 +114,32 @@ def test_the_pinned_versions_are_the_ones_installed() -> None:
     assert version("aiomqtt").startswith("2.")
 
 
-def test_receipt_time_is_when_paho_read_the_message() -> None:
-    """The commit window and the PUBACK delay count from it, not from when intake got to it."""
-    message = paho_client.MQTTMessage(mid=1, topic=b"s/d/m")
+def test_a_message_paho_parsed_keeps_its_receipt_time_and_raw_topic() -> None:
+    """The commit window and the PUBACK delay count from receipt, not from when intake got to it."""
+    message = paho_client.MQTTMessage(mid=1, topic=b"s/\xff/m")
+    message.qos, message.payload = 1, b"{}"
     before = time.monotonic()
-    assert mqtt.received_at(message) >= before  # paho leaves 0.0 on a message it did not read
+    incoming = mqtt.from_paho(message)
+    assert incoming.received_at >= before  # paho leaves 0.0 on a message it did not read
     message.timestamp = before - 5.0
-    assert mqtt.received_at(message) == before - 5.0
+    assert mqtt.from_paho(message).received_at == before - 5.0
+    assert (incoming.raw_topic, incoming.mid, incoming.qos) == (b"s/\xff/m", 1, 1)
+    with pytest.raises(UnicodeDecodeError):
+        _ = incoming.topic
+
+
+@pytest.mark.anyio
+async def test_a_wait_for_a_message_ends_when_the_connection_is_lost() -> None:
+    """As aiomqtt's iterator: a lost connection raises MqttError instead of waiting forever."""
+    inbox = mqtt.Inbox()
+    disconnected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(disconnected.set_exception, ConnectionError("gone"))
+    with pytest.raises(aiomqtt.MqttError) as raised:
+        await inbox.wait(disconnected)
+    assert isinstance(raised.value.__cause__, ConnectionError)
+    asyncio.get_running_loop().call_soon(inbox.put, mqtt.from_paho(paho_client.MQTTMessage(3)))
+    await inbox.wait(asyncio.get_running_loop().create_future())
+    taken = inbox.take()
+    assert taken is not None
+    assert taken.mid == 3
+    assert inbox.take() is None
