@@ -31,7 +31,7 @@ from gateway.observe.brokerstats import BROKER_TOPICS
 from gateway.tls import describe as describe_tls_failure
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sized
+    from collections.abc import Callable
 
     from gateway.buffer.core.admission import Rules
     from gateway.buffer.rejects import RejectLog
@@ -198,9 +198,8 @@ class Ingest:
         """Group commits: wait for a message, let the window fill the inbox, drain, commit, ack.
 
         Sleeping through the window (instead of committing whenever the inbox is empty) is
-        what makes batches large: the socket is read once per loop iteration.
+        what makes batches large.
         """
-        inbox = connection.inbox
         while True:
             first = await connection.next_message()
             # From its receipt: one that waited behind the last commit closes its window sooner.
@@ -217,23 +216,31 @@ class Ingest:
                     raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc
                 await self.committer.commit_and_ack(connection, [alone])
                 continue
-            await self._let_queue_fill(inbox, started)
+            await self._let_queue_fill(connection, started)
             await self.committer.commit_and_ack(connection, self._take_batch(connection, first))
             self._metrics.ack_delay_seconds.observe(time.monotonic() - started)
 
-    async def _let_queue_fill(self, messages: Sized, started: float) -> None:
-        """Wait until a commit's target is queued behind the first message or the window ends.
+    async def _let_queue_fill(self, connection: Connection, started: float) -> None:
+        """Wait until a commit's target is read behind the first message or the window ends.
 
-        Polled: the queue has no event for its length. Every commit costs the disk the same
-        pages whatever it holds, so at a high rate the target closes commits early and at a
-        low rate the window bounds the PUBACK delay.
+        Polled, with the socket read at each poll rather than as bytes arrive: every commit
+        costs the disk the same pages whatever it holds, so at a high rate the target closes
+        commits early and at a low rate the window bounds the PUBACK delay.
         """
+        inbox = connection.inbox
         deadline = started + self._commit_window_s
-        while len(messages) + 1 < self._commit_target:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            await anyio.sleep(min(left, WINDOW_POLL_S))
+        want = self._commit_target - 1  # behind the first
+        connection.hold_reads()
+        try:
+            while len(inbox) < want:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                await anyio.sleep(min(left, WINDOW_POLL_S))
+                # Only up to the target: what is read waits unacknowledged until its commit.
+                connection.read_held(want)
+        finally:
+            connection.release_reads()
 
     async def _consume_until_quiet(self, connection: Connection, quiet_s: float) -> None:
         """Commit what arrives until nothing came for `quiet_s`."""

@@ -122,8 +122,10 @@ class Connection:
 
         paho.on_message = on_message
         self._batched_acks = _READER_FITS
-        if _READER_FITS:
-            SocketReader(paho, inbox, v5=settings.protocol == "5")
+        self._reader = (
+            SocketReader(paho, inbox, v5=settings.protocol == "5") if _READER_FITS else None
+        )
+        self._held: Any = None  # the socket whose reads are held
 
     async def __aenter__(self) -> Self:
         """Connect (aiomqtt's client does; see its errors)."""
@@ -144,6 +146,51 @@ class Connection:
         while (message := inbox.take()) is None:
             await inbox.wait(self.client._disconnected)  # noqa: SLF001
         return message
+
+    def hold_reads(self) -> None:
+        """Stop reading the socket as bytes arrive, until `release_reads`; `read_held` reads.
+
+        While a commit window fills, reading each packet as it arrived cost an event-loop turn
+        and a system call per message, most of the CPU at a few thousand messages a second.
+        The bytes wait in the kernel instead and are read a window's poll at a time. Without
+        the socket reader, nothing changes.
+        """
+        sock = self._paho._sock  # noqa: SLF001
+        if self._reader is None or sock is None or self._held is not None:
+            return
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        self._held = sock
+
+    def read_held(self, until: int) -> None:
+        """While reads are held, read until `until` messages wait or the socket is empty."""
+        if self._held is not None and self._held is self._paho._sock and self._reader:  # noqa: SLF001
+            try:
+                self._reader.read_until(until)
+            except Exception as exc:  # noqa: BLE001 - reported through the connection
+                self._lost(exc)
+
+    def release_reads(self) -> None:
+        """Go back to reading as bytes arrive."""
+        held, self._held = self._held, None
+        sock = self._paho._sock  # noqa: SLF001
+        if sock is not None and held is sock:  # not closed meanwhile
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        """One read, as aiomqtt's own reader does (and what TLS has decrypted already)."""
+        assert self._reader is not None  # noqa: S101 - only registered with the reader
+        try:
+            self._reader.read()
+            sock = self._paho._sock  # noqa: SLF001
+            while sock is not None and getattr(sock, "pending", lambda: 0)() > 0:
+                self._reader.read()
+        except Exception as exc:  # noqa: BLE001 - reported through the connection
+            self._lost(exc)
+
+    def _lost(self, exc: Exception) -> None:
+        disconnected = self.client._disconnected  # noqa: SLF001
+        if not disconnected.done():
+            disconnected.set_exception(exc)
 
     def take_queued(self) -> Incoming | None:
         """The next message already read, without awaiting; None when there is none."""
@@ -271,8 +318,23 @@ class SocketReader:
         self._rest = b""
         self._handed = b""
         self._rc = mqtt.MQTT_ERR_SUCCESS
+        self.exhausted = False
         paho._sock_recv = self._serve_handed  # type: ignore[method-assign]  # noqa: SLF001
         paho.loop_read = self.read  # type: ignore[method-assign]
+
+    def read_until(self, count: int) -> None:
+        """Read until `count` messages wait, the socket is empty or `READS_AT_ONCE` reads.
+
+        Raises:
+            Exception: whatever paho's handling of a packet raised (the connection is lost).
+        """
+        self.exhausted = False
+        messages = self._inbox.messages
+        for _ in range(READS_AT_ONCE):
+            if len(messages) >= count:
+                return
+            if self.read() != mqtt.MQTT_ERR_SUCCESS or self.exhausted:
+                return
 
     def read(self, max_packets: int = 1) -> MQTTErrorCode:  # noqa: ARG002 - paho's signature
         """What aiomqtt calls when the socket is readable: read once, cut, queue, wake."""
@@ -285,6 +347,7 @@ class SocketReader:
         try:
             chunk = self._recv(READ_BYTES)
         except BlockingIOError:
+            self.exhausted = True
             return mqtt.MQTT_ERR_SUCCESS
         except OSError as exc:
             logger.debug("reading from the broker failed: %s", exc)
@@ -330,8 +393,11 @@ class SocketReader:
         return served
 
 
-# One read of the socket takes at most this much (the kernel's buffer holds more).
+# One read of the socket takes at most this much (the kernel's buffer holds more) ...
 READ_BYTES = 1 << 16
+# ... and a poll of a filling commit window at most this many, so that it cannot starve the
+# event loop.
+READS_AT_ONCE = 16
 # What the socket reader calls or replaces on paho's client.
 _READER_HOOKS = ("_sock_recv", "_packet_read", "_loop_rc_handle", "_packet_queue", "loop_read")
 _READER_FIELDS = ("_sock", "_last_bytes_received", "_state")
