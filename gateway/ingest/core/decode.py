@@ -150,7 +150,7 @@ def _add(
     *,
     measurement: str,
     tags: dict[str, str],
-    fields: list[tuple[str, FieldValue]],
+    fields: Sequence[tuple[str, FieldValue]],
     ts_ns: int,
     bounds: _Bounds,
 ) -> None:
@@ -187,9 +187,12 @@ def _add(
 
 
 def _rename_tag_named_fields(
-    fields: list[tuple[str, FieldValue]], tag_keys: frozenset[str]
-) -> list[tuple[str, FieldValue]]:
-    if not tag_keys.intersection(key for key, _ in fields):
+    fields: Sequence[tuple[str, FieldValue]], tag_keys: frozenset[str]
+) -> Sequence[tuple[str, FieldValue]]:
+    for key, _ in fields:
+        if key in tag_keys:
+            break
+    else:
         return fields
     renamed = [(f"{key}{RENAMED_FIELD_SUFFIX}" if key in tag_keys else key, v) for key, v in fields]
     if len({key for key, _ in renamed}) < len(renamed):
@@ -223,7 +226,11 @@ def _decode_for(
         )
         return
     unit = NS_PER_UNIT[sub.timestamp_unit or "ns"]
-    items: list[Any] = parse_lines(text) if sub.format == "line" else json_objects(text)
+    items: list[Any] = (
+        parse_lines(text)
+        if sub.format == "line"
+        else json_objects(text, exact_integers=sub.integers == "int")
+    )
     if not items:  # blank lines and comments only: nothing to store, but counted
         raise DecodeError("no_readings", "the payload holds no line")
     most = bounds.limits.max_readings_per_message

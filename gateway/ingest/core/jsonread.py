@@ -8,10 +8,14 @@ their exact type: JSON makes no subclasses, and this runs for every field.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from gateway.errors import DecodeError
 from gateway.points.model import FieldValue
@@ -21,18 +25,33 @@ if TYPE_CHECKING:
 
 NS_PER_UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 TAGS_KEY = "tags"
+_UNREAD = object()
+_ABSENT = object()
 
 
-def json_objects(text: str) -> list[Any]:
+def json_objects(text: str, *, exact_integers: bool = False) -> list[Any]:
     """The payload's readings as parsed JSON objects (one object, or an array of them).
+
+    orjson parses what it accepts the way the standard library does, in a fifth of the time,
+    except that it reads an integer beyond 64 bits as the nearest float: what `integers =
+    "float"` makes of it anyway. With `exact_integers` (`integers = "int"`, where such an
+    integer is refused) the standard library reads the payload. What orjson refuses is read
+    again by the standard library, which reads more: NaN, Infinity and strings with lone
+    surrogates parse there and are then refused per reading (not_finite, not UTF-8), so one
+    such value does not cost the message's other readings.
 
     Raises:
         DecodeError: `bad_json`.
     """
-    try:
-        data = json.loads(text)  # NaN and Infinity parse; check_reading refuses them per reading
-    except (ValueError, RecursionError) as exc:
-        raise DecodeError("bad_json", str(exc)[:200]) from None
+    data: Any = _UNREAD
+    if not exact_integers:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            data = orjson.loads(text)
+    if data is _UNREAD:
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise DecodeError("bad_json", str(exc)[:200]) from None
     if isinstance(data, dict):
         return [data]
     if isinstance(data, list) and data:
@@ -40,7 +59,7 @@ def json_objects(text: str) -> list[Any]:
     raise DecodeError("bad_json", "payload must be an object or a non-empty array of objects")
 
 
-JsonReading = tuple[dict[str, str], list[tuple[str, FieldValue]], int | None]
+JsonReading = tuple[dict[str, str], Sequence[tuple[str, FieldValue]], int | None]
 
 
 def json_reading(sub: Subscription, obj: object) -> JsonReading:
@@ -51,28 +70,32 @@ def json_reading(sub: Subscription, obj: object) -> JsonReading:
     """
     if not isinstance(obj, dict):
         raise DecodeError("bad_json", "array item is not an object")
-    tags: dict[str, str] = {}
-    fields: list[tuple[str, FieldValue]] = []
+    # The object is the parser's own: the time and the tags are taken out of it, and what is
+    # left are the fields, in the sensor's order.
     ts_ns = None
-    timestamp_key = sub.timestamp_key
-    for key, value in obj.items():
+    stamp = obj.pop(sub.timestamp_key, _ABSENT)
+    if stamp is not _ABSENT:
+        ts_ns = _timestamp_ns(stamp, sub.timestamp_unit or "ms")
+    tagged = obj.pop(TAGS_KEY, _ABSENT)
+    tags: dict[str, str] = {} if tagged is _ABSENT else _json_tags(tagged)
+    # Exact types, not isinstance: JSON makes no subclasses, and this runs per field. Floats,
+    # booleans and strings are taken as they are (finiteness is checked with the reading).
+    for value in obj.values():
         kind = type(value)
-        if key == timestamp_key:
-            ts_ns = _timestamp_ns(value, sub.timestamp_unit or "ms")
-        elif key == TAGS_KEY:
-            tags = _json_tags(value)
-        # Exact types, not isinstance: JSON makes no subclasses, and this runs per field.
-        # Floats (most values) first; their finiteness is checked with the reading.
-        elif kind is float or kind is bool or kind is str:
-            fields.append((key, value))
-        elif kind is int:
-            fields.append((key, _number(value, sub.integers, key)))
-        else:
-            what = "null" if value is None else type(value).__name__
-            raise DecodeError(
-                "bad_value_type", f"field {key!r} is {what}, not a number, boolean or string"
-            )
-    return tags, fields, ts_ns
+        if kind is not float and kind is not str and kind is not bool:
+            return tags, [_field(sub, key, value) for key, value in obj.items()], ts_ns
+    # A tuple already: the reading keeps it as it is.
+    return tags, tuple(obj.items()), ts_ns
+
+
+def _field(sub: Subscription, key: str, value: Any) -> tuple[str, FieldValue]:  # noqa: ANN401
+    kind = type(value)
+    if kind is float or kind is bool or kind is str:
+        return key, value
+    if kind is int:
+        return key, _number(value, sub.integers, key)
+    what = "null" if value is None else type(value).__name__
+    raise DecodeError("bad_value_type", f"field {key!r} is {what}, not a number, boolean or string")
 
 
 def _json_tags(value: Any) -> dict[str, str]:  # noqa: ANN401
