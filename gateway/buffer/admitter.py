@@ -7,6 +7,8 @@ their way to the database) are never dropped.
 
 from __future__ import annotations
 
+from itertools import count as count_from
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 from gateway.buffer.core.admission import (
@@ -21,12 +23,12 @@ from gateway.buffer.core.admission import (
     victim,
     when_no_room,
 )
-from gateway.buffer.core.chunk import reading_bytes
+from gateway.buffer.core.chunk import READING_OVERHEAD, reading_bytes
 from gateway.buffer.core.ledger import Admitted, fifo_class
 from gateway.errors import CapacityError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Mapping, Sequence
 
     from gateway.buffer.transaction import FifoTransaction
 
@@ -54,36 +56,46 @@ class Admitter:
         self._live_from = live_from or {}
         self._admitted = Admitted()
 
-    def admit(self, items: Iterable[tuple[str, bytes, Lane]]) -> Admitted:
+    def admit(self, items: Sequence[tuple[str, bytes, Lane]]) -> Admitted:
         """Admit (FIFO, packed record, lane) triples in order; returns what was done.
 
         Raises:
             CapacityError: a reading is to pause intake; `at_item` is its index.
         """
-        w, admitted, rules = self._w, self._admitted, self._rules
+        w, admitted = self._w, self._admitted
         touched = w.changed
-        high_bytes = rules.high_bytes
-        unlimited_share = rules.share_bytes is None
-        for index, item in enumerate(items):
-            # The common case, a FIFO this transaction already appends to and room below the
-            # watermark, skips the decision: it is most of the cost.
-            state = touched.get(item[0])
-            size = reading_bytes(item[1])
-            if (
-                state is not None
-                and state.readings
-                and unlimited_share
-                and w.nbytes + size <= high_bytes
-            ):
-                w.append_to(state, item[1], size)
-                admitted.stored += 1
-                admitted.placed.append((item[0], state.number, state.next - 1, item[1]))
-            elif not self._admit_one(item):
-                raise CapacityError(
-                    f"readings budget of {rules.budget_bytes} bytes is at its high "
-                    f"watermark ({w.nbytes} bytes buffered)",
-                    at_item=index,
-                )
+        high_bytes = self._rules.high_bytes
+        unlimited_share = self._rules.share_bytes is None
+        index, count = 0, len(items)
+        while index < count:
+            fifo = items[index][0]
+            end = index + 1
+            # The common case, a run of readings (a message's) for a FIFO this transaction
+            # already appends to, with room below the watermark, skips the decision per
+            # reading: it is most of the cost.
+            state = touched.get(fifo)
+            if state is not None and state.readings and unlimited_share:
+                while end < count and items[end][0] == fifo:
+                    end += 1
+                values = [item[1] for item in items[index:end]]
+                size = sum(map(len, values)) + READING_OVERHEAD * len(values)
+                if w.nbytes + size <= high_bytes:
+                    first = state.next
+                    w.append_run(state, values, size)
+                    admitted.stored += len(values)
+                    admitted.placed.extend(
+                        zip(repeat(fifo), repeat(state.number), count_from(first), values)
+                    )
+                    index = end
+                    continue
+            for at in range(index, end):
+                if not self._admit_one(items[at]):
+                    raise CapacityError(
+                        f"readings budget of {self._rules.budget_bytes} bytes is at its high "
+                        f"watermark ({w.nbytes} bytes buffered)",
+                        at_item=at,
+                    )
+            index = end
         return admitted
 
     def _admit_one(self, item: tuple[str, bytes, Lane]) -> bool:

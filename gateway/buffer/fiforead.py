@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 Groups = dict[int, tuple[int, list[bytes]]]
 # Decompressed chunks kept between reads: a fixed bound on memory whatever the backlog.
 MAX_DECODED_BYTES = 16 << 20
+# Keys of decoded journal chunks in the cache (sealed ones start with b"s").
+JOURNAL_PREFIX = b"j"
 
 
 class FifoWalker:
@@ -87,7 +89,7 @@ class FifoWalker:
             groups = {s.number: (s.first, r) for s, r in zip(segments, records, strict=True)}
             return groups, sum(len(r) for rs in records for r in rs)
 
-        groups: Groups = self._decoded.get(b"j" + key, decode)
+        groups: Groups = self._decoded.get(JOURNAL_PREFIX + key, decode)
         return groups[number]
 
     def _from_sealed(self, state: DeviceState, seq: int, limit: int) -> Iterator[tuple[int, bytes]]:
@@ -135,12 +137,16 @@ class DecodedChunks:
             self._entries.move_to_end(key)
             return held[0]
         value, size = decode()
+        self.put(key, value, size)
+        return value
+
+    def put(self, key: bytes, value: Any, size: int) -> None:  # noqa: ANN401 - as `get` returns
+        """Hold a chunk decoded elsewhere (`size`: its records' bytes); `key` must be new."""
         self._entries[key] = (value, size)
         self._bytes += size
         while self._bytes > self._max_bytes and len(self._entries) > 1:
             _, (_, dropped) = self._entries.popitem(last=False)
             self._bytes -= dropped
-        return value
 
 
 def sealed_chunks(

@@ -75,9 +75,15 @@ class LatestTable:
         # Per reading only the header is read and the series sliced: this runs in every commit.
         newest: dict[tuple[str, bytes], tuple[int, int, int, bytes, int]] = {}
         header, start = HEADER.unpack_from, HEADER.size
+        key: tuple[str, bytes] = ("", b"")
         for fifo, number, seq, value in placed:
             ts_ns, series_len = header(value)
-            key = (fifo, value[start : start + series_len])
+            # Readings come in runs of one device's series: compared in place, the key of the
+            # last one is kept without slicing the series out of every reading.
+            if not (
+                fifo == key[0] and series_len == len(key[1]) and value.startswith(key[1], start)
+            ):
+                key = (fifo, value[start : start + series_len])
             kept = newest.get(key)
             if kept is None or ts_ns >= kept[0]:
                 newest[key] = (ts_ns, number, seq, value, start + series_len)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from gateway.buffer.core.chunk import Segment, encode_journal, reading_bytes
+from gateway.buffer.core.chunk import READING_OVERHEAD, Segment, encode_journal, reading_bytes
 from gateway.buffer.core.ledger import (
     NEWEST_NONE,
     TOTALS,
@@ -25,7 +25,7 @@ from gateway.buffer.core.ledger import (
     Ledger,
     LedgerChange,
 )
-from gateway.points.record import timestamp_of
+from gateway.points.record import HEADER, timestamp_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -96,6 +96,8 @@ class FifoTransaction:
         self._appended: dict[int, _Appended] = {}
         self._segments: list[Segment] | None = None
         self.chunk_bytes = 0
+        # The journal chunk `finish` wrote, as a walker decodes it: (key, groups, record bytes).
+        self.written: tuple[bytes, dict[int, tuple[int, list[bytes]]], int] | None = None
 
     def state(self, fifo: str) -> DeviceState | None:
         """The FIFO's accounting as this transaction has it, copied for change."""
@@ -136,16 +138,34 @@ class FifoTransaction:
 
     def append_to(self, state: DeviceState, value: bytes, size: int) -> None:
         """Append to a FIFO that holds readings and whose state this transaction has."""
+        ts_ns = timestamp_of(value)
         appended = self._appended.get(state.number)
         if appended is None:
-            appended = self._appended[state.number] = _Appended(state.next, timestamp_of(value))
+            appended = self._appended[state.number] = _Appended(state.next, ts_ns)
         appended.records.append(value)
         appended.nbytes += size
-        state.note_newest(timestamp_of(value))
+        state.newest_ts_ns = max(state.newest_ts_ns, ts_ns)
         state.next += 1
         state.readings += 1
         state.nbytes += size
         self.readings += 1
+        self.nbytes += size
+
+    def append_run(self, state: DeviceState, values: list[bytes], size: int) -> None:
+        """`append_to` for several readings of one FIFO at once; `size`: their bytes."""
+        appended = self._appended.get(state.number)
+        if appended is None:
+            appended = self._appended[state.number] = _Appended(state.next, timestamp_of(values[0]))
+        appended.records.extend(values)
+        appended.nbytes += size
+        unpack = HEADER.unpack_from
+        newest = max(unpack(v)[0] for v in values)
+        state.newest_ts_ns = max(state.newest_ts_ns, newest)
+        added = len(values)
+        state.next += added
+        state.readings += added
+        state.nbytes += size
+        self.readings += added
         self.nbytes += size
 
     def drop(
@@ -290,7 +310,11 @@ class FifoTransaction:
             return
         segments = []
         groups = []
+        decoded: dict[int, tuple[int, list[bytes]]] = {}
+        record_bytes = 0
         for number, appended in self._appended.items():
+            decoded[number] = (appended.first, appended.records)
+            record_bytes += appended.nbytes - READING_OVERHEAD * len(appended.records)
             segments.append(
                 Segment(
                     number,
@@ -303,10 +327,12 @@ class FifoTransaction:
             groups.append(appended.records)
         names = [(n, f) for n, f in self._new_numbers.items() if f in self.changed]
         value = encode_journal(segments, groups, names)
-        if not journal.put(U64.pack(self._ledger.next_record), value, append=True):
+        key = U64.pack(self._ledger.next_record)
+        if not journal.put(key, value, append=True):
             raise AssertionError("journal record numbers must grow")
         self._segments = segments
         self.chunk_bytes = len(value)
+        self.written = (key, decoded, record_bytes)
 
     def change(self) -> LedgerChange:
         """What the ledger adopts once LMDB committed this transaction."""

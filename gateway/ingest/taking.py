@@ -91,10 +91,12 @@ class Taker:
             self._fault(payload)
         decoded = self._decoder.decode(topic, payload, time.time_ns())
         pending = Pending(message.mid, message.qos, decoded, (topic, payload))
-        if decoded.readings:
+        readings = decoded.readings
+        if readings:
             lane = self.rules.lane(decoded.device_class)
-            name = lane.device_class
-            pending.items = [(fifo_name(r.device, name), pack(r), lane) for r in decoded.readings]
+            # One topic, one device: every reading of a message goes to the same FIFO.
+            fifo = fifo_name(readings[0].device, lane.device_class)
+            pending.items = [(fifo, pack(r), lane) for r in readings]
         return pending
 
     def take_alone(self, message: Incoming, breaker: Breaker) -> Pending:

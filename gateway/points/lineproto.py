@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 # repeat in every reading of a device); bounded, because hostile input can invent names.
 ENCODED_CACHE_SIZE = 50_000
 _series: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+_series_bytes: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
 _field_keys: dict[str, str] = {}
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
@@ -49,15 +50,32 @@ def encode_series(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
     return series
 
 
+def encode_series_bytes(measurement: str, tags: tuple[tuple[str, str], ...]) -> bytes:
+    """`encode_series` as UTF-8, as the buffer stores it (once per series, not per reading)."""
+    key = (measurement, tags)
+    series = _series_bytes.get(key)
+    if series is None:
+        if len(_series_bytes) >= ENCODED_CACHE_SIZE:
+            _series_bytes.clear()
+        series = _series_bytes[key] = encode_series(measurement, tags).encode()
+    return series
+
+
 def encode_fields(fields: tuple[tuple[str, FieldValue], ...]) -> str:
     """`key=value,...` escaped and typed; assumes Names.check_fields passed."""
-    parts = []
-    for key, value in fields:
-        escaped = _field_keys.get(key)
-        if escaped is None:
-            if len(_field_keys) >= ENCODED_CACHE_SIZE:
-                _field_keys.clear()
-            escaped = _field_keys[key] = key.translate(_KEY_ESCAPES) + "="
-        # Floats first: JSON numbers are floats unless asked otherwise, so most values are.
-        parts.append(escaped + (repr(value) if type(value) is float else encode_value(value)))
-    return ",".join(parts)
+    keys = _field_keys
+    # Floats first: JSON numbers are floats unless asked otherwise, so most values are.
+    return ",".join(
+        [
+            (keys.get(key) or _field_key(key))
+            + (repr(value) if type(value) is float else encode_value(value))
+            for key, value in fields
+        ]
+    )
+
+
+def _field_key(key: str) -> str:
+    if len(_field_keys) >= ENCODED_CACHE_SIZE:
+        _field_keys.clear()
+    escaped = _field_keys[key] = key.translate(_KEY_ESCAPES) + "="
+    return escaped

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, NamedTuple
 
-from gateway.points.lineproto import encode_fields, encode_series
+from gateway.points.lineproto import encode_fields, encode_series_bytes
 
 if TYPE_CHECKING:
     from gateway.points.model import Reading
@@ -36,7 +36,7 @@ class Stored(NamedTuple):
 
 def pack(reading: Reading) -> bytes:
     """Serialize a checked reading for the buffer."""
-    series = encode_series(reading.measurement, reading.tags).encode()
+    series = encode_series_bytes(reading.measurement, reading.tags)
     fields = encode_fields(reading.fields).encode()
     return HEADER.pack(reading.ts_ns, len(series)) + series + fields
 

@@ -60,8 +60,15 @@ class Segment:
 
 
 def _body(groups: Sequence[Sequence[bytes]]) -> bytes:
+    # Length prefixes and records joined once: no intermediate bytes per record.
     pack = LENGTH.pack
-    return _compress(b"".join(pack(len(r)) + r for records in groups for r in records))
+    parts: list[bytes] = []
+    add = parts.append
+    for records in groups:
+        for record in records:
+            add(pack(len(record)))
+            add(record)
+    return _compress(b"".join(parts))
 
 
 def _records(frame: bytes | memoryview, count: int) -> list[bytes]:
