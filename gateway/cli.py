@@ -289,7 +289,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--rate",
         type=float,
         default=0,
-        help="ingest: readings/s, 0 for max; outage, live-first: 1000 if 0",
+        help="ingest: readings/s, 0 for max; end-to-end: 5000 if 0; outage, live-first: 1000 if 0",
     )
     bench.add_argument("--publishers", type=int, default=2, help="publisher processes")
     bench.add_argument(

@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING, Any
 from gateway.tools import calibration, scenarios
 from gateway.tools.scenarios import BENCH_DEVICES
 
+# end-to-end: readings/s when `--rate` is 0 (the maximum, which only ingest can use).
+END_TO_END_RATE = 5000.0
+
 if TYPE_CHECKING:
     import argparse
 
@@ -125,12 +128,14 @@ def _run_payload_batches(args: argparse.Namespace, figures: dict[str, Any]) -> N
 
 
 def _run_end_to_end(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    # A steady load needs a rate: the default one when the others run at their maximum.
+    rate = args.rate or END_TO_END_RATE
     for workers in args.workers or [1]:
-        label = f"end-to-end {args.rate:.0f}/s for {args.duration:.0f} s{_devices(args)}"
+        label = f"end-to-end {rate:.0f}/s for {args.duration:.0f} s{_devices(args)}"
         label += f" workers={workers}"
         results = [
             scenarios.bench_end_to_end(
-                args.rate, args.duration, args.publishers, workers, devices=args.devices
+                rate, args.duration, args.publishers, workers, devices=args.devices
             )
             for _ in range(args.runs)
         ]
