@@ -13,12 +13,14 @@ come from a `*_file` key naming a file that holds them, or from the environment
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gateway.config.settings import Settings
 from gateway.errors import ConfigError
@@ -57,32 +59,72 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         for key in sorted(SECRET_KEYS)
         if key[1] in raw.get(key[0], {})
     ]
-    problems += _apply_environment(raw, environ)
+    overrides: dict[tuple[str, ...], str] = {}
+    problems += _apply_environment(raw, environ, overrides)
     problems += _read_secret_files(raw)
     if problems:
         raise ConfigError(problems)
-    return validate(raw)
+    return validate(raw, overrides)
 
 
-def validate(raw: dict[str, Any]) -> Settings:
-    """Validate an already-parsed configuration mapping."""
+def validate(
+    raw: dict[str, Any], overrides: Mapping[tuple[str, ...], str] | None = None
+) -> Settings:
+    """Validate an already-parsed configuration mapping.
+
+    `overrides`: key path -> the environment variable that set it, named in its errors.
+    """
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_describe(err) for err in exc.errors()]) from None
+        raise ConfigError([_describe(err, overrides or {}) for err in exc.errors()]) from None
 
 
-def _describe(err: Any) -> str:  # noqa: ANN401 - pydantic's ErrorDetails is a TypedDict
-    where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+def _describe(err: Any, overrides: Mapping[tuple[str, ...], str]) -> str:  # noqa: ANN401 - pydantic's ErrorDetails
+    loc = tuple(str(part) for part in err["loc"])
+    where = ".".join(loc) or "(top level)"
+    source = next(
+        (f" (from {name})" for path, name in overrides.items() if loc[: len(path)] == path), ""
+    )
     if err["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
+        near = difflib.get_close_matches(loc[-1], _keys_beside(loc), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        return f"{where}: unknown key{source}{hint}"
     if err["type"] == "missing":
         return f"{where}: required key is missing"
     message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}"
+    return f"{where}: {message}{source}"
 
 
-def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+def _keys_beside(loc: tuple[str, ...]) -> list[str]:
+    """The keys the section holding `loc`'s last key has (none where it cannot be told)."""
+    model: Any = Settings
+    for part in loc[:-1]:
+        if part.isdigit():
+            continue  # a list item: the list's own model is already `model`
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:  # noqa: ANN401 - any annotation
+    """The pydantic model an annotation holds (`X`, `X | None`, `list[X]`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _apply_environment(
+    raw: dict[str, Any], environ: Mapping[str, str], overrides: dict[tuple[str, ...], str]
+) -> list[str]:
     problems = []
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
@@ -93,6 +135,7 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> list[
             continue
         try:
             _set_path(raw, path, _parse_env_value(environ[name]))
+            overrides[tuple(path)] = name
         except (KeyError, IndexError, TypeError):
             problems.append(f"{name}: {'.'.join(path)} cannot be set (no such list item)")
     return problems

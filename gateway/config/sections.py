@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     ByteSize,
@@ -86,6 +87,17 @@ class InfluxSettings(Section):
     def _url_is_http(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if any(c.isspace() for c in url):
+            raise ValueError(f"{url!r} holds white space")
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise ValueError(f"{url!r} names no host")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError(f"{url!r}: the port is not a number from 0 to 65535") from None
+        if parts.query or parts.fragment:
+            raise ValueError(f"{url!r}: a query or fragment has no place in the database's URL")
         return url.rstrip("/")
 
     @model_validator(mode="after")

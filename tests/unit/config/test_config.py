@@ -50,10 +50,37 @@ def test_minimal_contract_file_loads_with_defaults(tmp_path: Path) -> None:
 
 
 def test_misspelt_key_is_named(tmp_path: Path) -> None:
-    """An unknown key is an error naming its full path."""
+    """An unknown key is an error naming its full path, and the nearest key of its section."""
     assert problems(tmp_path, MINIMAL.replace("capacity =", "capacty =")) == [
-        "buffer.capacty: unknown key"
+        "buffer.capacty: unknown key; did you mean 'capacity'?"
     ]
+
+
+def test_a_misspelt_key_in_a_list_item_gets_the_nearest_key_of_the_item(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[[mqtt.subscriptions]]\ntopc = "x/{device}/{measurement}"\n'
+    found = [p for p in problems(tmp_path, text) if "topc" in p]
+    assert found == ["mqtt.subscriptions.1.topc: unknown key; did you mean 'topic'?"]
+    assert problems(tmp_path, MINIMAL.replace("capacity =", "zzzzzz =")) == [
+        "buffer.zzzzzz: unknown key"
+    ], "no suggestion when nothing is near"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://:99999/x y", "http://:8086", "http://host:99999", "http://host:8086/?db=x", "ftp://h"],
+)
+def test_a_malformed_database_url_is_refused(tmp_path: Path, url: str) -> None:
+    settings = config.load(write(tmp_path, MINIMAL), {})
+    text = MINIMAL.replace(f'url = "{settings.influx.url}"', f'url = "{url}"')
+    assert text != MINIMAL
+    (problem,) = problems(tmp_path, text)
+    assert problem.startswith("influx.url: ")
+
+
+def test_an_error_in_an_environment_override_names_the_variable(tmp_path: Path) -> None:
+    (problem,) = problems(tmp_path, MINIMAL, {"GATEWAY__MQTT__PORT": '"many"'})
+    assert problem.startswith("mqtt.port: Input should be a valid integer")
+    assert problem.endswith(" (from GATEWAY__MQTT__PORT)")
 
 
 @pytest.mark.parametrize(
@@ -117,7 +144,9 @@ def test_environment_overrides_any_key(tmp_path: Path) -> None:
 
 def test_environment_typo_is_named(tmp_path: Path) -> None:
     """A misspelt override fails like a misspelt key."""
-    assert problems(tmp_path, MINIMAL, {"GATEWAY__MQTT__HOTS": "x"}) == ["mqtt.hots: unknown key"]
+    assert problems(tmp_path, MINIMAL, {"GATEWAY__MQTT__HOTS": "x"}) == [
+        "mqtt.hots: unknown key (from GATEWAY__MQTT__HOTS); did you mean 'host'?"
+    ]
 
 
 def test_secret_inline_in_file_is_refused(tmp_path: Path) -> None:
