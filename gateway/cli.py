@@ -150,11 +150,14 @@ def _load(path: Path) -> Settings | None:
 
 def _check_config(path: Path) -> int:
     from gateway.config import loader as config  # noqa: PLC0415
+    from gateway.config.advice import warnings  # noqa: PLC0415
 
     settings = _load(path)
     if settings is None:
         return EXIT_CONFIG
     print(json.dumps(config.redacted(settings), indent=2))
+    for warning in warnings(settings):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     return 0
 
 

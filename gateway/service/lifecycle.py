@@ -21,6 +21,7 @@ from gateway.api.readapi import ReadApi
 from gateway.buffer.core.admission import rules_of
 from gateway.buffer.rejects import RejectLog
 from gateway.buffer.store import Buffer
+from gateway.config import advice
 from gateway.flush.flusher import Flusher
 from gateway.flush.sink import make_sink
 from gateway.ingest import faults, mqtt
@@ -232,6 +233,8 @@ async def _serve_pages(
             ", read API on /api/v1" if routes else "",
             ", bearer token required" if m.token else "",
         )
+        for warning in advice.warnings(settings):
+            logger.warning("%s", warning)
 
 
 def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:

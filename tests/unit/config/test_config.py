@@ -9,6 +9,7 @@ import pytest
 
 from gateway import cli
 from gateway.buffer.core.admission import Lane, Policy, rules_of
+from gateway.config import advice
 from gateway.config import loader as config
 from gateway.errors import ConfigError
 
@@ -284,3 +285,27 @@ def test_metrics_token_is_a_secret(tmp_path: Path) -> None:
     assert "s3cret-metrics" not in json.dumps(config.redacted(settings))
     in_file = MINIMAL.replace('listen = "127.0.0.1:9108"', 'listen = "127.0.0.1:9108"\ntoken = "x"')
     assert problems(tmp_path, in_file)[0].startswith("metrics.token: secrets may not be written")
+
+
+@pytest.mark.parametrize(
+    ("listen", "token", "warned"),
+    [
+        ("127.0.0.1:9108", False, False),
+        ("[::1]:9108", False, False),
+        ("localhost:9108", False, False),
+        ("0.0.0.0:9108", False, True),
+        ("192.0.2.7:9108", False, True),
+        ("gateway.example:9108", False, True),
+        ("0.0.0.0:9108", True, False),
+    ],
+)
+def test_an_unauthenticated_listener_beyond_loopback_is_warned_of(
+    tmp_path: Path, listen: str, token: bool, warned: bool
+) -> None:
+    environ = {"GATEWAY__METRICS__LISTEN": f'"{listen}"'}
+    if token:
+        environ["GATEWAY__METRICS__TOKEN"] = "t0ken"
+    settings = config.load(write(tmp_path, MINIMAL), environ)
+    found = advice.warnings(settings)
+    assert bool(found) is warned
+    assert all(w.startswith("metrics.listen: ") and "t0ken" not in w for w in found)
