@@ -223,6 +223,13 @@ def _run(args: argparse.Namespace) -> int:
     else:
         job = functools.partial(service.run, settings, args.config)
     logsetup.setup(settings.log.level, settings.log.format, settings.log.repeat_window_s)
+    # The first line: what runs, from which file, on which buffer.
+    logger.info(
+        "gateway %s starting: configuration %s, buffer %s",
+        __version__,
+        args.config.resolve(),
+        settings.buffer.path,
+    )
     return _run_async(job)
 
 

@@ -164,7 +164,7 @@ class Ingest:
                 self._set_connected(False)
                 failures += 1
                 if failures == 1:
-                    _log_connect_failure(exc)
+                    _log_connect_failure(exc, f"{self._settings.host}:{self._settings.port}")
                 await anyio.sleep(
                     backoff.delay_s(
                         failures,
@@ -314,13 +314,17 @@ class Ingest:
         )
 
 
-def _log_connect_failure(exc: aiomqtt.MqttError) -> None:
-    """One line for the first failure of a run of them, saying what the operator can fix."""
+def _log_connect_failure(exc: aiomqtt.MqttError, where: str) -> None:
+    """One line for the first failure of a run of them, saying what the operator can fix.
+
+    `where`: the broker's host:port, which every line names.
+    """
     tls_problem = describe_tls_failure(exc)
     if tls_problem is not None:
         logger.error(
-            "cannot connect to the broker: %s (check [mqtt.tls] ca_file and that the broker's "
-            "certificate names the configured host); retrying",
+            "cannot connect to the broker at %s: %s (check [mqtt.tls] ca_file and that the "
+            "broker's certificate names the configured host); retrying",
+            where,
             tls_problem,
         )
     elif (
@@ -328,9 +332,10 @@ def _log_connect_failure(exc: aiomqtt.MqttError) -> None:
         and getattr(exc.rc, "value", exc.rc) in REFUSED_CREDENTIALS
     ):
         logger.error(
-            "the broker refused the gateway's credentials (%s); check [mqtt] username and "
-            "password_file; retrying",
+            "the broker at %s refused the gateway's credentials (%s); check [mqtt] username "
+            "and password_file; retrying",
+            where,
             exc,
         )
     else:
-        logger.warning("broker connection lost or refused (%s); reconnecting", exc)
+        logger.warning("broker connection to %s lost or refused (%s); reconnecting", where, exc)
