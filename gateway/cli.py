@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from gateway.config.settings import Settings
 
 EXIT_CONFIG = 2
+# Where the Debian package and the systemd unit keep the configuration.
+DEFAULT_CONFIG = Path("/etc/gateway/gateway.toml")
 logger = logging.getLogger(__name__)
 
 
@@ -34,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
-    run.add_argument("--config", "-c", type=Path, required=True)
+    _add_config(run)
     # How the parent of a gateway with workers starts each of them (gateway/service/supervisor.py).
     run.add_argument("--worker-slot", type=Path, help=argparse.SUPPRESS)
     run.add_argument("--control-socket", type=Path, help=argparse.SUPPRESS)
@@ -44,28 +46,29 @@ def _parser() -> argparse.ArgumentParser:
         "retire",
         help="leave for good: end the broker sessions, deliver the whole buffer, remove it",
     )
-    retire.add_argument("--config", "-c", type=Path, required=True)
+    _add_config(retire)
 
     check = sub.add_parser("check-config", help="print the effective configuration or its errors")
-    check.add_argument("config", type=Path)
+    check.add_argument("path", nargs="?", type=Path, help="the configuration file (as --config)")
+    _add_config(check)
 
     rejects = sub.add_parser("rejects", help="show the last refused messages (sensor debugging)")
-    rejects.add_argument("--config", "-c", type=Path, required=True)
+    _add_config(rejects)
     rejects.add_argument("--json", action="store_true", help="print JSON")
     status = sub.add_parser("status", help="show the buffer (works while the gateway runs)")
-    status.add_argument("--config", "-c", type=Path, required=True)
+    _add_config(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--top", type=int, default=20, help="devices to list")
 
     verify = sub.add_parser("verify-buffer", help="scan the buffer and check its accounting")
-    verify.add_argument("--config", "-c", type=Path, required=True)
+    _add_config(verify)
     verify.add_argument(
         "--repair", action="store_true", help="rebuild the accounting (gateway stopped)"
     )
 
     dead = sub.add_parser("dead-letters", help="list, replay or purge refused points")
     dead.add_argument("action", choices=("list", "replay", "purge"))
-    dead.add_argument("--config", "-c", type=Path, required=True)
+    _add_config(dead)
     dead.add_argument("--id", type=int, action="append", help="only these (repeatable)")
 
     sim = sub.add_parser("simulate", help="publish simulated sensor readings")
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `gateway` console script."""
     args = _parser().parse_args(argv)
     if args.command == "check-config":
-        return _check_config(args.config)
+        return _check_config(args.path or args.config)
     if args.command in {"run", "retire"}:
         return _run(args) if args.command == "run" else _retire(args.config)
     if args.command in {"status", "verify-buffer", "dead-letters", "rejects"}:
@@ -146,6 +149,16 @@ def _load(path: Path) -> Settings | None:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return None
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"the configuration file (default: {DEFAULT_CONFIG})",
+    )
 
 
 def _check_config(path: Path) -> int:

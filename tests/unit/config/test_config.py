@@ -309,3 +309,16 @@ def test_an_unauthenticated_listener_beyond_loopback_is_warned_of(
     found = advice.warnings(settings)
     assert bool(found) is warned
     assert all(w.startswith("metrics.listen: ") and "t0ken" not in w for w in found)
+
+
+def test_every_command_takes_the_configuration_as_dash_c_with_a_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, MINIMAL)
+    assert cli.main(["check-config", "-c", str(path)]) == 0
+    assert cli.main(["check-config", str(path)]) == 0, "the path alone, as before"
+    capsys.readouterr()
+    parser = cli._parser()
+    for command in ("run", "retire", "check-config", "status", "rejects", "verify-buffer"):
+        assert parser.parse_args([command]).config == cli.DEFAULT_CONFIG
+    assert parser.parse_args(["dead-letters", "list"]).config == cli.DEFAULT_CONFIG
