@@ -9,6 +9,10 @@ The value is read as TOML when it parses as such (`1883`, `true`, `"text"`), els
 Secrets (the MQTT password, the InfluxDB token and password) are never written in the file: they
 come from a `*_file` key naming a file that holds them, or from the environment
 (`GATEWAY__MQTT__PASSWORD`, `GATEWAY__INFLUX__TOKEN`, `GATEWAY__INFLUX__PASSWORD`).
+
+Under systemd with credentials (`LoadCredential=`), `$CREDENTIALS_DIRECTORY` is set and every
+relative `*_file` path (secrets, TLS keys and certificates) is read from that directory, so a
+service with `DynamicUser=yes` reaches files only root and the service can read.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 ENV_PREFIX = "GATEWAY__"
+# Set by systemd for a unit with LoadCredential=: where the service's credentials are.
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 # Keys that hold a secret; they may come from the environment or a *_file key, never the TOML file.
 SECRET_KEYS = {
     ("mqtt", "password"),
@@ -61,6 +67,9 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     ]
     overrides: dict[tuple[str, ...], str] = {}
     problems += _apply_environment(raw, environ, overrides)
+    credentials = environ.get(CREDENTIALS_ENV)
+    if credentials:
+        _rebase_files(raw, Path(credentials))
     problems += _read_secret_files(raw)
     if problems:
         raise ConfigError(problems)
@@ -156,6 +165,25 @@ def _set_path(raw: dict[str, Any], path: list[str], value: object) -> None:
         node[int(path[-1])] = value
     else:
         node[path[-1]] = value
+
+
+def _rebase_files(node: object, directory: Path) -> None:
+    """Point every relative `*_file` path in `node` into `directory`."""
+    if isinstance(node, list):
+        for item in node:
+            _rebase_files(item, directory)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if isinstance(value, dict | list):
+            _rebase_files(value, directory)
+        elif key.endswith("_file") and isinstance(value, str) and _is_relative(value):
+            node[key] = str(directory / value)
+
+
+def _is_relative(path: str) -> bool:
+    return bool(path) and not Path(path).is_absolute()
 
 
 def _read_secret_files(raw: dict[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import cli
 from gateway.config.sections import FlushSettings
 from gateway.observe.brokerstats import BROKER_TOPICS
 from gateway.observe.metrics import Metrics
@@ -110,15 +112,22 @@ def test_dashboard_panels_use_the_provisioned_datasource() -> None:
 
 
 def test_systemd_unit_is_hardened_notify_and_verifies(tmp_path: Path) -> None:
+    """The unit restarts on failure but not on a bad config, and holds its secrets and buffer."""
     text = UNIT.read_text()
-    settings = dict(
-        line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#"
-    )
+    settings: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" in line and line[0] != "#":
+            key, value = line.split("=", 1)
+            settings[key] = f"{settings[key]} {value}" if key in settings else value
     assert settings["Type"] == "notify"
     # Workers get SIGTERM from their parent only: a second one would skip their flush.
     assert settings["KillMode"] == "mixed"
     assert int(settings["WatchdogSec"]) > 0
     assert int(settings["TimeoutStopSec"]) > FlushSettings().grace_s
+    assert settings["RestartPreventExitStatus"] == str(cli.EXIT_CONFIG)
+    assert settings["UMask"] == "0077"
+    assert settings["LoadCredential"] == "gateway:/etc/gateway/credentials"
+    assert settings["ExecStart"].startswith("/usr/bin/gateway run --config /etc/gateway/")
     for key in (
         "DynamicUser",
         "StateDirectory",
@@ -127,6 +136,13 @@ def test_systemd_unit_is_hardened_notify_and_verifies(tmp_path: Path) -> None:
         "ProtectHome",
         "NoNewPrivileges",
         "PrivateTmp",
+        "PrivateDevices",
+        "ProtectKernelTunables",
+        "ProtectControlGroups",
+        "RestrictNamespaces",
+        "LockPersonality",
+        "SystemCallFilter",
+        "SystemCallArchitectures",
         "CapabilityBoundingSet",
         "RestrictAddressFamilies",
         "MemoryMax",
@@ -138,8 +154,23 @@ def test_systemd_unit_is_hardened_notify_and_verifies(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed")
     unit = tmp_path / "gateway.service"
     gateway = Path(sys.executable).parent / "gateway"
-    unit.write_text(text.replace("/usr/local/bin/gateway", str(gateway)))
+    unit.write_text(text.replace("/usr/bin/gateway", str(gateway)))
+    # verify runs `man gateway` for Documentation=man:gateway(1): the page the package ships.
+    (tmp_path / "man" / "man1").mkdir(parents=True)
+    page = subprocess.run([gateway, "man"], capture_output=True, text=True, check=True).stdout
+    (tmp_path / "man" / "man1" / "gateway.1").write_text(page)
+    environ = {**os.environ, "MANPATH": str(tmp_path / "man")}
     result = subprocess.run(
-        [analyze, "verify", str(unit)], capture_output=True, text=True, check=False
+        [analyze, "verify", str(unit)], capture_output=True, text=True, check=False, env=environ
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    security = subprocess.run(
+        [analyze, "security", "--offline=yes", "--threshold=20", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    exposure = re.search(r"Overall exposure level for gateway.service: ([0-9.]+)", security.stdout)
+    assert exposure is not None, security.stdout + security.stderr
+    assert float(exposure.group(1)) <= 2.0, security.stdout  # "OK" or better
+    assert security.returncode == 0, "--threshold=20 (2.0) was passed"

@@ -198,6 +198,34 @@ def test_unreadable_secret_file_is_named(tmp_path: Path) -> None:
     assert found.startswith("influx.password_file: cannot read /nonexistent/pw")
 
 
+def test_relative_file_keys_are_read_from_the_systemd_credentials_directory(
+    tmp_path: Path,
+) -> None:
+    """Under LoadCredential=, a relative *_file is the credential; an absolute one stays as is."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "gateway_influx-password").write_text("cred-secret\n")
+    (credentials / "gateway_broker-ca.pem").write_text("not checked by the loader")
+    (tmp_path / "mqtt-pw").write_text("absolute-secret")
+    text = MINIMAL.replace(
+        'database = "telemetry"',
+        'database = "telemetry"\npassword_file = "gateway_influx-password"',
+    ).replace(
+        'client_id = "gateway-1"',
+        f'client_id = "gateway-1"\nusername = "gw"\npassword_file = "{tmp_path / "mqtt-pw"}"\n'
+        '[mqtt.tls]\nca_file = "gateway_broker-ca.pem"',
+    )
+    settings = config.load(write(tmp_path, text), {"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert settings.influx.password is not None
+    assert settings.influx.password.get_secret_value() == "cred-secret"
+    assert settings.mqtt.password is not None
+    assert settings.mqtt.password.get_secret_value() == "absolute-secret"
+    assert settings.mqtt.tls is not None
+    assert settings.mqtt.tls.ca_file == credentials / "gateway_broker-ca.pem"
+    (found,) = problems(tmp_path, text, {"CREDENTIALS_DIRECTORY": str(tmp_path / "none")})
+    assert found.startswith(f"influx.password_file: cannot read {tmp_path / 'none'}")
+
+
 def test_check_config_exits_2_and_names_the_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -318,7 +346,7 @@ def test_every_command_takes_the_configuration_as_dash_c_with_a_default(
     assert cli.main(["check-config", "-c", str(path)]) == 0
     assert cli.main(["check-config", str(path)]) == 0, "the path alone, as before"
     capsys.readouterr()
-    parser = cli._parser()
-    for command in ("run", "retire", "check-config", "status", "rejects", "verify-buffer"):
+    parser = cli.build_parser()
+    for command in ("run", "retire", "check-config", "try", "status", "rejects", "verify-buffer"):
         assert parser.parse_args([command]).config == cli.DEFAULT_CONFIG
     assert parser.parse_args(["dead-letters", "list"]).config == cli.DEFAULT_CONFIG
