@@ -432,7 +432,10 @@ class Flusher:
             else:
                 level = logging.ERROR if exc.operator_must_act else logging.WARNING
                 logger.log(
-                    level, "database write failed, readings stay buffered and are retried: %s", exc
+                    level,
+                    "database write failed, readings stay buffered and are retried: %s",
+                    exc,
+                    extra={"error": str(exc), "retryable": exc.retryable},
                 )
         s = self._settings
         delay = backoff.delay_s(self._failures, s.retry_initial_s, s.retry_max_s, random.uniform)

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
@@ -40,11 +41,13 @@ class Delivered:
     """The database stored the batch."""
 
 
-def classify(status: int, headers: Mapping[str, str], body: str) -> Delivered | SinkError:
-    """The outcome of a write response, as a value."""
+def classify(
+    status: int, headers: Mapping[str, str], body: str, where: str = ""
+) -> Delivered | SinkError:
+    """The outcome of a write response, as a value; `where` (the database) starts its message."""
     if HTTP_OK_MIN <= status <= HTTP_OK_MAX:
         return Delivered()
-    summary = f"HTTP {status}: {body.strip()[:300]}"
+    summary = f"{where + ': ' if where else ''}HTTP {status}: {body.strip()[:300]}"
     if status in OPERATOR_STATUSES:
         return SinkAuthError(summary)
     if status in REJECT_STATUSES:
@@ -83,14 +86,25 @@ class Sink(Protocol):
         """Release connections."""
 
 
-def unreachable(exc: BaseException) -> SinkUnavailable:
+def unreachable(exc: BaseException, where: str = "") -> SinkUnavailable:
     """A failure before any HTTP response: the host refused, reset or dropped the connection.
 
     A timeout is not one of them: a slow database answers its ping at once, so probing would
     send it the same heavy write again every second.
     """
     reached = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
-    return SinkUnavailable(f"{type(exc).__name__}: {exc}", unreachable=not reached)
+    text = f"{where + ': ' if where else ''}{type(exc).__name__}: {exc}"
+    return SinkUnavailable(text, unreachable=not reached)
+
+
+def public_url(url: str) -> str:
+    """`url` without a user or password, for log lines and errors."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class V1Sink:
@@ -107,6 +121,7 @@ class V1Sink:
         if settings.username and settings.password:
             self._auth = aiohttp.BasicAuth(settings.username, settings.password.get_secret_value())
         self._settings = settings
+        self._where = f"database at {public_url(settings.url)}"
         self._ping_url = f"{settings.url}/ping"
         self._session: aiohttp.ClientSession | None = None
 
@@ -123,9 +138,9 @@ class V1Sink:
                 self._url, params=self._params, data=body, headers=headers
             ) as response:
                 text = await response.text(errors="replace")
-                outcome = classify(response.status, response.headers, text)
+                outcome = classify(response.status, response.headers, text, self._where)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise unreachable(exc) from exc
+            raise unreachable(exc, self._where) from exc
         if isinstance(outcome, SinkError):
             raise outcome
 
@@ -145,6 +160,7 @@ class V2Sink:
     def __init__(self, settings: InfluxSettings) -> None:
         """Create the client; it connects on the first write."""
         self._settings = settings
+        self._where = f"database at {public_url(settings.url)}"
         self._client: InfluxDBClientAsync | None = None
         self._writes: WriteService | None = None
         self._ping: aiohttp.ClientSession | None = None
@@ -182,11 +198,12 @@ class V2Sink:
                 **extra,
             )
         except ApiException as exc:
-            outcome = classify(exc.status or 0, exc.headers or {}, str(exc.body or exc.reason))
+            answer = str(exc.body or exc.reason)
+            outcome = classify(exc.status or 0, exc.headers or {}, answer, self._where)
             if isinstance(outcome, SinkError):
                 raise outcome from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise unreachable(exc) from exc
+            raise unreachable(exc, self._where) from exc
 
     async def ready(self) -> bool:
         """GET /ping with the token (InfluxDB 2.x, 1.8+ and VictoriaMetrics answer 204)."""

@@ -320,12 +320,14 @@ def _log_connect_failure(exc: aiomqtt.MqttError, where: str) -> None:
     `where`: the broker's host:port, which every line names.
     """
     tls_problem = describe_tls_failure(exc)
+    facts = {"broker": where, "error": str(exc)}
     if tls_problem is not None:
         logger.error(
             "cannot connect to the broker at %s: %s (check [mqtt.tls] ca_file and that the "
             "broker's certificate names the configured host); retrying",
             where,
             tls_problem,
+            extra=facts,
         )
     elif (
         isinstance(exc, aiomqtt.MqttCodeError)
@@ -336,6 +338,9 @@ def _log_connect_failure(exc: aiomqtt.MqttError, where: str) -> None:
             "and password_file; retrying",
             where,
             exc,
+            extra=facts,
         )
     else:
-        logger.warning("broker connection to %s lost or refused (%s); reconnecting", where, exc)
+        logger.warning(
+            "broker connection to %s lost or refused (%s); reconnecting", where, exc, extra=facts
+        )

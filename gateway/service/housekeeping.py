@@ -73,14 +73,16 @@ class Housekeeping:
         snapshot = self.metrics.accounting.snapshot()
         before = last.outcomes
         now = snapshot.outcomes
+        facts = {
+            name: now[name] - before[name]
+            for name in ("received", "delivered", "refused", "dropped")
+        }
         logger.info(
             "summary: received %d, delivered %d, refused %d, dropped %d since the last summary; "
             "%s, batch size %d",
-            now["received"] - before["received"],
-            now["delivered"] - before["delivered"],
-            now["refused"] - before["refused"],
-            now["dropped"] - before["dropped"],
+            *facts.values(),
             self.status_line(),
             self.flusher.batch_size,
+            extra={**facts, "batch_size": self.flusher.batch_size},
         )
         return snapshot
