@@ -16,7 +16,7 @@ from gateway.buffer.core.verify import Found, Report, compare
 from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     import lmdb
 
@@ -27,12 +27,18 @@ if TYPE_CHECKING:
 _EVERYTHING = 2**63 - 1
 
 
-def scan(walker: FifoWalker, ledger: Ledger, orphans: Iterable[int]) -> dict[int, Found]:
+def scan(
+    walker: FifoWalker,
+    ledger: Ledger,
+    orphans: Iterable[int],
+    progress: Callable[[int, int, int], None] | None = None,
+) -> dict[int, Found]:
     """What each FIFO number really holds: the ledger's FIFOs from their heads, orphans whole."""
     found: dict[int, Found] = {}
     states = list(ledger.states.values())
     states += [DeviceState(number, 0, _EVERYTHING, 1, 0, 0, sealed_from=0) for number in orphans]
-    for state in states:
+    seen = 0
+    for done, state in enumerate(states, 1):
         entry = Found()
         for seq, value in walker.readings(state, state.head):
             if not entry.readings:
@@ -42,6 +48,9 @@ def scan(walker: FifoWalker, ledger: Ledger, orphans: Iterable[int]) -> dict[int
             entry.last_seq = seq
         if entry.readings:
             found[state.number] = entry
+        seen += entry.readings
+        if progress is not None:
+            progress(done, len(states), seen)
     return found
 
 
@@ -51,15 +60,23 @@ def sealed_numbers(txn: lmdb.Transaction, tables: Tables) -> set[int]:
     return {SEALED_KEY.unpack(key)[1] for key in cursor.iternext(keys=True, values=False)}
 
 
-def verify(walker: FifoWalker, ledger: Ledger, orphans: Iterable[int]) -> Report:
+def verify(
+    walker: FifoWalker,
+    ledger: Ledger,
+    orphans: Iterable[int],
+    progress: Callable[[int, int, int], None] | None = None,
+) -> Report:
     """Compare the accounting with a walk of the data."""
-    orphans = list(orphans)
-    return compare(
-        dict(ledger.states), (ledger.readings, ledger.nbytes), scan(walker, ledger, orphans)
-    )
+    found = scan(walker, ledger, list(orphans), progress)
+    return compare(dict(ledger.states), (ledger.readings, ledger.nbytes), found)
 
 
-def repair(walker: FifoWalker, ledger: Ledger, orphans: Iterable[int]) -> Report:
+def repair(
+    walker: FifoWalker,
+    ledger: Ledger,
+    orphans: Iterable[int],
+    progress: Callable[[int, int, int], None] | None = None,
+) -> Report:
     """Rebuild the accounting in `ledger` from a walk; returns what was wrong before.
 
     Readings whose FIFO number has no FIFO are kept under a FIFO named `orphan-<number>`: their
@@ -70,7 +87,7 @@ def repair(walker: FifoWalker, ledger: Ledger, orphans: Iterable[int]) -> Report
     # the repair moves each FIFO's on to its first chunk again.
     for state in ledger.states.values():
         state.sealed_from = 0
-    found = scan(walker, ledger, orphans)
+    found = scan(walker, ledger, orphans, progress)
     report = compare(ledger.states, (ledger.readings, ledger.nbytes), found)
     if report.is_consistent:
         return report

@@ -81,7 +81,7 @@ from gateway.errors import CapacityError, StorageError
 from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
 
     from gateway.buffer.core.journalindex import JournalIndex
@@ -163,16 +163,19 @@ class Buffer:
                 "; ".join(report.problems[:5]),
             )
 
-    def verify(self) -> Report:
-        """Compare the accounting with a full scan of the data."""
-        with self._lock, self._walker() as walker:
-            return integrity.verify(walker, self._ledger, self._orphans())
+    def verify(self, progress: Callable[[int, int, int], None] | None = None) -> Report:
+        """Compare the accounting with a full scan of the data.
 
-    def repair(self) -> Report:
+        `progress` is told after each FIFO: (FIFOs done, FIFOs in all, readings seen so far).
+        """
+        with self._lock, self._walker() as walker:
+            return integrity.verify(walker, self._ledger, self._orphans(), progress)
+
+    def repair(self, progress: Callable[[int, int, int], None] | None = None) -> Report:
         """Rebuild the accounting from a full scan; returns what was wrong before."""
         with self._lock:
             with self._walker() as walker:
-                report = integrity.repair(walker, self._ledger, self._orphans())
+                report = integrity.repair(walker, self._ledger, self._orphans(), progress)
             if not report.is_consistent:
                 self._checkpoint()
             return report

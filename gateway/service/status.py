@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.buffer.store import Buffer
 from gateway.buffer.view import combine, snapshot
 from gateway.service import workers
+from gateway.service.progress import Ticker, scan_progress
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -120,20 +121,34 @@ def environments(settings: Settings) -> list[Path]:
     return [slot.path for slot in workers.existing(settings)] or [settings.buffer.path]
 
 
-def verify(settings: Settings, *, repair: bool) -> tuple[int, str]:
-    """Full scan of every environment; (exit code, report text)."""
-    code, texts = 0, []
+def verify(settings: Settings, *, repair: bool, as_json: bool = False) -> tuple[int, str]:
+    """Full scan of every environment; (exit code, report text), a line a second meanwhile."""
+    code, texts, results = 0, [], []
     for path in environments(settings):
+        ticker = Ticker(f"verify-buffer {path}")
         with Buffer(path, int(settings.buffer.capacity), readonly=not repair) as buffer:
-            report = buffer.repair() if repair else buffer.verify()
-            totals = asdict(buffer.totals())
+            scanned = scan_progress(ticker)
+            report = buffer.repair(scanned) if repair else buffer.verify(scanned)
+            totals = buffer.totals()
+        results.append(
+            {
+                "path": str(path),
+                "consistent": report.is_consistent,
+                "repaired": repair and not report.is_consistent,
+                "problems": list(report.problems),
+                **asdict(totals),
+            }
+        )
         if report.is_consistent:
-            texts.append(f"buffer {path} is consistent: {totals}")
+            texts.append(
+                f"buffer {path}: consistent; {totals.readings:,} readings of "
+                f"{totals.devices:,} devices, {_size(totals.nbytes)}"
+            )
             continue
         code = EXIT_MISMATCH
         verdict = "repaired" if repair else "run with --repair while the gateway is stopped to fix"
-        texts += [f"buffer {path} accounting mismatch ({verdict}):", *report.problems]
-    return code, "\n".join(texts)
+        texts += [f"buffer {path}: accounting mismatch ({verdict}):", *report.problems]
+    return code, json.dumps(results, indent=2) if as_json else "\n".join(texts)
 
 
 def _size(nbytes: float) -> str:

@@ -57,7 +57,9 @@ def test_status_and_verify_while_a_writer_holds_the_buffer(tmp_path: Path) -> No
 
         verified = gateway_cli("verify-buffer", "--config", str(config))
         assert verified.returncode == 0
-        assert "is consistent" in verified.stdout
+        assert ": consistent; 7 readings of 2 devices" in verified.stdout
+        as_json = json.loads(gateway_cli("verify-buffer", "-c", str(config), "--json").stdout)
+        assert [(v["consistent"], v["readings"], v["devices"]) for v in as_json] == [(True, 7, 2)]
 
         repair = gateway_cli("verify-buffer", "--config", str(config), "--repair")
         assert repair.returncode == 1

@@ -1,0 +1,116 @@
+"""`gateway try`: what a message would become, shown without a broker, a buffer or a database.
+
+The message goes through the gateway's own decoder (topic templates, limits, validation) and
+the stored form and coalescing the flusher uses, so the line protocol shown is the line
+protocol that would be written. Refusals are shown with the reason counted in
+`gateway_readings_total{outcome="invalid"}` and logged in `gateway rejects`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gateway.flush.core.coalesce import coalesce
+from gateway.ingest.core.decode import Decoder
+from gateway.points.record import pack, split
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from gateway.config.settings import Settings
+
+
+@dataclass
+class Outcome:
+    """One message tried: its readings, their line protocol, and each refusal."""
+
+    topic: str
+    device_class: str = ""
+    readings: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+
+def try_message(settings: Settings, topic: str, payload: bytes) -> Outcome:
+    """Decode and encode one message as the gateway would on receipt now."""
+    decoder = Decoder(settings.mqtt.subscriptions, settings.limits)
+    decoded = decoder.decode(topic, payload, time.time_ns())
+    outcome = Outcome(topic, decoded.device_class)
+    for reading in decoded.readings:
+        outcome.readings.append(
+            {
+                "device": reading.device,
+                "measurement": reading.measurement,
+                "tags": dict(reading.tags),
+                "fields": dict(reading.fields),
+                "ts_ns": reading.ts_ns,
+            }
+        )
+    lines, _ = coalesce([split(pack(reading)) for reading in decoded.readings])
+    outcome.lines = [line.decode() for line in lines]
+    outcome.refused = [(error.reason, error.detail) for error in decoded.errors]
+    return outcome
+
+
+def samples(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(topic, payload) of each line of a samples file.
+
+    A line is a JSON object with `topic` and `payload` (text) or `payload_base64` (bytes);
+    blank lines and lines starting with `#` are skipped.
+
+    Raises:
+        ValueError: naming the line that is not such an object.
+    """
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            sample = json.loads(line)
+            topic = sample["topic"]
+            if not isinstance(topic, str):
+                raise TypeError(f"topic is {type(topic).__name__}, not a string")  # noqa: TRY301 - reported with the line below
+            if "payload_base64" in sample:
+                payload = base64.b64decode(sample["payload_base64"], validate=True)
+            else:
+                payload = str(sample["payload"]).encode()
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise ValueError(
+                f"{path}:{number}: not a sample ({type(exc).__name__}: {exc}); expected "
+                '{"topic": "...", "payload": "..."} or "payload_base64"'
+            ) from None
+        yield topic, payload
+
+
+def render(outcome: Outcome) -> str:
+    """The human-readable account of one message."""
+    out = [f"topic {outcome.topic!r}"]
+    if outcome.readings:
+        out.append(f"  {len(outcome.readings)} reading(s), device class {outcome.device_class!r}:")
+        for r in outcome.readings:
+            tags = ", ".join(f"{k}={v!r}" for k, v in r["tags"].items())
+            fields = ", ".join(f"{k}={v!r}" for k, v in r["fields"].items())
+            out.append(f"    {r['measurement']} [{tags}] {fields} @ {r['ts_ns']}")
+        out.append("  line protocol:")
+        out += [f"    {line}" for line in outcome.lines]
+    for reason, detail in outcome.refused:
+        out.append(f"  refused ({reason}): {detail}")
+    if not outcome.readings and not outcome.refused:
+        out.append("  nothing: the message holds no reading")
+    return "\n".join(out)
+
+
+def as_json(outcome: Outcome) -> dict[str, Any]:
+    """The account as plain data (`--json`)."""
+    return {
+        "topic": outcome.topic,
+        "device_class": outcome.device_class,
+        "readings": outcome.readings,
+        "line_protocol": outcome.lines,
+        "refused": [{"reason": r, "detail": d} for r, d in outcome.refused],
+    }
