@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from typing import TYPE_CHECKING, Any
 
 from gateway.tools import calibration, scenarios
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the scenarios of `gateway bench`, print a table of medians, optionally write JSON."""
     chosen = args.scenario or ["append", "ingest"]
     args.devices = args.devices or BENCH_DEVICES
+    print(f"bench: {', '.join(chosen)}, {args.runs} run(s) each; calibrating", file=sys.stderr)
     host = calibration.calibrate()
     print(calibration.render(host), flush=True)
     figures: dict[str, Any] = {"calibration": host}
@@ -88,6 +90,7 @@ def _run_append(runs: int, figures: dict[str, Any]) -> None:
     for mode in ("commit", "interval", "none"):
         for per_txn in (1, 100, 1000):
             key = f"append {mode:<8} {per_txn:>4}/txn readings/s"
+            scenarios.PROGRESS.tell(f"append, sync={mode}, {per_txn}/transaction")
             samples = [scenarios.bench_append(mode, per_txn) for _ in range(runs)]
             figures[key] = statistics.median(samples)
             _show(figures, key, samples)

@@ -17,6 +17,7 @@ from typing import Any
 from gateway.buffer.store import Buffer
 from gateway.points.model import Reading
 from gateway.points.record import pack
+from gateway.service.progress import Ticker
 from gateway.tools import loadgen, servers, simulate
 from gateway.tools.demo import scrape
 from gateway.tools.measure import (
@@ -49,6 +50,8 @@ LIVE_LOAD_S = 30.0
 LIVE_SAMPLE_S = 0.2
 # Bytes of request bodies the gateway sent to the database (compressed as sent).
 SENT_BYTES = "gateway_sink_sent_bytes_total"
+# A line a second on stderr while a run waits on the gateway (stdout keeps the figures).
+PROGRESS = Ticker("bench")
 # The outage scenario: steady load this long before the outage and after it.
 OUTAGE_MARGIN_S = 10.0
 # ... and how often it looks for the first batch after the database's return.
@@ -139,6 +142,7 @@ def bench_ingest(
                     # pages): look often only near the end, where the timing needs it.
                     time.sleep(POLL_S if accepted >= total * NEAR_END else SLOW_POLL_S)
                     accepted = gateway.metric("gateway_readings_total{outcome=accepted}")
+                    PROGRESS.tell(f"{accepted:,.0f} of {total:,} readings accepted")
                     if rss_every and accepted >= (len(rss) + 1) * rss_every:
                         rss.append(
                             (int(accepted), gateway.rss_mib("RssAnon"), gateway.rss_mib("RssFile"))
@@ -238,6 +242,7 @@ def bench_end_to_end(
                     time.sleep(E2E_SAMPLE_S)
                     metrics = scrape(gateway.metrics_url)
                     delivered = metrics["gateway_readings_total{outcome=delivered}"]
+                    PROGRESS.tell(f"{delivered:,.0f} readings delivered")
                     lags.append(metrics["gateway_buffer_lag_seconds"])
                     backlogs.append(metrics["gateway_buffer_readings"])
                     sizes.append(metrics["gateway_batch_size"])
@@ -300,9 +305,11 @@ def bench_outage(
                 back = time.perf_counter()
                 backlog = gateway.metric("gateway_buffer_readings")
                 while gateway.metric("gateway_readings_total{outcome=delivered}") == landed:
+                    PROGRESS.tell("the database is back; waiting for the first batch")
                     time.sleep(OUTAGE_POLL_S)
                 resumed = time.perf_counter() - back
-                while gateway.metric("gateway_buffer_readings") > backlog / 100:
+                while (left := gateway.metric("gateway_buffer_readings")) > backlog / 100:
+                    PROGRESS.tell(f"draining: {left:,.0f} readings left")
                     time.sleep(OUTAGE_POLL_S)
                 drained = time.perf_counter() - back
                 pending.get(timeout=600)
@@ -326,6 +333,7 @@ def wait_until_delivered(gateway: Gateway, count: int, timeout_s: float = 120) -
     while gateway.metric("gateway_readings_total{outcome=delivered}") < count:
         if time.monotonic() > deadline:
             raise servers.ServerError(f"{count} readings were not all delivered")
+        PROGRESS.tell(f"waiting for {count:,} readings to be delivered")
         time.sleep(POLL_S)
 
 
@@ -438,6 +446,7 @@ def bench_drain(
             while (left := gateway.metric("gateway_buffer_readings")) > 0 or not sizes:
                 sizes.append(gateway.metric("gateway_batch_size"))
                 sent.append((time.perf_counter(), gateway.metric(SENT_BYTES)))
+                PROGRESS.tell(f"draining: {left:,.0f} readings left")
                 time.sleep(POLL_S)
             elapsed = time.perf_counter() - started
             metrics = scrape(gateway.metrics_url)
@@ -518,6 +527,7 @@ def bench_live_first(
                     time.sleep(LIVE_SAMPLE_S)
                     metrics = scrape(gateway.metrics_url)
                     lags.append(metrics["gateway_buffer_live_lag_seconds"])
+                    PROGRESS.tell(f"live lag {lags[-1]:.2f} s")
                     if not drained_s and metrics["gateway_buffer_readings"] <= rate:
                         drained_s = time.perf_counter() - started
                 pending.get(timeout=600)
