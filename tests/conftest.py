@@ -1,7 +1,8 @@
 """Shared fixtures: real servers for the whole session, fresh state per test.
 
 Servers come from their binaries on PATH (scripts/test installs them), each on a free loopback
-port, or from the environment: GATEWAY_TEST_MQTT (host:port), GATEWAY_TEST_INFLUXDB_V1_URL (an
+port; from containers with GATEWAY_TEST_SERVERS=docker (tests/backends.py); or from the
+environment: GATEWAY_TEST_MQTT (host:port), GATEWAY_TEST_INFLUXDB_V1_URL (an
 InfluxDB 1.x) and GATEWAY_TEST_V2_URL (a VictoriaMetrics: tests read back through its export API).
 """
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from gateway.tools import servers
+from tests import backends
 from tests.gatewayproc import GatewayProcess, config_text, stored_points
 
 if TYPE_CHECKING:
@@ -24,6 +26,11 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tests.gatewayproc import Points
+
+
+def pytest_report_header() -> str:
+    """Which backend the servers come from, first in the output."""
+    return f"test servers: {backends.BACKEND} ({backends.BACKEND_ENV})"
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +78,7 @@ def server_or_env(
 @pytest.fixture(scope="session")
 def mosquitto(servers_dir: Path) -> Iterator[Endpoint]:
     with server_or_env(
-        "GATEWAY_TEST_MQTT", servers.start_mosquitto, servers_dir / "mosquitto"
+        "GATEWAY_TEST_MQTT", backends.start_mosquitto, servers_dir / "mosquitto"
     ) as address:
         host, _, port = address.removeprefix("http://").rpartition(":")
         yield Endpoint(host, int(port))
@@ -80,7 +87,7 @@ def mosquitto(servers_dir: Path) -> Iterator[Endpoint]:
 @pytest.fixture(scope="session")
 def influxd_url(servers_dir: Path) -> Iterator[str]:
     with server_or_env(
-        "GATEWAY_TEST_INFLUXDB_V1_URL", servers.start_influxd, servers_dir / "influxd"
+        "GATEWAY_TEST_INFLUXDB_V1_URL", backends.start_influxd, servers_dir / "influxd"
     ) as url:
         yield url
 
@@ -88,7 +95,7 @@ def influxd_url(servers_dir: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def victoria_url(servers_dir: Path) -> Iterator[str]:
     with server_or_env(
-        "GATEWAY_TEST_V2_URL", servers.start_victoria_metrics, servers_dir / "victoria-metrics"
+        "GATEWAY_TEST_V2_URL", backends.start_victoria_metrics, servers_dir / "victoria-metrics"
     ) as url:
         yield url
 
@@ -96,7 +103,7 @@ def victoria_url(servers_dir: Path) -> Iterator[str]:
 @pytest.fixture
 def own_victoria(tmp_path: Path) -> Iterator[servers.Server]:
     """A VictoriaMetrics of this test's own, which the test may stop and start again."""
-    db = servers.start_victoria_metrics(tmp_path / "vm")
+    db = backends.start_victoria_metrics(tmp_path / "vm")
     try:
         yield db
     finally:

@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.errors import GatewayError
 
@@ -92,6 +92,35 @@ class Server:
             log.close()
 
 
+class Launcher(Protocol):
+    """How a server is run: as a local process (here), or in a container (the tests' Docker)."""
+
+    def binary(self, name: str) -> str:
+        """The command that runs `name`."""
+
+    def spawn(
+        self, name: str, argv: list[str], port: int, workdir: Path, ready: Callable[[], bool]
+    ) -> Server:
+        """Start `argv` with `workdir` as its home; return once `ready()` or raise ServerError."""
+
+
+class LocalProcesses:
+    """Servers from the packages on PATH, as processes of this one."""
+
+    def binary(self, name: str) -> str:
+        """The binary on PATH."""
+        return require_binary(name)
+
+    def spawn(
+        self, name: str, argv: list[str], port: int, workdir: Path, ready: Callable[[], bool]
+    ) -> Server:
+        """A child process, logging to `workdir`/`name`.log."""
+        return _spawn(name, argv, port, workdir, ready)
+
+
+LOCAL = LocalProcesses()
+
+
 def _spawn(
     name: str, argv: list[str], port: int, workdir: Path, ready: Callable[[], bool]
 ) -> Server:
@@ -118,7 +147,9 @@ def _accepts_tcp(port: int) -> Callable[[], bool]:
     return check
 
 
-def _http_ok(url: str) -> Callable[[], bool]:
+def http_ok(url: str) -> Callable[[], bool]:
+    """A readiness check: `url` answers 2xx."""
+
     def check() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
@@ -130,13 +161,15 @@ def _http_ok(url: str) -> Callable[[], bool]:
     return check
 
 
-def start_mosquitto(workdir: Path, port: int | None = None, more_listeners: str = "") -> Server:
+def start_mosquitto(
+    workdir: Path, port: int | None = None, more_listeners: str = "", launcher: Launcher = LOCAL
+) -> Server:
     """Mosquitto with persistence, so a restart keeps persistent sessions and their messages.
 
     `port` is an anonymous plain listener; `more_listeners` adds listener blocks (TLS, logins),
     each with its own settings.
     """
-    binary = require_binary("mosquitto")
+    binary = launcher.binary("mosquitto")
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
@@ -157,12 +190,12 @@ def start_mosquitto(workdir: Path, port: int | None = None, more_listeners: str 
         "log_type error\nlog_type warning\n",
         encoding="utf-8",
     )
-    return _spawn("mosquitto", [binary, "-c", str(conf)], port, workdir, _accepts_tcp(port))
+    return launcher.spawn("mosquitto", [binary, "-c", str(conf)], port, workdir, _accepts_tcp(port))
 
 
-def start_influxd(workdir: Path, port: int | None = None) -> Server:
+def start_influxd(workdir: Path, port: int | None = None, launcher: Launcher = LOCAL) -> Server:
     """InfluxDB 1.x with its data under `workdir`; only its HTTP API on loopback."""
-    binary = require_binary("influxd")
+    binary = launcher.binary("influxd")
     port = port or free_port()
     rpc_port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -177,23 +210,26 @@ def start_influxd(workdir: Path, port: int | None = None) -> Server:
         '[logging]\n  level = "warn"\n  suppress-logo = true\n',
         encoding="utf-8",
     )
-    return _spawn(
+    return launcher.spawn(
         "influxd",
         [binary, "-config", str(conf)],
         port,
         workdir,
-        _http_ok(f"http://127.0.0.1:{port}/ping"),
+        http_ok(f"http://127.0.0.1:{port}/ping"),
     )
 
 
 def start_victoria_metrics(
-    workdir: Path, port: int | None = None, tls: tuple[Path, Path] | None = None
+    workdir: Path,
+    port: int | None = None,
+    tls: tuple[Path, Path] | None = None,
+    launcher: Launcher = LOCAL,
 ) -> Server:
     """VictoriaMetrics single-node; takes line protocol on /write and /api/v2/write.
 
     `tls`: (certificate, key) to serve HTTPS instead of HTTP.
     """
-    binary = require_binary("victoria-metrics")
+    binary = launcher.binary("victoria-metrics")
     port = port or free_port()
     tls_args = ["-tls", f"-tlsCertFile={tls[0]}", f"-tlsKeyFile={tls[1]}"] if tls else []
     argv = [
@@ -206,8 +242,8 @@ def start_victoria_metrics(
         "-retentionPeriod=100y",
         "-loggerLevel=WARN",
     ]
-    ready = _accepts_tcp(port) if tls else _http_ok(f"http://127.0.0.1:{port}/health")
-    return _spawn("victoria-metrics", argv, port, workdir, ready)
+    ready = _accepts_tcp(port) if tls else http_ok(f"http://127.0.0.1:{port}/health")
+    return launcher.spawn("victoria-metrics", argv, port, workdir, ready)
 
 
 def influxql(url: str, query: str, database: str | None = None) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.tools import servers
+from tests import backends
 from tests.gatewayproc import assert_identities, publish_in_background, wait_for
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def test_reject_pauses_at_high_watermark_and_loses_no_qos1_reading(
 ) -> None:
     """With the database down and twice the budget published, intake pauses (the gateway leaves
     the broker) within the budget; once the database is back every reading lands once."""
-    db = servers.start_victoria_metrics(tmp_path / "vm")
+    db = backends.start_victoria_metrics(tmp_path / "vm")
     try:
         gw = gateway(
             f'url = "{db.url}"\napi = "v2"\norg = "o"\nbucket = "b"',
@@ -58,7 +59,7 @@ def test_reject_pauses_at_high_watermark_and_loses_no_qos1_reading(
         assert paused["gateway_readings_total{outcome=accepted}"] < count
         publisher.join(timeout=60)
 
-        db = servers.start_victoria_metrics(db.workdir, port=db.port)
+        db = backends.start_victoria_metrics(db.workdir, port=db.port)
 
         def drained() -> bool:
             m = assert_identities(gw)
@@ -106,7 +107,7 @@ def test_full_disk_pauses_intake_until_space_returns(
 ) -> None:
     """Another process fills the disk under a buffer whose budget is far from full: intake
     pauses (no crash, nothing acknowledged lost) and resumes once there is space again."""
-    db = servers.start_victoria_metrics(tmp_path / "vm")
+    db = backends.start_victoria_metrics(tmp_path / "vm")
     gw = None
     try:
         gw = gateway(
@@ -134,7 +135,7 @@ def test_full_disk_pauses_intake_until_space_returns(
             60,
             "intake to resume and take every reading",
         )
-        db = servers.start_victoria_metrics(db.workdir, port=db.port)
+        db = backends.start_victoria_metrics(db.workdir, port=db.port)
         wait_for(
             lambda: assert_identities(gw)["gateway_buffer_readings"] == 0, 90, "the buffer to drain"
         )

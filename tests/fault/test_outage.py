@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.tools import servers, simulate
+from tests import backends
 from tests.gatewayproc import publish_simulated, simulated_plan, wait_for
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ DEVICES = 10
 @pytest.fixture
 def own_victoria(tmp_path: Path) -> Iterator[list[servers.Server]]:
     """A VictoriaMetrics of this test's own, so the test can stop and restart it."""
-    started = [servers.start_victoria_metrics(tmp_path / "vm")]
+    started = [backends.start_victoria_metrics(tmp_path / "vm")]
     yield started
     for server in started:
         server.stop()
@@ -87,7 +88,7 @@ def test_database_down_then_back_loses_nothing(
     assert gw.metrics()["gateway_buffer_readings"] == 3000
     assert gw.metrics()["gateway_writes_total{result=retry}"] >= 1
 
-    own_victoria.append(servers.start_victoria_metrics(vm.workdir, port=vm.port))
+    own_victoria.append(backends.start_victoria_metrics(vm.workdir, port=vm.port))
     wait_for(lambda: gw.metrics()["gateway_buffer_readings"] == 0, 60, "the backlog drained")
     assert gw.readings("delivered") == 4000
     # The first 1,000 were re-published with the same timestamps: 3,000 distinct new points.
@@ -177,7 +178,7 @@ def test_influxd_down_30s_while_20k_flow_lands_exactly_once(
     """influxd stops for 30 s while 20,000 readings flow; every reading lands once after it
     returns. The outage adds under 5 % of a core to what the same flow costs with the
     database up, and the database is probed a few times, not continuously."""
-    db = servers.start_influxd(tmp_path / "influxd")
+    db = backends.start_influxd(tmp_path / "influxd")
     try:
         servers.influxql(db.url, "CREATE DATABASE t")
         gw = gateway(
@@ -196,7 +197,7 @@ def test_influxd_down_30s_while_20k_flow_lands_exactly_once(
         during = cpu_share_over(pid, 30.0)
         probes = gw.metrics()["gateway_writes_total{result=retry}"] - retries_before
         backlog = gw.metrics()["gateway_buffer_readings"]
-        db = servers.start_influxd(db.workdir, port=db.port)
+        db = backends.start_influxd(db.workdir, port=db.port)
         publisher.join(timeout=60)
         wait_for(lambda: gw.metrics()["gateway_buffer_readings"] == 0, 60, "backlog drained")
         series = servers.influxql(db.url, 'SELECT count("temp") FROM "telemetry"', "t")
@@ -241,7 +242,7 @@ def test_the_first_batch_lands_within_two_seconds_of_the_database_s_return(
         "a failed write, then probes that find the database still down",
     )
 
-    own_victoria.append(servers.start_victoria_metrics(vm.workdir, port=vm.port))
+    own_victoria.append(backends.start_victoria_metrics(vm.workdir, port=vm.port))
     back = time.monotonic()
     wait_for(lambda: gw.readings("delivered") > 500, 2.0, "a batch within 2 s of the return")
     resumed_s = time.monotonic() - back

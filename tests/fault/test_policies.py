@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.tools import servers
+from tests import backends
 from tests.gatewayproc import assert_identities, count, publish_messages, wait_for
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def restart_and_drain(gw: GatewayProcess, db: servers.Server, published: int) ->
         60,
         "every published reading to be received",
     )
-    db = servers.start_victoria_metrics(db.workdir, port=db.port)
+    db = backends.start_victoria_metrics(db.workdir, port=db.port)
     wait_for(
         lambda: assert_identities(gw)["gateway_buffer_readings"] == 0, 90, "the buffer to drain"
     )

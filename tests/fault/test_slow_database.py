@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway.tools import servers, simulate
+from gateway.tools import simulate
+from tests import backends
 from tests.gatewayproc import simulated_plan, wait_for
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def test_batch_size_falls_when_writes_slow_and_recovers(
 ) -> None:
     """Writes delayed by 2 s (target 0.5 s) shrink the batch size to a quarter or less; without
     the delay it grows again; nothing times out or is lost."""
-    db = servers.start_victoria_metrics(tmp_path / "vm")
+    db = backends.start_victoria_metrics(tmp_path / "vm")
     proxy = DelayProxy(db.port)
     try:
         gw = gateway(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway.tools import servers
+from tests import backends
 from tests.gatewayproc import (
     assert_identities,
     expected_points,
@@ -74,7 +74,7 @@ def test_readyz_follows_the_broker(
     gateway: Callable[..., GatewayProcess], influx: InfluxV1, tmp_path: Path
 ) -> None:
     """/readyz is 503 while the broker is away and 200 again once the gateway reconnected."""
-    broker = servers.start_mosquitto(tmp_path / "broker")
+    broker = backends.start_mosquitto(tmp_path / "broker")
     try:
         gw = gateway(influx.config, mqtt_port=broker.port)
         assert gw.get("/readyz")[0] == 200
@@ -84,7 +84,7 @@ def test_readyz_follows_the_broker(
         )  # type: ignore[misc]
         assert "not connected to the broker" in body["problems"]
         assert gw.get("/healthz")[0] == 200  # alive all along
-        broker = servers.start_mosquitto(broker.workdir, port=broker.port)
+        broker = backends.start_mosquitto(broker.workdir, port=broker.port)
         wait_for(lambda: gw.get("/readyz")[0] == 200, 60, "/readyz to recover")
     finally:
         broker.stop()

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.api import apispec
 from gateway.tools import servers
+from tests import backends
 from tests.gatewayproc import publish_messages, wait_for
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def test_a_reading_is_read_back_buffered_then_delivered(
     assert row["buffered_readings"] == 3
     assert row["last_seen"] is not None
 
-    back = servers.start_victoria_metrics(own_victoria.workdir, port=own_victoria.port)
+    back = backends.start_victoria_metrics(own_victoria.workdir, port=own_victoria.port)
     try:
         wait_for(lambda: gw.metrics()["gateway_buffer_readings"] == 0, 60, "the flush")
         code, body = latest(gw, "pump-1")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.tools import servers
+from tests import backends
 from tests.gatewayproc import publish_messages, wait_for
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def broker(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broke
         + tls_listener(ports.client_cert, pki.server)
         + "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
     )
-    server = servers.start_mosquitto(workdir, ports.plain, more_listeners=listeners)
+    server = backends.start_mosquitto(workdir, ports.plain, more_listeners=listeners)
     try:
         yield ports
     finally:
@@ -236,7 +237,7 @@ def test_https_database_https_metrics_and_no_secret_anywhere(
 ) -> None:
     """Writes go to VictoriaMetrics over HTTPS; the gateway serves HTTPS with a bearer token;
     the configured secrets appear in none of its logs, metrics, status or outputs."""
-    db = servers.start_victoria_metrics(tmp_path / "vm", tls=pki.server)
+    db = backends.start_victoria_metrics(tmp_path / "vm", tls=pki.server)
     token_file = tmp_path / "metrics-token"
     token_file.write_text(METRICS_TOKEN + "\n")
     try:
