@@ -7,8 +7,11 @@ Certificates come from the openssl command, made fresh for the module.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import ssl
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -288,3 +291,45 @@ def test_https_database_https_metrics_and_no_secret_anywhere(
             assert not [o for o in outputs if secret in o], secret
     finally:
         db.stop()
+
+
+def test_check_config_connect_logs_in_over_tls_with_systemd_credentials(
+    broker: Broker, pki: Pki, influx: InfluxV1, tmp_path: Path, run_id: str
+) -> None:
+    """The password and CA come from $CREDENTIALS_DIRECTORY; a wrong password or host is named."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    shutil.copy(pki.ca, credentials / "gateway_broker-ca.pem")
+
+    def connect(port: int, password: str) -> list[str]:
+        (credentials / "gateway_mqtt-password").write_text(password + "\n")
+        config = tmp_path / "gateway.toml"
+        config.write_text(
+            f'[mqtt]\nhost = "localhost"\nport = {port}\nclient_id = "gw-{run_id}"\n'
+            'username = "gateway"\npassword_file = "gateway_mqtt-password"\n'
+            '[[mqtt.subscriptions]]\ntopic = "tls/{device}/{measurement}"\n'
+            '[mqtt.tls]\nca_file = "gateway_broker-ca.pem"\n'
+            f'[buffer]\npath = "{tmp_path / "buffer"}"\n[influx]\n{influx.config}\n'
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "check-config", "-c", str(config), "--connect"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)},
+        )
+        assert MQTT_PASSWORD not in result.stdout + result.stderr
+        return [line for line in result.stderr.splitlines() if line[:4] in {"OK  ", "FAIL"}]
+
+    ok = connect(broker.login, MQTT_PASSWORD)
+    assert ok[:2] == [
+        f"OK   broker localhost:{broker.login} (TLS): connected as 'gateway'",
+        "OK   subscription 'tls/+/+': granted QoS 1",
+    ]
+    (refused, *_) = connect(broker.login, "not-the-password")
+    assert refused.startswith(f"FAIL broker localhost:{broker.login} (TLS): ")
+    assert "authori" in refused.lower() or "password" in refused.lower(), refused
+    (wrong_host, *_) = connect(broker.wrong_host, MQTT_PASSWORD)
+    assert wrong_host.startswith(f"FAIL broker localhost:{broker.wrong_host} (TLS): ")
+    assert "certificate" in wrong_host.lower(), wrong_host
