@@ -40,6 +40,13 @@ def _ok(schema: str, description: str) -> dict[str, Any]:
     }
 
 
+_LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "description": "how many to list, newest first (default 20, at most 1000)",
+    "schema": {"type": "integer", "minimum": 0, "maximum": 1000},
+}
 _UNAUTHORIZED = {"description": "a bearer token is configured and was not given"}
 
 DOCUMENT: dict[str, Any] = {
@@ -109,6 +116,30 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/api/v1/dead-letters": {
+            "get": {
+                "summary": "The points the database refused, newest first, and how many are held",
+                "operationId": "deadLetters",
+                "parameters": [_LIMIT],
+                "responses": {
+                    "200": _ok("DeadLetters", "the newest dead letters"),
+                    "400": _error_response("a malformed parameter"),
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
+        "/api/v1/rejects": {
+            "get": {
+                "summary": "Samples of the messages refused as invalid, newest first",
+                "operationId": "rejects",
+                "parameters": [_LIMIT],
+                "responses": {
+                    "200": _ok("Rejects", "the newest refused messages"),
+                    "400": _error_response("a malformed parameter"),
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
         "/api/v1/openapi.json": {
             "get": {
                 "summary": "This document",
@@ -126,6 +157,47 @@ DOCUMENT: dict[str, Any] = {
     "components": {
         "schemas": {
             "Error": _ERROR,
+            "DeadLetters": {
+                "type": "object",
+                "required": ["count", "dead_letters"],
+                "properties": {
+                    "count": {"type": "integer", "minimum": 0},
+                    "dead_letters": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["id", "device", "reason", "line"],
+                            "properties": {
+                                "id": {"type": "integer"},
+                                "device": {"type": "string"},
+                                "reason": {"type": "string"},
+                                "line": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+            "Rejects": {
+                "type": "object",
+                "required": ["rejects"],
+                "properties": {
+                    "rejects": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["ts_ns", "topic", "reason", "detail", "payload"],
+                            "properties": {
+                                "ts_ns": {"type": "integer"},
+                                "topic": {"type": "string"},
+                                "reason": {"type": "string"},
+                                "detail": {"type": "string"},
+                                "payload": {"type": "string"},
+                                "payload_bytes": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                    },
+                },
+            },
             "DeviceList": {
                 "type": "object",
                 "required": ["devices"],
@@ -243,6 +315,8 @@ DOCUMENT: dict[str, Any] = {
                             "live_lag_s": {"type": "number", "minimum": 0},
                             "backlog_lag_s": {"type": "number", "minimum": 0},
                             "batch_size": {"type": "integer", "minimum": 1},
+                            "last_write_s": {"type": "number", "minimum": 0},
+                            "version": {"type": "string"},
                             "sink": {
                                 "type": "object",
                                 "properties": {

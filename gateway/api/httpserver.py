@@ -1,9 +1,10 @@
-"""The gateway's HTTP server: `/metrics`, `/healthz` and `/readyz` on `[metrics] listen`.
+"""The gateway's HTTP server: `/metrics`, `/healthz`, `/readyz` and the status page at `/`.
 
 aiohttp in the service's event loop, so `/healthz` answering at all shows the loop turns.
 Loopback by default; nothing here can change the gateway's state. Optionally HTTPS, and a bearer
 token required on every path but `/healthz` (which says nothing but alive or not, and is what
-container health checks call).
+container health checks call) and the status page's own files (which hold no data: the page
+reads the API with the token).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import anyio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.api.statuspage import PUBLIC_PATHS
 from gateway.tls import server_context
 
 if TYPE_CHECKING:
@@ -99,7 +101,7 @@ def _bearer_token(token: str) -> Middleware:
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != "/healthz":
+        if request.path != "/healthz" and request.path not in PUBLIC_PATHS:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return web.Response(

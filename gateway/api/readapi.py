@@ -1,21 +1,24 @@
 """The read API on the gateway's HTTP server: what it holds, and the latest value of a device.
 
-`GET /api/v1/devices`, `GET /api/v1/devices/{device}/latest`, `GET /api/v1/status` and the
-OpenAPI document at `GET /api/v1/openapi.json` (gateway/api/apispec.py). Read-only: nothing here
-stores, deletes or acknowledges a reading. The one write is a cache fill: on a miss the latest
-values are read from the database and kept in the last-value table (gateway/buffer/latest.py), which
-is what a read-through cache does.
+`GET /api/v1/devices`, `GET /api/v1/devices/{device}/latest`, `GET /api/v1/status`,
+`GET /api/v1/dead-letters` and `GET /api/v1/rejects` (newest first), and the OpenAPI document
+at `GET /api/v1/openapi.json` (gateway/api/apispec.py). Read-only: nothing here stores, deletes
+or acknowledges a reading. The one write is a cache fill: on a miss the latest values are read
+from the database and kept in the last-value table (gateway/buffer/latest.py), which is what a
+read-through cache does. The status page (gateway/api/statuspage.py) draws these answers.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway import __version__
 from gateway.api import apispec
 from gateway.api.dbread import DatabaseReadError, latest_lines
 from gateway.buffer import view as buffer_view
@@ -25,6 +28,7 @@ from gateway.points.names import Names
 
 if TYPE_CHECKING:
     from gateway.buffer.latest import Latest
+    from gateway.buffer.rejects import RejectLog
     from gateway.buffer.store import Buffer
     from gateway.config.settings import Settings
     from gateway.flush.flusher import Flusher
@@ -34,6 +38,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOP = 20
+# Dead letters and rejects a list answer holds unless asked for fewer; and at most.
+DEFAULT_LIMIT, MAX_LIMIT = 20, 1000
 
 
 class ReadApi:
@@ -47,6 +53,7 @@ class ReadApi:
         flusher: Flusher,
         metrics: Metrics,
         health: Health,
+        rejects: RejectLog | None = None,
     ) -> None:
         """Serve what these hold; `settings` names the database a miss reads."""
         self._settings = settings
@@ -56,6 +63,7 @@ class ReadApi:
         self._flusher = flusher
         self._metrics = metrics
         self._health = health
+        self._rejects = rejects
 
     def routes(self) -> list[web.RouteDef]:
         """The API's routes, for the HTTP server."""
@@ -64,7 +72,31 @@ class ReadApi:
             web.get("/api/v1/devices", self._devices),
             web.get("/api/v1/devices/{device}/latest", self._latest),
             web.get("/api/v1/status", self._status),
+            web.get("/api/v1/dead-letters", self._dead_letters),
+            web.get("/api/v1/rejects", self._rejects_page),
         ]
+
+    async def _dead_letters(self, request: web.Request) -> web.Response:
+        limit = _limit(request)
+        if isinstance(limit, web.Response):
+            return limit
+        found = self._buffer.newest_dead_letters(limit)
+        return web.json_response(
+            {
+                "count": self._buffer.dead_letter_count(),
+                "dead_letters": [
+                    {"id": d.id, "device": d.device, "reason": d.reason, "line": d.line}
+                    for d in found
+                ],
+            }
+        )
+
+    async def _rejects_page(self, request: web.Request) -> web.Response:
+        limit = _limit(request)
+        if isinstance(limit, web.Response):
+            return limit
+        kept = self._rejects.newest_first()[:limit] if self._rejects is not None else []
+        return web.json_response({"rejects": [asdict(r) for r in kept]})
 
     async def _openapi(self, _request: web.Request) -> web.Response:
         return web.json_response(apispec.DOCUMENT)
@@ -127,11 +159,13 @@ class ReadApi:
         snapshot = self._metrics.accounting.snapshot()
         b = self._settings.buffer
         view["runtime"] = {
+            "version": __version__,
             "readings": snapshot.outcomes,
             "lag_s": self._flusher.lag_s(now := time.monotonic()),
             "live_lag_s": self._flusher.live_lag_s(now),
             "backlog_lag_s": self._flusher.backlog_lag_s(now),
             "batch_size": self._flusher.batch_size,
+            "last_write_s": self._flusher.last_write_s,
             "sink": {
                 "state": "failing" if self._flusher.failing_writes else "ok",
                 "failed_writes_in_a_row": self._flusher.failing_writes,
@@ -170,6 +204,17 @@ def _measurement(latest: Latest) -> dict[str, Any]:
 
 def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _limit(request: web.Request) -> int | web.Response:
+    """The `limit` query parameter, or the 400 answer to a bad one."""
+    try:
+        limit = int(request.query.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        return _error(400, "limit must be an integer")
+    if not 0 <= limit <= MAX_LIMIT:
+        return _error(400, f"limit must be from 0 to {MAX_LIMIT}")
+    return limit
 
 
 def _error(code: int, message: str) -> web.Response:

@@ -67,6 +67,7 @@ from gateway.buffer.core.chunk import reading_bytes
 from gateway.buffer.core.ledger import (
     U64,
     Admitted,
+    DeadLetter,
     DeviceState,
     Ledger,
     LedgerChange,
@@ -637,6 +638,16 @@ class Buffer:
             for name in (environment.DATA_FILE, environment.JOURNAL_FILE)
             if (self.path / name).exists()
         )
+
+    def newest_dead_letters(self, limit: int) -> list[DeadLetter]:
+        """The `limit` most recent dead letters, newest first (for the read API)."""
+        found: list[DeadLetter] = []
+        with self._env.begin() as txn:
+            for key, value in txn.cursor(db=self._tables.dead).iterprev():
+                if len(found) >= limit:
+                    break
+                found.append(deadletters.decode(key, value))
+        return found
 
     def dead_letter_count(self) -> int:
         """How many points the dead-letter store holds."""

@@ -66,6 +66,8 @@ class Flusher:
             target_latency_s=settings.target_latency_s,
         )
         self._batch_size = self._sizer.size
+        # The duration of the last write the database accepted, for the status page.
+        self.last_write_s = 0.0
         self._busy: set[str] = set()
         self._next_device = 0
         self._wake = anyio.Event()
@@ -410,6 +412,7 @@ class Flusher:
                 self._resize(self._sizer.on_overload(time.monotonic()))
             raise
         now = time.monotonic()
+        self.last_write_s = now - started
         self._metrics.writes.labels("ok").inc()
         self._metrics.write_seconds.observe(now - started)
         self._metrics.batch_points.observe(points)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from gateway.api import httpserver
+from gateway.api import httpserver, statuspage
 from gateway.api.readapi import ReadApi
 from gateway.buffer.core.admission import rules_of
 from gateway.buffer.rejects import RejectLog
@@ -90,8 +90,16 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
     metrics.live_lag_seconds.set_function(lambda: flusher.live_lag_s(time.monotonic()))
     metrics.backlog_lag_seconds.set_function(lambda: flusher.backlog_lag_s(time.monotonic()))
     breaker = Breaker(b.path, careful_max=CAREFUL_COMMITS * b.commit_max_readings)
+    rejects = RejectLog(settings.buffer.path)
     ingest = _make_ingest(
-        settings, buffer, flusher, metrics, health=health, notifier=notifier, breaker=breaker
+        settings,
+        buffer,
+        flusher,
+        metrics,
+        health=health,
+        notifier=notifier,
+        breaker=breaker,
+        rejects=rejects,
     )
     chores = Housekeeping(
         buffer=buffer,
@@ -114,7 +122,14 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
     retired = False
     try:
         async with anyio.create_task_group() as tg:
-            api = ReadApi(settings, buffer=buffer, flusher=flusher, metrics=metrics, health=health)
+            api = ReadApi(
+                settings,
+                buffer=buffer,
+                flusher=flusher,
+                metrics=metrics,
+                health=health,
+                rejects=rejects,
+            )
             await _serve_pages(tg, settings, httpserver.LocalPages(metrics, health), api, worker)
             _start_background(tg, flusher, chores, b)
             # What start-up made (modules, classes, functions: most of the heap) lives as long
@@ -179,6 +194,7 @@ def _make_ingest(
     health: Health,
     notifier: Notifier,
     breaker: Breaker,
+    rejects: RejectLog,
 ) -> Ingest:
     b = settings.buffer
     return Ingest(
@@ -196,7 +212,7 @@ def _make_ingest(
         health=health,
         on_ready=_ReadyOnce(notifier).ready,
         broker_stats=metrics.broker,
-        rejects=RejectLog(settings.buffer.path),
+        rejects=rejects,
         breaker=breaker,
         fault=faults.from_environment(),
     )
@@ -219,7 +235,7 @@ async def _serve_pages(
     worker: Worker | None,
 ) -> None:
     """A worker shows its pages to its parent; a gateway alone on `[metrics] listen`."""
-    routes = api.routes() if settings.api.enabled else []
+    routes = [*api.routes(), *statuspage.routes()] if settings.api.enabled else []
     if worker is not None:
         await tg.start(httpserver.serve_unix, worker.control_socket, pages, routes)
         tg.start_soon(_stop_when_orphaned, worker.parent_pid, name="gateway.parent")
@@ -230,7 +246,7 @@ async def _serve_pages(
             "metrics on %s://%s/metrics, health on /healthz and /readyz%s%s",
             "https" if m.tls_cert_file else "http",
             m.listen,
-            ", read API on /api/v1" if routes else "",
+            ", read API on /api/v1 and the status page on /" if routes else "",
             ", bearer token required" if m.token else "",
         )
         for warning in advice.warnings(settings):

@@ -30,7 +30,7 @@ import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from gateway import backoff
-from gateway.api import httpserver
+from gateway.api import httpserver, statuspage
 from gateway.buffer.environment import lock_exclusively
 from gateway.observe import metricsmerge
 from gateway.observe.health import Verdict
@@ -98,8 +98,9 @@ class Supervisor:
             async with anyio.create_task_group() as tg:
                 if self._settings.metrics.enabled:
                     api = self._settings.api.enabled
+                    path = str(self._settings.buffer.path)
                     routes = (
-                        workerapi.routes(self.ask, str(self._settings.buffer.path)) if api else []
+                        [*workerapi.routes(self.ask, path), *statuspage.routes()] if api else []
                     )
                     await tg.start(httpserver.serve, self._settings.metrics, self, routes)
                 for child in self._children:

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api import apispec
-from gateway.api.readapi import DEFAULT_TOP
+from gateway.api.readapi import DEFAULT_LIMIT, DEFAULT_TOP
 from gateway.buffer import view as buffer_view
 
 # (HTTP status, JSON body) of each worker's answer to one request.
@@ -42,12 +42,48 @@ def routes(ask: Ask, path: str) -> list[web.RouteDef]:
             top = DEFAULT_TOP  # the workers refused it, and their 400 is the answer
         return _json(*merge_status(answers, path, top))
 
+    async def dead_letters(request: web.Request) -> web.Response:
+        return _json(
+            *merge_newest(await ask(request.path_qs), "dead_letters", "id", _limit(request))
+        )
+
+    async def rejects(request: web.Request) -> web.Response:
+        return _json(*merge_newest(await ask(request.path_qs), "rejects", "ts_ns", _limit(request)))
+
     return [
         web.get("/api/v1/openapi.json", openapi),
         web.get("/api/v1/devices", devices),
         web.get("/api/v1/devices/{device}/latest", latest),
         web.get("/api/v1/status", status_page),
+        web.get("/api/v1/dead-letters", dead_letters),
+        web.get("/api/v1/rejects", rejects),
     ]
+
+
+def _limit(request: web.Request) -> int:
+    """The list length asked for; a bad one the workers refused, and their 400 is the answer."""
+    try:
+        return int(request.query.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        return DEFAULT_LIMIT
+
+
+def merge_newest(answers: Answers, key: str, order: str, limit: int) -> tuple[int, dict[str, Any]]:
+    """One list of `key` from every worker's, newest first by `order`, `limit` long.
+
+    A dead letter's id is its worker's own: ids of two workers may be equal.
+    """
+    failure = _failure(answers)
+    if failure is not None:
+        return failure
+    merged: list[dict[str, Any]] = []
+    count = 0
+    for _, body in answers:
+        merged += body.get(key, [])
+        count += body.get("count", 0)
+    merged.sort(key=lambda item: item[order], reverse=True)
+    body = {key: merged[:limit]}
+    return 200, ({"count": count, **body} if key == "dead_letters" else body)
 
 
 def _json(code: int, body: dict[str, Any]) -> web.Response:
@@ -126,11 +162,13 @@ def merge_status(answers: Answers, path: str, top: int) -> tuple[int, dict[str, 
     admission = dict(runtimes[0]["admission"])
     admission["paused"] = any(r["admission"]["paused"] for r in runtimes)
     view["runtime"] = {
+        "version": runtimes[0].get("version", ""),
         "readings": readings,
         "lag_s": max(r["lag_s"] for r in runtimes),
         "live_lag_s": max(r.get("live_lag_s", 0.0) for r in runtimes),
         "backlog_lag_s": max(r.get("backlog_lag_s", 0.0) for r in runtimes),
         "batch_size": max(r["batch_size"] for r in runtimes),
+        "last_write_s": max(r.get("last_write_s", 0.0) for r in runtimes),
         "sink": {"state": "failing" if failing else "ok", "failed_writes_in_a_row": failing},
         "admission": admission,
         "mqtt_connected": all(r["mqtt_connected"] for r in runtimes),

@@ -1,0 +1,162 @@
+// The gateway's status page: polls the read API and draws what it answers. No library, no
+// build step, nothing fetched from outside the gateway. With [metrics] token_file set, the API
+// answers 401 until the token is given in the form; it is kept for this browser tab only.
+"use strict";
+
+const POLL_MS = 1000;          // the figures at a glance and the charts
+const TABLES_EVERY = 5;        // polls between two reads of the devices, dead letters, rejects
+const HISTORY = 300;           // chart points kept: five minutes at one a second
+const TOKEN_KEY = "gateway-token";
+
+const history = { backlog: [], lag: [], latency: [], batch: [] };
+let previous = null;           // {t, received, delivered} of the last poll, for the rates
+let polls = 0;
+let timer = null;
+
+function headers() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
+async function api(path) {
+  const response = await fetch(path, { headers: headers(), cache: "no-store" });
+  if (response.status === 401) {
+    document.getElementById("login").hidden = false;
+    throw new Error("token required");
+  }
+  if (!response.ok) throw new Error(path + ": HTTP " + response.status);
+  return response.json();
+}
+
+function show(id, text, value, state) {
+  const element = document.getElementById(id);
+  element.textContent = text;
+  element.dataset.value = value === undefined ? text : String(value);
+  if (state !== undefined) element.className = "state " + state;
+}
+
+function number(value, digits) {
+  return value.toLocaleString("en-US", { maximumFractionDigits: digits ?? 0 });
+}
+
+function seconds(value) {
+  if (value < 60) return number(value, 1) + " s";
+  if (value < 3600) return number(value / 60, 1) + " min";
+  return number(value / 3600, 1) + " h";
+}
+
+function glance(status, now) {
+  const run = status.runtime;
+  show("broker", run.mqtt_connected ? "connected" : "disconnected", run.mqtt_connected,
+       run.mqtt_connected ? "ok" : "bad");
+  const failing = run.sink.state !== "ok";
+  const failed = run.sink.failed_writes_in_a_row;
+  show("sink", failing ? "failing (" + failed + (failed === 1 ? " write)" : " writes)") : "ok",
+       run.sink.state, failing ? "bad" : "ok");
+  const paused = run.admission.paused;
+  document.getElementById("policy").textContent = "policy " + run.admission.policy;
+  show("admission", paused ? "paused" : "taking",
+       paused ? "paused" : "taking", paused ? "bad" : "ok");
+  show("fill", number(status.fill_ratio * 100, 1) + " %", status.fill_ratio);
+  show("buffered", number(status.readings), status.readings);
+  show("lag", seconds(run.lag_s), run.lag_s);
+  show("dead-count", number(status.dead_letters), status.dead_letters);
+  const readings = run.readings;
+  if (previous !== null && now > previous.t) {
+    const dt = (now - previous.t) / 1000;
+    const rateIn = Math.max(0, (readings.received - previous.received) / dt);
+    const rateOut = Math.max(0, (readings.delivered - previous.delivered) / dt);
+    show("rate-in", number(rateIn), rateIn);
+    show("rate-out", number(rateOut), rateOut);
+  }
+  previous = { t: now, received: readings.received, delivered: readings.delivered };
+  document.getElementById("version").textContent = run.version ? "version " + run.version : "";
+  document.getElementById("updated").textContent =
+    "updated " + new Date(now).toLocaleTimeString();
+}
+
+function remember(status) {
+  const run = status.runtime;
+  const add = (name, value) => {
+    const series = history[name];
+    series.push(value);
+    if (series.length > HISTORY) series.shift();
+  };
+  add("backlog", status.readings);
+  add("lag", run.lag_s);
+  add("latency", run.last_write_s ?? 0);
+  add("batch", run.batch_size);
+  for (const name of Object.keys(history)) draw(name, history[name]);
+}
+
+function draw(name, series) {
+  const svg = document.getElementById("chart-" + name);
+  const top = Math.max(...series, 1e-9);
+  const step = 300 / Math.max(HISTORY - 1, 1);
+  const start = HISTORY - series.length;
+  const points = series.map((v, i) =>
+    ((start + i) * step).toFixed(1) + "," + (100 - (v / top) * 96).toFixed(1)).join(" ");
+  svg.innerHTML = '<polyline points="' + points + '"></polyline>';
+  const last = series[series.length - 1];
+  document.getElementById("axis-" + name).textContent =
+    "now " + number(last, 3) + ", highest " + number(top, 3) + " in the last " +
+    seconds(series.length * POLL_MS / 1000);
+}
+
+function cell(row, text, className) {
+  const td = row.insertCell();
+  td.textContent = text === null || text === undefined ? "-" : String(text);
+  if (className) td.className = className;
+}
+
+function fill(id, rows, columns) {
+  const body = document.querySelector("#" + id + " tbody");
+  body.replaceChildren();
+  for (const item of rows) {
+    const row = body.insertRow();
+    for (const [key, className] of columns) cell(row, key(item), className);
+  }
+  if (rows.length === 0) cell(body.insertRow(), "none");
+}
+
+async function tables() {
+  const [devices, dead, rejects] = await Promise.all([
+    api("api/v1/devices"), api("api/v1/dead-letters?limit=20"), api("api/v1/rejects?limit=20"),
+  ]);
+  fill("devices", devices.devices, [
+    [d => d.device], [d => number(d.buffered_readings), "num"],
+    [d => d.oldest_buffered_age_s === null ? null : seconds(d.oldest_buffered_age_s), "num"],
+    [d => d.last_seen],
+  ]);
+  fill("dead-letters", dead.dead_letters, [
+    [d => d.id, "num"], [d => d.device], [d => d.reason], [d => d.line, "point"],
+  ]);
+  fill("rejects", rejects.rejects, [
+    [r => new Date(r.ts_ns / 1e6).toLocaleTimeString()], [r => r.topic], [r => r.reason],
+    [r => r.detail],
+  ]);
+}
+
+async function poll() {
+  try {
+    const status = await api("api/v1/status?top=0");
+    document.getElementById("login").hidden = true;
+    const now = Date.now();
+    glance(status, now);
+    remember(status);
+    if (polls % TABLES_EVERY === 0) await tables();
+    polls += 1;
+  } catch (error) {
+    document.getElementById("updated").textContent = "not updated: " + error.message;
+  }
+  timer = setTimeout(poll, POLL_MS);
+}
+
+document.getElementById("login").addEventListener("submit", event => {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value);
+  clearTimeout(timer);
+  poll();
+});
+
+poll();

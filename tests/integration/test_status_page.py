@@ -1,0 +1,159 @@
+"""The status page in a real browser: Debian's headless Chromium, driven through ChromeDriver.
+
+The page's figures must be the API's, a database outage must turn the database tile red within
+a few seconds, and a gateway with a token shows nothing until the token is given. Screenshots
+are kept in GATEWAY_TEST_ARTIFACTS (default: test-artifacts/ in the repository).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from gateway import __version__
+from tests.gatewayproc import publish_messages, publish_simulated, wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    from gateway.tools import servers
+    from tests.conftest import Endpoint
+    from tests.gatewayproc import GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = Path(
+    os.environ.get("GATEWAY_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts")
+)
+# "Within a few seconds" of the outage: the flusher's next write fails, the next poll shows it.
+RED_WITHIN_S = 10
+DEVICES = 5
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    """Headless Chromium from Debian's packages, with nothing of its own reaching outside."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip("chromium and chromium-driver are not installed (scripts/setup --test)")
+    from selenium import webdriver  # noqa: PLC0415 - only where a browser is
+    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1400",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(flag)
+    session = webdriver.Chrome(options=options, service=Service(driver))
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+def shown(browser: WebDriver, element_id: str) -> tuple[str, str, str]:
+    """(text, data-value, class) of an element of the page."""
+    element = browser.find_element("id", element_id)
+    return (
+        element.text,
+        element.get_attribute("data-value") or "",
+        element.get_attribute("class") or "",
+    )
+
+
+def table(browser: WebDriver, element_id: str) -> list[list[str]]:
+    rows = browser.find_elements("css selector", f"#{element_id} tbody tr")
+    return [[cell.text for cell in row.find_elements("tag name", "td")] for row in rows]
+
+
+def keep_screenshot(browser: WebDriver, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    assert browser.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000, "a page, not a blank"
+    return path
+
+
+def test_the_page_shows_the_api_figures_and_turns_red_in_an_outage(
+    browser: WebDriver,
+    gateway: Callable[..., GatewayProcess],
+    mosquitto: Endpoint,
+    run_id: str,
+    own_victoria: servers.Server,
+) -> None:
+    gw = gateway(f'url = "{own_victoria.url}"\napi = "v2"\norg = "o"\nbucket = "b"')
+    publish_simulated(mosquitto.port, run_id, 200, DEVICES)
+    publish_messages(mosquitto.port, [(f"{run_id}/bad-sensor/telemetry", "{not json")])
+    wait_for(lambda: gw.readings("delivered") == 200, 30, "the first readings delivered")
+
+    browser.get(gw.base_url + "/")
+    wait_for(lambda: shown(browser, "sink")[1] == "ok", 10, "the page's first figures")
+    assert shown(browser, "broker")[:3:2] == ("connected", "state ok")
+    code, status = gw.get("/api/v1/status?top=0")
+    assert code == 200
+    assert shown(browser, "buffered")[1] == str(status["readings"]) == "0"
+    assert shown(browser, "dead-count")[1] == str(status["dead_letters"])
+    assert shown(browser, "admission")[1] == "taking"
+    assert browser.find_element("id", "version").text == f"version {__version__}"
+
+    def devices_shown() -> bool:
+        return sorted(row[0] for row in table(browser, "devices")) == sorted(
+            d["device"]
+            for d in gw.get("/api/v1/devices")[1]["devices"]  # type: ignore[union-attr]
+        )
+
+    wait_for(devices_shown, 10, "the device table as the API has it")
+    wait_for(
+        lambda: any(
+            row[1] == f"{run_id}/bad-sensor/telemetry" for row in table(browser, "rejects")
+        ),
+        10,
+        "the refused message in the rejects table",
+    )
+    keep_screenshot(browser, "status-page.png")
+
+    own_victoria.stop()
+    publish_simulated(mosquitto.port, run_id, 300, DEVICES)
+    wait_for(lambda: "bad" in shown(browser, "sink")[2], RED_WITHIN_S, "the database tile red")
+    assert shown(browser, "sink")[0].startswith("failing")
+    wait_for(lambda: gw.metrics()["gateway_buffer_readings"] == 300, 30, "the backlog buffered")
+    wait_for(lambda: shown(browser, "buffered")[1] == "300", 5, "the backlog on the page")
+    code, status = gw.get("/api/v1/status?top=0")
+    assert status["readings"] == 300
+    assert status["runtime"]["sink"]["state"] == "failing"  # type: ignore[index]
+    keep_screenshot(browser, "status-page-outage.png")
+
+
+def test_with_a_token_the_page_asks_for_it_and_then_shows_the_figures(
+    browser: WebDriver, gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    token = "page-token-31f9"
+    gw = gateway(
+        'url = "http://127.0.0.1:9"\napi = "v1"\ndatabase = "x"',
+        env={"GATEWAY__METRICS__TOKEN": token},
+        wait_connected=False,
+    )
+    browser.get(gw.base_url + "/")
+    wait_for(lambda: browser.find_element("id", "login").is_displayed(), 10, "the token form")
+    assert shown(browser, "buffered")[0] == "-", "nothing shown without the token"
+    browser.find_element("id", "token").send_keys(token)
+    browser.find_element("css selector", "#login button").click()
+    wait_for(lambda: shown(browser, "buffered")[1] == "0", 10, "the figures after the token")
+    assert not browser.find_element("id", "login").is_displayed()
+    assert token not in browser.page_source, "the token is kept out of the page"
