@@ -76,4 +76,4 @@ def _tool(args: argparse.Namespace) -> int:
         return bench.run(args)
     from gateway.tools import demo  # noqa: PLC0415
 
-    return demo.run(args.devices, args.rate, args.duration)
+    return demo.run(args.devices, args.rate, args.duration, args.outage)

@@ -118,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", "run broker, database, gateway and sensors locally")
     demo.add_argument("--devices", type=int, default=20, help="simulated devices")
     demo.add_argument("--rate", type=float, default=500.0, help="readings per second in total")
-    demo.add_argument("--duration", type=float, default=20.0, help="seconds of sensor traffic")
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds of sensor traffic")
+    demo.add_argument(
+        "--outage",
+        type=float,
+        default=0.0,
+        help="stop the database this many seconds, a quarter into the run (scripts/demo: 20)",
+    )
 
     completion = command("completion", "print a shell completion script for gateway")
     completion.add_argument("shell", choices=("bash", "zsh", "tcsh"), help="the shell")

@@ -1,15 +1,20 @@
 """`gateway demo`: broker, database, gateway and simulated sensors on this machine, all local.
 
-Everything runs on free loopback ports in a temporary directory that is removed at the end.
+Everything runs on free loopback ports in a temporary directory that is removed at the end
+(kept, with the gateway's log and configuration, when the demo fails). With `--outage N` the
+database is stopped for N seconds a quarter into the run: the backlog grows on disk, the
+database returns, the backlog drains, and the summary counts every reading in InfluxDB.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -105,76 +110,128 @@ level = "{log_level}"
     )
 
 
-def run(devices: int, rate: float, duration_s: float, out: TextIO = sys.stdout) -> int:
-    """Run the demo; returns the process exit code."""
-    with tempfile.TemporaryDirectory(prefix="gateway-demo-") as tmp:
-        work = Path(tmp)
-        started: list[servers.Server] = []
-        processes: list[subprocess.Popen[bytes]] = []
-        try:
-            print("demo: starting mosquitto and influxd ...", file=out, flush=True)
-            broker = servers.start_mosquitto(work / "mosquitto")
-            started.append(broker)
-            influx = servers.start_influxd(work / "influxd")
-            started.append(influx)
-            servers.influxql(influx.url, f"CREATE DATABASE {DATABASE}")
-            metrics_port = servers.free_port()
-            config = work / "gateway.toml"
-            write_config(config, broker.port, influx.url, work / "buffer", metrics_port)
-            print(
-                f"demo: broker on 127.0.0.1:{broker.port}, InfluxDB on {influx.url}, "
-                f"gateway metrics on http://127.0.0.1:{metrics_port}/metrics",
-                file=out,
+@dataclass
+class Outage:
+    """The database's planned outage: when it stops, for how long, and what happened."""
+
+    start_s: float
+    length_s: float
+    database: servers.Server
+    stopped: bool = False
+    back: bool = False
+
+    def advance(self, elapsed_s: float, out: TextIO) -> str:
+        """Stop or restart the database when due; the database column's text."""
+        if not self.stopped and elapsed_s >= self.start_s:
+            self.database.stop()
+            self.stopped = True
+            print(f"demo: database stopped for {self.length_s:.0f} s", file=out, flush=True)
+        if self.stopped and not self.back and elapsed_s >= self.start_s + self.length_s:
+            db = self.database
+            self.database = servers.start_influxd(db.workdir, port=db.port)
+            self.back = True
+            print("demo: database back; the backlog drains", file=out, flush=True)
+        return "DOWN" if self.stopped and not self.back else "up"
+
+
+def run(
+    devices: int,
+    rate: float,
+    duration_s: float,
+    outage_s: float = 0.0,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Run the demo; returns the process exit code (1 when a reading is missing).
+
+    `outage_s`: stop the database this long, a quarter into the sensors' run. On a failure
+    the gateway's log and configuration are kept, and the last lines say where.
+    """
+    work = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    started: list[servers.Server] = []
+    processes: list[subprocess.Popen[bytes]] = []
+    outage: Outage | None = None
+    code = 1
+    try:
+        print("demo: starting mosquitto and influxd ...", file=out, flush=True)
+        broker = servers.start_mosquitto(work / "mosquitto")
+        started.append(broker)
+        influx = servers.start_influxd(work / "influxd")
+        started.append(influx)
+        servers.influxql(influx.url, f"CREATE DATABASE {DATABASE}")
+        if outage_s > 0:
+            outage = Outage(duration_s / 4, outage_s, influx)
+        metrics_port = servers.free_port()
+        config = work / "gateway.toml"
+        write_config(config, broker.port, influx.url, work / "buffer", metrics_port)
+        base = f"http://127.0.0.1:{metrics_port}"
+        print(
+            f"demo: broker on 127.0.0.1:{broker.port}, InfluxDB on {influx.url}\n"
+            f"demo: the status page is on {base}/ (open it in a browser to watch)",
+            file=out,
+        )
+        gateway_log = (work / "gateway.log").open("wb")
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+                stdout=gateway_log,
+                stderr=subprocess.STDOUT,
             )
-            gateway_log = (work / "gateway.log").open("wb")
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-                    stdout=gateway_log,
-                    stderr=subprocess.STDOUT,
-                )
+        )
+        # Sensors published before the gateway's first subscription would reach nobody.
+        _wait_connected(f"{base}/metrics", processes[0])
+        sim_log = (work / "simulate.log").open("wb")
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway",
+                    "simulate",
+                    "--port",
+                    str(broker.port),
+                    "--devices",
+                    str(devices),
+                    "--rate",
+                    str(rate),
+                    "--duration",
+                    str(duration_s),
+                ],
+                stdout=sim_log,
+                stderr=subprocess.STDOUT,
             )
-            # Sensors published before the gateway's first subscription would reach nobody.
-            _wait_connected(f"http://127.0.0.1:{metrics_port}/metrics", processes[0])
-            sim_log = (work / "simulate.log").open("wb")
-            processes.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "gateway",
-                        "simulate",
-                        "--port",
-                        str(broker.port),
-                        "--devices",
-                        str(devices),
-                        "--rate",
-                        str(rate),
-                        "--duration",
-                        str(duration_s),
-                    ],
-                    stdout=sim_log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-            _watch(metrics_url, processes, out)
-            _report(influx.url, scrape(metrics_url), out)
-        except KeyboardInterrupt:
-            print("\ndemo: interrupted, stopping", file=out)
-        except servers.ServerError as exc:
-            print(f"demo: {exc}", file=out)
-            return 1
-        finally:
-            for process in reversed(processes):
-                process.terminate()
-                try:
-                    process.wait(GATEWAY_STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            for server in reversed(started):
-                server.stop()
-        return 0
+        )
+        _watch(f"{base}/metrics", processes, out, outage)
+        database = outage.database if outage is not None else influx
+        code = _report(database.url, scrape(f"{base}/metrics"), out)
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted, stopping", file=out)
+        code = 0
+    except servers.ServerError as exc:
+        print(f"demo: {exc}", file=out)
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            try:
+                process.wait(GATEWAY_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if outage is not None and outage.back:
+            started.append(outage.database)  # the database started again
+        for server in reversed(started):
+            server.stop()
+        _clean_up(work, kept=code != 0, out=out)
+    return code
+
+
+def _clean_up(work: Path, *, kept: bool, out: TextIO) -> None:
+    """Remove the demo's folder, or keep its log and configuration after a failure."""
+    if kept:
+        keep = Path(tempfile.mkdtemp(prefix="gateway-demo-failed-"))
+        for name in ("gateway.log", "gateway.toml", "simulate.log"):
+            if (work / name).exists():
+                shutil.copy2(work / name, keep / name)
+        print(f"demo: the gateway's log and configuration are kept in {keep}", file=out)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _wait_connected(metrics_url: str, gateway: subprocess.Popen[bytes]) -> None:
@@ -191,10 +248,17 @@ def _wait_connected(metrics_url: str, gateway: subprocess.Popen[bytes]) -> None:
     raise servers.ServerError("the gateway did not connect to the broker")
 
 
-def _watch(metrics_url: str, processes: list[subprocess.Popen[bytes]], out: TextIO) -> None:
+def _watch(
+    metrics_url: str,
+    processes: list[subprocess.Popen[bytes]],
+    out: TextIO,
+    outage: Outage | None = None,
+) -> None:
     gateway, simulator = processes
     print(
-        f"{'time':>5} {'received':>9} {'buffered':>9} {'delivered':>10} {'write ms':>9}", file=out
+        f"{'time':>5} {'database':>8} {'received':>9} {'buffered':>9} {'delivered':>10} "
+        f"{'write ms':>9}",
+        file=out,
     )
     t0 = time.monotonic()
     last_sum = last_count = 0.0
@@ -202,6 +266,7 @@ def _watch(metrics_url: str, processes: list[subprocess.Popen[bytes]], out: Text
         time.sleep(1)
         if gateway.poll() is not None:
             raise servers.ServerError(f"the gateway exited with code {gateway.returncode}")
+        state = outage.advance(time.monotonic() - t0, out) if outage is not None else "up"
         try:
             m = scrape(metrics_url)
         except OSError:
@@ -218,16 +283,23 @@ def _watch(metrics_url: str, processes: list[subprocess.Popen[bytes]], out: Text
         buffered = m.get("gateway_buffer_readings", 0)
         delivered = m.get("gateway_readings_total{outcome=delivered}", 0)
         print(
-            f"{time.monotonic() - t0:5.0f} {received:9.0f} {buffered:9.0f} {delivered:10.0f} "
-            f"{latency}",
+            f"{time.monotonic() - t0:5.0f} {state:>8} {received:9.0f} {buffered:9.0f} "
+            f"{delivered:10.0f} {latency}",
             file=out,
             flush=True,
         )
-        if simulator.poll() is not None and buffered == 0 and delivered >= received > 0:
+        finished = outage is None or outage.back
+        if (
+            finished
+            and simulator.poll() is not None
+            and buffered == 0
+            and delivered >= received > 0
+        ):
             return
 
 
-def _report(influx_url: str, metrics: dict[str, float], out: TextIO) -> None:
+def _report(influx_url: str, metrics: dict[str, float], out: TextIO) -> int:
+    """The summary: what the gateway accepted against what the database holds; 1 if short."""
     total = servers.influxql(influx_url, "SELECT count(temp) FROM telemetry", DATABASE)
     per_device = servers.influxql(
         influx_url, "SELECT count(temp) FROM telemetry GROUP BY device", DATABASE
@@ -249,3 +321,4 @@ def _report(influx_url: str, metrics: dict[str, float], out: TextIO) -> None:
         print(
             f"  {series['tags']['device']:>8}: last temp={temp} hum={hum} at {stamp} UTC", file=out
         )
+    return 0 if count == accepted else 1
