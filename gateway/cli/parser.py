@@ -205,3 +205,8 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
         "--outage", type=float, default=30.0, help="outage: seconds the database is down"
     )
     bench.add_argument("--json", type=Path, help="also write the figures to this file")
+    bench.add_argument(
+        "--plot",
+        type=Path,
+        help="also draw PNG charts into this folder (needs the plot extra: matplotlib)",
+    )

@@ -57,9 +57,19 @@ def run(args: argparse.Namespace) -> int:
         _run_live_first(args, figures)
     if "outage" in chosen:
         _run_outage(args, figures)
+    _write_out(args, figures)
+    return 0
+
+
+def _write_out(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    """The JSON file and the charts, where asked for."""
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
-    return 0
+    if args.plot is not None:
+        from gateway.tools import plots  # noqa: PLC0415 - matplotlib only when asked for
+
+        for path in plots.write(figures, args.plot):
+            print(f"bench: plot {path}", file=sys.stderr)
 
 
 def _run_live_first(args: argparse.Namespace, figures: dict[str, Any]) -> None:
@@ -143,6 +153,7 @@ def _run_end_to_end(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             for _ in range(args.runs)
         ]
         _collect(figures, label, results)
+        figures.setdefault("timelines", {})[label] = [r["timeline"] for r in results]
 
 
 def _devices(args: argparse.Namespace) -> str:
@@ -166,6 +177,7 @@ def _run_backlog(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         args.backlog, 0, args.publishers, args.sync, rss_every=max(1, args.backlog // 10)
     )
     figures["backlog rss_mib_by_readings"] = result["rss_mib_by_backlog"]
+    figures.setdefault("timelines", {})[f"backlog {args.backlog:,}"] = [result["timeline"]]
     figures["backlog peak_rss_mib"] = result["gateway_peak_rss_mib"]
     figures["backlog accepted_per_s"] = result["accepted_per_s"]
     for readings, anon, mapped in result["rss_mib_by_backlog"]:

@@ -134,6 +134,8 @@ def bench_ingest(
             # Anonymous memory is the process's own; file-backed is LMDB's map of its data file,
             # clean page cache the kernel reclaims under pressure.
             rss: list[tuple[int, float, float]] = []
+            # With `rss_every`: (seconds, readings buffered, anonymous MiB, mapped MiB) per poll.
+            timeline: list[tuple[float, float, float, float]] = []
             with multiprocessing.get_context("fork").Pool(publishers) as pool:
                 pending = pool.map_async(_publish, jobs)
                 accepted, total = 0.0, sum(job.count for job in jobs)
@@ -143,10 +145,11 @@ def bench_ingest(
                     time.sleep(POLL_S if accepted >= total * NEAR_END else SLOW_POLL_S)
                     accepted = gateway.metric("gateway_readings_total{outcome=accepted}")
                     PROGRESS.tell(f"{accepted:,.0f} of {total:,} readings accepted")
-                    if rss_every and accepted >= (len(rss) + 1) * rss_every:
-                        rss.append(
-                            (int(accepted), gateway.rss_mib("RssAnon"), gateway.rss_mib("RssFile"))
-                        )
+                    if rss_every:
+                        anon, mapped = gateway.rss_mib("RssAnon"), gateway.rss_mib("RssFile")
+                        timeline.append((time.perf_counter() - started, accepted, anon, mapped))
+                        if accepted >= (len(rss) + 1) * rss_every:
+                            rss.append((int(accepted), anon, mapped))
                 elapsed = time.perf_counter() - started
                 results = pending.get(timeout=600)
             metrics = scrape(gateway.metrics_url)
@@ -178,6 +181,7 @@ def bench_ingest(
                 "gateway_anon_rss_mib": gateway.rss_mib("RssAnon"),
                 **gateway.disk_figures(written0, accepted),
                 "rss_mib_by_backlog": rss,
+                "timeline": timeline,
             }
         finally:
             if gateway is not None:
@@ -235,6 +239,8 @@ def bench_end_to_end(
             written0 = gateway.write_bytes()
             started = time.perf_counter()
             lags, backlogs, sizes = [], [], []
+            # (seconds, readings delivered, lag s, backlog) per sample, for `bench --plot`.
+            timeline: list[tuple[float, float, float, float]] = []
             with multiprocessing.get_context("fork").Pool(publishers) as pool:
                 pending = pool.map_async(_publish, jobs)
                 delivered = 0.0
@@ -246,6 +252,9 @@ def bench_end_to_end(
                     lags.append(metrics["gateway_buffer_lag_seconds"])
                     backlogs.append(metrics["gateway_buffer_readings"])
                     sizes.append(metrics["gateway_batch_size"])
+                    timeline.append(
+                        (time.perf_counter() - started, delivered, lags[-1], backlogs[-1])
+                    )
                 elapsed = time.perf_counter() - started
                 pending.get(timeout=600)
             half = len(backlogs) // 2
@@ -268,6 +277,7 @@ def bench_end_to_end(
                 "database_rss_mib": rss_mib(db.process.pid),
                 "written_bytes_per_reading": (gateway.write_bytes() - written0) / delivered,
                 "wire_bytes_per_reading": metrics.get(SENT_BYTES, 0.0) / delivered,
+                "timeline": timeline,
             }
         finally:
             if gateway is not None:
