@@ -14,6 +14,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
@@ -21,6 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway import __version__
 from gateway.observe.accounting import Accounting
 from gateway.observe.brokerstats import BrokerStats
 
@@ -67,8 +69,10 @@ class Metrics:
         self.broker = BrokerStats()
         r.register(self.broker)
         r.register(_AccountingCollector(self))
+        # Which version runs, for dashboards and upgrades: gateway_build_info{version} 1.
+        Info("gateway_build", "The gateway's version", registry=r).info({"version": __version__})
         self.invalid = Counter(
-            "gateway_invalid_readings_total",
+            "gateway_readings_invalid_total",
             "Readings refused as invalid, by reason",
             ["reason"],
             registry=r,
@@ -89,6 +93,11 @@ class Metrics:
             registry=r,
         )
         self.buffer_bytes = Gauge("gateway_buffer_bytes", "Bytes of buffered readings", registry=r)
+        self.dead_letters = Gauge(
+            "gateway_dead_letters",
+            "Points the database refused, held in the dead-letter store",
+            registry=r,
+        )
         self.buffer_devices = Gauge(
             "gateway_buffer_devices", "Devices with buffered readings", registry=r
         )

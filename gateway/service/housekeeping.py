@@ -51,6 +51,7 @@ class Housekeeping:
             self.health.last_tick = now
             self.ingest.housekeeping()
             self.buffer.maintain()
+            self.metrics.dead_letters.set(self.buffer.dead_letter_count())
             if self.health.liveness(now).ok:
                 self.notifier.send(WATCHDOG="1", STATUS=self.status_line())
             if self.summary_interval_s and now >= next_summary:

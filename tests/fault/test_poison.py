@@ -69,7 +69,7 @@ def test_a_message_that_kills_the_gateway_twice_is_set_aside_and_the_box_resumes
     assert deaths == [-9, -9]
     wait_for(lambda: gw._alive() and landed(influx) == set(range(60)), 60, "60 good readings")
     assert count(gw, "gateway_poison_messages") == 1
-    assert count(gw, "gateway_invalid_readings", reason="poison") == 1
+    assert count(gw, "gateway_readings_invalid", reason="poison") == 1
     assert "set aside as poison" in gw.log()
     rejects = gw.cli("rejects")
     assert "poison" in rejects
@@ -136,13 +136,13 @@ def test_an_exception_while_taking_one_message_costs_that_message_only(
     gw = gateway(influx.config, env={ENV: "raise:TRIP"})
     trip = (f"{run_id}/dev-1/telemetry", b'{"temp": 5, "s": "TRIP"}')
     publish_messages(mosquitto.port, [trip])
-    wait_for(lambda: count(gw, "gateway_invalid_readings", reason="internal_error"), 30, "1")
+    wait_for(lambda: count(gw, "gateway_readings_invalid", reason="internal_error"), 30, "1")
     stream = []
     for n in range(200):
         stream += [good(run_id, n), trip]
     publish_messages(mosquitto.port, stream)
     wait_for(lambda: landed(influx) == set(range(200)), 60, "200 good readings")
-    assert count(gw, "gateway_invalid_readings", reason="internal_error") == 201
+    assert count(gw, "gateway_readings_invalid", reason="internal_error") == 201
     rejects = gw.cli("rejects")
     assert "internal_error" in rejects
     assert "InjectedFault" in rejects

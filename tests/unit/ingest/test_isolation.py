@@ -106,7 +106,7 @@ def take_and_admit(ingest: Ingest, *payloads: bytes) -> Admitted:
 
 def invalid(metrics: Metrics, reason: str) -> float:
     return (
-        metrics.registry.get_sample_value("gateway_invalid_readings_total", {"reason": reason})
+        metrics.registry.get_sample_value("gateway_readings_invalid_total", {"reason": reason})
         or 0.0
     )
 
