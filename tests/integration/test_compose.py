@@ -55,6 +55,7 @@ def test_the_compose_stack_lands_readings(tmp_path: Path, run_id: str) -> None:
     project = tmp_path / "deploy"
     shutil.copytree(DEPLOY, project)
     (project / "influx-token").write_text(TOKEN)
+    (project / "grafana-admin-password").write_text("compose-smoke-grafana")
     # The build context is the repository, one level above deploy/.
     text = (project / "compose.yaml").read_text()
     (project / "compose.yaml").write_text(text.replace("context: ..", f"context: {DEPLOY.parent}"))

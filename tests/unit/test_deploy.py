@@ -76,6 +76,19 @@ def test_every_metric_in_alerts_and_dashboard_is_exported() -> None:
     assert used - exported == set()
 
 
+def test_every_alert_links_to_its_runbook_section_of_the_readme() -> None:
+    rules = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
+    headings = {
+        line.removeprefix("#### ").strip().lower()
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith("#### ")
+    }
+    for rule in (r for group in rules["groups"] for r in group["rules"]):
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"file:///usr/share/doc/gateway/README.md#{rule['alert'].lower()}"
+        assert rule["alert"].lower() in headings, rule["alert"]
+
+
 def test_compose_file_follows_the_compose_spec() -> None:
     result = subprocess.run(
         [
@@ -99,16 +112,82 @@ def test_compose_file_follows_the_compose_spec() -> None:
                 assert (DEPLOY / source).exists(), source
 
 
-def test_dashboard_panels_use_the_provisioned_datasource() -> None:
-    datasources = yaml.safe_load(
-        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
-    )
-    uid = datasources["datasources"][0]["uid"]
-    panels = json.loads(DASHBOARD.read_text())["panels"]
+def test_the_compose_stack_is_fit_to_leave_running() -> None:
+    """Pinned images, rotated logs, memory limits, loopback-only admin ports, an Alertmanager."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    for name, service in services.items():
+        if "image" in service:
+            tag = service["image"].rsplit(":", 1)[-1]
+            assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: pin {service['image']}"
+        assert service["logging"]["options"]["max-size"], name
+        assert service["mem_limit"], name
+        for port in service.get("ports", []):
+            if name != "mosquitto":  # sensors reach the broker from the network
+                assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    grafana = services["grafana"]["environment"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"].startswith("/run/secrets/")
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "alertmanager" in services
+    prometheus = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    targets = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert targets == ["alertmanager:9093"]
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "tests"} <= set(ignored)
+    kept_out = (ROOT / ".gitignore").read_text().split()
+    assert {"deploy/influx-token", "deploy/grafana-admin-password"} <= set(kept_out)
+
+
+def test_the_dashboard_fits_any_prometheus_and_many_boxes() -> None:
+    """A datasource and an instance variable, no hard-coded uid or job, quantiles per box."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    instance = variables["instance"]
+    assert instance["query"]["query"] == "label_values(gateway_build_info, instance)"
+    assert instance["multi"] is True
+    assert instance["includeAll"] is True
+    panels = dashboard["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
     for panel in panels:
-        assert panel["datasource"]["uid"] == uid
-        assert all(t["datasource"]["uid"] == uid for t in panel["targets"])
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}"
+            assert 'instance=~"$instance"' in target["expr"], panel["title"]
+            assert 'job="' not in target["expr"]
+            if "histogram_quantile" in target["expr"]:
+                assert "by (instance, le)" in target["expr"], panel["title"]
+
+
+# What each kind of series is measured in; a panel of one must say so.
+UNIT_OF = {
+    "_seconds": {"s"},
+    "_bytes": {"bytes"},
+    "fill_ratio": {"percentunit"},
+    "process_cpu_seconds_total": {"percentunit"},
+    "rate(gateway_readings": {"ops"},
+}
+
+
+def test_every_dashboard_panel_has_the_unit_of_what_it_draws() -> None:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    for panel in panels:
+        unit = panel["fieldConfig"]["defaults"].get("unit")
+        assert unit, f"{panel['title']} has no unit"
+        for target in panel["targets"]:
+            expr = target["expr"]
+            if "process_cpu_seconds_total" in expr:
+                assert unit == "percentunit", f"{panel['title']}: CPU is a share of a core"
+                continue
+            for marker, units in UNIT_OF.items():
+                if marker in expr:
+                    assert unit in units, f"{panel['title']}: {unit} for {marker}"
+    kinds = {p["type"] for p in panels}
+    assert kinds == {"stat", "timeseries"}
+    stats = {p["title"] for p in panels if p["type"] == "stat"}
+    assert {"Broker", "Intake", "Buffer fill", "Write-behind lag", "Dead letters held"} <= stats
+    assert any("gateway_dead_letters" in t["expr"] for p in panels for t in p["targets"])
 
 
 def test_systemd_unit_is_hardened_notify_and_verifies(tmp_path: Path) -> None:
