@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 # One size for every chart, readable in the README and on a laptop screen.
 FIGURE_INCHES = (9.0, 4.2)
 DPI = 110
+# The delivered rate is taken over this window: the samples are half a second apart.
+RATE_WINDOW_S = 2.0
 APPEND_KEY = re.compile(r"append (\w+)\s+(\d+)/txn readings/s")
 
 
@@ -54,13 +56,12 @@ def _end_to_end(pyplot: Any, label: str, runs: list[list[list[float]]], path: Pa
     for number, timeline in enumerate(runs, 1):
         times = [row[0] for row in timeline]
         delivered = [row[1] for row in timeline]
-        rates = [
-            (delivered[i] - delivered[i - 1]) / (times[i] - times[i - 1])
-            for i in range(1, len(times))
-        ]
-        rate_axis.plot(times[1:], rates, label=f"run {number}")
+        rate_times, rates = _windowed_rate(times, delivered)
+        rate_axis.plot(rate_times, rates, label=f"run {number}")
         lag_axis.plot(times, [row[2] for row in timeline], label=f"run {number}")
-    rate_axis.set(title="delivered", xlabel="seconds", ylabel="readings/s")
+    rate_axis.set(
+        title=f"delivered ({RATE_WINDOW_S:.0f} s windows)", xlabel="seconds", ylabel="readings/s"
+    )
     lag_axis.set(title="write-behind lag", xlabel="seconds", ylabel="seconds")
     for axis in (rate_axis, lag_axis):
         axis.grid(alpha=0.3)
@@ -68,6 +69,19 @@ def _end_to_end(pyplot: Any, label: str, runs: list[list[list[float]]], path: Pa
     rate_axis.legend(loc="lower right")
     figure.suptitle(label)
     return _save(pyplot, figure, path)
+
+
+def _windowed_rate(times: list[float], counts: list[float]) -> tuple[list[float], list[float]]:
+    """Per-second rates of a counter over RATE_WINDOW_S windows: samples are too close to read."""
+    out_times, rates = [], []
+    start = 0
+    for i in range(1, len(times)):
+        while times[i] - times[start] > RATE_WINDOW_S and start < i - 1:
+            start += 1
+        if times[i] > times[start]:
+            out_times.append(times[i])
+            rates.append((counts[i] - counts[start]) / (times[i] - times[start]))
+    return out_times, rates
 
 
 def _backlog(pyplot: Any, label: str, timeline: list[list[float]], path: Path) -> Path:  # noqa: ANN401 - matplotlib's module
