@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
+import urllib.request
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -260,3 +261,13 @@ def test_with_workers_the_parent_merges_the_workers_answers(
     assert code == 502
     assert "database read failed" in missing["error"]
     assert json.loads(gw.cli("status", "--json"))["runtime"]["readings"]["accepted"] == count
+    # The status page and its lists, merged by the parent.
+    publish_messages(mosquitto.port, [(f"{run_id}/bad/telemetry", "{not json")])
+    wait_for(lambda: gw.get("/api/v1/rejects")[1]["rejects"], 20, "the reject in the list")
+    code, rejects = gw.get("/api/v1/rejects?limit=5")
+    assert code == 200
+    assert [r["topic"] for r in rejects["rejects"]] == [f"{run_id}/bad/telemetry"]
+    assert gw.get("/api/v1/dead-letters") == (200, {"count": 0, "dead_letters": []})
+    assert gw.get("/api/v1/dead-letters?limit=x")[0] == 400
+    with urllib.request.urlopen(gw.base_url + "/", timeout=5) as page:  # noqa: S310 - loopback
+        assert b"gateway status" in page.read()
