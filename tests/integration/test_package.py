@@ -62,6 +62,9 @@ def test_the_package_holds_the_unit_the_config_the_docs_and_a_man_page(deb: Path
     listing = run("dpkg-deb", "--contents", deb).stdout
     for path in INSTALLED:
         assert f".{path}" in listing, path
+    # The status page is package data: served from inside the installed package.
+    for name in ("index.html", "status.js", "status.css"):
+        assert f"/site-packages/gateway/api/static/{name}" in listing, name
     assert run("dpkg-deb", "--field", deb, "Package").stdout.strip() == "gateway"
     assert "python3 (>=" in run("dpkg-deb", "--field", deb, "Depends").stdout
     conffiles = run("dpkg-deb", "--info", deb, "conffiles").stdout.split()
