@@ -33,6 +33,12 @@ def pytest_report_header() -> str:
     return f"test servers: {backends.BACKEND} ({backends.BACKEND_ENV})"
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """The gateway runs on asyncio (aiomqtt, aiohttp); trio, installed for selenium, is not one."""
+    return "asyncio"
+
+
 @pytest.fixture(autouse=True)
 def _fail_on_logged_error(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """An ERROR record in the test process is a bug unless the test expects it."""
