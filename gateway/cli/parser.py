@@ -39,8 +39,17 @@ examples:
 """
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after every option's help, and the examples kept as written."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (where it has one), and the examples as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        # `is`, not `in`: a default of 0 is worth showing, and 0 == False.
+        if text is None or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        if action.option_strings and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:

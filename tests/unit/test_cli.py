@@ -51,8 +51,11 @@ def test_every_option_has_help_and_shows_its_default() -> None:
             if action.help == argparse.SUPPRESS:
                 continue
             assert action.help, (parser.prog, action.dest)
-            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            shown = not any(action.default is v for v in (None, False, argparse.SUPPRESS))
+            if action.option_strings and shown:
                 assert f"(default: {action.default})" in text, (parser.prog, action.dest)
+            else:
+                assert f"(default: {action.default})" not in text, (parser.prog, action.dest)
 
 
 def test_help_ends_with_examples() -> None:
