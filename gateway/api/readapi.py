@@ -53,7 +53,7 @@ class ReadApi:
         flusher: Flusher,
         metrics: Metrics,
         health: Health,
-        rejects: RejectLog | None = None,
+        rejects: RejectLog,
     ) -> None:
         """Serve what these hold; `settings` names the database a miss reads."""
         self._settings = settings
@@ -95,7 +95,7 @@ class ReadApi:
         limit = _limit(request)
         if isinstance(limit, web.Response):
             return limit
-        kept = self._rejects.newest_first()[:limit] if self._rejects is not None else []
+        kept = self._rejects.newest_first()[:limit]  # at most rejects.KEPT are kept
         return web.json_response({"rejects": [asdict(r) for r in kept]})
 
     async def _openapi(self, _request: web.Request) -> web.Response:

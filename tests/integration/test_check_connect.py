@@ -34,20 +34,29 @@ path = "{buffer}"
 """
 
 
-def check(tmp_path: Path, mqtt_port: int, influx: str, run: str) -> tuple[int, list[str]]:
-    """Exit code and the check lines (stderr) of `check-config --connect`."""
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        CONFIG.format(mqtt_port=mqtt_port, run=run, buffer=tmp_path / "buffer", influx=influx)
-    )
+def connect_checks(
+    config: Path, environ: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """`check-config --connect` on `config`: the finished process and its OK/FAIL lines."""
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "check-config", "-c", str(path), "--connect"],
+        [sys.executable, "-m", "gateway", "check-config", "-c", str(config), "--connect"],
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
+        env=environ,
     )
     lines = [line for line in result.stderr.splitlines() if line[:4] in {"OK  ", "FAIL"}]
+    return result, lines
+
+
+def check(tmp_path: Path, mqtt_port: int, influx: str, run: str) -> tuple[int, list[str]]:
+    """Exit code and the check lines of `check-config --connect` on a configuration of these."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        CONFIG.format(mqtt_port=mqtt_port, run=run, buffer=tmp_path / "buffer", influx=influx)
+    )
+    result, lines = connect_checks(path)
     return result.returncode, lines
 
 

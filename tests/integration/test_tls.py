@@ -11,7 +11,6 @@ import os
 import shutil
 import ssl
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pytest
 from gateway.tools import servers
 from tests import backends
 from tests.gatewayproc import publish_messages, wait_for
+from tests.integration.test_check_connect import connect_checks
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -311,16 +311,10 @@ def test_check_config_connect_logs_in_over_tls_with_systemd_credentials(
             '[mqtt.tls]\nca_file = "gateway_broker-ca.pem"\n'
             f'[buffer]\npath = "{tmp_path / "buffer"}"\n[influx]\n{influx.config}\n'
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "gateway", "check-config", "-c", str(config), "--connect"],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-            env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)},
-        )
+        environ = {**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)}
+        result, lines = connect_checks(config, environ)
         assert MQTT_PASSWORD not in result.stdout + result.stderr
-        return [line for line in result.stderr.splitlines() if line[:4] in {"OK  ", "FAIL"}]
+        return lines
 
     ok = connect(broker.login, MQTT_PASSWORD)
     assert ok[:2] == [

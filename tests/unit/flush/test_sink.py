@@ -6,7 +6,14 @@ import aiohttp
 import pytest
 
 from gateway.errors import SinkAuthError, SinkRejected, SinkUnavailable
-from gateway.flush.sink import Delivered, classify, ping, retry_after, unreachable
+from gateway.flush.sink import (
+    Delivered,
+    classify,
+    ping,
+    public_url,
+    retry_after,
+    unreachable,
+)
 from gateway.tools.servers import free_port
 
 
@@ -57,3 +64,19 @@ def test_only_a_failure_without_a_response_is_unreachable() -> None:
 async def test_a_ping_to_a_closed_port_is_false_not_an_error() -> None:
     async with aiohttp.ClientSession() as session:
         assert not await ping(session, f"http://127.0.0.1:{free_port()}/ping", {})
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://127.0.0.1:8086", "http://127.0.0.1:8086"),
+        ("https://gw:s3cret@db.example:8443/influx", "https://db.example:8443/influx"),
+        ("http://only-user@db", "http://db"),
+    ],
+)
+def test_errors_name_the_database_without_its_credentials(url: str, shown: str) -> None:
+    """The URL in an error or log line keeps host, port and path, never a user or password."""
+    assert public_url(url) == shown
+    outcome = classify(401, {}, "unauthorized", f"database at {public_url(url)}")
+    assert str(outcome).startswith(f"database at {shown}: HTTP 401")
+    assert "s3cret" not in str(outcome)
