@@ -90,6 +90,7 @@ def write(  # noqa: PLR0917 - the checkpoint's parts, named at its one call site
     latest: LatestTable | None,
     *,
     seal: bool,
+    notes: dict[bytes, bytes] | None = None,
 ) -> Written:
     """Write the checkpoint (and seal the journal if `seal`) into the store's transaction.
 
@@ -123,6 +124,11 @@ def write(  # noqa: PLR0917 - the checkpoint's parts, named at its one call site
         written.sealed = True
     if latest is not None:
         latest.write(txn)
+    for key, value in (notes or {}).items():
+        if value:
+            txn.put(key, value, db=tables.notes)
+        else:
+            txn.delete(key, db=tables.notes)
     txn.put(b"totals", TOTALS.pack(ledger.readings, ledger.nbytes), db=tables.meta)
     txn.put(b"next_device", U32.pack(ledger.next_device), db=tables.meta)
     txn.put(b"applied", after_applied, db=tables.meta)
@@ -261,8 +267,12 @@ def recover(
     journal: lmdb.Environment | None,
     tables: Tables,
     latest: LatestTable | None,
-) -> tuple[Ledger, JournalIndex]:
-    """The accounting and journal index: the checkpoint with the journal after it replayed."""
+) -> tuple[Ledger, JournalIndex, dict[bytes, bytes]]:
+    """The accounting and journal index: the checkpoint with the journal after it replayed.
+
+    Also the notes of the replayed records, which the next checkpoint writes to the store.
+    """
+    unwritten: dict[bytes, bytes] = {}
     with env.begin() as txn:
         stored = read_ledger(txn, tables)
     index = JournalIndex()
@@ -278,6 +288,7 @@ def recover(
                 header = journal_header(value)
                 if record > stored.applied:
                     replay.apply(header, value)
+                    unwritten.update(header.notes)
                 index.add(record, replay.live(header), len(value))
     states = replay.states
     ledger = Ledger(states, stored.readings + replay.readings, stored.nbytes + replay.nbytes)
@@ -288,7 +299,21 @@ def recover(
     ledger.next_seal = stored.next_seal
     ledger.next_record = max(last, stored.applied, stored.sealed_through) + 1
     ledger.dirty = replay.replayed
-    return ledger, index
+    return ledger, index, unwritten
+
+
+def read_notes(txn: lmdb.Transaction, tables: Tables, prefix: bytes) -> dict[bytes, bytes]:
+    """The notes under `prefix` that the last checkpoint wrote."""
+    found: dict[bytes, bytes] = {}
+    if tables.notes is None:
+        return found
+    cursor = txn.cursor(db=tables.notes)
+    if cursor.set_range(prefix):
+        for key, value in cursor:
+            if not bytes(key).startswith(prefix):
+                break
+            found[bytes(key)] = bytes(value)
+    return found
 
 
 class _Replay:

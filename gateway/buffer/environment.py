@@ -81,7 +81,9 @@ def open_environment(
         _check_format(env, path, readonly=readonly)
         # Without a transaction of ours py-lmdb opens each database in one it commits, which
         # keeps the handles valid in a read-only environment too.
-        tables = Tables(*(env.open_db(name, create=not readonly) for name in DATABASES))
+        sealed, devices, meta, dead = (env.open_db(n, create=not readonly) for n in DATABASES)
+        notes = _open_optional(env, b"notes", readonly=readonly)
+        tables = Tables(sealed, devices, meta, dead, notes)
         journal = None
         if not readonly or (path / JOURNAL_FILE).exists():
             journal = lmdb.open(str(path / JOURNAL_FILE), subdir=False, max_dbs=0, **options)
@@ -118,6 +120,14 @@ def _check_format(env: lmdb.Environment, path: Path, *, readonly: bool) -> None:
             "stored one key per reading; drain it with that version (let it deliver "
             "everything), then remove the directory"
         )
+
+
+def _open_optional(env: lmdb.Environment, name: bytes, *, readonly: bool) -> Any:  # noqa: ANN401
+    """A database that a buffer written by an older version lacks until a writer opens it."""
+    try:
+        return env.open_db(name, create=not readonly)
+    except lmdb.NotFoundError:
+        return None
 
 
 def _open_latest(env: lmdb.Environment, bound: int, *, readonly: bool) -> LatestTable | None:

@@ -124,7 +124,9 @@ class Buffer:
         )
         self._owner, self._env, self._journal = opened.owner, opened.env, opened.journal
         self._tables, self.latest = opened.tables, opened.latest
-        rewritten = (self._tables.devices, self._tables.meta)
+        rewritten: tuple[Any, ...] = (self._tables.devices, self._tables.meta)
+        if self._tables.notes is not None:
+            rewritten += (self._tables.notes,)
         if self.latest is not None:
             rewritten += self.latest.databases
         self._decoded = DecodedChunks()
@@ -149,7 +151,9 @@ class Buffer:
         self._held: dict[str, int] = {}
         # The accounting, for the flusher's scheduling and admission; it adopts a change only
         # after the journal commit holding it, and the checkpoint writes it to the store.
-        self._ledger, self._index = checkpoint.recover(
+        # Notes committed to the journal and not yet written to the store by a checkpoint.
+        self._unwritten_notes: dict[bytes, bytes]
+        self._ledger, self._index, self._unwritten_notes = checkpoint.recover(
             self._env, self._journal, self._tables, self.latest
         )
         self._last_checkpoint = time.monotonic()
@@ -245,11 +249,17 @@ class Buffer:
         """
         self.admit([(fifo, value, DEFAULT_LANE) for fifo, value in items], self._plain_rules)
 
-    def admit(self, items: Sequence[tuple[str, bytes, Lane]], rules: Rules) -> Admitted:
+    def admit(
+        self,
+        items: Sequence[tuple[str, bytes, Lane]],
+        rules: Rules,
+        notes: dict[bytes, bytes] | None = None,
+    ) -> Admitted:
         """Store (FIFO, packed record, lane) triples in one transaction, as `rules` admit them.
 
         Readings refused and readings dropped to make room are counted in the result; the
-        drops take effect with the stores, so the accounting stays exact.
+        drops take effect with the stores, so the accounting stays exact. `notes` (key ->
+        value, an empty value deletes) commit in the same transaction; `notes` reads them back.
 
         Raises:
             CapacityError: a reading was to pause intake (its index is `at_item`), or the disk
@@ -262,12 +272,14 @@ class Buffer:
                 with journal.begin(write=True) as txn, self._walker(txn) as walker:
                     w = FifoTransaction(self._ledger, walker)
                     admitted = Admitter(w, rules, self._leases, self._live_from).admit(items)
-                    if admitted.stored:
-                        w.finish(txn)
+                    if admitted.stored or notes:
+                        w.finish(txn, list(notes.items()) if notes else ())
                         self._guard.check(txn)
             except lmdb.Error as exc:
                 raise capacity.translate(exc, self.path, self.capacity_bytes) from exc
             self._adopt(w.change(), w.chunk_bytes)
+            if notes:
+                self._unwritten_notes.update(notes)
             if w.written is not None:
                 # Committed: the chunk's key is never used again, and the seal and the flusher
                 # read these records next; decompressing them back would cost a tenth of ingest.
@@ -277,6 +289,18 @@ class Buffer:
                 self.latest.note(admitted.placed, time.time_ns())
             self._checkpoint_if_due()
         return admitted
+
+    def notes(self, prefix: bytes) -> dict[bytes, bytes]:
+        """Every note under `prefix` that a committed `admit` wrote and none deleted since."""
+        with self._lock, self._env.begin() as txn:
+            found = checkpoint.read_notes(txn, self._tables, prefix)
+            for key, value in self._unwritten_notes.items():
+                if key.startswith(prefix):
+                    if value:
+                        found[key] = value
+                    else:
+                        found.pop(key, None)
+        return found
 
     def _writable_journal(self) -> lmdb.Environment:
         if self._journal is None or self.readonly:
@@ -504,7 +528,7 @@ class Buffer:
 
     def _checkpoint_if_due(self) -> None:
         ledger = self._ledger
-        if not (ledger.dirty or ledger.forgotten or self._index.has_dead):
+        if not (ledger.dirty or ledger.forgotten or self._index.has_dead or self._unwritten_notes):
             return
         noted = len(self.latest.noted) if self.latest is not None else 0
         if (
@@ -531,7 +555,14 @@ class Buffer:
         try:
             with self._env.begin(write=True) as txn, self._walker(store_txn=txn) as walker:
                 written = checkpoint.write(
-                    txn, self._tables, ledger, walker, index, self.latest, seal=seal
+                    txn,
+                    self._tables,
+                    ledger,
+                    walker,
+                    index,
+                    self.latest,
+                    seal=seal,
+                    notes=self._unwritten_notes,
                 )
                 if dead_lines:
                     self._store_dead(txn, dead_lines)
@@ -552,6 +583,7 @@ class Buffer:
         else:
             index.deleted(index.dead_records())
         written.apply(ledger)
+        self._unwritten_notes = {}
         self._last_checkpoint = time.monotonic()
         self.checkpoints += 1
         self._guard.measure_store()

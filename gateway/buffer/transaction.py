@@ -28,7 +28,7 @@ from gateway.buffer.core.ledger import (
 from gateway.points.record import HEADER, timestamp_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     import lmdb
 
@@ -47,6 +47,9 @@ class Tables:
     devices: Any
     meta: Any
     dead: Any
+    # Notes written with group commits (gateway/buffer/core/chunk.py); None in a read-only view
+    # of a buffer from before notes.
+    notes: Any = None
 
 
 def read_ledger(txn: lmdb.Transaction, tables: Tables) -> Ledger:
@@ -304,9 +307,9 @@ class FifoTransaction:
                 self.changed.pop(fifo, None)
                 self._entries -= 1
 
-    def finish(self, journal: lmdb.Transaction) -> None:
-        """Write this transaction's appends as one journal chunk (nothing if none)."""
-        if not self._appended:
+    def finish(self, journal: lmdb.Transaction, notes: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """Write this transaction's appends and `notes` as one journal chunk (nothing if none)."""
+        if not self._appended and not notes:
             return
         segments = []
         groups = []
@@ -326,7 +329,7 @@ class FifoTransaction:
             )
             groups.append(appended.records)
         names = [(n, f) for n, f in self._new_numbers.items() if f in self.changed]
-        value = encode_journal(segments, groups, names)
+        value = encode_journal(segments, groups, names, notes)
         key = U64.pack(self._ledger.next_record)
         if not journal.put(key, value, append=True):
             raise AssertionError("journal record numbers must grow")

@@ -31,6 +31,11 @@ COUNT = struct.Struct(">I")
 SEGMENT = struct.Struct(">IQIIq")
 NAME = struct.Struct(">IH")
 LENGTH = struct.Struct(">I")
+# Notes: small keyed state that must become durable in the same commit as readings (a
+# decoder's Sparkplug alias maps). A journal chunk carrying notes sets this bit in its count of
+# new FIFO names, so chunks written before notes existed read the same as ever.
+NOTES_FLAG = 0x8000_0000
+NOTE = struct.Struct(">HI")
 # The fastest level; higher levels were not measured against it yet.
 LEVEL = 1
 
@@ -93,22 +98,28 @@ class JournalHeader:
     # replays the chunk knows whose readings they are.
     names: list[tuple[int, str]]
     body_at: int
+    # (key, value) notes written with this commit; an empty value deletes the key.
+    notes: list[tuple[bytes, bytes]]
 
 
 def encode_journal(
     segments: Sequence[Segment],
     groups: Sequence[Sequence[bytes]],
     names: Sequence[tuple[int, str]] = (),
+    notes: Sequence[tuple[bytes, bytes]] = (),
 ) -> bytes:
     """A journal chunk: `groups[i]` are the records of `segments[i]`."""
     parts = [COUNT.pack(len(segments))]
     parts.extend(
         SEGMENT.pack(s.number, s.first, s.count, s.nbytes, s.first_ts_ns) for s in segments
     )
-    parts.append(COUNT.pack(len(names)))
+    parts.append(COUNT.pack(len(names) | (NOTES_FLAG if notes else 0)))
     for number, name in names:
         encoded = name.encode()
         parts.append(NAME.pack(number, len(encoded)) + encoded)
+    if notes:
+        parts.append(COUNT.pack(len(notes)))
+        parts.extend(NOTE.pack(len(key), len(value)) + key + value for key, value in notes)
     parts.append(_body(groups))
     return b"".join(parts)
 
@@ -121,12 +132,23 @@ def journal_header(value: bytes | memoryview) -> JournalHeader:
     (n_names,) = COUNT.unpack_from(value, at)
     at += COUNT.size
     names = []
-    for _ in range(n_names):
+    for _ in range(n_names & ~NOTES_FLAG):
         number, size = NAME.unpack_from(value, at)
         at += NAME.size
         names.append((number, bytes(value[at : at + size]).decode()))
         at += size
-    return JournalHeader(segments, names, at)
+    notes = []
+    if n_names & NOTES_FLAG:
+        (n_notes,) = COUNT.unpack_from(value, at)
+        at += COUNT.size
+        for _ in range(n_notes):
+            key_size, value_size = NOTE.unpack_from(value, at)
+            at += NOTE.size
+            key = bytes(value[at : at + key_size])
+            at += key_size
+            notes.append((key, bytes(value[at : at + value_size])))
+            at += value_size
+    return JournalHeader(segments, names, at, notes)
 
 
 def journal_records(value: bytes | memoryview) -> tuple[list[Segment], list[list[bytes]]]:

@@ -50,11 +50,13 @@ NEEDLE = b"trip"
 class _AdmissionBug(Buffer):
     """A buffer whose admission raises on a chosen reading, as a bug in it would."""
 
-    def admit(self, items: Iterable[tuple[str, bytes, Lane]], rules: Rules) -> Admitted:
+    def admit(
+        self, items: Iterable[tuple[str, bytes, Lane]], rules: Rules, notes: dict | None = None
+    ) -> Admitted:
         items = list(items)
         if any(NEEDLE in value for _, value, _ in items):
             raise ZeroDivisionError("a bug in admission")
-        return super().admit(items, rules)
+        return super().admit(items, rules, notes)
 
 
 @pytest.fixture
@@ -247,13 +249,15 @@ def test_every_record_has_the_same_size_so_one_written_in_place_replaces_the_las
 class _BugThenFullDisk(Buffer):
     """Admission raises on the whole batch; alone, the second message finds the disk full."""
 
-    def admit(self, items: Iterable[tuple[str, bytes, Lane]], rules: Rules) -> Admitted:
+    def admit(
+        self, items: Iterable[tuple[str, bytes, Lane]], rules: Rules, notes: dict | None = None
+    ) -> Admitted:
         items = list(items)
         if len(items) > 1:
             raise ZeroDivisionError("a bug in admission")
         if b"full" in items[0][1]:
             raise CapacityError("the disk holding the buffer is full", disk_full=True)
-        return super().admit(items, rules)
+        return super().admit(items, rules, notes)
 
 
 def test_a_full_disk_while_admitting_one_by_one_pauses_there_and_counts_what_was_stored(
