@@ -10,6 +10,7 @@ from pydantic import (
     Field,
     FilePath,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -19,14 +20,17 @@ from gateway.points.topics import TopicTemplate
 
 # The device class of a subscription that names none: its readings' admission lane.
 DEFAULT_DEVICE_CLASS = "default"
+# Sparkplug B's topic namespace (Eclipse Sparkplug 3.0): spBv1.0/<group>/<type>/<node>[/<device>].
+SPARKPLUG_NAMESPACE = "spBv1.0"
 
 
 class Subscription(Section):
     """One `[[mqtt.subscriptions]]` entry: which topics to take and how to read them."""
 
+    # Before `topic`, whose check depends on it.
+    format: Literal["json", "line", "value", "sparkplug_b"] = "json"
     topic: str
     qos: Literal[0, 1, 2] = 1
-    format: Literal["json", "line", "value"] = "json"
     measurement: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     # Near capacity (see [buffer] policy): the device class names this subscription's lane in
@@ -48,12 +52,32 @@ class Subscription(Section):
 
     @field_validator("topic")
     @classmethod
-    def _topic_is_a_template(cls, topic: str) -> str:
+    def _topic_is_a_template(cls, topic: str, info: ValidationInfo) -> str:
+        if info.data.get("format") == "sparkplug_b":
+            levels = topic.split("/")
+            if (
+                levels[0] != SPARKPLUG_NAMESPACE
+                or levels[-1] != "#"
+                or len(levels) > 3  # noqa: PLR2004 - namespace, group, '#'
+                or any(not level or "+" in level or "#" in level for level in levels[1:-1])
+            ):
+                raise ValueError(
+                    f"format 'sparkplug_b' takes a whole namespace or one group: "
+                    f"'{SPARKPLUG_NAMESPACE}/#' or '{SPARKPLUG_NAMESPACE}/<group>/#'"
+                )
+            return topic
         TopicTemplate.parse(topic)
         return topic
 
     @model_validator(mode="after")
     def _measurement_has_one_source(self) -> Subscription:
+        if self.format == "sparkplug_b":
+            if self.measurement is not None:
+                raise ValueError(
+                    "format 'sparkplug_b' names each measurement after its metric; map "
+                    "metric names to measurements in [sparkplug] measurements instead"
+                )
+            return self
         in_topic = "measurement" in TopicTemplate.parse(self.topic).placeholders
         if self.format == "line":
             if in_topic or self.measurement is not None:
@@ -72,8 +96,13 @@ class Subscription(Section):
 
     @property
     def template(self) -> TopicTemplate:
-        """The parsed topic template."""
+        """The parsed topic template (not for format 'sparkplug_b', whose topic is a filter)."""
         return TopicTemplate.parse(self.topic)
+
+    @property
+    def mqtt_filter(self) -> str:
+        """The filter this subscription subscribes with."""
+        return self.topic if self.format == "sparkplug_b" else self.template.mqtt_filter
 
 
 class TlsSettings(Section):
@@ -135,6 +164,18 @@ class MqttSettings(Section):
     def subscribe_filter(self, mqtt_filter: str) -> str:
         """The filter as sent in SUBSCRIBE: shared when a share group is configured."""
         return f"$share/{self.share_group}/{mqtt_filter}" if self.share_group else mqtt_filter
+
+    @model_validator(mode="after")
+    def _sparkplug_in_one_process(self) -> MqttSettings:
+        for index, sub in enumerate(self.subscriptions):
+            if sub.format == "sparkplug_b" and self.share_group is not None:
+                raise ValueError(
+                    f"subscriptions.{index}: format 'sparkplug_b' needs every message of an "
+                    "edge node in one gateway process (a DATA message is read with the alias "
+                    "map of its node's BIRTH), so it cannot be used with workers > 1 or "
+                    "share_group"
+                )
+        return self
 
     @model_validator(mode="after")
     def _classes_agree(self) -> MqttSettings:

@@ -13,6 +13,7 @@ from gateway.config.sections import (
     LogSettings,
     MetricsSettings,
 )
+from gateway.config.sparkplug import SparkplugSettings
 
 
 class Settings(Section):
@@ -26,3 +27,4 @@ class Settings(Section):
     api: ApiSettings = ApiSettings()
     log: LogSettings = LogSettings()
     limits: LimitSettings = LimitSettings()
+    sparkplug: SparkplugSettings = SparkplugSettings()

@@ -104,6 +104,12 @@ class Committer:
             admitted, paused = self._admit(batch)
             committed = len(batch) if paused is None else paused.at_message
             connection.ack([(p.mid, p.qos) for p in batch[:committed] if p.qos])
+            # After the commit: a rebirth answered before its request's state was stored
+            # could be read against the state that preceded it.
+            commands = [c for p in batch[:committed] for c in p.decoded.commands]
+            if commands:
+                connection.publish(commands)
+                self._metrics.sparkplug_rebirths.inc(len(commands))
         except CapacityError as exc:
             # Nothing of this batch is stored or acknowledged: the broker delivers it again.
             raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc
@@ -138,16 +144,19 @@ class Committer:
             ends.append(len(items))
         paused = None
         try:
-            admitted = self._buffer.admit(items, rules) if items else Admitted()
+            notes = _notes(batch)
+            admitted = self._buffer.admit(items, rules, notes) if items or notes else Admitted()
         except CapacityError as exc:
             if exc.at_item is None:
                 raise
             paused = Paused(bisect.bisect_right(ends, exc.at_item), exc)
             # The same decisions again, up to the paused message: they cannot pause.
-            admitted = self._buffer.admit(
-                items[: ends[paused.at_message - 1]] if paused.at_message else [], rules
-            )
             batch = batch[: paused.at_message]
+            admitted = self._buffer.admit(
+                items[: ends[paused.at_message - 1]] if paused.at_message else [],
+                rules,
+                _notes(batch),
+            )
         except GatewayError:
             raise  # the buffer failed: nothing is acknowledged
         except Exception as exc:  # noqa: BLE001 - a bug in admission: find the message
@@ -178,10 +187,11 @@ class Committer:
         )
         total = Admitted()
         for index, pending in enumerate(batch):
-            if not pending.items:
+            notes = pending.decoded.notes
+            if not pending.items and not notes:
                 continue
             try:
-                one = self._buffer.admit(pending.items, self.rules)
+                one = self._buffer.admit(pending.items or [], self.rules, notes)
             except CapacityError as capacity:
                 # The messages before it are committed: they are counted and acknowledged, and
                 # intake pauses at this one, whether admission or the disk said no.
@@ -249,3 +259,12 @@ class Committer:
                 episode.count,
                 episode.last - episode.started,
             )
+
+
+def _notes(batch: list[Pending]) -> dict[bytes, bytes]:
+    """The state the batch's messages change, the later message's where two change one key."""
+    notes: dict[bytes, bytes] = {}
+    for pending in batch:
+        if pending.decoded.notes:
+            notes.update(pending.decoded.notes)
+    return notes

@@ -134,6 +134,7 @@ class Ingest:
         while True:
             try:
                 async with Connection(self._settings) as connection:
+                    self.taker.new_connection()
                     if retire_quiet_s is None:
                         await self._subscribe(connection.client)
                     else:
@@ -182,7 +183,7 @@ class Ingest:
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         s = self._settings
         for sub in s.subscriptions:
-            shared = s.subscribe_filter(sub.template.mqtt_filter)
+            shared = s.subscribe_filter(sub.mqtt_filter)
             await client.subscribe(shared, qos=min(sub.qos, 1))
         if s.broker_stats:
             await client.subscribe([(topic, 0) for topic in BROKER_TOPICS])
@@ -190,7 +191,7 @@ class Ingest:
     def _filters(self) -> list[str]:
         """Every filter a session of this client id may hold, shared or not."""
         s = self._settings
-        plain = [sub.template.mqtt_filter for sub in s.subscriptions]
+        plain = [sub.mqtt_filter for sub in s.subscriptions]
         shared = [s.subscribe_filter(f) for f in plain] if s.share_group else []
         return [*plain, *shared, *BROKER_TOPICS]
 

@@ -212,6 +212,11 @@ class Connection:
             if qos:
                 self._paho.ack(mid, qos)
 
+    def publish(self, messages: list[tuple[str, bytes]]) -> None:
+        """Send (topic, payload) messages at QoS 0; queued by paho, written without awaiting."""
+        for topic, payload in messages:
+            self._paho.publish(topic, payload, qos=0)
+
     async def leave(self, timeout_s: float = LEAVE_TIMEOUT_S) -> None:
         """Write the queued PUBACKs and a DISCONNECT, then wait until the broker has closed.
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from gateway.buffer.core.ledger import fifo_name
 from gateway.buffer.rejects import Reject
 from gateway.errors import DecodeError
-from gateway.ingest.core.decode import Decoded
+from gateway.ingest.core.readings import Decoded
 from gateway.observe.brokerstats import SYS_PREFIX
 from gateway.points.record import pack
 
@@ -69,6 +69,11 @@ class Taker:
         self._rejects = rejects
         self._fault = fault
 
+    def new_connection(self) -> None:
+        """A new broker connection: Sparkplug B sequence numbers start over."""
+        if self._decoder.sparkplug is not None:
+            self._decoder.sparkplug.sessions.forget_sequences()
+
     def take(self, message: Incoming) -> Pending:
         """Decode, map and encode one message; whatever it raises stays with it."""
         try:
@@ -89,7 +94,7 @@ class Taker:
         payload = bytes(message.payload)
         if self._fault is not None:
             self._fault(payload)
-        decoded = self._decoder.decode(topic, payload, time.time_ns())
+        decoded = self._decoder.decode(topic, payload, time.time_ns(), dup=message.dup)
         pending = Pending(message.mid, message.qos, decoded, (topic, payload))
         readings = decoded.readings
         if readings:

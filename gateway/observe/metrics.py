@@ -93,6 +93,17 @@ class Metrics:
             registry=r,
         )
         self.buffer_bytes = Gauge("gateway_buffer_bytes", "Bytes of buffered readings", registry=r)
+        self.sparkplug_online = Gauge(
+            "gateway_sparkplug_online",
+            "Sparkplug B edge nodes and devices: 1 online (BIRTH seen), 0 offline (DEATH)",
+            ["group", "edge_node", "device"],
+            registry=r,
+        )
+        self.sparkplug_rebirths = Counter(
+            "gateway_sparkplug_rebirth_requests_total",
+            "Rebirth requests (NCMD) sent to Sparkplug B edge nodes",
+            registry=r,
+        )
         self.dead_letters = Gauge(
             "gateway_dead_letters",
             "Points the database refused, held in the dead-letter store",
@@ -215,6 +226,10 @@ class Metrics:
             self.writes.labels(result)
         for cause in PAUSE_CAUSES:
             self.intake_pauses.labels(cause)
+
+    def sparkplug_state(self, group: str, edge_node: str, device: str | None, online: bool) -> None:
+        """Show a Sparkplug B edge node or device as online or offline."""
+        self.sparkplug_online.labels(group, edge_node, device or "").set(int(online))
 
     def observe_buffer(self, totals: BufferTotals) -> None:
         """Update the buffer gauges from its accounting."""

@@ -35,6 +35,7 @@ from gateway.service import workers
 from gateway.service.housekeeping import Housekeeping
 from gateway.service.reloading import Reloader
 from gateway.service.sdnotify import Notifier
+from gateway.sparkplug.core.session import NOTE_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -203,7 +204,7 @@ def _make_ingest(
         commit_target_readings=b.commit_target_readings,
         commit_window_s=b.commit_window_ms / 1000,
         buffer=buffer,
-        decoder=Decoder(settings.mqtt.subscriptions, settings.limits),
+        decoder=_make_decoder(settings, buffer, metrics),
         metrics=metrics,
         on_commit=flusher.notify,
         on_drop=flusher.forget,
@@ -216,6 +217,23 @@ def _make_ingest(
         breaker=breaker,
         fault=faults.from_environment(),
     )
+
+
+def _make_decoder(settings: Settings, buffer: Buffer, metrics: Metrics) -> Decoder:
+    """The decoder, with the Sparkplug B state the buffer kept (alias maps survive restarts)."""
+    decoder = Decoder(
+        settings.mqtt.subscriptions, settings.limits, settings.sparkplug, metrics.sparkplug_state
+    )
+    if decoder.sparkplug is not None:
+        sessions = decoder.sparkplug.sessions
+        sessions.load(buffer.notes(NOTE_PREFIX))
+        if sessions.nodes:
+            logger.info(
+                "Sparkplug B state loaded: %d edge nodes, %d metric definitions",
+                len(sessions.nodes),
+                sessions.definitions,
+            )
+    return decoder
 
 
 def _start_background(

@@ -59,7 +59,7 @@ async def check_broker(settings: Settings) -> list[Check]:
             checks.append(Check(where, True, f"connected{login}"))
             for sub in m.subscriptions:
                 # The filter the service subscribes to, shared subscription included.
-                topic_filter = m.subscribe_filter(sub.template.mqtt_filter)
+                topic_filter = m.subscribe_filter(sub.mqtt_filter)
                 granted = await _subscribe(client, topic_filter, min(sub.qos, 1))
                 refused = granted >= SUBACK_REFUSED_MIN
                 detail = f"refused (code {granted:#x})" if refused else f"granted QoS {granted}"

@@ -1,0 +1,1 @@
+"""Pure Sparkplug B logic: payloads, topics, and the state of edge nodes and devices."""
