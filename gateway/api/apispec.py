@@ -140,6 +140,16 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/api/v1/sparkplug": {
+            "get": {
+                "summary": "Sparkplug B edge nodes and devices: online, bdSeq, metrics defined",
+                "operationId": "sparkplug",
+                "responses": {
+                    "200": _ok("SparkplugNodes", "every edge node seen, by group and name"),
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
         "/api/v1/openapi.json": {
             "get": {
                 "summary": "This document",
@@ -193,6 +203,42 @@ DOCUMENT: dict[str, Any] = {
                                 "detail": {"type": "string"},
                                 "payload": {"type": "string"},
                                 "payload_bytes": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                    },
+                },
+            },
+            "SparkplugNodes": {
+                "type": "object",
+                "required": ["nodes"],
+                "properties": {
+                    "nodes": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["group", "edge_node", "online", "metrics", "devices"],
+                            "properties": {
+                                "group": {"type": "string"},
+                                "edge_node": {"type": "string"},
+                                "online": {"type": "boolean"},
+                                "bd_seq": {"type": "integer", "nullable": True},
+                                "metrics": {"type": "integer", "minimum": 0},
+                                "birth_ns": {"type": "integer", "nullable": True},
+                                "death_ns": {"type": "integer", "nullable": True},
+                                "devices": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["device", "online", "metrics"],
+                                        "properties": {
+                                            "device": {"type": "string"},
+                                            "online": {"type": "boolean"},
+                                            "metrics": {"type": "integer", "minimum": 0},
+                                            "birth_ns": {"type": "integer", "nullable": True},
+                                            "death_ns": {"type": "integer", "nullable": True},
+                                        },
+                                    },
+                                },
                             },
                         },
                     },

@@ -1,11 +1,12 @@
 """The read API on the gateway's HTTP server: what it holds, and the latest value of a device.
 
 `GET /api/v1/devices`, `GET /api/v1/devices/{device}/latest`, `GET /api/v1/status`,
-`GET /api/v1/dead-letters` and `GET /api/v1/rejects` (newest first), and the OpenAPI document
-at `GET /api/v1/openapi.json` (gateway/api/apispec.py). Read-only: nothing here stores, deletes
-or acknowledges a reading. The one write is a cache fill: on a miss the latest values are read
-from the database and kept in the last-value table (gateway/buffer/latest.py), which is what a
-read-through cache does. The status page (gateway/api/statuspage.py) draws these answers.
+`GET /api/v1/dead-letters` and `GET /api/v1/rejects` (newest first), `GET /api/v1/sparkplug`
+(edge nodes and devices), and the OpenAPI document at `GET /api/v1/openapi.json`
+(gateway/api/apispec.py). Read-only: nothing here stores, deletes or acknowledges a reading.
+The one write is a cache fill: on a miss the latest values are read from the database and kept
+in the last-value table (gateway/buffer/latest.py), which is what a read-through cache does.
+The status page (gateway/api/statuspage.py) draws these answers.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from gateway.flush.flusher import Flusher
     from gateway.observe.health import Health
     from gateway.observe.metrics import Metrics
+    from gateway.sparkplug.core.session import Sessions
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +56,13 @@ class ReadApi:
         metrics: Metrics,
         health: Health,
         rejects: RejectLog,
+        sparkplug: Sessions | None = None,
     ) -> None:
-        """Serve what these hold; `settings` names the database a miss reads."""
+        """Serve what these hold; `settings` names the database a miss reads.
+
+        `sparkplug`: the state of Sparkplug B edge nodes, when a subscription reads them.
+        """
+        self._sparkplug = sparkplug
         self._settings = settings
         # A device name the gateway could never have accepted is a 404 without a query.
         self._names = Names(settings.limits.max_identifier_len)
@@ -74,7 +81,12 @@ class ReadApi:
             web.get("/api/v1/status", self._status),
             web.get("/api/v1/dead-letters", self._dead_letters),
             web.get("/api/v1/rejects", self._rejects_page),
+            web.get("/api/v1/sparkplug", self._sparkplug_nodes),
         ]
+
+    async def _sparkplug_nodes(self, _request: web.Request) -> web.Response:
+        nodes = self._sparkplug.snapshot() if self._sparkplug is not None else []
+        return web.json_response({"nodes": nodes})
 
     async def _dead_letters(self, request: web.Request) -> web.Response:
         limit = _limit(request)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from gateway.ingest.core.packets import Incoming
     from gateway.observe.brokerstats import BrokerStats
     from gateway.observe.metrics import Metrics
+    from gateway.sparkplug.core.session import Sessions
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,12 @@ class Taker:
         self._broker_stats = broker_stats
         self._rejects = rejects
         self._fault = fault
+
+    @property
+    def sparkplug_state(self) -> Sessions | None:
+        """The state of Sparkplug B edge nodes, when a subscription reads them."""
+        reader = self._decoder.sparkplug
+        return reader.sessions if reader is not None else None
 
     def new_connection(self) -> None:
         """A new broker connection: Sparkplug B sequence numbers start over."""

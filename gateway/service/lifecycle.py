@@ -130,6 +130,7 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
                 metrics=metrics,
                 health=health,
                 rejects=rejects,
+                sparkplug=ingest.taker.sparkplug_state,
             )
             await _serve_pages(tg, settings, httpserver.LocalPages(metrics, health), api, worker)
             _start_background(tg, flusher, chores, b)
@@ -216,6 +217,7 @@ def _make_ingest(
         rejects=rejects,
         breaker=breaker,
         fault=faults.from_environment(),
+        sparkplug_host_id=settings.sparkplug.host_id,
     )
 
 
