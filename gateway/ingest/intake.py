@@ -28,6 +28,7 @@ from gateway.ingest.commit import Committer, IntakePaused
 from gateway.ingest.mqtt import Connection, end_session
 from gateway.ingest.taking import Taker
 from gateway.observe.brokerstats import BROKER_TOPICS
+from gateway.sparkplug.core.host import HostState
 from gateway.tls import describe as describe_tls_failure
 
 if TYPE_CHECKING:
@@ -80,12 +81,15 @@ class Ingest:
         rejects: RejectLog,
         breaker: Breaker | None = None,
         fault: Callable[[bytes], None] | None = None,
+        sparkplug_host_id: str | None = None,
     ) -> None:
         """Wire the ingest loop; `run` starts it. `on_ready` follows each subscription.
 
         `breaker`: consulted after an unclean stop (gateway/ingest/breaker.py). `fault`: a hook
         called with each payload while it is taken, for the fault tests (ingest/faults.py).
+        `sparkplug_host_id`: announce the gateway as that Sparkplug B host application.
         """
+        self._host_id = sparkplug_host_id
         self._settings = settings
         self._commit_max = commit_max_readings
         self._commit_target = min(
@@ -133,10 +137,14 @@ class Ingest:
         failures = 0
         while True:
             try:
-                async with Connection(self._settings) as connection:
+                host_state = None
+                if self._host_id is not None and retire_quiet_s is None:
+                    host_state = HostState.of(self._host_id, time.time_ns() // 1_000_000)
+                async with Connection(self._settings, host_state) as connection:
                     self.taker.new_connection()
                     if retire_quiet_s is None:
                         await self._subscribe(connection.client)
+                        connection.announce()
                     else:
                         await connection.client.unsubscribe(self._filters())
                     self._set_connected(True)

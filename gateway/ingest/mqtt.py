@@ -49,6 +49,7 @@ from gateway.tls import client_context
 
 if TYPE_CHECKING:
     from gateway.config.mqtt import MqttSettings
+    from gateway.sparkplug.core.host import HostState
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ LEAVE_TIMEOUT_S = 1.0
 ACK_DRAIN_POLL_S = 0.001
 
 
-def make_client(s: MqttSettings) -> aiomqtt.Client:
+def make_client(s: MqttSettings, will: aiomqtt.Will | None = None) -> aiomqtt.Client:
     """Aiomqtt's client for the configured broker, as `Connection` wraps it."""
     v5 = s.protocol == "5"
     properties = None
@@ -84,6 +85,7 @@ def make_client(s: MqttSettings) -> aiomqtt.Client:
         tls_context=client_context(s.tls) if s.tls is not None else None,
         # paho checks the host name itself unless told not to; the context says what we want.
         tls_insecure=None if s.tls is None else not s.tls.verify_hostname,
+        will=will,
     )
 
 
@@ -104,13 +106,20 @@ class Connection:
     subscribing.
     """
 
-    def __init__(self, settings: MqttSettings) -> None:
+    def __init__(self, settings: MqttSettings, host_state: HostState | None = None) -> None:
         """Set up manual acks and the read path before connecting.
 
         Both must be in place before CONNECT: a persistent session delivers queued messages
-        right after CONNACK.
+        right after CONNACK. `host_state`: announce the gateway as a Sparkplug B host
+        application (its will says offline; `announce` says online, `leave` offline).
         """
-        self.client = make_client(settings)
+        self._host_state = host_state
+        will = None
+        if host_state is not None:
+            will = aiomqtt.Will(
+                host_state.topic, host_state.payload(online=False), qos=1, retain=True
+            )
+        self.client = make_client(settings, will)
         self.inbox = Inbox()
         self._paho = paho = self.client._client  # noqa: SLF001
         paho.manual_ack_set(True)
@@ -212,6 +221,12 @@ class Connection:
             if qos:
                 self._paho.ack(mid, qos)
 
+    def announce(self) -> None:
+        """Publish the Sparkplug B host application's online STATE, if it is one."""
+        if self._host_state is not None:
+            state = self._host_state
+            self._paho.publish(state.topic, state.payload(online=True), qos=1, retain=True)
+
     def publish(self, messages: list[tuple[str, bytes]]) -> None:
         """Send (topic, payload) messages at QoS 0; queued by paho, written without awaiting."""
         for topic, payload in messages:
@@ -230,6 +245,10 @@ class Connection:
         disconnected = self.client._disconnected  # noqa: SLF001
         if disconnected.done() or self._paho._sock is None:  # noqa: SLF001
             return
+        if self._host_state is not None:
+            # A clean DISCONNECT discards the will: the offline STATE goes out before it.
+            state = self._host_state
+            self._paho.publish(state.topic, state.payload(online=False), qos=1, retain=True)
         if self._batched_acks:
             # paho's own disconnect, but queued as a plain write so that paho does not close
             # the socket after writing it; reading the broker's close ends the connection.
