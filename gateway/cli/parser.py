@@ -24,6 +24,7 @@ BENCH_SCENARIOS = (
     "drain",
     "outage",
     "live-first",
+    "sparkplug",
 )
 EXAMPLES = """\
 examples:

@@ -13,6 +13,8 @@ Scenarios:
   lag and the backlog's drain rate.
 - `outage`: a steady `--rate` into VictoriaMetrics, stopped for `--outage` seconds in the middle:
   how soon after its return the first batch lands, and how fast the backlog drains.
+- `sparkplug`: the ingest scenario with each publisher a Sparkplug B edge node: NBIRTH, a
+  DBIRTH per device, then DDATA of 10 metrics by alias (`SPARKPLUG_METRICS`), each a reading.
 Each scenario runs `--runs` times; the table shows medians.
 """
 
@@ -26,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from gateway.tools import calibration, scenarios
 from gateway.tools.scenarios import BENCH_DEVICES
 
+# sparkplug: metrics per DDATA message, each a reading.
+SPARKPLUG_METRICS = 10
 # end-to-end: readings/s when `--rate` is 0 (the maximum, which only ingest can use).
 END_TO_END_RATE = 5000.0
 
@@ -57,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         _run_live_first(args, figures)
     if "outage" in chosen:
         _run_outage(args, figures)
+    if "sparkplug" in chosen:
+        _run_sparkplug(args, figures)
     _write_out(args, figures)
     return 0
 
@@ -106,38 +112,34 @@ def _run_append(runs: int, figures: dict[str, Any]) -> None:
             _show(figures, key, samples)
 
 
+def _ingest_runs(args: argparse.Namespace, **load: Any) -> list[dict[str, Any]]:  # noqa: ANN401
+    """`--runs` runs of the ingest scenario with the load's common arguments and `load`."""
+    return [
+        scenarios.bench_ingest(args.count, args.rate, args.publishers, args.sync, **load)
+        for _ in range(args.runs)
+    ]
+
+
 def _run_ingest(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     for workers in args.workers or [1]:
         rate = f"{args.rate:.0f}/s" if args.rate else "max"
         label = f"ingest sync={args.sync} rate={rate}{_devices(args)}"
-        results = [
-            scenarios.bench_ingest(
-                args.count,
-                args.rate,
-                args.publishers,
-                args.sync,
-                workers=workers,
-                devices=args.devices,
-            )
-            for _ in range(args.runs)
-        ]
+        results = _ingest_runs(args, workers=workers, devices=args.devices)
         _collect(figures, f"{label} workers={workers}", results)
 
 
 def _run_payload_batches(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     for workers in args.workers or [1]:
-        results = [
-            scenarios.bench_ingest(
-                args.count,
-                args.rate,
-                args.publishers,
-                args.sync,
-                per_message=args.per_message,
-                workers=workers,
-            )
-            for _ in range(args.runs)
-        ]
+        results = _ingest_runs(args, per_message=args.per_message, workers=workers)
         _collect(figures, f"payload-batches {args.per_message}/message workers={workers}", results)
+
+
+def _run_sparkplug(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    rate = f"{args.rate:.0f}/s" if args.rate else "max"
+    results = _ingest_runs(
+        args, per_message=SPARKPLUG_METRICS, devices=args.devices, sparkplug=True
+    )
+    _collect(figures, f"sparkplug DDATA {SPARKPLUG_METRICS} metrics/message rate={rate}", results)
 
 
 def _run_end_to_end(args: argparse.Namespace, figures: dict[str, Any]) -> None:

@@ -56,6 +56,14 @@ WORKER_LABEL = metricsmerge.LABEL
 WORST_OF_WORKERS = frozenset({"gateway_buffer_lag_seconds", "gateway_buffer_fill_ratio"})
 
 
+SPARKPLUG_SUBSCRIPTION = """
+[[mqtt.subscriptions]]
+topic = "spBv1.0/#"
+qos = 1
+format = "sparkplug_b"
+"""
+
+
 def write_config(
     path: Path,
     mqtt_port: int,
@@ -69,8 +77,12 @@ def write_config(
     api: str = "v1",
     workers: int = 1,
     flush: str = "",
+    sparkplug: bool = False,
 ) -> None:
-    """A gateway configuration for the local servers; `flush`: more `[flush]` lines."""
+    """A gateway configuration for the local servers; `flush`: more `[flush]` lines.
+
+    `sparkplug`: also take Sparkplug B edge nodes' messages (spBv1.0/#).
+    """
     path.write_text(
         f"""\
 [mqtt]
@@ -83,7 +95,7 @@ workers = {workers}
 topic = "sensors/{{device}}/{{measurement}}"
 qos = 1
 format = "json"
-
+{SPARKPLUG_SUBSCRIPTION if sparkplug else ""}
 [buffer]
 path = "{buffer_dir}"
 capacity = "{capacity}"

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
+from gateway.sparkplug.core.payload import DataType, encode
 from gateway.tools.simulate import device_name, values
 
 CONNECT_TIMEOUT_S = 10
@@ -69,6 +70,9 @@ class Load:
     start_ms: int = 1_700_000_000_000
     # Readings per message; above 1 the payload is a JSON array, as batching sensors send.
     per_message: int = 1
+    # Publish as a Sparkplug B edge node (this client id) with one device per device: an
+    # NBIRTH, a DBIRTH of `per_message` metrics per device, then DDATA naming them by alias.
+    sparkplug: bool = False
 
 
 class _AckReader(threading.Thread):
@@ -107,9 +111,17 @@ def publish(load: Load) -> LoadResult:
     if sock.recv(4)[:1] != b"\x20":
         raise ConnectionError("the broker refused the connection")
     messages = load.count // load.per_message
-    acks = _AckReader(sock, replace(load, count=messages))
+    # A Sparkplug node's NBIRTH comes first and holds no reading.
+    extra = 1 if load.sparkplug else 0
+    acks = _AckReader(sock, replace(load, count=messages + extra))
     acks.start()
-    topics = [f"sensors/{device_name(k)}/telemetry".encode() for k in load.devices]
+    make: _JsonMessages | _SparkplugMessages = _JsonMessages(load)
+    if load.sparkplug:
+        make = _SparkplugMessages(load)
+        topic, payload = make.birth()
+        acks.window.acquire()
+        acks.sent_at[65535] = time.perf_counter()
+        sock.sendall(_publish_packet(topic, 65535, payload))
     started = time.perf_counter()
     sent = 0
     per = load.per_message
@@ -119,14 +131,10 @@ def publish(load: Load) -> LoadResult:
         burst = []
         for _ in range(min(BURST, messages - sent)):
             acks.window.acquire()
-            k, i = sent % len(topics), sent // len(topics) * per
-            items = [
-                {"ts": load.start_ms + j, **values(load.devices[k], j)} for j in range(i, i + per)
-            ]
-            payload = json.dumps(items[0] if per == 1 else items)
-            packet_id = sent % 65535 + 1
+            topic, payload = make(sent)
+            packet_id = sent % 65534 + 1
             acks.sent_at[packet_id] = time.perf_counter()
-            burst.append(_publish_packet(topics[k], packet_id, payload.encode()))
+            burst.append(_publish_packet(topic, packet_id, payload))
             sent += 1
         sock.sendall(b"".join(burst))
     acks.join(timeout=120)
@@ -134,3 +142,51 @@ def publish(load: Load) -> LoadResult:
     sock.sendall(b"\xe0\x00")  # DISCONNECT
     sock.close()
     return LoadResult(sent * per, elapsed, acks.latencies)
+
+
+class _JsonMessages:
+    """The simulator's readings as JSON, `per_message` to a message, round-robin by device."""
+
+    def __init__(self, load: Load) -> None:
+        self.load = load
+        self.topics = [f"sensors/{device_name(k)}/telemetry".encode() for k in load.devices]
+
+    def __call__(self, sent: int) -> tuple[bytes, bytes]:
+        load, per = self.load, self.load.per_message
+        k, i = sent % len(self.topics), sent // len(self.topics) * per
+        items = [{"ts": load.start_ms + j, **values(load.devices[k], j)} for j in range(i, i + per)]
+        return self.topics[k], json.dumps(items[0] if per == 1 else items).encode()
+
+
+class _SparkplugMessages:
+    """An edge node's messages: its devices' DBIRTHs, then DDATA of `per_message` metrics."""
+
+    GROUP = "bench"
+
+    def __init__(self, load: Load) -> None:
+        self.load = load
+        node = f"spBv1.0/{self.GROUP}/{{}}/{load.client_id}"
+        self.devices = [device_name(k) for k in load.devices]
+        self.births = [f"{node.format('DBIRTH')}/{d}".encode() for d in self.devices]
+        self.data = [f"{node.format('DDATA')}/{d}".encode() for d in self.devices]
+        self.node_birth = node.format("NBIRTH").encode()
+
+    def birth(self) -> tuple[bytes, bytes]:
+        bd_seq = ("bdSeq", None, DataType.Int64, 0, None)
+        return self.node_birth, encode(self.load.start_ms, [bd_seq], seq=0)
+
+    def __call__(self, sent: int) -> tuple[bytes, bytes]:
+        load, per = self.load, self.load.per_message
+        k, i = sent % len(self.devices), sent // len(self.devices) * per
+        seq = (sent + 1) % 256  # the NBIRTH had 0
+        sample = values(load.devices[k], i)["temp"]
+        if sent < len(self.devices):
+            metrics = [
+                (f"Line/Metric{m}", m, DataType.Double, sample + m, load.start_ms + i)
+                for m in range(per)
+            ]
+            return self.births[k], encode(load.start_ms + i, metrics, seq=seq)
+        by_alias: list[tuple[str | None, int, int | None, float, int]] = [
+            (None, m, None, sample + m, load.start_ms + i) for m in range(per)
+        ]
+        return self.data[k], encode(load.start_ms + i, by_alias, seq=seq)

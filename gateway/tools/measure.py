@@ -35,8 +35,12 @@ class Gateway:
         api: str = "v1",
         workers: int = 1,
         flush: str = "",
+        sparkplug: bool = False,
     ) -> None:
-        """Start it on `broker_port` and wait until it is connected; `flush`: `[flush]` lines."""
+        """Start it on `broker_port` and wait until it is connected; `flush`: `[flush]` lines.
+
+        `sparkplug`: subscribe to Sparkplug B too (gateway/tools/demo.py `write_config`).
+        """
         metrics_port = servers.free_port()
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         config = work / "gateway.toml"
@@ -53,6 +57,7 @@ class Gateway:
             api=api,
             workers=workers,
             flush=flush,
+            sparkplug=sparkplug,
         )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(config)],

@@ -119,15 +119,27 @@ def bench_ingest(
     per_message: int = 1,
     workers: int = 1,
     devices: int = BENCH_DEVICES,
+    sparkplug: bool = False,
 ) -> dict[str, Any]:
-    """Publish `count` QoS 1 readings (`per_message` per message) into a gateway; its figures."""
+    """Publish `count` QoS 1 readings (`per_message` per message) into a gateway; its figures.
+
+    `sparkplug`: each publisher is a Sparkplug B edge node (gateway/tools/loadgen.py).
+    """
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         work = Path(tmp)
         broker = servers.start_mosquitto(work / "mosquitto")
         gateway = None
         try:
-            gateway = Gateway(work, broker.port, sync, workers=workers)
-            jobs = _loads(broker.port, count, rate, publishers, per_message, devices=devices)
+            gateway = Gateway(work, broker.port, sync, workers=workers, sparkplug=sparkplug)
+            jobs = _loads(
+                broker.port,
+                count,
+                rate,
+                publishers,
+                per_message,
+                devices=devices,
+                sparkplug=sparkplug,
+            )
             cpu0, started = gateway.cpu_s(), time.perf_counter()
             broker_cpu0, box0 = cpu_s(broker.process.pid), box_cpu_s()
             written0 = gateway.write_bytes()
@@ -198,6 +210,7 @@ def _loads(
     *,
     devices: int = BENCH_DEVICES,
     start_ms: int = PREFILL_START_MS,
+    sparkplug: bool = False,
 ) -> list[loadgen.Load]:
     """`count` readings at `rate` from `devices` devices, split over `publishers`.
 
@@ -215,6 +228,7 @@ def _loads(
             rate / publishers,
             per_message=per_message,
             start_ms=start_ms,
+            sparkplug=sparkplug,
         )
         for p in range(publishers)
     ]
