@@ -64,17 +64,21 @@ def check_message(
     topic: bytes,
     payload: bytes,
     store: Callable[[list[bytes]], list[bytes]] | None = None,
+    *,
+    sparkplug: bool = False,
 ) -> int:
     """Run one message through the path and assert the contract; the readings it gave.
 
     `store` takes the packed records and returns them as the buffer gives them back.
+    `sparkplug`: a Sparkplug B message, which may hold no reading (deaths, commands) and whose
+    device is its group/edge node[/device], each a tag.
     """
     try:
         text = topic.decode()  # paho decodes strictly; ingest counts a failure as `not_utf8`
     except UnicodeDecodeError:
         return 0
     result = decoder.decode(text, payload, NOW_NS)
-    assert result.readings or result.errors, "neither accepted nor counted"
+    assert result.readings or result.errors or sparkplug, "neither accepted nor counted"
     if not result.readings:
         return 0
     packed = [pack(r) for r in result.readings]
@@ -88,5 +92,14 @@ def check_message(
     ]
     assert parsed == expected_points(result.readings)
     for reading in result.readings:
-        assert ("device", reading.device) in reading.tags
+        tags = dict(reading.tags)
+        if sparkplug:
+            scope = [
+                tags["group"],
+                tags["edge_node"],
+                *([tags["device"]] if "device" in tags else []),
+            ]
+            assert "/".join(scope) == reading.device
+        else:
+            assert tags["device"] == reading.device
     return len(result.readings)

@@ -83,6 +83,8 @@ class SparkplugReader:
             raise DecodeError(
                 "too_many_readings", f"{len(message.metrics)} metrics, more than {most}"
             )
+        # Before the state changes: a node whose names cannot be tags leaves no state behind.
+        route = self._route(sub, parts.group, parts.node, parts.device)
         change = self.sessions.take(parts, message, received_ns, self._clock(), dup)
         result.errors.extend(change.errors)
         result.notes.update(change.notes)
@@ -92,7 +94,6 @@ class SparkplugReader:
             )
         if not change.metrics:
             return
-        route = self._route(sub, parts.group, parts.node, parts.device)
         default_ns = message.timestamp * NS_PER_MS if message.HasField("timestamp") else received_ns
         for resolved in change.metrics:
             metric = resolved.metric

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from gateway.errors import DecodeError
-from gateway.sparkplug.core.sparkplug_b_pb2 import (  # type: ignore[attr-defined]
+from gateway.sparkplug.core.sparkplug_b_pb2 import (  # type: ignore[attr-defined,unused-ignore]
     DataType,
     Payload,
 )
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from gateway.points.model import FieldValue
 
+__all__ = ["DataType", "Payload", "encode", "parse", "rebirth_request", "value_of"]
 # protobuf's generated classes carry no type hints: a payload and a metric, as annotations.
 Message: TypeAlias = Any
 Metric: TypeAlias = Any

@@ -284,8 +284,7 @@ class Sessions:
             definitions.append((alias, Definition(name, metric.datatype)))
             if not name.startswith(CONTROL_PREFIXES):
                 change.metrics.append(Resolved(metric, name, metric.datatype))
-        grown = len(definitions) - scope.size
-        if self.definitions + grown > self._limits.max_aliases:
+        if self.definitions - scope.size + len(definitions) > self._limits.max_aliases:
             change.metrics.clear()
             change.errors.append(
                 DecodeError(
@@ -295,8 +294,9 @@ class Sessions:
                 )
             )
             return
-        self.definitions += grown
+        self.definitions -= scope.size
         scope.define(definitions)
+        self.definitions += scope.size
         scope.online, scope.birth_ns = True, received_ns
         extra = None
         if scope is node:

@@ -14,6 +14,7 @@ from gateway.config.sparkplug import SparkplugSettings
 from gateway.ingest.core.decode import Decoder
 from gateway.sparkplug.core.payload import DataType, Payload, encode, parse, value_of
 from gateway.sparkplug.core.session import NOTE_PREFIX
+from tests.wholepath import check_message
 
 NOW_NS = 1_700_000_000_000_000_000
 NOW_MS = NOW_NS // 1_000_000
@@ -307,3 +308,43 @@ def test_no_payload_raises_out_of_the_decoder(payload: bytes) -> None:
     for kind in ("NBIRTH", "NDATA", "NDEATH"):
         dec.decode(f"spBv1.0/g/{kind}/n", payload, NOW_NS)
     dec.decode("spBv1.0/g/DDATA/n/d", payload, NOW_NS)
+
+
+# Names and strings as hostile as a node can send: line-protocol syntax, escapes, control
+# characters, non-ASCII; the write body must still hold exactly the readings.
+HOSTILE_TEXT = st.text(
+    # Surrogates cannot be encoded as UTF-8 at all: no node can send them.
+    alphabet=st.one_of(
+        st.sampled_from(' ,="\\\n\t/#+'), st.characters(blacklist_categories=("Cs",))
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+@given(
+    group=HOSTILE_TEXT.filter(lambda t: "/" not in t and "+" not in t and "#" not in t),
+    names=st.lists(HOSTILE_TEXT, min_size=1, max_size=8, unique=True),
+    text=HOSTILE_TEXT,
+    number=st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_hostile_names_cross_the_whole_path_escaped(group, names, text, number) -> None:
+    dec, _, _ = decoder()
+    metrics = [
+        (name, i, D.String if i % 2 else D.Double, text if i % 2 else number, None)
+        for i, name in enumerate(names)
+    ]
+    birth = encode(NOW_MS, metrics, seq=0)
+    check_message(dec, f"spBv1.0/{group}/NBIRTH/n".encode(), birth, sparkplug=True)
+    data = encode(NOW_MS, [(None, i, None, v, None) for _, i, _, v, _ in metrics], seq=1)
+    check_message(dec, f"spBv1.0/{group}/DDATA/n/d".encode(), data, sparkplug=True)
+
+
+@given(
+    payload=st.binary(max_size=400),
+    kind=st.sampled_from(["NBIRTH", "NDATA", "DBIRTH", "DDATA", "NDEATH"]),
+)
+def test_any_bytes_cross_the_whole_path(payload: bytes, kind: str) -> None:
+    dec, _, _ = decoder()
+    device = "/d" if kind.startswith("D") else ""
+    check_message(dec, f"spBv1.0/g/{kind}/n{device}".encode(), payload, sparkplug=True)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gateway.sparkplug.core as core
+from gateway.sparkplug import core
 
 HERE = Path(core.__file__).parent
 
