@@ -72,8 +72,12 @@ def add(
     fields: Sequence[tuple[str, FieldValue]],
     ts_ns: int,
     bounds: Bounds,
+    measurement_checked: bool = False,
 ) -> None:
     """Make one reading of `route`'s device and hold it to the limits; appended to `result`.
+
+    `measurement_checked`: the caller checked the measurement's name already (and `route`'s
+    tags were checked with the route).
 
     Raises:
         DecodeError: the reading breaks a limit or a naming rule.
@@ -96,7 +100,7 @@ def add(
         sorted_tags = tuple(sorted(tags.items()))
         bounds.names.check_series(measurement, sorted_tags)
         tag_keys = frozenset(tags)
-    elif measurement is route.measurement:
+    elif measurement is route.measurement or measurement_checked:
         sorted_tags, tag_keys = route.sorted_tags, route.tag_keys  # checked with the route
     else:
         sorted_tags, tag_keys = route.sorted_tags, route.tag_keys

@@ -109,17 +109,25 @@ class SparkplugReader:
                     fields=[(field, value)],
                     ts_ns=stamp,
                     bounds=bounds,
+                    measurement_checked=True,
                 )
             except DecodeError as exc:
                 result.errors.append(exc)
 
     def _name(self, metric: str) -> tuple[str, str]:
-        """(measurement, field) of a metric."""
+        """(measurement, field) of a metric, the measurement's name checked.
+
+        Raises:
+            DecodeError: the measurement cannot be written exactly (not cached, so it costs
+                every time: a refused name is the node's to fix).
+        """
         named = self._naming.get(metric)
         if named is None:
+            named = self._map(metric)
+            self._names.check_series(named[0], ())
             if len(self._naming) >= CACHE_SIZE:
                 self._naming.clear()
-            named = self._naming[metric] = self._map(metric)
+            self._naming[metric] = named
         return named
 
     def _map(self, metric: str) -> tuple[str, str]:

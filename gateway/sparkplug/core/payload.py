@@ -45,13 +45,18 @@ UNSIGNED_BITS: dict[int, int] = {
     DataType.UInt32: 32,
     DataType.UInt64: 64,
 }
-FLOATS = frozenset({DataType.Float, DataType.Double})
-TEXTS = frozenset({DataType.String, DataType.Text, DataType.UUID})
+FLOATS = frozenset({int(DataType.Float), int(DataType.Double)})
+TEXTS = frozenset({int(DataType.String), int(DataType.Text), int(DataType.UUID)})
 # What becomes a field: the scalar types. DataSet, Template, Bytes, File, the property sets and
 # the arrays are counted as unsupported.
 SUPPORTED = frozenset(
     {*SIGNED_BITS, *UNSIGNED_BITS, *FLOATS, *TEXTS, DataType.Boolean, DataType.DateTime}
 )
+# Plain ints: an attribute of protobuf's enum wrapper costs a call every time it is read.
+BOOLEAN: int = DataType.Boolean
+FLOAT: int = DataType.Float
+# Carried in `long_value`; the other integers in `int_value`.
+LONG_TYPES = frozenset({int(DataType.Int64), int(DataType.UInt64), int(DataType.DateTime)})
 # InfluxDB's integers are signed 64-bit.
 INT64_MAX = (1 << 63) - 1
 REBIRTH_METRIC = "Node Control/Rebirth"
@@ -107,7 +112,7 @@ def value_of(metric: Metric, datatype: int) -> FieldValue:
 def _typed(raw: float | bool | str, datatype: int) -> FieldValue | None:  # noqa: PLR0911
     if datatype in TEXTS:
         return raw if isinstance(raw, str) else None
-    if datatype == DataType.Boolean:
+    if datatype == BOOLEAN:
         return raw if isinstance(raw, bool) else None
     if datatype in FLOATS:
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
@@ -171,11 +176,11 @@ def _set_value(metric: Metric, datatype: int | None, value: FieldValue) -> None:
     elif isinstance(value, str):
         metric.string_value = value
     elif isinstance(value, float):
-        if datatype == DataType.Float:
+        if datatype == FLOAT:
             metric.float_value = value
         else:
             metric.double_value = value
-    elif datatype in {DataType.Int64, DataType.UInt64, DataType.DateTime}:
+    elif datatype in LONG_TYPES:
         metric.long_value = value % (1 << 64)
     else:
         metric.int_value = value % (1 << 32)
