@@ -98,7 +98,6 @@ class Node(Scope):
 
     bd_seq: int | None = None
     seq: int | None = None  # the last one seen in this broker connection
-    next_rebirth_s: float = 0.0
     devices: dict[str, Scope] = field(default_factory=dict)
 
 
@@ -140,6 +139,8 @@ class Sessions:
         self._limits = limits
         self._on_online = on_online
         self.nodes: dict[tuple[str, str], Node] = {}
+        # (group, edge node) -> when it may be asked for a rebirth again (monotonic seconds).
+        self._next_rebirth: dict[tuple[str, str], float] = {}
         self.definitions = 0
         self.scopes = 0
         self.stale_deaths = 0
@@ -183,45 +184,70 @@ class Sessions:
             return change
         node = self.nodes.get((topic.group, topic.node))
         if node is None:
+            if kind not in {"NBIRTH", "DBIRTH"}:
+                self._unborn(topic, payload, now_s, change)
+                return change
             node = self._new_node(topic, change)
             if node is None:
                 return change
-        gap = self._follow_sequence(node, kind, payload, dup)
+        expected = self._follow_sequence(node, kind, payload, dup)
         if kind == "NBIRTH":
             self._birth(topic, node, node, payload, received_ns, change)
         elif kind == "DBIRTH":
-            device = self._device(topic, node, change)
-            if device is not None:
-                self._birth(topic, node, device, payload, received_ns, change)
+            self._device_birth(topic, node, payload, received_ns, change)
         elif kind == "DDEATH":
             self._device_death(topic, node, received_ns, change)
-        elif gap:  # NDATA, DDATA after a lost message
+        elif expected is not None:  # NDATA, DDATA after a lost message
             change.errors.extend(
                 DecodeError(
                     "sparkplug_seq_gap",
-                    f"edge node {topic.group}/{topic.node}: seq {payload.seq} where "
-                    f"{(payload.seq - 1) % SEQ_MODULUS} was the last; a message was lost",
+                    f"edge node {topic.group}/{topic.node}: seq {payload.seq} where {expected} "
+                    "was next; a message was lost",
                 )
                 for _ in payload.metrics
             )
         else:
             scope = node if topic.device is None else node.devices.get(topic.device)
             self._resolve(topic, scope, payload, change)
-        if gap or any(e.reason == "sparkplug_unknown_alias" for e in change.errors):
-            self._ask_rebirth(topic, node, now_s, change)
+        if expected is not None or any(
+            e.reason == "sparkplug_unknown_alias" for e in change.errors
+        ):
+            self._ask_rebirth(topic, now_s, change)
         return change
 
+    def _device_birth(
+        self, topic: SparkplugTopic, node: Node, payload: Payload, received_ns: int, change: Change
+    ) -> None:
+        device = self._device(topic, node, change)
+        if device is not None:
+            self._birth(topic, node, device, payload, received_ns, change)
+
+    def _unborn(
+        self, topic: SparkplugTopic, payload: Payload, now_s: float, change: Change
+    ) -> None:
+        """A message of a node no BIRTH was kept of: no state is made for it.
+
+        So messages on made-up node ids cannot fill the table. Metrics that carry their name
+        and type are read; the others ask for a rebirth.
+        """
+        if topic.kind in {"NDATA", "DDATA"}:
+            self._resolve(topic, None, payload, change)
+            if change.errors:
+                self._ask_rebirth(topic, now_s, change)
+
     @staticmethod
-    def _follow_sequence(node: Node, kind: str, payload: Payload, dup: bool) -> bool:
-        """Take the message's seq; whether messages were lost before it."""
+    def _follow_sequence(node: Node, kind: str, payload: Payload, dup: bool) -> int | None:
+        """Take the message's seq; the seq that was due when messages were lost, else None."""
         if kind == "NBIRTH":
             node.seq = payload.seq if payload.HasField("seq") else None
-            return False
+            return None
         if not payload.HasField("seq"):
-            return False
+            return None
         expected = None if node.seq is None else (node.seq + 1) % SEQ_MODULUS
         node.seq = payload.seq
-        return not dup and expected is not None and payload.seq != expected
+        if dup or expected is None or payload.seq == expected:
+            return None
+        return expected
 
     def _device_death(
         self, topic: SparkplugTopic, node: Node, received_ns: int, change: Change
@@ -365,10 +391,18 @@ class Sessions:
         )
         return False
 
-    def _ask_rebirth(self, topic: SparkplugTopic, node: Node, now_s: float, change: Change) -> None:
-        if now_s >= node.next_rebirth_s:
-            node.next_rebirth_s = now_s + self._limits.rebirth_interval_s
-            change.rebirth = (topic.group, topic.node)
+    def _ask_rebirth(self, topic: SparkplugTopic, now_s: float, change: Change) -> None:
+        """Ask the node for its BIRTHs, unless it was asked less than the interval ago."""
+        key = (topic.group, topic.node)
+        if now_s < self._next_rebirth.get(key, 0.0):
+            return
+        if len(self._next_rebirth) >= self._limits.max_nodes:
+            # Bounded like the state: what has expired goes, and if nothing has, everything.
+            self._next_rebirth = {k: t for k, t in self._next_rebirth.items() if t > now_s}
+            if len(self._next_rebirth) >= self._limits.max_nodes:
+                self._next_rebirth.clear()
+        self._next_rebirth[key] = now_s + self._limits.rebirth_interval_s
+        change.rebirth = key
 
     def _announce(self, group: str, node: str, device: str | None, online: bool) -> None:
         if self._on_online is not None:

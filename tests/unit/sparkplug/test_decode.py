@@ -348,3 +348,29 @@ def test_any_bytes_cross_the_whole_path(payload: bytes, kind: str) -> None:
     dec, _, _ = decoder()
     device = "/d" if kind.startswith("D") else ""
     check_message(dec, f"spBv1.0/g/{kind}/n{device}".encode(), payload, sparkplug=True)
+
+
+def test_data_of_unknown_nodes_makes_no_state_and_max_nodes_bounds_births() -> None:
+    dec, clock, _ = decoder(max_nodes=2)
+    for i in range(50):  # made-up node ids: counted, asked, and forgotten
+        clock.now += 1
+        data = dec.decode(
+            f"spBv1.0/g/NDATA/n{i}", encode(NOW_MS, [(None, 1, None, 1.0, None)]), NOW_NS
+        )
+        assert [e.reason for e in data.errors] == ["sparkplug_unknown_alias"]
+        assert data.commands
+    assert dec.sparkplug.sessions.nodes == {}
+    # A metric with its name and type needs no BIRTH.
+    named = encode(NOW_MS, [("Flow", None, D.Double, 3.5, None)], seq=5)
+    assert [r.measurement for r in dec.decode("spBv1.0/g/NDATA/x", named, NOW_NS).readings] == [
+        "Flow"
+    ]
+    # Births make state, up to max_nodes nodes and devices.
+    assert not dec.decode("spBv1.0/g/NBIRTH/a", nbirth(), NOW_NS).errors
+    assert not dec.decode(
+        "spBv1.0/g/DBIRTH/a/d", encode(NOW_MS, [("x", 1, D.Int8, 1, None)], seq=1), NOW_NS
+    ).errors
+    refused = dec.decode("spBv1.0/g/NBIRTH/b", nbirth(), NOW_NS)
+    assert [e.reason for e in refused.errors] == ["sparkplug_too_many_nodes"]
+    assert not refused.readings
+    assert not refused.notes
