@@ -239,6 +239,10 @@ def test_tahu_javascript_edge_node_lands_and_answers_a_rebirth(
     assert values(influx, "Temperature")[1][0] == 19.5
     assert field_types(influx)["Count"] == "integer"
     assert values(influx, "Count")[0][0] == -7
+    node.send("compressed", temperature=18.25, humidity=57.5)
+    wait_for(lambda: len(values(influx, "Humidity")) == 3, 20, "the GZIP-compressed DDATA")
+    wait_for(lambda: len(values(influx, "Temperature")) == 3, 20, "the DEFLATE-compressed NDATA")
+    assert (values(influx, "Temperature")[2][0], values(influx, "Humidity")[2][0]) == (18.25, 57.5)
     node.send("unknown")
     node.expect("reborn")
     assert count(gw, "gateway_sparkplug_rebirth_requests") == 1

@@ -1,7 +1,8 @@
 // An edge node built with Eclipse Tahu's sparkplug-client (npm), driven over stdin by
 // tests/integration/test_sparkplug.py; the same protocol as pysparkplug_node.py. Arguments:
 // host port group node device. Commands, a JSON object a line: {"op": "data", "temperature":
-// 19.5, "humidity": 55.0} publishes NDATA and DDATA by alias; {"op": "unknown"} sends an alias
+// 19.5, "humidity": 55.0} publishes NDATA and DDATA by alias ("compressed": the same,
+// compressed by the client with DEFLATE and GZIP); {"op": "unknown"} sends an alias
 // no BIRTH defined; {"op": "exit"}. Events: born, rebirth, reborn, published.
 "use strict";
 const readline = require("readline");
@@ -64,6 +65,24 @@ readline.createInterface({ input: process.stdin }).on("line", (line) => {
       timestamp: Date.now(),
       metrics: [{ alias: 10, value: command.humidity, type: "Float" }],
     });
+    say("published");
+  } else if (command.op === "compressed") {
+    // The client's own compression: DEFLATE for the node, GZIP for the device.
+    client.publishNodeData(
+      {
+        timestamp: Date.now(),
+        metrics: [{ alias: 1, value: command.temperature, type: "Double" }],
+      },
+      { compress: true },
+    );
+    client.publishDeviceData(
+      device,
+      {
+        timestamp: Date.now(),
+        metrics: [{ alias: 10, value: command.humidity, type: "Float" }],
+      },
+      { compress: true, algorithm: "GZIP" },
+    );
     say("published");
   } else if (command.op === "unknown") {
     client.publishNodeData({

@@ -77,7 +77,7 @@ class SparkplugReader:
         parts = parse_topic(topic)
         if parts.kind in NOT_READINGS:
             return  # commands and host states, ours among them: no readings
-        message = parse(payload)
+        message = parse(payload, bounds.limits.max_payload_bytes)
         most = bounds.limits.max_readings_per_message
         if len(message.metrics) > most:
             raise DecodeError(

@@ -13,6 +13,7 @@ than 64 bits: some send Int8 -1 as 255 (two's complement in the type's width), o
 from __future__ import annotations
 
 import math
+import zlib
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from google.protobuf.message import DecodeError as ProtobufDecodeError
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
     from gateway.points.model import FieldValue
 
-__all__ = ["DataType", "Payload", "encode", "parse", "rebirth_request", "value_of"]
+__all__ = ["DataType", "Payload", "compress", "encode", "parse", "rebirth_request", "value_of"]
 # protobuf's generated classes carry no type hints: a payload and a metric, as annotations.
 Message: TypeAlias = Any
 Metric: TypeAlias = Any
@@ -59,23 +60,56 @@ FLOAT: int = DataType.Float
 LONG_TYPES = frozenset({int(DataType.Int64), int(DataType.UInt64), int(DataType.DateTime)})
 # InfluxDB's integers are signed 64-bit.
 INT64_MAX = (1 << 63) - 1
+# A compressed payload (Sparkplug 3.0): this uuid, the compressed payload in `body`, and the
+# algorithm in a metric "algorithm" (DEFLATE when absent, or GZIP).
+COMPRESSED_UUID = "SPBV1.0_COMPRESSED"
+# zlib's window bits that take a zlib or a gzip stream, whichever the header says.
+ZLIB_OR_GZIP = zlib.MAX_WBITS | 32
 REBIRTH_METRIC = "Node Control/Rebirth"
 BD_SEQ_METRIC = "bdSeq"
 
 
-def parse(payload: bytes) -> Message:
-    """The payload's message.
+def parse(payload: bytes, max_bytes: int) -> Message:
+    """The payload's message; a compressed one is inflated to at most `max_bytes`.
 
     Raises:
         DecodeError: not a Sparkplug B payload (protobuf's parser refuses it, or nests
-            deeper than its recursion limit).
+            deeper than its recursion limit), a compression this gateway does not read, or an
+            inflated payload over `max_bytes` (a compression bomb).
     """
+    message = _parse(payload)
+    if message.uuid == COMPRESSED_UUID:
+        message = _parse(_inflate(message, max_bytes))
+        if message.uuid == COMPRESSED_UUID:
+            raise DecodeError("sparkplug_bad_compression", "a compressed payload inside another")
+    return message
+
+
+def _parse(payload: bytes) -> Message:
     message = Payload()
     try:
         message.ParseFromString(payload)
     except (ProtobufDecodeError, RecursionError, ValueError) as exc:
         raise DecodeError("sparkplug_bad_protobuf", f"not a Sparkplug B payload: {exc}") from None
     return message
+
+
+def _inflate(message: Message, max_bytes: int) -> bytes:
+    algorithm = next((m.string_value for m in message.metrics if m.name == "algorithm"), "DEFLATE")
+    if not isinstance(algorithm, str) or algorithm.upper() not in {"DEFLATE", "GZIP"}:
+        raise DecodeError(
+            "sparkplug_bad_compression", f"compression {str(algorithm)[:40]!r} is not read"
+        )
+    inflater = zlib.decompressobj(ZLIB_OR_GZIP)
+    try:
+        inflated = inflater.decompress(message.body, max_bytes + 1)
+    except zlib.error as exc:
+        raise DecodeError("sparkplug_bad_compression", f"body does not inflate: {exc}") from None
+    if len(inflated) > max_bytes:
+        raise DecodeError(
+            "payload_too_large", f"inflates to more than {max_bytes} bytes ([limits])"
+        )
+    return inflated
 
 
 def _raw_number(metric: Metric) -> int | float | bool | str | None:
@@ -136,6 +170,17 @@ def _signed(raw: int, bits: int) -> int | None:
     elif half <= raw < 2 * half:  # in the type's own width
         raw -= 2 * half
     return raw if -half <= raw < half else None
+
+
+def compress(payload: bytes, algorithm: str | None = None) -> bytes:
+    """`payload` as a compressed Sparkplug B payload, as edge nodes that compress send it."""
+    gzip = algorithm == "GZIP"
+    compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS)
+    message = Payload(uuid=COMPRESSED_UUID, body=compressor.compress(payload) + compressor.flush())
+    if algorithm is not None:
+        message.metrics.add(name="algorithm", datatype=DataType.String, string_value=algorithm)
+    encoded: bytes = message.SerializeToString()
+    return encoded
 
 
 def rebirth_request(now_ms: int) -> bytes:

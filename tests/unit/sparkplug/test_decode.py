@@ -12,7 +12,7 @@ from gateway.config.mqtt import Subscription
 from gateway.config.sections import LimitSettings
 from gateway.config.sparkplug import SparkplugSettings
 from gateway.ingest.core.decode import Decoder
-from gateway.sparkplug.core.payload import DataType, Payload, encode, parse, value_of
+from gateway.sparkplug.core.payload import DataType, Payload, compress, encode, parse, value_of
 from gateway.sparkplug.core.session import NOTE_PREFIX
 from tests.wholepath import check_message
 
@@ -109,7 +109,7 @@ def test_unknown_alias_is_invalid_and_asks_one_rebirth_per_interval() -> None:
     assert len(first.commands) == 1
     topic, payload = first.commands[0]
     assert topic == "spBv1.0/g/NCMD/n"
-    request = parse(payload).metrics[0]
+    request = parse(payload, 1 << 20).metrics[0]
     assert (request.name, request.datatype, request.boolean_value) == (
         "Node Control/Rebirth",
         D.Boolean,
@@ -293,7 +293,7 @@ SCALARS = st.one_of(
 @given(values=st.lists(SCALARS, min_size=1, max_size=20), seq=st.integers(0, 255))
 def test_encoded_scalars_decode_to_the_same_values(values, seq) -> None:
     metrics = [(f"m{i}", i, dt, v, NOW_MS + i) for i, (dt, v) in enumerate(values)]
-    message = parse(encode(NOW_MS, metrics, seq=seq))
+    message = parse(encode(NOW_MS, metrics, seq=seq), 1 << 20)
     assert message.seq == seq
     for metric, (_, alias, datatype, value, ts) in zip(message.metrics, metrics, strict=True):
         assert (metric.alias, metric.timestamp) == (alias, ts)
@@ -374,3 +374,36 @@ def test_data_of_unknown_nodes_makes_no_state_and_max_nodes_bounds_births() -> N
     assert [e.reason for e in refused.errors] == ["sparkplug_too_many_nodes"]
     assert not refused.readings
     assert not refused.notes
+
+
+@pytest.mark.parametrize("algorithm", [None, "DEFLATE", "GZIP"])
+def test_compressed_payloads_are_inflated(algorithm: str | None) -> None:
+    dec, _, _ = decoder()
+    birth = compress(nbirth(), algorithm)
+    decoded = dec.decode("spBv1.0/g/NBIRTH/n", birth, NOW_NS)
+    assert not decoded.errors
+    assert [r.measurement for r in decoded.readings] == ["Temperature", "Count"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        # 300 kB of zeros in a few hundred bytes: over [limits] max_payload_bytes once inflated.
+        (
+            compress(encode(NOW_MS, [("x", 1, D.String, "0" * 300_000, None)], seq=0)),
+            "payload_too_large",
+        ),
+        (compress(nbirth(), "LZ4"), "sparkplug_bad_compression"),
+        (
+            Payload(uuid="SPBV1.0_COMPRESSED", body=b"not zlib").SerializeToString(),
+            "sparkplug_bad_compression",
+        ),
+        (compress(compress(nbirth())), "sparkplug_bad_compression"),
+    ],
+)
+def test_compression_bombs_and_strangers_are_refused(payload: bytes, reason: str) -> None:
+    dec, _, _ = decoder()
+    decoded = dec.decode("spBv1.0/g/NBIRTH/n", payload, NOW_NS)
+    assert [e.reason for e in decoded.errors] == [reason]
+    assert not decoded.readings
+    assert not decoded.notes
