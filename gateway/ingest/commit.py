@@ -110,6 +110,8 @@ class Committer:
             if commands:
                 connection.publish(commands)
                 self._metrics.sparkplug_rebirths.inc(len(commands))
+            if any(p.announce for p in batch[:committed]):
+                connection.announce()
         except CapacityError as exc:
             # Nothing of this batch is stored or acknowledged: the broker delivers it again.
             raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc

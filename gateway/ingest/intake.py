@@ -28,7 +28,7 @@ from gateway.ingest.commit import Committer, IntakePaused
 from gateway.ingest.mqtt import Connection, end_session
 from gateway.ingest.taking import Taker
 from gateway.observe.brokerstats import BROKER_TOPICS
-from gateway.sparkplug.core.host import HostState
+from gateway.sparkplug.core.host import HostState, state_topic
 from gateway.tls import describe as describe_tls_failure
 
 if TYPE_CHECKING:
@@ -111,6 +111,7 @@ class Ingest:
             broker_stats=broker_stats,
             rejects=rejects,
             fault=fault,
+            host_topic=state_topic(sparkplug_host_id) if sparkplug_host_id else None,
         )
         self.committer = Committer(
             buffer=buffer,
@@ -195,13 +196,17 @@ class Ingest:
             await client.subscribe(shared, qos=min(sub.qos, 1))
         if s.broker_stats:
             await client.subscribe([(topic, 0) for topic in BROKER_TOPICS])
+        if self._host_id is not None:
+            # Its own STATE, to answer an offline message while up (gateway/sparkplug/core/host.py).
+            await client.subscribe(state_topic(self._host_id), qos=1)
 
     def _filters(self) -> list[str]:
         """Every filter a session of this client id may hold, shared or not."""
         s = self._settings
         plain = [sub.mqtt_filter for sub in s.subscriptions]
         shared = [s.subscribe_filter(f) for f in plain] if s.share_group else []
-        return [*plain, *shared, *BROKER_TOPICS]
+        host = [state_topic(self._host_id)] if self._host_id is not None else []
+        return [*plain, *shared, *BROKER_TOPICS, *host]
 
     async def _consume(self, connection: Connection) -> NoReturn:
         """Group commits: wait for a message, let the window fill the inbox, drain, commit, ack.

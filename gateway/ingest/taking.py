@@ -20,6 +20,7 @@ from gateway.errors import DecodeError
 from gateway.ingest.core.readings import Decoded
 from gateway.observe.brokerstats import SYS_PREFIX
 from gateway.points.record import pack
+from gateway.sparkplug.core.host import says_offline
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,6 +48,8 @@ class Pending:
     raw: tuple[str, bytes] | None = None
     # (FIFO, packed record, lane) of each valid reading, ready for the buffer.
     items: list[tuple[str, bytes, Lane]] | None = None
+    # Our own Sparkplug host STATE said offline while we are connected: say online again.
+    announce: bool = False
 
 
 class Taker:
@@ -61,8 +64,13 @@ class Taker:
         broker_stats: BrokerStats,
         rejects: RejectLog,
         fault: Callable[[bytes], None] | None,
+        host_topic: str | None = None,
     ) -> None:
-        """`fault`: a hook called with each payload, for the fault tests (ingest/faults.py)."""
+        """`fault`: a hook called with each payload, for the fault tests (ingest/faults.py).
+
+        `host_topic`: the gateway's own Sparkplug B STATE topic, when it is a host application.
+        """
+        self._host_topic = host_topic
         self.rules = rules
         self._decoder = decoder
         self._metrics = metrics
@@ -98,6 +106,9 @@ class Taker:
             # The broker's own counters (QoS 0): metrics, not readings.
             self._broker_stats.update(topic, bytes(message.payload))
             return Pending(message.mid, 0, Decoded())
+        if topic == self._host_topic:
+            offline = says_offline(bytes(message.payload))
+            return Pending(message.mid, message.qos, Decoded(), announce=offline)
         payload = bytes(message.payload)
         if self._fault is not None:
             self._fault(payload)
