@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from gateway import __version__
+from gateway.sparkplug.core.payload import DataType, encode
 from tests.gatewayproc import publish_messages, publish_simulated, wait_for
 
 if TYPE_CHECKING:
@@ -78,8 +80,16 @@ def shown(browser: WebDriver, element_id: str) -> tuple[str, str, str]:
 
 
 def table(browser: WebDriver, element_id: str) -> list[list[str]]:
-    rows = browser.find_elements("css selector", f"#{element_id} tbody tr")
-    return [[cell.text for cell in row.find_elements("tag name", "td")] for row in rows]
+    """The rows of a table, read again when the page replaced them while they were read."""
+    from selenium.common.exceptions import StaleElementReferenceException  # noqa: PLC0415
+
+    for _ in range(10):
+        rows = browser.find_elements("css selector", f"#{element_id} tbody tr")
+        try:
+            return [[cell.text for cell in row.find_elements("tag name", "td")] for row in rows]
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"the table {element_id} kept changing while it was read")
 
 
 def keep_screenshot(browser: WebDriver, name: str) -> Path:
@@ -157,3 +167,46 @@ def test_with_a_token_the_page_asks_for_it_and_then_shows_the_figures(
     wait_for(lambda: shown(browser, "buffered")[1] == "0", 10, "the figures after the token")
     assert not browser.find_element("id", "login").is_displayed()
     assert token not in browser.page_source, "the token is kept out of the page"
+
+
+def test_the_page_lists_sparkplug_edge_nodes_and_their_state(
+    browser: WebDriver, gateway: Callable[..., GatewayProcess], mosquitto: Endpoint, run_id: str
+) -> None:
+    subscription = f'[[mqtt.subscriptions]]\ntopic = "spBv1.0/{run_id}/#"\nformat = "sparkplug_b"\n'
+    gw = gateway('url = "http://127.0.0.1:9"\napi = "v1"\ndatabase = "x"', subscription)
+    browser.get(gw.base_url + "/")
+    wait_for(lambda: shown(browser, "buffered")[1] == "0", 10, "the page's first figures")
+    assert not browser.find_element("id", "sparkplug-section").is_displayed()
+
+    now_ms = time.time_ns() // 1_000_000
+    birth = encode(
+        now_ms,
+        [("bdSeq", None, DataType.Int64, 3, None), ("Flow", 1, DataType.Double, 1.5, None)],
+        seq=0,
+    )
+    device = encode(
+        now_ms,
+        [("Speed", 2, DataType.Int32, 7, None), ("Hot", 3, DataType.Boolean, True, None)],
+        seq=1,
+    )
+    publish_messages(
+        mosquitto.port,
+        [
+            (f"spBv1.0/{run_id}/NBIRTH/edge1", birth),
+            (f"spBv1.0/{run_id}/DBIRTH/edge1/pump", device),
+        ],
+    )
+    expected = [[run_id, "edge1", "-", "online", "1"], [run_id, "edge1", "pump", "online", "2"]]
+    wait_for(
+        lambda: [row[:5] for row in table(browser, "sparkplug")] == expected,
+        15,
+        "the edge node and its device on the page",
+    )
+    keep_screenshot(browser, "status-page-sparkplug.png")
+    death = encode(now_ms, [("bdSeq", None, DataType.Int64, 3, None)])
+    publish_messages(mosquitto.port, [(f"spBv1.0/{run_id}/NDEATH/edge1", death)])
+    wait_for(
+        lambda: [row[3] for row in table(browser, "sparkplug")] == ["offline", "offline"],
+        15,
+        "both offline after the NDEATH",
+    )

@@ -135,6 +135,31 @@ async function tables() {
     [r => new Date(r.ts_ns / 1e6).toLocaleTimeString()], [r => r.topic], [r => r.reason],
     [r => r.detail],
   ]);
+  await sparkplug();
+}
+
+// Shown only where edge nodes were seen; a server without the path (a parent of workers,
+// which cannot read Sparkplug B) leaves it hidden.
+async function sparkplug() {
+  let nodes = [];
+  try {
+    nodes = (await api("api/v1/sparkplug")).nodes;
+  } catch (error) {
+    nodes = [];
+  }
+  const rows = [];
+  for (const node of nodes) {
+    rows.push({ ...node, device: null });
+    for (const device of node.devices) {
+      rows.push({ ...device, group: node.group, edge_node: node.edge_node });
+    }
+  }
+  document.getElementById("sparkplug-section").hidden = rows.length === 0;
+  fill("sparkplug", rows, [
+    [r => r.group], [r => r.edge_node], [r => r.device],
+    [r => r.online ? "online" : "offline"], [r => number(r.metrics), "num"],
+    [r => r.birth_ns ? new Date(r.birth_ns / 1e6).toLocaleString() : null],
+  ]);
 }
 
 async function poll() {
