@@ -72,7 +72,7 @@ def trial(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"gateway try: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    outcomes = [trying.try_message(settings, topic, payload) for topic, payload in messages]
+    outcomes = trying.try_messages(settings, messages)
     if args.json:
         print(json.dumps([trying.as_json(o) for o in outcomes], indent=2, ensure_ascii=False))
     else:

@@ -3,7 +3,9 @@
 The message goes through the gateway's own decoder (topic templates, limits, validation) and
 the stored form and coalescing the flusher uses, so the line protocol shown is the line
 protocol that would be written. Refusals are shown with the reason counted in
-`gateway_readings_total{outcome="invalid"}` and logged in `gateway rejects`.
+`gateway_readings_total{outcome="invalid"}` and logged in `gateway rejects`. Sparkplug B
+messages are read against the edge nodes' state that the buffer holds (opened read-only, if
+there is one), and the messages of one run share what their BIRTHs define.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.buffer.environment import DATA_FILE
+from gateway.buffer.store import Buffer
+from gateway.errors import StorageError
 from gateway.flush.core.coalesce import coalesce
 from gateway.ingest.core.decode import Decoder
 from gateway.points.record import pack, split
+from gateway.sparkplug.core.session import NOTE_PREFIX
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from pathlib import Path
 
     from gateway.config.settings import Settings
@@ -37,9 +43,27 @@ class Outcome:
     refused: list[tuple[str, str]] = field(default_factory=list)
 
 
-def try_message(settings: Settings, topic: str, payload: bytes) -> Outcome:
-    """Decode and encode one message as the gateway would on receipt now."""
-    decoder = Decoder(settings.mqtt.subscriptions, settings.limits)
+def try_messages(settings: Settings, messages: Iterable[tuple[str, bytes]]) -> list[Outcome]:
+    """Decode and encode (topic, payload) messages in order, as the gateway would now."""
+    decoder = Decoder(settings.mqtt.subscriptions, settings.limits, settings.sparkplug)
+    if decoder.sparkplug is not None:
+        decoder.sparkplug.sessions.load(_stored_sparkplug_state(settings))
+    return [_try(decoder, topic, payload) for topic, payload in messages]
+
+
+def _stored_sparkplug_state(settings: Settings) -> dict[bytes, bytes]:
+    """The Sparkplug B state the buffer holds; none when there is no buffer to read."""
+    path = settings.buffer.path
+    if not (path / DATA_FILE).exists():
+        return {}
+    try:
+        with Buffer(path, int(settings.buffer.capacity), readonly=True) as buffer:
+            return buffer.notes(NOTE_PREFIX)
+    except StorageError:
+        return {}
+
+
+def _try(decoder: Decoder, topic: str, payload: bytes) -> Outcome:
     decoded = decoder.decode(topic, payload, time.time_ns())
     outcome = Outcome(topic, decoded.device_class)
     for reading in decoded.readings:

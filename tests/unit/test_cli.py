@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
 import shutil
@@ -145,3 +146,52 @@ def test_try_reads_a_samples_file_and_names_a_bad_line(config: Path, tmp_path: P
     neither = gateway("try", "-c", str(config), "--topic", "sensors/a/t")
     assert neither.returncode == cli.EXIT_CONFIG
     assert "--payload" in neither.stderr
+
+
+def test_try_reads_sparkplug_against_the_buffers_state_and_its_own_births(
+    config: Path, tmp_path: Path
+) -> None:
+    """DATA by alias reads with the state the buffer kept, or with a BIRTH earlier in the run."""
+    from gateway.buffer.core.admission import Rules  # noqa: PLC0415
+    from gateway.buffer.store import Buffer  # noqa: PLC0415
+    from gateway.config.loader import load  # noqa: PLC0415
+    from gateway.config.sparkplug import SparkplugSettings  # noqa: PLC0415
+    from gateway.ingest.core.decode import Decoder  # noqa: PLC0415
+    from gateway.sparkplug.core.payload import DataType, encode  # noqa: PLC0415
+
+    text = config.read_text().replace(
+        "[buffer]",
+        '[[mqtt.subscriptions]]\ntopic = "spBv1.0/#"\nformat = "sparkplug_b"\n\n[buffer]',
+    )
+    config.write_text(text + '\n[sparkplug]\nmeasurements = { "Speed" = "motor" }\n')
+    ms = 1_700_000_000_000
+    birth = encode(ms, [("Speed", 4, DataType.Int32, 1, None)], seq=0)
+    data = encode(ms, [(None, 4, None, 9, None)], seq=1)
+    data_file = tmp_path / "data.bin"
+    data_file.write_bytes(data)
+    topic = "spBv1.0/g/NDATA/n"
+
+    unknown = gateway("try", "-c", str(config), "--topic", topic, "--payload-file", str(data_file))
+    assert unknown.returncode == 1
+    assert "sparkplug_unknown_alias" in unknown.stdout
+
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(
+        "\n".join(
+            json.dumps({"topic": t, "payload_base64": base64.b64encode(p).decode()})
+            for t, p in (("spBv1.0/g/NBIRTH/n", birth), (topic, data))
+        )
+    )
+    in_run = gateway("try", "-c", str(config), "--samples", str(samples))
+    assert in_run.returncode == 0, in_run.stdout
+    assert "motor,edge_node=n,group=g value=9i" in in_run.stdout
+
+    # The state a running gateway stored with the BIRTH, read from its buffer.
+    settings = load(config)
+    decoder = Decoder(settings.mqtt.subscriptions, settings.limits, SparkplugSettings())
+    notes = decoder.decode("spBv1.0/g/NBIRTH/n", birth, ms * 1_000_000).notes
+    with Buffer(settings.buffer.path, int(settings.buffer.capacity)) as buffer:
+        buffer.admit([], Rules(budget_bytes=buffer.budget_bytes), notes)
+    stored = gateway("try", "-c", str(config), "--topic", topic, "--payload-file", str(data_file))
+    assert stored.returncode == 0, stored.stdout
+    assert "motor,edge_node=n,group=g value=9i" in stored.stdout
