@@ -125,10 +125,7 @@ def write(  # noqa: PLR0917 - the checkpoint's parts, named at its one call site
     if latest is not None:
         latest.write(txn)
     for key, value in (notes or {}).items():
-        if value:
-            txn.put(key, value, db=tables.notes)
-        else:
-            txn.delete(key, db=tables.notes)
+        txn.put(key, value, db=tables.notes)
     txn.put(b"totals", TOTALS.pack(ledger.readings, ledger.nbytes), db=tables.meta)
     txn.put(b"next_device", U32.pack(ledger.next_device), db=tables.meta)
     txn.put(b"applied", after_applied, db=tables.meta)

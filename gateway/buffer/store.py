@@ -259,7 +259,7 @@ class Buffer:
 
         Readings refused and readings dropped to make room are counted in the result; the
         drops take effect with the stores, so the accounting stays exact. `notes` (key ->
-        value, an empty value deletes) commit in the same transaction; `notes` reads them back.
+        value) commit in the same transaction; `notes` reads them back.
 
         Raises:
             CapacityError: a reading was to pause intake (its index is `at_item`), or the disk
@@ -291,15 +291,10 @@ class Buffer:
         return admitted
 
     def notes(self, prefix: bytes) -> dict[bytes, bytes]:
-        """Every note under `prefix` that a committed `admit` wrote and none deleted since."""
+        """Every note under `prefix`, as the last committed `admit` that wrote it left it."""
         with self._lock, self._env.begin() as txn:
             found = checkpoint.read_notes(txn, self._tables, prefix)
-            for key, value in self._unwritten_notes.items():
-                if key.startswith(prefix):
-                    if value:
-                        found[key] = value
-                    else:
-                        found.pop(key, None)
+        found.update((k, v) for k, v in self._unwritten_notes.items() if k.startswith(prefix))
         return found
 
     def _writable_journal(self) -> lmdb.Environment:

@@ -104,14 +104,7 @@ class Committer:
             admitted, paused = self._admit(batch)
             committed = len(batch) if paused is None else paused.at_message
             connection.ack([(p.mid, p.qos) for p in batch[:committed] if p.qos])
-            # After the commit: a rebirth answered before its request's state was stored
-            # could be read against the state that preceded it.
-            commands = [c for p in batch[:committed] for c in p.decoded.commands]
-            if commands:
-                connection.publish(commands)
-                self._metrics.sparkplug_rebirths.inc(len(commands))
-            if any(p.announce for p in batch[:committed]):
-                connection.announce()
+            self._send_after_commit(connection, batch, committed)
         except CapacityError as exc:
             # Nothing of this batch is stored or acknowledged: the broker delivers it again.
             raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc
@@ -131,6 +124,24 @@ class Committer:
             # broker keeps them and delivers them again after the pause.
             raise IntakePaused(str(paused.error), disk_full=paused.error.disk_full)
 
+    def _send_after_commit(self, connection: Connection, batch: list[Pending], end: int) -> None:
+        """Publish what the first `end` messages of the batch asked for (Sparkplug B).
+
+        After the commit: a rebirth answered before the state of its request was stored could
+        be read against the state that preceded it.
+        """
+        commands: list[tuple[str, bytes]] = []
+        announce = False
+        for pending in batch[:end]:
+            if pending.decoded.commands:
+                commands.extend(pending.decoded.commands)
+            announce = announce or pending.announce
+        if commands:
+            connection.publish(commands)
+            self._metrics.sparkplug_rebirths.inc(len(commands))
+        if announce:
+            connection.announce()
+
     def _admit(self, batch: list[Pending]) -> tuple[Admitted, Paused | None]:
         """Store the batch; at a pause, store the messages before the one that paused.
 
@@ -140,13 +151,16 @@ class Committer:
         rules = self.rules
         items: list[tuple[str, bytes, Lane]] = []
         ends = []
+        # The state the messages change (Sparkplug B), the later message's where two change a key.
+        notes: dict[bytes, bytes] = {}
         for pending in batch:
             if pending.items:
                 items.extend(pending.items)
+            if pending.decoded.notes:
+                notes.update(pending.decoded.notes)
             ends.append(len(items))
         paused = None
         try:
-            notes = _notes(batch)
             admitted = self._buffer.admit(items, rules, notes) if items or notes else Admitted()
         except CapacityError as exc:
             if exc.at_item is None:
@@ -154,10 +168,11 @@ class Committer:
             paused = Paused(bisect.bisect_right(ends, exc.at_item), exc)
             # The same decisions again, up to the paused message: they cannot pause.
             batch = batch[: paused.at_message]
+            notes = {}
+            for pending in batch:
+                notes.update(pending.decoded.notes)
             admitted = self._buffer.admit(
-                items[: ends[paused.at_message - 1]] if paused.at_message else [],
-                rules,
-                _notes(batch),
+                items[: ends[paused.at_message - 1]] if paused.at_message else [], rules, notes
             )
         except GatewayError:
             raise  # the buffer failed: nothing is acknowledged
@@ -261,12 +276,3 @@ class Committer:
                 episode.count,
                 episode.last - episode.started,
             )
-
-
-def _notes(batch: list[Pending]) -> dict[bytes, bytes]:
-    """The state the batch's messages change, the later message's where two change one key."""
-    notes: dict[bytes, bytes] = {}
-    for pending in batch:
-        if pending.decoded.notes:
-            notes.update(pending.decoded.notes)
-    return notes

@@ -56,11 +56,12 @@ node = sp.EdgeNode(group, node_id, node_metrics, cmd_callback=on_command)
 node.register(sp.Device(device_id, device_metrics))
 
 
-def publish_by_alias(
-    kind: sp.MessageType, payload_type: type, metrics: tuple, device: str | None
-) -> None:
+def by_alias(kind: sp.MessageType, payload_type: type, alias: int, datatype, value) -> None:
+    """One metric named by its alias alone, on the node (NDATA) or its device (DDATA)."""
+    metric = sp.Metric(timestamp=now(), name=None, datatype=datatype, value=value, alias=alias)
+    device = device_id if kind == sp.MessageType.DDATA else None
     topic = sp.Topic(message_type=kind, group_id=group, edge_node_id=node_id, device_id=device)
-    payload = payload_type(timestamp=now(), seq=node._seq, metrics=metrics)
+    payload = payload_type(timestamp=now(), seq=node._seq, metrics=(metric,))
     node._client.publish(sp.Message(topic, payload, sp.QoS.AT_MOST_ONCE, False))
 
 
@@ -84,29 +85,14 @@ while True:
         node.connect(host, port=port, blocking=False)
         say("reborn")
     elif op == "data":
-        t = sp.Metric(
-            timestamp=now(),
-            name=None,
-            datatype=sp.DataType.DOUBLE,
-            value=command["temperature"],
-            alias=1,
-        )
-        publish_by_alias(sp.MessageType.NDATA, sp.NData, (t,), None)
-        p = sp.Metric(
-            timestamp=now(),
-            name=None,
-            datatype=sp.DataType.FLOAT,
-            value=command["pressure"],
-            alias=10,
-        )
-        publish_by_alias(sp.MessageType.DDATA, sp.DData, (p,), device_id)
+        by_alias(sp.MessageType.NDATA, sp.NData, 1, sp.DataType.DOUBLE, command["temperature"])
+        by_alias(sp.MessageType.DDATA, sp.DData, 10, sp.DataType.FLOAT, command["pressure"])
         say("published")
     elif op == "skip":
         _ = node._seq
         say("skipped")
     elif op == "unknown":
-        m = sp.Metric(timestamp=now(), name=None, datatype=sp.DataType.DOUBLE, value=1.0, alias=99)
-        publish_by_alias(sp.MessageType.NDATA, sp.NData, (m,), None)
+        by_alias(sp.MessageType.NDATA, sp.NData, 99, sp.DataType.DOUBLE, 1.0)
         say("published")
 node.disconnect()
 say("disconnected")

@@ -98,7 +98,7 @@ class JournalHeader:
     # replays the chunk knows whose readings they are.
     names: list[tuple[int, str]]
     body_at: int
-    # (key, value) notes written with this commit; an empty value deletes the key.
+    # (key, value) notes written with this commit, each replacing the key's earlier value.
     notes: list[tuple[bytes, bytes]]
 
 

@@ -62,11 +62,12 @@ def test_notes_survive_a_kill_before_any_checkpoint(tmp_path: Path) -> None:
     assert again.notes(b"spB/") == {b"spB/x": b"one", b"spB/y": b"two"}
     assert again.totals().readings == 1
     again.checkpoint()  # into the store; the notes-only record leaves the journal
-    admit(again, [], {b"spB/x": b""})  # deleted
+    admit(again, [], {b"spB/x": b"one again"})  # replaced, in the journal only
+    assert again.notes(b"spB/") == {b"spB/x": b"one again", b"spB/y": b"two"}
     again.close()
 
     last = Buffer(tmp_path, 16 * MIB)
-    assert last.notes(b"spB/") == {b"spB/y": b"two"}
+    assert last.notes(b"spB/") == {b"spB/x": b"one again", b"spB/y": b"two"}
     assert last.notes(b"other") == {b"other": b"3"}
     last.close()
 
