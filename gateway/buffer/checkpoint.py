@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 from gateway.buffer.core.chunk import (
     JournalHeader,
     Segment,
-    encode_sealed,
     journal_header,
     journal_records,
     sealed_count,
@@ -52,14 +51,13 @@ from gateway.buffer.core.ledger import (
     Ledger,
 )
 from gateway.buffer.transaction import read_ledger
-from gateway.errors import StorageError
 from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
     import lmdb
 
-    from gateway.buffer.fiforead import FifoWalker
     from gateway.buffer.latest import LatestTable
+    from gateway.buffer.sealing import Sealing
     from gateway.buffer.transaction import Tables
 
 CHECKPOINT_INTERVAL_S = 2.0
@@ -68,8 +66,6 @@ SEAL_RECORDS = 4096
 # The journal is sealed, too, once its records take this fraction of the capacity: drops free
 # space in sealed chunks, not in journal chunks that other devices' readings keep.
 SEAL_CAPACITY_FRACTION = 1 / 16
-# The most readings one sealed chunk holds: a read decompresses a whole chunk.
-SEALED_CHUNK_READINGS = 1024
 
 
 def is_seal_due(index: JournalIndex, capacity_bytes: int) -> bool:
@@ -77,25 +73,27 @@ def is_seal_due(index: JournalIndex, capacity_bytes: int) -> bool:
     return (
         index.readings >= SEAL_READINGS
         or index.records >= SEAL_RECORDS
-        or index.nbytes >= capacity_bytes * SEAL_CAPACITY_FRACTION
+        or index.live_nbytes >= capacity_bytes * SEAL_CAPACITY_FRACTION
     )
 
 
-def write(  # noqa: PLR0917 - the checkpoint's parts, named at its one call site
+def write(
     txn: lmdb.Transaction,
     tables: Tables,
     ledger: Ledger,
-    walker: FifoWalker,
-    index: JournalIndex,
     latest: LatestTable | None,
     *,
-    seal: bool,
+    sealing: Sealing | None = None,
+    below_seal: int = NO_SEAL,
     notes: dict[bytes, bytes] | None = None,
 ) -> Written:
-    """Write the checkpoint (and seal the journal if `seal`) into the store's transaction.
+    """Write the checkpoint into the store's transaction, completing `sealing` if given.
 
-    The ledger is left as it is: the caller applies what was written once the transaction
-    committed (`Written.apply`), so a checkpoint that fails changes nothing.
+    `sealing` has copied every buffered reading of the journal up to its cut (gateway/buffer/
+    sealing.py): this checkpoint names it complete. `below_seal`: chunks of this seal and later
+    belong to a seal still in progress and are left alone. The ledger is left as it is: the
+    caller applies what was written once the transaction committed (`Written.apply`), so a
+    checkpoint that fails changes nothing.
     """
     written = Written()
     dirty = {
@@ -106,30 +104,49 @@ def write(  # noqa: PLR0917 - the checkpoint's parts, named at its one call site
     targets: dict[int, tuple[int, int | None]] = {
         number: (state.sealed_from, state.head) for number, (_, state) in dirty.items()
     }
-    targets.update((number, (seal, None)) for number, seal in ledger.retired.items())
-    for number, left in _delete_dead_chunks(txn, tables.sealed, targets).items():
+    retired = ledger.retired
+    if sealing is not None:
+        # A retired number's chunks go before it may be given out again, this seal's included.
+        retired = {n: min(s, sealing.seal) for n, s in retired.items()}
+    targets.update((number, (seal, None)) for number, seal in retired.items())
+    for number, left in _delete_dead_chunks(txn, tables.sealed, targets, below_seal).items():
         if number in dirty and left != dirty[number][1].sealed_from:
             written.sealed_from[dirty[number][0]] = left
-    for fifo, state in dirty.values():
+    rewritten = dict(dirty.values())
+    if sealing is not None:
+        rewritten.update(_first_sealed(ledger, sealing, written))
+    for fifo, state in rewritten.items():
         moved = written.sealed_from.get(fifo, state.sealed_from)
         txn.put(fifo.encode(), replace(state, sealed_from=moved).pack(), db=tables.devices)
     for fifo in ledger.forgotten:
         txn.delete(fifo.encode(), db=tables.devices)
     # Stored as the record after the last one, so that "none" needs no special value.
-    after_applied = U64.pack(ledger.next_record)
-    if seal:
-        _seal(txn, tables, ledger, walker, index, written)
-        txn.put(b"sealed_through", after_applied, db=tables.meta)
-        txn.put(b"next_seal", U32.pack(ledger.next_seal + 1), db=tables.meta)
-        written.sealed = True
+    if sealing is not None:
+        txn.put(b"sealed_through", U64.pack(sealing.cut + 1), db=tables.meta)
+        txn.put(b"next_seal", U32.pack(sealing.seal + 1), db=tables.meta)
+        written.sealing = sealing
     if latest is not None:
         latest.write(txn)
     for key, value in (notes or {}).items():
         txn.put(key, value, db=tables.notes)
     txn.put(b"totals", TOTALS.pack(ledger.readings, ledger.nbytes), db=tables.meta)
     txn.put(b"next_device", U32.pack(ledger.next_device), db=tables.meta)
-    txn.put(b"applied", after_applied, db=tables.meta)
+    txn.put(b"applied", U64.pack(ledger.next_record), db=tables.meta)
     return written
+
+
+def _first_sealed(ledger: Ledger, sealing: Sealing, written: Written) -> dict[str, DeviceState]:
+    """FIFOs whose first sealed chunk is in the seal being completed, now pointed at it."""
+    found = {}
+    for number in sealing.sealed_numbers:
+        fifo = sealing.names[number]
+        state = ledger.states.get(fifo)
+        if state is None or state.number != number:
+            continue
+        if written.sealed_from.get(fifo, state.sealed_from) == NO_SEAL:
+            written.sealed_from[fifo] = sealing.seal
+            found[fifo] = state
+    return found
 
 
 @dataclass
@@ -138,7 +155,8 @@ class Written:
 
     # FIFO -> its new `sealed_from`, where chunks were deleted or its first chunk sealed.
     sealed_from: dict[str, int] = field(default_factory=dict)
-    sealed: bool = False
+    # The seal this checkpoint completed, if any.
+    sealing: Sealing | None = None
 
     def apply(self, ledger: Ledger) -> None:
         """Take the checkpoint's changes into the ledger it was written from."""
@@ -146,69 +164,27 @@ class Written:
             state = ledger.states.get(fifo)
             if state is not None:
                 state.sealed_from = sealed_from
-        if self.sealed:
-            ledger.next_seal += 1
-            ledger.sealed_through = ledger.next_record - 1
-            ledger.retired.clear()
-        else:
-            for number in ledger.retired:
-                ledger.retired[number] = NO_SEAL
+        if self.sealing is not None:
+            ledger.next_seal = self.sealing.seal + 1
+            ledger.sealed_through = self.sealing.cut
+            for number in self.sealing.retired:
+                ledger.retired.pop(number, None)
+        for number in ledger.retired:
+            ledger.retired[number] = NO_SEAL
         ledger.applied = ledger.next_record - 1
         ledger.dirty.clear()
         ledger.forgotten.clear()
-
-
-def _seal(  # noqa: PLR0917 - the checkpoint's parts
-    txn: lmdb.Transaction,
-    tables: Tables,
-    ledger: Ledger,
-    walker: FifoWalker,
-    index: JournalIndex,
-    written: Written,
-) -> None:
-    """Copy every buffered reading of the journal into sealed chunks of one device each.
-
-    Keys grow within the seal (FIFO number, then sequence) and past every older seal's, so
-    each put appends at the B-tree's right edge and leaves the older seals' pages untouched.
-    """
-    seal = ledger.next_seal
-    by_number = {state.number: (fifo, state) for fifo, state in ledger.states.items()}
-
-    def put(number: int, first: int, run: list[bytes]) -> None:
-        if not txn.put(
-            SEALED_KEY.pack(seal, number, first), encode_sealed(run), append=True, db=tables.sealed
-        ):
-            raise StorageError(f"sealed chunk of seal {seal} is out of order")
-
-    for number in sorted(index.numbers()):
-        fifo, state = by_number.get(number, ("", None))
-        first = index.first_seq(number)
-        if state is None or not state.readings or first is None:
-            continue
-        run: list[bytes] = []
-        run_first = 0
-        for seq, value in walker.readings(state, max(first, state.head)):
-            if run and (seq != run_first + len(run) or len(run) >= SEALED_CHUNK_READINGS):
-                put(number, run_first, run)
-                run = []
-            if not run:
-                run_first = seq
-            run.append(value)
-        if run:
-            put(number, run_first, run)
-            sealed_from = written.sealed_from.get(fifo, state.sealed_from)
-            if sealed_from == NO_SEAL:
-                written.sealed_from[fifo] = seal
-                state = replace(state, sealed_from=seal)
-                txn.put(fifo.encode(), state.pack(), db=tables.devices)
 
 
 def _delete_dead_chunks(
     txn: lmdb.Transaction,
     db: Any,  # noqa: ANN401 - an LMDB handle
     targets: dict[int, tuple[int, int | None]],
+    below_seal: int = NO_SEAL,
 ) -> dict[int, int]:
     """Delete sealed chunks that end at or before their FIFO's head (all of them: head None).
+
+    Seals from `below_seal` on are in progress and left alone.
 
     `targets`: FIFO number -> (its `sealed_from`, its head). In key order, seal by seal: a leaf
     page that empties is freed inside the transaction and taken again for the next one, so even
@@ -219,7 +195,7 @@ def _delete_dead_chunks(
     left = dict.fromkeys(pending, NO_SEAL)
     cursor = txn.cursor(db=db)
     seal = min((sealed_from for sealed_from, _ in pending.values()), default=NO_SEAL)
-    while pending and seal < NO_SEAL:
+    while pending and seal < below_seal:
         for number in sorted(n for n, (sealed_from, _) in pending.items() if sealed_from <= seal):
             head = pending[number][1]
             found = cursor.set_range(SEALED_KEY.pack(seal, number, 0))
@@ -232,7 +208,7 @@ def _delete_dead_chunks(
                     del pending[number]
                     break
                 found = cursor.delete()
-        if not cursor.set_range(SEALED_KEY.pack(seal + 1, 0, 0)):
+        if seal + 1 >= below_seal or not cursor.set_range(SEALED_KEY.pack(seal + 1, 0, 0)):
             break
         seal = SEALED_KEY.unpack(cursor.key())[0]
     return left

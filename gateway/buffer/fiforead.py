@@ -140,6 +140,11 @@ class DecodedChunks:
         self.put(key, value, size)
         return value
 
+    def clear(self) -> None:
+        """Forget every chunk held."""
+        self._entries.clear()
+        self._bytes = 0
+
     def put(self, key: bytes, value: Any, size: int) -> None:  # noqa: ANN401 - as `get` returns
         """Hold a chunk decoded elsewhere (`size`: its records' bytes); `key` must be new."""
         self._entries[key] = (value, size)

@@ -62,14 +62,13 @@ import lmdb
 
 from gateway.buffer import capacity, checkpoint, deadletters, environment, integrity, live
 from gateway.buffer.admitter import Admitter
+from gateway.buffer.checkpointer import Checkpointer
 from gateway.buffer.core.admission import Lane, Rules
 from gateway.buffer.core.chunk import reading_bytes
 from gateway.buffer.core.ledger import (
-    U64,
     Admitted,
     DeadLetter,
     DeviceState,
-    Ledger,
     LedgerChange,
     Span,
     Totals,
@@ -78,7 +77,7 @@ from gateway.buffer.core.verify import Report, is_plausible
 from gateway.buffer.fiforead import JOURNAL_PREFIX, DecodedChunks, FifoWalker
 from gateway.buffer.transaction import FifoTransaction
 from gateway.config.sections import ApiSettings, SyncMode
-from gateway.errors import CapacityError, StorageError
+from gateway.errors import StorageError
 from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
@@ -156,9 +155,18 @@ class Buffer:
         self._ledger, self._index, self._unwritten_notes = checkpoint.recover(
             self._env, self._journal, self._tables, self.latest
         )
-        self._last_checkpoint = time.monotonic()
-        # Checkpoints written since opening, for tests and tools that follow them.
-        self.checkpoints = 0
+        self._checkpointer = Checkpointer(
+            self._env,
+            self._journal,
+            tables=self._tables,
+            latest=self.latest,
+            guard=self._guard,
+            capacity_bytes=capacity_bytes,
+            sync=sync,
+            decoded=self._decoded,
+        )
+        if not readonly:
+            self._checkpointer.discard_unfinished_seal(self._ledger)
         if not readonly and not is_plausible(
             self._ledger.states, (self._ledger.readings, self._ledger.nbytes)
         ):
@@ -185,6 +193,11 @@ class Buffer:
                 self._checkpoint()
             return report
 
+    @property
+    def checkpoints(self) -> int:
+        """Checkpoints written since opening, for tests and tools that follow them."""
+        return self._checkpointer.checkpoints
+
     def _orphans(self) -> set[int]:
         """FIFO numbers with sealed chunks or journal segments but no FIFO."""
         known = self._ledger.numbers
@@ -209,6 +222,8 @@ class Buffer:
         try:
             if not self.readonly:
                 with self._lock:
+                    # A seal under way is given up: a restart removes what it wrote.
+                    self._checkpointer.abandon_seal()
                     self._checkpoint()
         finally:
             if self._journal is not None:
@@ -225,9 +240,15 @@ class Buffer:
         self._release()
 
     def checkpoint(self) -> None:
-        """Write the checkpoint now (see gateway/buffer/checkpoint.py)."""
+        """Write the checkpoint now, and run a seal due or under way to its end.
+
+        Raises:
+            CapacityError: the map has no room for it.
+            StorageError: any other LMDB failure.
+        """
         with self._lock:
             self._checkpoint()
+            self._checkpointer.complete_seal(self._ledger, self._index, self._unwritten_notes)
 
     def _release(self) -> None:
         if self._owner is not None:
@@ -487,7 +508,7 @@ class Buffer:
                 # the readings are still buffered and no dead letter was stored.
                 trial = self._ledger.copy()
                 trial.adopt(change)
-                self._checkpoint(dead_lines, ledger=trial)
+                self._checkpointer.write(trial, self._index, self._unwritten_notes, dead_lines)
                 self._ledger = trial
                 self._index_follow(change)
             else:
@@ -514,83 +535,21 @@ class Buffer:
             raise StorageError(f"delete of {fifo!r} from {first_seq} was not read whole")
         w.delete_live(state, first_seq, count, leased)
 
-    def maintain(self) -> None:
-        """Checkpoint if one is due; the service calls this when intake and flushing are idle."""
+    def maintain(self) -> bool:
+        """Checkpoint or seal if due; the service calls this when intake and flushing are idle.
+
+        Returns whether a seal is under way, so that the caller comes back soon.
+        """
         if self.readonly:
-            return
+            return False
         with self._lock:
-            self._checkpoint_if_due()
+            return self._checkpoint_if_due()
 
-    def _checkpoint_if_due(self) -> None:
-        ledger = self._ledger
-        if not (ledger.dirty or ledger.forgotten or self._index.has_dead or self._unwritten_notes):
-            return
-        noted = len(self.latest.noted) if self.latest is not None else 0
-        if (
-            time.monotonic() - self._last_checkpoint >= checkpoint.CHECKPOINT_INTERVAL_S
-            or checkpoint.is_seal_due(self._index, self.capacity_bytes)
-            or (self.latest is not None and noted > self.latest.bound)
-            # Near the page guard, what deliveries and drops freed is freed at once.
-            or self._guard.under_pressure
-        ):
-            try:
-                self._checkpoint()
-            except (CapacityError, StorageError) as exc:
-                # What was committed stays committed (the journal holds it); the next change
-                # tries again, and a full map refuses commits until then.
-                logger.warning("buffer checkpoint failed, retrying with the next change: %s", exc)
+    def _checkpoint_if_due(self) -> bool:
+        return self._checkpointer.maintain(self._ledger, self._index, self._unwritten_notes)
 
-    def _checkpoint(
-        self, dead_lines: Sequence[tuple[str, str, str]] = (), ledger: Ledger | None = None
-    ) -> None:
-        """Write the checkpoint, then delete the journal records it made unneeded."""
-        ledger = ledger if ledger is not None else self._ledger
-        index = self._index
-        seal = checkpoint.is_seal_due(index, self.capacity_bytes)
-        try:
-            with self._env.begin(write=True) as txn, self._walker(store_txn=txn) as walker:
-                written = checkpoint.write(
-                    txn,
-                    self._tables,
-                    ledger,
-                    walker,
-                    index,
-                    self.latest,
-                    seal=seal,
-                    notes=self._unwritten_notes,
-                )
-                if dead_lines:
-                    self._store_dead(txn, dead_lines)
-            if self._journal is not None:
-                with self._journal.begin(write=True) as jtxn:
-                    if seal:
-                        checkpoint.delete_journal_through(jtxn, ledger.next_record - 1)
-                    else:
-                        checkpoint.delete_journal(jtxn, index.dead_records())
-        except lmdb.MapFullError as exc:
-            self._decoded = DecodedChunks()  # it may hold chunks of the seal just undone
-            raise CapacityError("the disk budget left no room for the checkpoint") from exc
-        except lmdb.Error as exc:
-            self._decoded = DecodedChunks()
-            raise StorageError(f"checkpoint failed: {exc}") from exc
-        if seal:
-            index.clear()
-        else:
-            index.deleted(index.dead_records())
-        written.apply(ledger)
-        self._unwritten_notes = {}
-        self._last_checkpoint = time.monotonic()
-        self.checkpoints += 1
-        self._guard.measure_store()
-
-    def _store_dead(
-        self, txn: lmdb.Transaction, dead_lines: Sequence[tuple[str, str, str]]
-    ) -> None:
-        cursor = txn.cursor(db=self._tables.dead)
-        seq = U64.unpack(cursor.key())[0] + 1 if cursor.last() else 0
-        for device, reason, line in dead_lines:
-            txn.put(U64.pack(seq), deadletters.encode(device, reason, line), db=self._tables.dead)
-            seq += 1
+    def _checkpoint(self) -> None:
+        self._checkpointer.write(self._ledger, self._index, self._unwritten_notes)
 
     def backlog(self) -> dict[str, int]:
         """Buffered readings per FIFO that `read` can reach (a split FIFO's before its mark)."""

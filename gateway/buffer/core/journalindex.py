@@ -101,8 +101,13 @@ class JournalIndex:
 
     @property
     def records(self) -> int:
-        """How many records the journal holds."""
-        return len(self._live)
+        """How many records the journal holds that a seal would read (not those to delete)."""
+        return len(self._live) - len(self._dead)
+
+    @property
+    def live_nbytes(self) -> int:
+        """Bytes of the records that a seal would read (not of those to delete)."""
+        return self.nbytes - sum(self._sizes.get(record, 0) for record in self._dead)
 
     def numbers(self) -> list[int]:
         """The device numbers with segments in the journal."""
@@ -111,6 +116,34 @@ class JournalIndex:
     def last_record(self) -> int | None:
         """The newest record listed, None if none."""
         return max(self._live, default=None)
+
+    def sealed_through(self, cut: int) -> None:
+        """Records up to `cut` were sealed: none holds a buffered reading, all may be deleted.
+
+        Costs one look per device plus the segments after the cut (a seal's cut is the newest
+        record when it began, so those are few), not one per segment sealed.
+        """
+        readings = 0
+        kept: dict[int, deque[Place]] = {}
+        for number, places in self._segments.items():
+            tail = []
+            for place in reversed(places):
+                if place[0] <= cut:
+                    break
+                tail.append(place)
+                readings += place[2] - place[1]
+            if tail:
+                tail.reverse()
+                kept[number] = deque(tail)
+        self._segments = kept
+        self.readings = readings
+        for record in [r for r in self._live if r <= cut]:
+            self._live[record] = 0
+            self._dead.add(record)
+
+    def records_through(self, cut: int) -> list[int]:
+        """The records up to `cut` that hold a buffered reading, oldest first."""
+        return sorted(r for r, live in self._live.items() if r <= cut and live > 0)
 
     def clear(self) -> None:
         """Every record was sealed and deleted."""
