@@ -58,8 +58,9 @@ class PageGuard:
     ) -> None:
         """Pages in use in both environments may reach `PAGE_GUARD_FRACTION` of the map.
 
-        `databases`: every named database of the store; `rewritten`: those a checkpoint may
-        rewrite whole (the accounting, the last values), whose pages it needs twice.
+        `databases`: every named database of the store, the sealed chunks first; `rewritten`:
+        those a checkpoint may rewrite whole (the accounting, the last values), whose pages it
+        needs twice.
         """
         self._env = env
         self._databases = tuple(databases)
@@ -85,6 +86,9 @@ class PageGuard:
         with self._env.begin() as txn:
             in_use = sum([_pages(txn.stat(db)) for db in self._databases])
             copied = sum([_pages(txn.stat(db)) for db in self._rewritten])
+            # Deleting delivered chunks rewrites the leaves and branches that name them (their
+            # overflow pages are only freed): room a full map must keep, or nothing frees it.
+            copied += _tree_pages(txn.stat(self._databases[0]))
         self._store_pages = in_use + copied
 
     def check(self, journal_txn: lmdb.Transaction) -> None:
@@ -102,6 +106,11 @@ class PageGuard:
                 f"the disk budget of {self._capacity_bytes} bytes is nearly full "
                 f"({pages} pages in use)"
             )
+
+
+def _tree_pages(stat: Mapping[str, Any]) -> int:
+    pages: int = stat["branch_pages"] + stat["leaf_pages"]
+    return pages
 
 
 def _pages(stat: Mapping[str, Any]) -> int:

@@ -243,6 +243,23 @@ class Checkpointer:
         index.deleted(dead)
 
 
+def unreachable(ledger: Ledger, index: JournalIndex) -> list[str]:
+    """FIFOs whose oldest reading neither a sealed chunk nor a journal record can hold.
+
+    The store got ahead of its journal: a power cut in the `interval` or `none` sync modes,
+    before this version flushed the two in order, kept a checkpoint and lost journal records
+    it counts on. Cheap enough for every start: one look per FIFO.
+    """
+    found = []
+    for fifo, state in ledger.states.items():
+        if not state.readings or state.sealed_from != NO_SEAL:
+            continue
+        first = index.first_seq(state.number)
+        if first is None or first > state.head:
+            found.append(fifo)
+    return found
+
+
 def _store_dead(
     txn: lmdb.Transaction, tables: Tables, dead_lines: Sequence[tuple[str, str, str]]
 ) -> None:

@@ -62,7 +62,7 @@ import lmdb
 
 from gateway.buffer import capacity, checkpoint, deadletters, environment, integrity, live
 from gateway.buffer.admitter import Admitter
-from gateway.buffer.checkpointer import Checkpointer
+from gateway.buffer.checkpointer import Checkpointer, unreachable
 from gateway.buffer.core.admission import Lane, Rules
 from gateway.buffer.core.chunk import reading_bytes
 from gateway.buffer.core.ledger import (
@@ -167,8 +167,9 @@ class Buffer:
         )
         if not readonly:
             self._checkpointer.discard_unfinished_seal(self._ledger)
-        if not readonly and not is_plausible(
-            self._ledger.states, (self._ledger.readings, self._ledger.nbytes)
+        if not readonly and (
+            not is_plausible(self._ledger.states, (self._ledger.readings, self._ledger.nbytes))
+            or unreachable(self._ledger, self._index)
         ):
             report = self.repair()
             logger.error(
