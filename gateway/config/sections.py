@@ -166,7 +166,7 @@ class MetricsSettings(Section):
     # PUBACK); `gateway_event_loop_lag_seconds` is sampled every `loop_lag_interval_s`, and a
     # stall is measured to within one interval.
     max_loop_lag_s: float = 5.0
-    loop_lag_interval_s: float = Field(default=0.25, ge=0.001, le=1.0)
+    loop_lag_interval_s: float = Field(default=0.25, ge=0.01, le=1.0)
 
     @field_validator("max_loop_lag_s")
     @classmethod
