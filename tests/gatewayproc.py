@@ -207,6 +207,38 @@ class GatewayProcess:
             self.process.wait()
 
 
+LOOP_LAG = "gateway_event_loop_lag_seconds"
+
+
+def histogram_max(
+    metrics: dict[str, float], family: str, since: dict[str, float] | None = None
+) -> float:
+    """The upper bound of a histogram's highest non-empty bucket in a `scrape()`: no observation
+    was larger. With `since` (an earlier scrape), only the observations made between the two.
+    0 without observations; inf when one passed the last bucket."""
+    before = since or {}
+    prefix = f"{family}_bucket{{le="
+    bounds = sorted(
+        (float(key[len(prefix) : -1]), value - before.get(key, 0.0))
+        for key, value in metrics.items()
+        if key.startswith(prefix)
+    )
+    if not bounds:
+        raise AssertionError(f"no histogram {family} in the scrape")
+    highest = 0.0
+    below = 0.0
+    for bound, cumulative in bounds:
+        if cumulative > below:
+            highest, below = bound, cumulative
+    return highest
+
+
+def loop_lag_max_s(gw: GatewayProcess, since: dict[str, float] | None = None) -> float:
+    """The event-loop lag histogram's highest non-empty bucket (since the scrape `since`):
+    `assert loop_lag_max_s(gw, before) <= 0.1` says no stall passed 100 ms."""
+    return histogram_max(gw.metrics(), LOOP_LAG, since)
+
+
 def publish_messages(port: int, messages: list[tuple[str, str | bytes]], qos: int = 1) -> None:
     """Publish each (topic, payload) and wait until the broker acknowledged all of them."""
     import paho.mqtt.client as mqtt  # noqa: PLC0415

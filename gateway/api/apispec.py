@@ -372,6 +372,21 @@ DOCUMENT: dict[str, Any] = {
                             },
                             "admission": {"type": "object"},
                             "mqtt_connected": {"type": "boolean"},
+                            "loop_lag_max_s": {
+                                "type": "number",
+                                "minimum": 0,
+                                "description": "The event loop's largest lag of the last minute",
+                            },
+                            "loop_lag_p99_s": {
+                                "type": "number",
+                                "minimum": 0,
+                                "description": "The 99th percentile of its lag over the minute",
+                            },
+                            "loop_lag_limit_s": {
+                                "type": "number",
+                                "minimum": 0,
+                                "description": "[metrics] max_loop_lag_s: /healthz fails beyond",
+                            },
                         },
                     },
                 },

@@ -82,7 +82,10 @@ def make_app(
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_request: web.Request) -> web.Response:
-        return _verdict_response(await pages.liveness())
+        verdict = await pages.liveness()
+        # Whether the loop is stuck now or stalled a while ago: a parent of workers restarts
+        # only the first (gateway/service/supervisor.py).
+        return _verdict_response(verdict, {} if verdict.ok else {"hung": verdict.hung})
 
     async def readyz(_request: web.Request) -> web.Response:
         return _verdict_response(await pages.readiness())
@@ -114,8 +117,12 @@ def _bearer_token(token: str) -> Middleware:
     return check
 
 
-def _verdict_response(verdict: Verdict) -> web.Response:
-    body = {"status": "ok" if verdict.ok else "fail", "problems": list(verdict.problems)}
+def _verdict_response(verdict: Verdict, extra: dict[str, bool] | None = None) -> web.Response:
+    body: dict[str, object] = {
+        "status": "ok" if verdict.ok else "fail",
+        "problems": list(verdict.problems),
+    }
+    body.update(extra or {})
     return web.Response(
         text=json.dumps(body),
         status=200 if verdict.ok else 503,

@@ -189,6 +189,10 @@ class ReadApi:
                 "low_watermark": b.low_watermark,
             },
             "mqtt_connected": self._health.connected,
+            # The event loop's lag over the last minute (gateway/observe/looplag.py).
+            "loop_lag_max_s": self._health.loop_lag.recent_max(now),
+            "loop_lag_p99_s": self._health.loop_lag.quantile(0.99, now),
+            "loop_lag_limit_s": self._health.max_loop_lag_s,
         }
         return web.json_response(view)
 

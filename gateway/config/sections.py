@@ -20,6 +20,8 @@ from gateway.config.section import Section, both_or_neither
 
 # How durable a commit is before readings are acknowledged (README: durability choices).
 SyncMode = Literal["commit", "interval", "none"]
+# systemd/gateway.service's WatchdogSec: a loop that does not turn this long is killed.
+WATCHDOG_S = 30.0
 
 
 class BufferSettings(Section):
@@ -160,6 +162,21 @@ class MetricsSettings(Section):
     # token_file or GATEWAY__METRICS__TOKEN.
     token_file: Path | None = None
     token: SecretStr | None = None
+    # /healthz fails for a minute after the event loop lagged more than this (a stall holds every
+    # PUBACK); `gateway_event_loop_lag_seconds` is sampled every `loop_lag_interval_s`, and a
+    # stall is measured to within one interval.
+    max_loop_lag_s: float = 5.0
+    loop_lag_interval_s: float = Field(default=0.25, ge=0.01, le=1.0)
+
+    @field_validator("max_loop_lag_s")
+    @classmethod
+    def _lag_before_the_watchdog(cls, limit_s: float) -> float:
+        if not 0 < limit_s < WATCHDOG_S:
+            raise ValueError(
+                f"must be more than 0 and less than {WATCHDOG_S:g} s (the systemd watchdog's "
+                "interval), so that /healthz reports a stall before the watchdog kills the gateway"
+            )
+        return limit_s
 
     @model_validator(mode="after")
     def _cert_has_key(self) -> MetricsSettings:

@@ -37,6 +37,9 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 WRITE_RESULTS = ("ok", "retry", "rejected", "auth")
 PAUSE_CAUSES = ("watermark", "disk_full")
+# From a timer's resolution (1 ms) to past the systemd watchdog (30 s); 0.1 s is the most any
+# seal or scan may hold the loop, 5 s the default limit of /healthz.
+LOOP_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60)
 
 
 class BufferTotals(Protocol):
@@ -214,6 +217,18 @@ class Metrics:
             "gateway_intake_pauses_total",
             "Times intake paused: at the high watermark (policy reject) or with the disk full",
             ["cause"],
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How late a task sleeping a short interval woke: the time the event loop was held "
+            "by something else (no PUBACK, write or health answer went out meanwhile)",
+            registry=r,
+            buckets=LOOP_LAG_BUCKETS,
+        )
+        self.loop_lag_max = Gauge(
+            "gateway_event_loop_lag_max_seconds",
+            "The largest event-loop lag of the last minute (what /healthz judges)",
             registry=r,
         )
         self.mqtt_connected = Gauge(

@@ -38,6 +38,8 @@ class Child:
     socket: Path
     process: Process | None = None
     unhealthy_since: float | None = None
+    # Its last /healthz answer, for the parent's own (None until it answered).
+    liveness: Verdict | None = None
 
     @property
     def name(self) -> str:
@@ -80,8 +82,13 @@ async def verdict_of(child: Child, path: str) -> Verdict:
     except ValueError:
         body = None
     if got is None or not isinstance(body, dict):
-        return Verdict(ok=False, problems=(f"not answering on {path}",))
-    return Verdict(ok=got[0] == HTTPStatus.OK, problems=tuple(body.get("problems", ())))
+        return Verdict(ok=False, problems=(f"not answering on {path}",), hung=True)
+    ok = got[0] == HTTPStatus.OK
+    return Verdict(
+        ok=ok,
+        problems=tuple(body.get("problems", ())),
+        hung=not ok and bool(body.get("hung", True)),
+    )
 
 
 def child_environment() -> dict[str, str]:

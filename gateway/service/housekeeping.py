@@ -3,7 +3,8 @@
 Every tick marks the loop alive, pings systemd's watchdog with a status line, ends quiet refusal
 and drop episodes, and now and then logs a summary. The buffer works in the event loop's thread,
 so a hung disk stops the ticks, the watchdog pings and /healthz together, and systemd restarts
-the gateway.
+the gateway. A stall that ended does not stop the pings (the loop turns again); /healthz and the
+loop-lag metrics report it (gateway/service/loopwatch.py).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class Housekeeping:
             self.ingest.housekeeping()
             sealing = self.buffer.maintain()
             self.metrics.dead_letters.set(self.buffer.dead_letter_count())
-            if self.health.liveness(now).ok:
-                self.notifier.send(WATCHDOG="1", STATUS=self.status_line())
+            # The ping says the loop turns, which it does here: a stall that is over (which
+            # /healthz reports for a minute) must not make systemd kill a gateway that recovered.
+            self.notifier.send(WATCHDOG="1", STATUS=self.status_line())
             if self.summary_interval_s and now >= next_summary:
                 last = self._summarize(last)
                 next_summary = now + self.summary_interval_s
@@ -72,7 +74,8 @@ class Housekeeping:
         fill = totals.nbytes / self.buffer.budget_bytes if self.buffer.budget_bytes else 0.0
         return (
             f"backlog {totals.readings} readings from {totals.devices} devices "
-            f"({fill:.0%} of the buffer), lag {self.flusher.lag_s(time.monotonic()):.1f} s"
+            f"({fill:.0%} of the buffer), lag {self.flusher.lag_s(now := time.monotonic()):.1f} s, "
+            f"event loop lag {self.health.loop_lag.recent_max(now) * 1000:.0f} ms (max 1 min)"
             + ("" if self.health.connected else ", broker disconnected")
             + (", intake paused" if self.health.paused else "")
         )

@@ -33,6 +33,7 @@ from gateway.observe.health import Health
 from gateway.observe.metrics import Metrics
 from gateway.service import workers
 from gateway.service.housekeeping import Housekeeping
+from gateway.service.loopwatch import LoopWatch
 from gateway.service.reloading import Reloader
 from gateway.service.sdnotify import Notifier
 from gateway.sparkplug.core.session import NOTE_PREFIX
@@ -84,7 +85,8 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
     notifier = Notifier()
     b = settings.buffer
     buffer = _open_buffer(settings, metrics)
-    health = Health(started=time.monotonic())
+    health = Health(started=time.monotonic(), max_loop_lag_s=settings.metrics.max_loop_lag_s)
+    metrics.loop_lag_max.set_function(lambda: health.loop_lag.recent_max(time.monotonic()))
     sink = make_sink(settings.influx)
     flusher = Flusher(buffer, sink, settings.flush, metrics)
     metrics.lag_seconds.set_function(lambda: flusher.lag_s(time.monotonic()))
@@ -134,6 +136,13 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
             )
             await _serve_pages(tg, settings, httpserver.LocalPages(metrics, health), api, worker)
             _start_background(tg, flusher, chores, b)
+            watch = LoopWatch(
+                health.loop_lag,
+                metrics.loop_lag,
+                interval_s=settings.metrics.loop_lag_interval_s,
+                warn_after_s=settings.metrics.max_loop_lag_s,
+            )
+            tg.start_soon(watch.run, name="gateway.loop_lag")
             # What start-up made (modules, classes, functions: most of the heap) lives as long
             # as the process; left to the collector, each of its full passes walked all of it
             # in the event loop, about 30 ms, the worst of the PUBACK delay at 1,000 devices.

@@ -79,6 +79,8 @@ def status(settings: Settings, *, as_json: bool, top: int) -> str:
         f"database {sink['state']}, intake {'paused' if admission['paused'] else 'taking readings'}"
         f" (policy {admission['policy']}), broker "
         f"{'connected' if runtime['mqtt_connected'] else 'not connected'}"
+        f"\nevent loop lag in the last minute: max {_ms(runtime.get('loop_lag_max_s', 0.0))}, "
+        f"p99 {_ms(runtime.get('loop_lag_p99_s', 0.0))}"
     )
 
 
@@ -157,6 +159,10 @@ def _size(nbytes: float) -> str:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1024
     return f"{nbytes:.1f} GiB"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 def _age(seconds: float) -> str:

@@ -49,7 +49,8 @@ LOCK_FILE = "supervisor.lock"
 RESTART_INITIAL_S = 0.5
 RESTART_MAX_S = 30.0
 RESTART_RESET_AFTER_S = 60.0
-# A worker whose /healthz fails (or does not answer) this long is killed and restarted.
+# A worker whose /healthz says its loop is hung (or does not answer) this long is killed and
+# restarted; one that reports a stall that is over is not (a restart would not help it).
 HUNG_AFTER_S = 30.0
 CHECK_EVERY_S = 2.0
 # What a worker is given after SIGTERM before the parent stops waiting: its flush grace plus this.
@@ -185,7 +186,8 @@ class Supervisor:
             now = time.monotonic()
             for child in self._active():
                 verdict = await verdict_of(child, "/healthz")
-                if verdict.ok:
+                child.liveness = verdict
+                if not verdict.hung:
                     child.unhealthy_since = None
                 elif child.unhealthy_since is None:
                     child.unhealthy_since = now
@@ -243,8 +245,15 @@ class Supervisor:
         return answers
 
     async def liveness(self) -> Verdict:
-        """Alive while every worker process runs (a crashed one is being restarted)."""
+        """Alive while every worker runs and none reported a stall at the last check.
+
+        A crashed worker is being restarted; a hung one is killed after HUNG_AFTER_S.
+        """
         problems = [f"{c.name} is not running" for c in self._intake() if c not in self._active()]
+        for child in self._active():
+            verdict = child.liveness
+            if verdict is not None and not verdict.ok and not verdict.hung:
+                problems.extend(f"{child.name}: {problem}" for problem in verdict.problems)
         return Verdict(not problems, tuple(problems))
 
     async def readiness(self) -> Verdict:

@@ -172,6 +172,9 @@ def merge_status(answers: Answers, path: str, top: int) -> tuple[int, dict[str, 
         "sink": {"state": "failing" if failing else "ok", "failed_writes_in_a_row": failing},
         "admission": admission,
         "mqtt_connected": all(r["mqtt_connected"] for r in runtimes),
+        "loop_lag_max_s": max(r.get("loop_lag_max_s", 0.0) for r in runtimes),
+        "loop_lag_p99_s": max(r.get("loop_lag_p99_s", 0.0) for r in runtimes),
+        "loop_lag_limit_s": runtimes[0].get("loop_lag_limit_s", 0.0),
     }
     view["devices"] = view["devices"][:top]
     return 200, view

@@ -53,7 +53,13 @@ def scrape(url: str) -> dict[str, float]:
 
 
 WORKER_LABEL = metricsmerge.LABEL
-WORST_OF_WORKERS = frozenset({"gateway_buffer_lag_seconds", "gateway_buffer_fill_ratio"})
+WORST_OF_WORKERS = frozenset(
+    {
+        "gateway_buffer_lag_seconds",
+        "gateway_buffer_fill_ratio",
+        "gateway_event_loop_lag_max_seconds",
+    }
+)
 
 
 SPARKPLUG_SUBSCRIPTION = """

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.tools import servers, simulate
 from tests.gatewayproc import (
+    LOOP_LAG,
     assert_identities,
     expected_points,
     simulated_plan,
@@ -101,3 +102,30 @@ def test_a_restart_with_fewer_workers_delivers_what_the_old_workers_held(
     wait_for(lambda: not list(buffer.glob("worker-*")), 60, "the old environments to be removed")
     assert "retired" in gw.log()
     assert gw.stop() == 0
+
+
+def test_a_worker_whose_loop_stalled_is_reported_not_restarted(
+    gateway: Callable[..., GatewayProcess], influx: InfluxV1
+) -> None:
+    """A worker frozen for 2 s: the parent's /healthz names the stall until the worker's
+    minute is over, and the parent does not restart it (its loop turns again)."""
+    gw = gateway(influx.config, workers=2, metrics_extra="max_loop_lag_s = 1\n")
+    pids = gw.workers()
+    assert gw.get("/healthz")[0] == 200
+    os.kill(pids[0], signal.SIGSTOP)
+    # The stall itself, not a wait for a condition: the worker is frozen for this long.
+    threading.Event().wait(2.0)
+    os.kill(pids[0], signal.SIGCONT)
+    _, body = wait_for(
+        lambda: (got := gw.get("/healthz"))[0] == 503 and got, 10, "the parent to report it"
+    )  # type: ignore[misc]
+    (problem,) = body["problems"]  # type: ignore[misc]
+    assert problem.startswith("worker ")
+    assert ": event loop lag " in problem
+    # Longer than the 30 s after which the parent kills a worker that is hung.
+    wait_for(lambda: gw.get("/healthz")[0] == 200, 90, "the stall to leave the window")
+    assert sorted(gw.workers()) == sorted(pids)
+    assert gw.per_worker("gateway_worker_restarts_total") == {"0": 0, "1": 0}
+    # Counted by the stalled worker once it turned again (one scrape: the counts move).
+    m = gw.metrics()
+    assert m[f"{LOOP_LAG}_count"] - m[f"{LOOP_LAG}_bucket{{le=1.0}}"] >= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import signal
 import socket
 import threading
@@ -13,8 +14,10 @@ import pytest
 
 from tests import backends
 from tests.gatewayproc import (
+    LOOP_LAG,
     assert_identities,
     expected_points,
+    histogram_max,
     publish_in_background,
     stored_points,
     wait_for,
@@ -147,6 +150,90 @@ def test_systemd_notify_protocol(
         wait_for(lambda: any(m.get("STOPPING") == "1" for _, m in messages), 5, "STOPPING=1")
     finally:
         receiver.close()
+
+
+class NotifyListener:
+    """systemd's side of the notify socket: every datagram with the time it came."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.settimeout(1.0)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        threading.Thread(target=self._receive, daemon=True).start()
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                data = self._socket.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            self.messages.append((time.monotonic(), fields))
+
+    def pings_after(self, moment: float) -> int:
+        return sum(1 for t, m in self.messages if t > moment and "WATCHDOG" in m)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+STALL_S = 2.0
+LAG_INTERVAL_S = 0.05
+
+
+def test_a_stall_of_the_event_loop_is_measured_and_reported_but_not_killed(
+    gateway: Callable[..., GatewayProcess], influx: InfluxV1, tmp_path: Path
+) -> None:
+    """A 2 s SIGSTOP holds the gateway's loop: the lag histogram counts a lag of the stall,
+    /healthz answers 503 naming it, the status shows it, and the watchdog pings go on."""
+    notify = NotifyListener(tmp_path / "notify.sock")
+    try:
+        gw = gateway(
+            influx.config,
+            metrics_extra=f"max_loop_lag_s = 1\nloop_lag_interval_s = {LAG_INTERVAL_S}\n",
+            env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"},
+        )
+        wait_for(lambda: gw.get("/healthz")[0] == 200, 10, "/healthz to pass after the start")
+        before = gw.metrics()
+        assert before["gateway_event_loop_lag_max_seconds"] < 1
+        gw.signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        # The stall itself, not a wait for a condition: the process is frozen for this long.
+        time.sleep(STALL_S)
+        gw.signal(signal.SIGCONT)
+        stalled_s = time.monotonic() - stopped
+        _, body = wait_for(
+            lambda: (got := gw.get("/healthz"))[0] == 503 and got[1].get("hung") is False and got,
+            10,
+            "/healthz to report the stall that is over",
+        )  # type: ignore[misc]
+        (problem,) = body["problems"]  # type: ignore[misc]
+        assert problem.startswith("event loop lag ")
+        assert "more than max_loop_lag_s 1 s" in problem
+        after = gw.metrics()
+        # The sampler was due at most one interval after the stop, and woke at the resume.
+        assert after["gateway_event_loop_lag_max_seconds"] >= stalled_s - LAG_INTERVAL_S - 0.05
+        assert histogram_max(after, LOOP_LAG, since=before) >= STALL_S
+        assert histogram_max(before, LOOP_LAG) < 1
+        over_a_second = after[f"{LOOP_LAG}_count"] - after[f"{LOOP_LAG}_bucket{{le=1.0}}"]
+        assert over_a_second >= 1
+        status = gw.cli("status")
+        shown = re.search(r"event loop lag in the last minute: max ([\d.]+) s, p99 ", status)
+        assert shown is not None, status
+        assert float(shown[1]) >= STALL_S - LAG_INTERVAL_S - 0.1
+        _, view = gw.get("/api/v1/status?top=0")
+        assert view["runtime"]["loop_lag_max_s"] >= STALL_S - LAG_INTERVAL_S - 0.05  # type: ignore[index]
+        # A stall that is over must not cost the gateway its life: systemd hears the pings.
+        resumed = time.monotonic()
+        wait_for(lambda: notify.pings_after(resumed) >= 2, 5, "watchdog pings after the stall")
+        assert gw.get("/healthz")[0] == 503
+        assert "the event loop stalled for 2." in gw.log()
+    finally:
+        notify.close()
 
 
 def test_sighup_reloads_what_it_can_and_names_the_rest(

@@ -120,6 +120,10 @@ def test_the_page_shows_the_api_figures_and_turns_red_in_an_outage(
     assert shown(browser, "buffered")[1] == str(status["readings"]) == "0"
     assert shown(browser, "dead-count")[1] == str(status["dead_letters"])
     assert shown(browser, "admission")[1] == "taking"
+    loop_lag = shown(browser, "loop-lag")
+    assert loop_lag[0].endswith(" ms")  # well under a second on an idle gateway
+    assert loop_lag[2] == "state ok"
+    assert float(loop_lag[1]) <= status["runtime"]["loop_lag_limit_s"]  # type: ignore[index]
     assert browser.find_element("id", "version").text == f"version {__version__}"
 
     def devices_shown() -> bool:

@@ -45,6 +45,10 @@ function seconds(value) {
   return number(value / 3600, 1) + " h";
 }
 
+function duration(value) {
+  return value < 1 ? number(value * 1000) + " ms" : seconds(value);
+}
+
 function glance(status, now) {
   const run = status.runtime;
   show("broker", run.mqtt_connected ? "connected" : "disconnected", run.mqtt_connected,
@@ -61,6 +65,12 @@ function glance(status, now) {
   show("buffered", number(status.readings), status.readings);
   show("lag", seconds(run.lag_s), run.lag_s);
   show("dead-count", number(status.dead_letters), status.dead_letters);
+  // The worst of the last minute: a stall past [metrics] max_loop_lag_s fails /healthz too.
+  const loopLag = run.loop_lag_max_s ?? 0;
+  const stalled = run.loop_lag_limit_s > 0 && loopLag > run.loop_lag_limit_s;
+  show("loop-lag", duration(loopLag), loopLag, stalled ? "bad" : "ok");
+  document.getElementById("loop-lag-p99").textContent =
+    "most in the last minute; p99 " + duration(run.loop_lag_p99_s ?? 0);
   const readings = run.readings;
   if (previous !== null && now > previous.t) {
     const dt = (now - previous.t) / 1000;

@@ -99,6 +99,17 @@ def test_an_error_in_an_environment_override_names_the_variable(tmp_path: Path) 
         (('database = "telemetry"', ""), "influx: api 'v1' needs database"),
         (('capacity = "1GiB"', 'capacity = "lots"'), "buffer.capacity: could not parse value"),
         (('listen = "127.0.0.1:9108"', 'listen = "9108"'), "metrics.listen: must be HOST:PORT"),
+        (
+            ('listen = "127.0.0.1:9108"', 'listen = "127.0.0.1:9108"\nmax_loop_lag_s = 30'),
+            (
+                "metrics.max_loop_lag_s: must be more than 0 and less than 30 s (the systemd "
+                "watchdog's interval), so that /healthz reports a stall before the watchdog"
+            ),
+        ),
+        (
+            ('listen = "127.0.0.1:9108"', 'listen = "127.0.0.1:9108"\nmax_loop_lag_s = 0'),
+            "metrics.max_loop_lag_s: must be more than 0 and less than 30 s",
+        ),
         (("port = 1883", "port = 0"), "mqtt.port: Input should be greater than or equal to 1"),
         (
             ('url = "http://127.0.0.1:8086"', 'url = "127.0.0.1:8086"'),
