@@ -170,6 +170,17 @@ def set_aside(  # noqa: PLR0917 - the buffer's parts the damage touches
     )
 
 
+def describe(key: bytes) -> str:
+    """A `damaged` table key as an operator reads it."""
+    kind, rest = key[:1], key[1:]
+    if kind == SEALED_KIND and len(rest) == SEALED_KEY.size:
+        seal, number, first = SEALED_KEY.unpack(rest)
+        return f"sealed chunk of FIFO number {number} from sequence {first} (seal {seal})"
+    if kind == JOURNAL_KIND and len(rest) == U64.size:
+        return f"journal record {U64.unpack(rest)[0]}"
+    return f"unknown {key.hex()}"
+
+
 def _note_oldest(walker: FifoWalker, state: DeviceState) -> None:
     """Take the timestamp of the FIFO's new head, if it can be read now."""
     try:

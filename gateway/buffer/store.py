@@ -260,6 +260,15 @@ class Buffer:
         with self._lock:
             return self._damage.chunks, Counter(self._damage.by_class)
 
+    def damaged_chunks(self) -> list[str]:
+        """Every chunk set aside as damaged: written to the `damaged` table, or pending."""
+        found = set(self._damage.pending)
+        if self._tables.damaged is not None:
+            with self._lock, self._env.begin() as txn:
+                cursor = txn.cursor(db=self._tables.damaged)
+                found.update(bytes(k) for k in cursor.iternext(keys=True, values=False))
+        return [damage.describe(key) for key in sorted(found)]
+
     @_surviving_damage
     def verify(self, progress: Callable[[int, int, int], None] | None = None) -> Report:
         """Compare the accounting with a full scan of the data.

@@ -7,8 +7,10 @@ every other reading in order, and keep taking new ones.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lmdb
@@ -20,12 +22,15 @@ from gateway.buffer.core.damage import DAMAGED, SEALED_KIND, take_range
 from gateway.buffer.core.ledger import SEALED_KEY, DeviceState
 from gateway.buffer.fiforead import DecodedChunks
 from gateway.buffer.store import Buffer
+from gateway.config import loader as config
+from gateway.observe.accounting import Accounting
+from gateway.observe.metrics import Metrics
+from gateway.service import status
 from gateway.points.model import Reading
 from gateway.points.record import pack
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 MIB = 1 << 20
 
@@ -291,4 +296,53 @@ def test_thousands_of_devices_with_damaged_chunks(tmp_path: Path) -> None:
         }
         assert delivered.get(device, []) == [v for seq, v in enumerate(mine) if seq not in gone]
     assert buf.verify().is_consistent
+    buf.close()
+
+
+@pytest.mark.usefixtures("small_seals")
+def test_verify_buffer_reports_damaged_chunks(tmp_path: Path) -> None:
+    """`gateway verify-buffer` lists a damaged chunk and exits with the mismatch code."""
+    data = tmp_path / "buffer"
+    buf = Buffer(data, 16 * MIB)
+    buf.append([rec("a", ts) for ts in range(1, 31)])
+    buf.checkpoint()
+    buf.close()
+    damage(data, db=b"sealed")
+    text = (Path(__file__).parents[3] / "config" / "minimal.toml").read_text()
+    text = text.replace('path = "/var/lib/gateway"', f'path = "{data}"')
+    (tmp_path / "gateway.toml").write_text(text)
+    settings = config.load(tmp_path / "gateway.toml", {})
+    code, report = status.verify(settings, repair=False)
+    assert code == status.EXIT_MISMATCH
+    assert "1 damaged chunks set aside (1 found by this scan, 10 readings lost)" in report
+    assert "sealed chunk of FIFO number 0 from sequence 10" in report
+    found = json.loads(status.verify(settings, repair=False, as_json=True)[1])[0]
+    assert found["damaged_readings_found"] == 10
+
+
+def test_accounting_counts_damaged_readings_as_dropped() -> None:
+    """Readings lost with a damaged chunk keep the accounting identity, as dropped (damaged)."""
+    metrics = Metrics()
+    metrics.accounting = Accounting(recovered=10)
+    metrics.buffer_damaged(1, Counter({(DAMAGED, "default"): 4}))
+    snapshot = metrics.accounting.snapshot()
+    assert snapshot.outcomes["dropped"] == 4
+    assert snapshot.dropped == {(DAMAGED, "default"): 4}
+    assert snapshot.buffered == 6
+    assert metrics.registry.get_sample_value("gateway_buffer_damaged_chunks_total") == 1
+
+
+def test_damaged_journal_record_the_checkpoint_counted(tmp_path: Path) -> None:
+    """A damaged record older than the checkpoint: a scan at start tells what it held."""
+    buf = Buffer(tmp_path, 16 * MIB)
+    commits = [[rec(d, 10 * c + i) for d in ("a", "b") for i in range(3)] for c in range(4)]
+    for items in commits:
+        buf.append(items)
+    buf.checkpoint()
+    buf.abandon()
+    damage(tmp_path, iter([((1).to_bytes(8, "big"), _journal_value(tmp_path, 1))]), db=b"")
+    buf = Buffer(tmp_path, 16 * MIB)
+    assert buf.damaged() == (1, Counter({(DAMAGED, "default"): 6}))
+    delivered = drain(buf)
+    assert delivered["b"] == [v for c in (0, 2, 3) for d, v in commits[c] if d == "b"]
     buf.close()
