@@ -25,9 +25,9 @@ from gateway.buffer.store import Buffer
 from gateway.config import loader as config
 from gateway.observe.accounting import Accounting
 from gateway.observe.metrics import Metrics
-from gateway.service import status
 from gateway.points.model import Reading
 from gateway.points.record import pack
+from gateway.service import status
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
