@@ -33,6 +33,20 @@ class StorageError(GatewayError):
     """The LMDB buffer failed for a reason other than capacity."""
 
 
+class DamagedChunkError(StorageError):
+    """A stored chunk failed its checksum or could not be decoded (DESIGN invariant 12).
+
+    The buffer catches it, sets the chunk aside and counts its readings; it never leaves the
+    buffer. `kind` is "sealed" or "journal"; `key` the chunk's key in its database.
+    """
+
+    def __init__(self, kind: str, key: bytes, reason: str) -> None:
+        """A damaged chunk of `kind` under `key`, and what was wrong with it."""
+        super().__init__(f"damaged {kind} chunk {key.hex()}: {reason}")
+        self.kind = kind
+        self.key = key
+
+
 class CapacityError(StorageError):
     """The buffer cannot take more now: its budget, its LMDB map or the disk is full.
 

@@ -21,9 +21,12 @@ in key order so that emptied leaves are reused inside the transaction.
 
 A restart reads the checkpoint and replays the journal records after `applied` (at most one
 interval of them, plus whatever the journal holds unsealed), so the accounting after kill -9 is
-exactly what the journal and sealed chunks hold. What a checkpoint had not written yet of the
-deliveries comes back as buffered and is delivered again, which the design allows (DESIGN
-invariant 6: InfluxDB overwrites an identical point).
+exactly what the journal and sealed chunks hold. Each record also carries the states of the FIFOs
+whose readings were delivered or dropped since the record before it, which the replay sets after
+the record's appends: what comes back as buffered and is delivered again is only what was
+delivered after the last group commit (DESIGN invariant 6 allows it: InfluxDB overwrites an
+identical point). A record that fails its checksum is set aside (gateway/buffer/damage.py); the
+sequences later records skip are what it held.
 """
 
 from __future__ import annotations
@@ -33,12 +36,16 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.buffer.core.chunk import (
+    DECODE_ERRORS,
     JournalHeader,
     Segment,
+    State,
+    is_sealed_intact,
+    journal_contents,
     journal_header,
-    journal_records,
     sealed_count,
 )
+from gateway.buffer.core.damage import JOURNAL_KIND, take_range
 from gateway.buffer.core.journalindex import JournalIndex
 from gateway.buffer.core.ledger import (
     NEWEST_NONE,
@@ -203,7 +210,12 @@ def _delete_dead_chunks(
                 at, owner, first = SEALED_KEY.unpack(key)
                 if (at, owner) != (seal, number):
                     break
-                if head is not None and first + sealed_count(cursor.value()) > head:
+                value = cursor.value()
+                # A damaged chunk's count cannot be trusted: it stays until a read sets it
+                # aside (gateway/buffer/damage.py).
+                if head is not None and (
+                    not is_sealed_intact(value) or first + sealed_count(value) > head
+                ):
                     left[number] = seal
                     del pending[number]
                     break
@@ -235,19 +247,38 @@ def delete_journal_through(journal: lmdb.Transaction, last: int) -> list[int]:
     return deleted
 
 
+@dataclass
+class Recovered:
+    """What start-up found damaged in the journal (gateway/buffer/damage.py sets it aside)."""
+
+    # (key, value) of journal records that failed their checksum or could not be decoded and
+    # are not in the `damaged` table yet.
+    records: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # FIFO -> readings lost with them, as the sequences later records skip show.
+    lost: dict[str, int] = field(default_factory=dict)
+    # A damaged record the checkpoint's accounting includes: only a scan can tell what it held.
+    needs_scan: bool = False
+
+
 def recover(
     env: lmdb.Environment,
     journal: lmdb.Environment | None,
     tables: Tables,
     latest: LatestTable | None,
+    found: Recovered | None = None,
 ) -> tuple[Ledger, JournalIndex, dict[bytes, bytes]]:
     """The accounting and journal index: the checkpoint with the journal after it replayed.
 
-    Also the notes of the replayed records, which the next checkpoint writes to the store.
+    Also the notes of the replayed records, which the next checkpoint writes to the store. A
+    replayed record sets the states it carries after its appends, and the index forgets the
+    segments those states' heads have passed. A damaged record is listed in `found`; it holds
+    nothing readable any more, and the readings later records show missing are counted lost.
     """
+    found = found if found is not None else Recovered()
     unwritten: dict[bytes, bytes] = {}
     with env.begin() as txn:
         stored = read_ledger(txn, tables)
+        damaged_keys = _damaged_journal_keys(txn, tables)
     index = JournalIndex()
     replay = _Replay(stored.states, latest)
     last = -1
@@ -258,11 +289,27 @@ def recover(
                 if record <= stored.sealed_through:
                     index.add(record, [])  # sealed already: deleted at the next checkpoint
                     continue
-                header = journal_header(value)
-                if record > stored.applied:
-                    replay.apply(header, value)
-                    unwritten.update(header.notes)
+                try:
+                    header = journal_header(value, verify=True)
+                    if record > stored.applied:
+                        replay.apply(header, value)
+                        unwritten.update(header.notes)
+                except DECODE_ERRORS:
+                    index.add(record, [])  # nothing readable: deleted with the dead records
+                    if bytes(key) not in damaged_keys:
+                        found.records.append((bytes(key), bytes(value)))
+                        found.needs_scan |= record <= stored.applied
+                    continue
                 index.add(record, replay.live(header), len(value))
+                for number in replay.forgotten:
+                    index.forget(number)
+                for number in replay.moved:
+                    index.advance(number, replay.states[replay.names[number]].head)
+                replay.forgotten.clear()
+                replay.moved.clear()
+    found.lost = replay.settle_holes()
+    for number in replay.moved:
+        index.advance(number, replay.states[replay.names[number]].head)
     states = replay.states
     ledger = Ledger(states, stored.readings + replay.readings, stored.nbytes + replay.nbytes)
     ledger.next_device = max(
@@ -273,6 +320,20 @@ def recover(
     ledger.next_record = max(last, stored.applied, stored.sealed_through) + 1
     ledger.dirty = replay.replayed
     return ledger, index, unwritten
+
+
+def _damaged_journal_keys(txn: lmdb.Transaction, tables: Tables) -> set[bytes]:
+    """Keys of the journal records set aside before (gateway/buffer/damage.py)."""
+    if tables.damaged is None:
+        return set()
+    cursor = txn.cursor(db=tables.damaged)
+    keys = set()
+    if cursor.set_range(JOURNAL_KIND):
+        for key in cursor.iternext(keys=True, values=False):
+            if not bytes(key).startswith(JOURNAL_KIND):
+                break
+            keys.add(bytes(key)[len(JOURNAL_KIND) :])
+    return keys
 
 
 def read_notes(txn: lmdb.Transaction, tables: Tables, prefix: bytes) -> dict[bytes, bytes]:
@@ -299,14 +360,30 @@ class _Replay:
         self.readings = self.nbytes = 0
         self.replayed: set[str] = set()
         self.now_ns = time.time_ns()
+        # FIFO numbers whose state a record set, and whose FIFO a record replaced, since the
+        # caller last looked: the journal index follows them.
+        self.moved: set[int] = set()
+        self.forgotten: set[int] = set()
+        # Sequences a record skipped (a damaged record held them), by FIFO number: [first,
+        # end, timestamp of the reading at end, whether a state set since counts them].
+        self.holes: dict[int, list[list[int]]] = {}
 
     def apply(self, header: JournalHeader, value: bytes | memoryview) -> None:
-        """Take a record's appends into the accounting and its values into the latest."""
+        """Take a record's appends into the accounting, then the states it carries.
+
+        Raises:
+            ValueError: the record is damaged (or another of chunk.DECODE_ERRORS), before any
+                change to the accounting.
+        """
+        segments, groups, carried = journal_contents(bytes(value))
         for number, name in header.names:
-            _adopt_name(self.states, self.names, number, name)
-        for segment in header.segments:
-            name = self.names[segment.number]
-            state = self.states[name]
+            self._adopt_name(number, name)
+        for segment in segments:
+            state = self._state(segment.number)
+            if segment.first > state.next:
+                self.holes.setdefault(segment.number, []).append(
+                    [state.next, segment.first, segment.first_ts_ns, 0]
+                )
             if not state.readings:
                 state.head = segment.first
                 state.gap_start = state.gap_end = 0
@@ -317,13 +394,67 @@ class _Replay:
             state.nbytes += segment.nbytes
             self.readings += segment.count
             self.nbytes += segment.nbytes
-            self.replayed.add(name)
-        segments, groups = journal_records(bytes(value))
+            self.replayed.add(self.names[segment.number])
         for segment, records in zip(segments, groups, strict=True):
             state = self.states[self.names[segment.number]]
             state.note_newest(max(timestamp_of(record) for record in records))
+        for fields in carried:
+            self._set_state(fields)
         if self.latest is not None:
             self.latest.note(_placed(segments, groups, self.names), self.now_ns)
+
+    def _state(self, number: int) -> DeviceState:
+        """The state of a FIFO number; one a damaged record named is kept as an orphan."""
+        name = self.names.get(number)
+        if name is None:
+            # Its records carry their own device tag; integrity.repair names orphans alike.
+            self._adopt_name(number, f"orphan-{number}")
+            name = self.names[number]
+        return self.states[name]
+
+    def _set_state(self, fields: State) -> None:
+        """Set a state a record carries; the totals follow by the difference."""
+        number, head, next_seq, readings, nbytes, oldest, gap_start, gap_end, newest = fields
+        name = self.names.get(number)
+        if name is None:
+            return  # its FIFO was forgotten and its name given to a new number since
+        state = self.states[name]
+        self.readings += readings - state.readings
+        self.nbytes += nbytes - state.nbytes
+        state.head, state.next = head, max(next_seq, state.next)
+        state.readings, state.nbytes, state.oldest_ts_ns = readings, nbytes, oldest
+        state.gap_start, state.gap_end, state.newest_ts_ns = gap_start, gap_end, newest
+        self.replayed.add(name)
+        self.moved.add(number)
+        for hole in self.holes.get(number, ()):
+            hole[3] = 1
+
+    def settle_holes(self) -> dict[str, int]:
+        """Take the readings of skipped sequences out of the accounting; returns FIFO -> lost.
+
+        A state set after the skip was taken while the damaged record was still readable, so
+        it counts the skipped readings still buffered; the appends alone never counted them.
+        """
+        lost: dict[str, int] = {}
+        for number, holes in self.holes.items():
+            name = self.names.get(number)
+            if name is None:
+                continue
+            state = self.states[name]
+            for first, end, end_ts_ns, counted in holes:
+                if counted:
+                    taken, freed = take_range(state, first, end)
+                    self.readings -= taken
+                    self.nbytes -= freed
+                    if state.readings and state.head == end:
+                        state.oldest_ts_ns = end_ts_ns
+                    self.moved.add(number)
+                else:
+                    taken = end - first
+                if taken:
+                    lost[name] = lost.get(name, 0) + taken
+                    self.replayed.add(name)
+        return lost
 
     def live(self, header: JournalHeader) -> list[Segment]:
         """The record's segments holding a buffered reading."""
@@ -334,20 +465,30 @@ class _Replay:
                 live.append(segment)
         return live
 
+    def _adopt_name(self, number: int, name: str) -> None:
+        """A FIFO that a replayed commit created; an entry it replaced was forgotten before.
 
-def _adopt_name(
-    states: dict[str, DeviceState], names: dict[int, str], number: int, name: str
-) -> None:
-    """A FIFO that a replayed commit created; an entry it replaced was forgotten before."""
-    previous = names.get(number)
-    if previous is not None and previous != name:
-        states.pop(previous, None)
-    old = states.get(name)
-    if old is not None and old.number != number:
-        names.pop(old.number, None)
-    if old is None or old.number != number:
-        states[name] = DeviceState(number, 0, 0, 0, 0, 0)
-    names[number] = name
+        A replaced entry was empty when it was forgotten: what it still counts here are
+        deliveries no record carried, so the totals drop them with it.
+        """
+        states, names = self.states, self.names
+        previous = names.get(number)
+        if previous is not None and previous != name:
+            self._drop_state(states.pop(previous, None))
+        old = states.get(name)
+        if old is not None and old.number != number:
+            names.pop(old.number, None)
+            self._drop_state(old)
+        if old is None or old.number != number:
+            states[name] = DeviceState(number, 0, 0, 0, 0, 0)
+        names[number] = name
+
+    def _drop_state(self, state: DeviceState | None) -> None:
+        if state is not None:
+            self.readings -= state.readings
+            self.nbytes -= state.nbytes
+            self.forgotten.add(state.number)
+            self.moved.discard(state.number)
 
 
 def _placed(

@@ -34,7 +34,7 @@ import lmdb
 from gateway.buffer import checkpoint, deadletters
 from gateway.buffer.core.ledger import NO_SEAL, U64
 from gateway.buffer.sealing import Sealing, discard_seals_from
-from gateway.errors import CapacityError, StorageError
+from gateway.errors import CapacityError, DamagedChunkError, StorageError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from gateway.buffer.capacity import PageGuard
     from gateway.buffer.core.journalindex import JournalIndex
     from gateway.buffer.core.ledger import Ledger
+    from gateway.buffer.damage import Damage
     from gateway.buffer.fiforead import DecodedChunks
     from gateway.buffer.latest import LatestTable
     from gateway.buffer.transaction import Tables
@@ -67,14 +68,17 @@ class Checkpointer:
         capacity_bytes: int,
         sync: SyncMode,
         decoded: DecodedChunks,
+        damage: Damage,
     ) -> None:
         """Checkpoint into `env`'s tables what the journal `journal` holds.
 
         `decoded`: the readers' cache of decompressed chunks, emptied when a seal is undone (its
-        number is used again, and a chunk key with it may then hold other readings).
+        number is used again, and a chunk key with it may then hold other readings). `damage`:
+        chunks set aside as damaged, which the next checkpoint writes (gateway/buffer/damage.py).
         """
         self._env, self._journal, self._tables, self._latest = env, journal, tables, latest
         self._decoded = decoded
+        self._damage = damage
         self._guard = guard
         self._capacity_bytes = capacity_bytes
         self._flushes = sync != "commit"
@@ -94,6 +98,9 @@ class Checkpointer:
 
     def is_due(self, ledger: Ledger, index: JournalIndex, notes: dict[bytes, bytes]) -> bool:
         """Whether a checkpoint should be written now."""
+        # A loss to damage lives in memory only until a checkpoint writes it: one is due at once.
+        if self._damage.pending:
+            return True
         if not (ledger.dirty or ledger.forgotten or index.has_dead or notes):
             return False
         latest = self._latest
@@ -105,9 +112,13 @@ class Checkpointer:
         )
 
     def maintain(self, ledger: Ledger, index: JournalIndex, notes: dict[bytes, bytes]) -> bool:
-        """Checkpoint if due, then take a step of a seal if one is due; never raises.
+        """Checkpoint if due, then take a step of a seal if one is due.
 
-        Returns whether a seal is still under way (call again soon).
+        Returns whether a seal is still under way (call again soon). Failures are logged and
+        tried again after a backoff.
+
+        Raises:
+            DamagedChunkError: a chunk failed its checksum; the caller sets it aside.
         """
         now = time.monotonic()
         if now < self._retry_at:
@@ -117,6 +128,8 @@ class Checkpointer:
                 self.write(ledger, index, notes)
             if self.sealing is not None or checkpoint.is_seal_due(index, self._capacity_bytes):
                 self.seal_step(ledger, index, notes)
+        except DamagedChunkError:
+            raise
         except (CapacityError, StorageError) as exc:
             self._backoff_s = min(RETRY_MAX_S, max(RETRY_FIRST_S, 2 * self._backoff_s))
             self._retry_at = now + self._backoff_s
@@ -153,6 +166,10 @@ class Checkpointer:
                 with self._env.begin(write=True) as txn, self._journal.begin() as jtxn:
                     sealing.step(txn, jtxn, self._tables.sealed, ledger.states)
                 return
+        except DamagedChunkError:
+            # Set aside by the caller, the record leaves the index; the seal starts over.
+            self._undo_seal()
+            raise
         except lmdb.Error as exc:
             self._undo_seal()
             raise _translate(exc, "seal") from exc
@@ -197,12 +214,14 @@ class Checkpointer:
                 )
                 if dead_lines:
                     _store_dead(txn, self._tables, dead_lines)
+                self._damage.write(txn, self._tables)
         except lmdb.Error as exc:
             if sealing is not None:
                 self._undo_seal()
             raise _translate(exc, "checkpoint") from exc
         # Committed: the point of no return.
         written.apply(ledger)
+        self._damage.written()
         notes.clear()
         if sealing is not None:
             self.sealing = None

@@ -38,8 +38,11 @@ JOURNAL_LOCK_FILE = "journal.mdb-lock"
 FILES = (DATA_FILE, LMDB_LOCK_FILE, JOURNAL_FILE, JOURNAL_LOCK_FILE, LOCK_FILE)
 DATABASES = (b"sealed", b"devices", b"meta", b"dead")
 # What `meta` says under `format`; a buffer without it was written by a version that stored a
-# key per reading, which this one cannot read.
-FORMAT = b"chunks-1"
+# key per reading, which this one cannot read. chunks-2 chunks carry checksums and FIFO states
+# behind flag bits that chunks-1 readers would misread, so a writer marks a chunks-1 buffer
+# chunks-2 on opening (its chunks read as ever) and a chunks-1 version refuses it.
+FORMAT = b"chunks-2"
+UPGRADABLE_FORMATS = (b"chunks-1",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +80,14 @@ def open_environment(
             "readahead": False,
             "max_readers": 256,
         }
-        env = lmdb.open(str(path), max_dbs=8, **options)
+        env = lmdb.open(str(path), max_dbs=12, **options)
         _check_format(env, path, readonly=readonly)
         # Without a transaction of ours py-lmdb opens each database in one it commits, which
         # keeps the handles valid in a read-only environment too.
         sealed, devices, meta, dead = (env.open_db(n, create=not readonly) for n in DATABASES)
         notes = _open_optional(env, b"notes", readonly=readonly)
-        tables = Tables(sealed, devices, meta, dead, notes)
+        damaged = _open_optional(env, b"damaged", readonly=readonly)
+        tables = Tables(sealed, devices, meta, dead, notes, damaged)
         journal = None
         if not readonly or (path / JOURNAL_FILE).exists():
             journal = lmdb.open(str(path / JOURNAL_FILE), subdir=False, max_dbs=0, **options)
@@ -110,6 +114,10 @@ def _check_format(env: lmdb.Environment, path: Path, *, readonly: bool) -> None:
         meta = env.open_db(b"meta", txn=txn, create=False)
         found = txn.get(b"format", db=meta)
         if found == FORMAT:
+            return
+        if found in UPGRADABLE_FORMATS:
+            if not readonly:
+                txn.put(b"format", FORMAT, db=meta)
             return
         if found is None and b"data" not in names:
             if not readonly:

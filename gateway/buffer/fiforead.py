@@ -4,19 +4,30 @@ A device's older readings are in sealed chunks (key: seal, FIFO number, first se
 newer ones in journal chunks (gateway/buffer/core/journalindex.py lists them); whichever sequences
 the device's state says are gone (before its head, in its gap) are skipped, since chunks are deleted
 lazily. Each journal chunk is decompressed once per walker, however many devices it serves.
+
+A chunk that fails its checksum or cannot be decoded raises `DamagedChunkError` before any of its
+readings is yielded; the buffer sets it aside (gateway/buffer/damage.py) and walks again, and a
+sealed chunk set aside but not yet deleted is passed by (`skipped`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from gateway.buffer.core.chunk import journal_records, sealed_count, sealed_records
+from gateway.buffer.core.chunk import (
+    DECODE_ERRORS,
+    is_sealed_intact,
+    journal_records,
+    sealed_count,
+    sealed_records,
+)
 from gateway.buffer.core.ledger import NO_SEAL, SEALED_KEY, U64
-from gateway.errors import StorageError
+from gateway.errors import DamagedChunkError, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Collection, Iterator
 
     import lmdb
 
@@ -40,16 +51,18 @@ class FifoWalker:
         journal: lmdb.Transaction | None,
         index: JournalIndex,
         decoded: DecodedChunks | None = None,
+        skipped: Collection[bytes] = (),
     ) -> None:
         """`sealed`: the store's transaction and sealed database, opened on first need.
 
         `decoded`: chunks decompressed before, shared between walkers (chunks never change, and
-        their keys are never used again).
+        their keys are never used again). `skipped`: keys of sealed chunks set aside as damaged.
         """
         self._sealed = sealed
         self._journal = journal
         self._index = index
         self._decoded = decoded if decoded is not None else DecodedChunks()
+        self._skipped = skipped
 
     def readings(self, state: DeviceState, start: int) -> Iterator[tuple[int, bytes]]:
         """(sequence, record) of each buffered reading of the device from `start` on."""
@@ -85,7 +98,10 @@ class FifoWalker:
             value = self._journal.get(key) if self._journal is not None else None
             if value is None:
                 raise StorageError(f"journal record {record} is missing")
-            segments, records = journal_records(value)
+            try:
+                segments, records = journal_records(value)
+            except DECODE_ERRORS as exc:
+                raise DamagedChunkError("journal", key, str(exc)) from exc
             groups = {s.number: (s.first, r) for s, r in zip(segments, records, strict=True)}
             return groups, sum(len(r) for rs in records for r in rs)
 
@@ -97,15 +113,12 @@ class FifoWalker:
         for seal, first, value in sealed_chunks(txn.cursor(db=db), state.number, state.sealed_from):
             if first >= limit:
                 return
-            if first + sealed_count(value) <= seq:
+            sealed_key = SEALED_KEY.pack(seal, state.number, first)
+            if sealed_key in self._skipped or not self._is_after(sealed_key, value, seq):
                 continue
-
-            def decode(value: bytes = value) -> tuple[list[bytes], int]:
-                records = sealed_records(value)
-                return records, sum(len(r) for r in records)
-
-            key = b"s" + SEALED_KEY.pack(seal, state.number, first)
-            records: list[bytes] = self._decoded.get(key, decode)
+            records: list[bytes] = self._decoded.get(
+                b"s" + sealed_key, functools.partial(_decode_sealed, sealed_key, value)
+            )
             end = first + len(records)
             low, high = max(seq, state.head, first), min(limit, state.next, end)
             # Only a gap makes a reading between the head and the tail not live.
@@ -115,6 +128,25 @@ class FifoWalker:
                     yield at, records[at - first]
             if end >= limit:
                 return
+
+    def _is_after(self, sealed_key: bytes, value: bytes, seq: int) -> bool:
+        """Whether a sealed chunk holds sequences from `seq` on (checked for damage first).
+
+        Raises:
+            DamagedChunkError: the chunk fails its checksum, so its count cannot be trusted.
+        """
+        if b"s" + sealed_key not in self._decoded and not is_sealed_intact(value):
+            raise DamagedChunkError("sealed", sealed_key, "checksum mismatch")
+        first: int = SEALED_KEY.unpack(sealed_key)[2]
+        return first + sealed_count(value) > seq
+
+
+def _decode_sealed(sealed_key: bytes, value: bytes) -> tuple[list[bytes], int]:
+    try:
+        records = sealed_records(value)
+    except DECODE_ERRORS as exc:
+        raise DamagedChunkError("sealed", sealed_key, str(exc)) from exc
+    return records, sum(len(r) for r in records)
 
 
 class DecodedChunks:
@@ -129,6 +161,10 @@ class DecodedChunks:
         self._max_bytes = max_bytes
         self._bytes = 0
         self._entries: OrderedDict[bytes, tuple[Any, int]] = OrderedDict()
+
+    def __contains__(self, key: bytes) -> bool:
+        """Whether the chunk under `key` is held decoded."""
+        return key in self._entries
 
     def get(self, key: bytes, decode: Callable[[], tuple[Any, int]]) -> Any:  # noqa: ANN401 - what `decode` returns
         """The decoded chunk under `key`, decoding it (value, size) if not held."""

@@ -29,14 +29,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway.buffer.core.chunk import encode_sealed, journal_records
+from gateway.buffer.core.chunk import DECODE_ERRORS, encode_sealed, journal_records
 from gateway.buffer.core.ledger import SEALED_KEY, U32_MAX, U64
+from gateway.errors import DamagedChunkError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     import lmdb
 
+    from gateway.buffer.core.chunk import Segment
     from gateway.buffer.core.ledger import DeviceState
 
 # The most readings one sealed chunk holds: a read decompresses a whole chunk.
@@ -100,7 +102,12 @@ class Sealing:
         states: Mapping[str, DeviceState],
         budget_bytes: int = STEP_BYTES,
     ) -> None:
-        """Do about `budget_bytes` of the seal's work inside the store's write transaction `txn`."""
+        """Do about `budget_bytes` of the seal's work inside the store's write transaction `txn`.
+
+        Raises:
+            DamagedChunkError: a journal record failed its checksum; the seal must start over
+                once it is set aside.
+        """
         self.steps += 1
         if not self._cleared:
             discard_seals_from(txn, sealed_db, self.seal)
@@ -109,24 +116,30 @@ class Sealing:
         while spent < budget_bytes and self._next < len(self._records):
             record = self._records[self._next]
             self._next += 1
-            value = journal.get(U64.pack(record))
+            key = U64.pack(record)
+            value = journal.get(key)
             if value is None:
                 continue  # nothing in it was buffered any more: deleted by a checkpoint
-            spent += self._read_record(txn, sealed_db, bytes(value), states)
+            try:
+                segments, groups = journal_records(bytes(value))
+            except DECODE_ERRORS as exc:
+                raise DamagedChunkError("journal", key, str(exc)) from exc
+            spent += self._copy(txn, sealed_db, segments, groups, states)
             if self._pending_bytes > PENDING_MAX_BYTES:
                 spent += self._write_largest(txn, sealed_db, PENDING_MAX_BYTES // 2)
         if self._next >= len(self._records):
             self._write_largest(txn, sealed_db, 0, budget_bytes=max(budget_bytes - spent, 1))
 
-    def _read_record(
+    def _copy(
         self,
         txn: lmdb.Transaction,
         sealed_db: Any,  # noqa: ANN401 - an LMDB handle
-        value: bytes,
+        segments: list[Segment],
+        groups: list[list[bytes]],
         states: Mapping[str, DeviceState],
     ) -> int:
+        """Take a record's buffered readings into runs; returns the work done."""
         spent = 0
-        segments, groups = journal_records(value)
         for segment, values in zip(segments, groups, strict=True):
             name = self.names.get(segment.number)
             state = states.get(name) if name is not None else None

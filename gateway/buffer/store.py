@@ -53,18 +53,21 @@ thread).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Self
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 import lmdb
 
-from gateway.buffer import capacity, checkpoint, deadletters, environment, integrity, live
+from gateway.buffer import capacity, checkpoint, damage, deadletters, environment, integrity, live
 from gateway.buffer.admitter import Admitter
 from gateway.buffer.checkpointer import Checkpointer, unreachable
 from gateway.buffer.core.admission import Lane, Rules
 from gateway.buffer.core.chunk import reading_bytes
+from gateway.buffer.core.damage import JOURNAL_KIND
 from gateway.buffer.core.ledger import (
     Admitted,
     DeadLetter,
@@ -77,11 +80,11 @@ from gateway.buffer.core.verify import Report, is_plausible
 from gateway.buffer.fiforead import JOURNAL_PREFIX, DecodedChunks, FifoWalker
 from gateway.buffer.transaction import FifoTransaction
 from gateway.config.sections import ApiSettings, SyncMode
-from gateway.errors import StorageError
+from gateway.errors import DamagedChunkError, StorageError
 from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Collection, Iterable, Sequence
     from pathlib import Path
 
     from gateway.buffer.core.journalindex import JournalIndex
@@ -92,6 +95,30 @@ logger = logging.getLogger(__name__)
 # Without a configuration (tools, tests), the read API's default.
 DEFAULT_LATEST_SERIES: int = ApiSettings.model_fields["latest_series"].default
 DEFAULT_LANE = Lane()
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _surviving_damage(
+    method: Callable[Concatenate[Buffer, _P], _R],
+) -> Callable[Concatenate[Buffer, _P], _R]:
+    """Run `method` again after setting aside each damaged chunk it met (gateway/buffer/damage.py).
+
+    Only for methods that change nothing before the walk that raises (their transaction is
+    aborted with it): they run again as if the chunk had never been there.
+    """
+
+    def surviving(self: Buffer, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except DamagedChunkError as exc:
+                with self._lock:
+                    self._set_aside(exc)
+
+    return functools.update_wrapper(surviving, method)  # type: ignore[return-value]
 
 
 class Buffer:
@@ -152,9 +179,15 @@ class Buffer:
         # after the journal commit holding it, and the checkpoint writes it to the store.
         # Notes committed to the journal and not yet written to the store by a checkpoint.
         self._unwritten_notes: dict[bytes, bytes]
+        found = checkpoint.Recovered()
         self._ledger, self._index, self._unwritten_notes = checkpoint.recover(
-            self._env, self._journal, self._tables, self.latest
+            self._env, self._journal, self._tables, self.latest, found
         )
+        self._damage = damage.Damage()
+        self._note_recovered_damage(found)
+        # FIFOs whose readings were delivered or dropped since the last journal chunk: the next
+        # chunk carries their states (gateway/buffer/transaction.py `finish`).
+        self._moved: set[str] = set()
         self._checkpointer = Checkpointer(
             self._env,
             self._journal,
@@ -164,19 +197,89 @@ class Buffer:
             capacity_bytes=capacity_bytes,
             sync=sync,
             decoded=self._decoded,
+            damage=self._damage,
         )
         if not readonly:
             self._checkpointer.discard_unfinished_seal(self._ledger)
         if not readonly and (
-            not is_plausible(self._ledger.states, (self._ledger.readings, self._ledger.nbytes))
+            found.needs_scan
+            or not is_plausible(self._ledger.states, (self._ledger.readings, self._ledger.nbytes))
             or unreachable(self._ledger, self._index)
         ):
+            before = {fifo: state.readings for fifo, state in self._ledger.states.items()}
             report = self.repair()
             logger.error(
                 "buffer accounting did not match its data (%s); rebuilt it from a full scan",
                 "; ".join(report.problems[:5]),
             )
+            if found.needs_scan:
+                states = self._ledger.states
+                self._damage.count(0, {f: n - states[f].readings for f, n in before.items()})
+        if not readonly and self._damage.pending:
+            self._checkpoint_if_due()
 
+    def _note_recovered_damage(self, found: checkpoint.Recovered) -> None:
+        """Count what recovery found damaged; the next checkpoint writes it aside."""
+        for key, raw in found.records:
+            self._damage.pending[JOURNAL_KIND + key] = raw
+        self._damage.unsettled.update(found.lost)
+        if found.records:
+            self._damage.count(len(found.records), found.lost)
+            logger.error(
+                "buffer journal records %s are damaged: set aside, %d readings of %d devices lost",
+                ", ".join(key.hex() for key, _ in found.records),
+                sum(found.lost.values()),
+                len(found.lost),
+            )
+
+    def _set_aside(self, exc: DamagedChunkError) -> None:
+        """Set a damaged chunk aside and take its readings out of the accounting (lock held)."""
+        with self._env.begin() as txn:
+            if exc.kind == "sealed":
+                raw = txn.get(exc.key, db=self._tables.sealed)
+            elif self._journal is not None:
+                with self._journal.begin() as jtxn:
+                    raw = jtxn.get(exc.key)
+            else:
+                raw = None
+            raw = bytes(raw) if raw is not None else b""
+            skipped = self._damage.skipped
+
+            def next_sealed(seal: int, number: int, first: int) -> int | None:
+                return damage.next_sealed_first(
+                    txn, self._tables.sealed, skipped, (seal, number, first)
+                )
+
+            with self._walker() as walker:
+                change = damage.set_aside(
+                    exc, self._damage, self._ledger, self._index, raw, walker, next_sealed
+                )
+        self._adopt(change)
+
+    @property
+    def on_damaged(self) -> Callable[[int, Counter[tuple[str, str]]], None] | None:
+        """Told (chunks, readings by (reason, device class)) of each damaged chunk set aside."""
+        return self._damage.on_damaged
+
+    @on_damaged.setter
+    def on_damaged(self, callback: Callable[[int, Counter[tuple[str, str]]], None] | None) -> None:
+        self._damage.on_damaged = callback
+
+    def damaged(self) -> tuple[int, Counter[tuple[str, str]]]:
+        """Damaged chunks set aside since opening, and their readings by (reason, class)."""
+        with self._lock:
+            return self._damage.chunks, Counter(self._damage.by_class)
+
+    def damaged_chunks(self) -> list[str]:
+        """Every chunk set aside as damaged: written to the `damaged` table, or pending."""
+        found = set(self._damage.pending)
+        if self._tables.damaged is not None:
+            with self._lock, self._env.begin() as txn:
+                cursor = txn.cursor(db=self._tables.damaged)
+                found.update(bytes(k) for k in cursor.iternext(keys=True, values=False))
+        return [damage.describe(key) for key in sorted(found)]
+
+    @_surviving_damage
     def verify(self, progress: Callable[[int, int, int], None] | None = None) -> Report:
         """Compare the accounting with a full scan of the data.
 
@@ -185,6 +288,7 @@ class Buffer:
         with self._lock, self._walker() as walker:
             return integrity.verify(walker, self._ledger, self._orphans(), progress)
 
+    @_surviving_damage
     def repair(self, progress: Callable[[int, int, int], None] | None = None) -> Report:
         """Rebuild the accounting from a full scan; returns what was wrong before."""
         with self._lock:
@@ -225,7 +329,12 @@ class Buffer:
                 with self._lock:
                     # A seal under way is given up: a restart removes what it wrote.
                     self._checkpointer.abandon_seal()
-                    self._checkpoint()
+                    while True:
+                        try:
+                            self._checkpoint()
+                            break
+                        except DamagedChunkError as exc:
+                            self._set_aside(exc)
         finally:
             if self._journal is not None:
                 self._journal.close()
@@ -240,6 +349,7 @@ class Buffer:
         self._env.close()
         self._release()
 
+    @_surviving_damage
     def checkpoint(self) -> None:
         """Write the checkpoint now, and run a seal due or under way to its end.
 
@@ -271,6 +381,7 @@ class Buffer:
         """
         self.admit([(fifo, value, DEFAULT_LANE) for fifo, value in items], self._plain_rules)
 
+    @_surviving_damage
     def admit(
         self,
         items: Sequence[tuple[str, bytes, Lane]],
@@ -295,11 +406,17 @@ class Buffer:
                     w = FifoTransaction(self._ledger, walker)
                     admitted = Admitter(w, rules, self._leases, self._live_from).admit(items)
                     if admitted.stored or notes:
-                        w.finish(txn, list(notes.items()) if notes else ())
+                        unsettled = self._damage.unsettled
+                        w.finish(txn, list(notes.items()) if notes else (), self._moved, unsettled)
                         self._guard.check(txn)
             except lmdb.Error as exc:
                 raise capacity.translate(exc, self.path, self.capacity_bytes) from exc
+            # Before the ledger adopts the states the transaction compares with.
+            self._moved |= w.taken()
             self._adopt(w.change(), w.chunk_bytes)
+            if w.written is not None:
+                # Carried by the chunk, but for FIFOs whose loss to damage is not written yet.
+                self._moved &= self._damage.unsettled
             if notes:
                 self._unwritten_notes.update(notes)
             if w.written is not None:
@@ -337,6 +454,7 @@ class Buffer:
             self._decoded,
             journal_txn=journal_txn,
             store_txn=store_txn,
+            skipped=self._damage.skipped,
         )
 
     def _adopt(self, change: LedgerChange, chunk_bytes: int = 0) -> None:
@@ -356,6 +474,7 @@ class Buffer:
         for state in change.changed.values():
             self._index.advance(state.number, state.head)
 
+    @_surviving_damage
     def read(self, wanted: Iterable[tuple[str, int]]) -> list[Span]:
         """Read up to n oldest readings of each (FIFO, n) and lease them until `delete`/`release`.
 
@@ -374,7 +493,9 @@ class Buffer:
                 values: list[bytes] = []
                 last_seq = state.head
                 for seq, value in walker.readings(state, state.head):
-                    if seq >= stop or len(values) >= n:
+                    # Sequences missing mid-way were in a damaged chunk: a delete counts from
+                    # the head, so a read is one run and stops before them.
+                    if seq >= stop or len(values) >= n or seq != last_seq + bool(values):
                         break
                     values.append(value)
                     last_seq = seq
@@ -410,6 +531,7 @@ class Buffer:
             }
             return {fifo: n for fifo, n in waiting.items() if n}
 
+    @_surviving_damage
     def read_live(self, wanted: Iterable[tuple[str, int]]) -> list[Span]:
         """Read up to n readings of each (FIFO, n)'s live stream, leased until `delete`/`release`.
 
@@ -426,7 +548,7 @@ class Buffer:
                 first = live.cursor(state, mark)
                 values: list[bytes] = []
                 for seq, value in walker.readings(state, first):
-                    if len(values) >= n:
+                    if len(values) >= n or seq != first + len(values):
                         break
                     if timestamp_of(value) <= mark.newer_than_ns:
                         self._held[fifo] = seq
@@ -445,6 +567,7 @@ class Buffer:
             del self._live_from[fifo]
             self._held.pop(fifo, None)
 
+    @_surviving_damage
     def readings_of(self, fifo: str) -> list[bytes]:
         """Every buffered reading of a FIFO in order, without leasing them (checks and tools)."""
         with self._lock, self._walker() as walker:
@@ -460,6 +583,7 @@ class Buffer:
                 self._leases.pop(fifo, None)
                 self._live_leases.pop(fifo, None)
 
+    @_surviving_damage
     def delete(
         self,
         spans: Iterable[tuple[str, int, int]],
@@ -504,6 +628,7 @@ class Buffer:
                     w.delete_head(state, count, leased if lease_end == first_seq + count else None)
                     deleted += count
             change = w.change()
+            taken = w.taken()
             if dead_lines:
                 # Checkpointed before the ledger takes the deletion: if the checkpoint fails,
                 # the readings are still buffered and no dead letter was stored.
@@ -514,6 +639,7 @@ class Buffer:
                 self._index_follow(change)
             else:
                 self._adopt(change)
+            self._moved |= taken
             for fifo, _, _ in spans:
                 if fifo in live_deleted:
                     self._live_leases.pop(fifo, None)
@@ -547,7 +673,12 @@ class Buffer:
             return self._checkpoint_if_due()
 
     def _checkpoint_if_due(self) -> bool:
-        return self._checkpointer.maintain(self._ledger, self._index, self._unwritten_notes)
+        try:
+            return self._checkpointer.maintain(self._ledger, self._index, self._unwritten_notes)
+        except DamagedChunkError as exc:
+            # Set aside now; the next change checkpoints (or seals) again without it.
+            self._set_aside(exc)
+            return self._checkpointer.sealing is not None
 
     def _checkpoint(self) -> None:
         self._checkpointer.write(self._ledger, self._index, self._unwritten_notes)
@@ -656,8 +787,10 @@ class _Walking:
         *,
         journal_txn: lmdb.Transaction | None,
         store_txn: lmdb.Transaction | None,
+        skipped: Collection[bytes] = (),
     ) -> None:
         self._env, self._journal, self._db, self._index = env, journal, sealed_db, index
+        self._skipped = skipped
         self._decoded = decoded
         self._given = journal_txn
         self._store_txn = store_txn
@@ -677,7 +810,7 @@ class _Walking:
             self._own_journal = journal_txn
         else:
             self._own_journal = None
-        return FifoWalker(self._sealed, journal_txn, self._index, self._decoded)
+        return FifoWalker(self._sealed, journal_txn, self._index, self._decoded, self._skipped)
 
     def __exit__(self, *exc: object) -> None:
         for txn in self._txns:

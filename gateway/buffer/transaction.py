@@ -3,9 +3,11 @@
 The transaction works on copies of the ledger's entries it touches (gateway/buffer/core/
 ledger.py) and hands back the change with `change`; the store has the ledger adopt it only after
 LMDB committed, so the mirror never runs ahead of the disk. Appends become one journal chunk,
-written by `finish`; drops and deletes only move heads and gaps, which the next checkpoint writes
-(gateway/buffer/checkpoint.py), together with the device names, totals and device numbers this
-module also reads back (`read_ledger`).
+written by `finish`; drops and deletes only move heads and gaps. The chunk also carries the
+states of the FIFOs whose readings were taken out since the previous chunk (`taken` here, and
+the deliveries the store collected between commits), so that they reach the disk with the next
+group commit; the checkpoint (gateway/buffer/checkpoint.py) writes them to the store, together
+with the device names, totals and device numbers this module also reads back (`read_ledger`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from gateway.buffer.core.chunk import READING_OVERHEAD, Segment, encode_journal, reading_bytes
+from gateway.buffer.core.chunk import (
+    READING_OVERHEAD,
+    Segment,
+    State,
+    encode_journal,
+    reading_bytes,
+)
+from gateway.buffer.core.damage import settle_empty
 from gateway.buffer.core.ledger import (
     NEWEST_NONE,
     TOTALS,
@@ -28,7 +37,7 @@ from gateway.buffer.core.ledger import (
 from gateway.points.record import HEADER, timestamp_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Collection, Iterator, Sequence
 
     import lmdb
 
@@ -50,6 +59,9 @@ class Tables:
     # Notes written with group commits (gateway/buffer/core/chunk.py); None in a read-only view
     # of a buffer from before notes.
     notes: Any = None
+    # Chunks set aside as damaged (gateway/buffer/damage.py); None in a read-only view of a
+    # buffer from before checksums.
+    damaged: Any = None
 
 
 def read_ledger(txn: lmdb.Transaction, tables: Tables) -> Ledger:
@@ -264,12 +276,22 @@ class FifoTransaction:
             freed = 0
             for _, (_, value) in zip(range(count), self._readings(state, state.head), strict=False):
                 freed += reading_bytes(value)
+        self._take(state, count, freed)
+        state.head += count
+        self._find_head(state)
+        self._settle(state)
+
+    def _take(self, state: DeviceState, count: int, freed: int) -> None:
+        # A loss to damage counted low bytes (gateway/buffer/core/damage.py): never below 0.
+        freed = min(freed, state.nbytes)
         state.readings -= count
         state.nbytes -= freed
         self.readings -= count
         self.nbytes -= freed
-        state.head += count
-        self._find_head(state)
+
+    def _settle(self, state: DeviceState) -> None:
+        left = settle_empty(state)
+        self.nbytes -= left
 
     def delete_live(self, state: DeviceState, first: int, count: int, freed: int) -> None:
         """Take a delivered run out of the middle of a FIFO: the live stream of a live-first drain.
@@ -277,15 +299,13 @@ class FifoTransaction:
         The run starts where the gap ends (or opens it), so the FIFO still has one gap: its
         older readings before it, the rest of the live stream after it.
         """
-        state.readings -= count
-        state.nbytes -= freed
-        self.readings -= count
-        self.nbytes -= freed
+        self._take(state, count, freed)
         if state.gap_end <= state.gap_start:
             state.gap_start = first
         state.gap_end = first + count
         if not state.readings:
             self._find_head(state)
+            self._settle(state)
 
     def _new_number(self) -> int:
         # Numbers wrap after 2**32 devices (a firmware bug can invent that many over months);
@@ -307,8 +327,56 @@ class FifoTransaction:
                 self.changed.pop(fifo, None)
                 self._entries -= 1
 
-    def finish(self, journal: lmdb.Transaction, notes: Sequence[tuple[bytes, bytes]] = ()) -> None:
-        """Write this transaction's appends and `notes` as one journal chunk (nothing if none)."""
+    def taken(self) -> set[str]:
+        """The FIFOs this transaction took readings out of (drops, deletes) or forgot."""
+        found = set(self.pruned)
+        for fifo, state in self.changed.items():
+            base = self._base.get(fifo)
+            before = base.readings if base is not None and base.number == state.number else 0
+            appended = self._appended.get(state.number)
+            if state.readings < before + (len(appended.records) if appended else 0):
+                found.add(fifo)
+        return found
+
+    def _carried(self, moved: Collection[str], held: Collection[str]) -> list[State]:
+        """The states a start-up sets after this chunk's appends: `moved` and `taken` FIFOs."""
+        by_number: dict[int, DeviceState] = {}
+        for fifo in (set(moved) | self.taken()).difference(held):
+            state = self.changed.get(fifo)
+            if fifo in self.pruned or state is None:
+                # A forgotten FIFO keeps the number of its last state until a seal.
+                state = self._base.get(fifo)
+            if state is not None:
+                by_number[state.number] = state
+        return [
+            (
+                s.number,
+                s.head,
+                s.next,
+                s.readings,
+                s.nbytes,
+                s.oldest_ts_ns,
+                s.gap_start,
+                s.gap_end,
+                s.newest_ts_ns,
+            )
+            for _, s in sorted(by_number.items())
+        ]
+
+    def finish(
+        self,
+        journal: lmdb.Transaction,
+        notes: Sequence[tuple[bytes, bytes]] = (),
+        moved: Collection[str] = (),
+        held: Collection[str] = (),
+    ) -> None:
+        """Write this transaction's appends and `notes` as one journal chunk (nothing if none).
+
+        The chunk carries the states of the FIFOs this transaction took readings out of and of
+        `moved` ones (deliveries since the previous chunk), never a chunk of its own for them:
+        that would cost a disk write per delivery (DESIGN invariant 9). `held` FIFOs are left
+        out (a loss to damage not written yet: gateway/buffer/damage.py).
+        """
         if not self._appended and not notes:
             return
         segments = []
@@ -329,7 +397,7 @@ class FifoTransaction:
             )
             groups.append(appended.records)
         names = [(n, f) for n, f in self._new_numbers.items() if f in self.changed]
-        value = encode_journal(segments, groups, names, notes)
+        value = encode_journal(segments, groups, names, notes, self._carried(moved, held))
         key = U64.pack(self._ledger.next_record)
         if not journal.put(key, value, append=True):
             raise AssertionError("journal record numbers must grow")

@@ -7,7 +7,8 @@ snapshot (a Prometheus scrape) satisfies both identities exactly:
     accepted + recovered == delivered + dead_lettered + dropped + buffered
 
 `refused` readings were valid and acknowledged but never stored (admission refused them);
-`dropped` ones were stored and then removed by admission to make room. Both are also kept by
+`dropped` ones were stored and then removed by admission to make room, or lost with a damaged
+chunk of the buffer (reason `damaged`). Both are also kept by
 (reason, device class), and those add up to the totals. `recovered` is what this process found
 in the buffer at start (accepted by an earlier run).
 """
@@ -80,6 +81,14 @@ class Accounting:
             self._refused.update(refused)
             self._dropped.update(dropped)
             self._buffered += accepted - dropped_total
+
+    def damaged(self, lost: Breakdown) -> None:
+        """Buffered readings were lost with a damaged chunk: dropped, by (`damaged`, class)."""
+        total = sum(lost.values())
+        with self._lock:
+            self._outcomes["dropped"] += total
+            self._dropped.update(lost)
+            self._buffered -= total
 
     def removed(self, delivered: int, dead_lettered: int) -> None:
         """Readings left the buffer: confirmed by the database or moved to the dead letters."""

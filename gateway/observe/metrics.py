@@ -27,7 +27,7 @@ from gateway.observe.accounting import Accounting
 from gateway.observe.brokerstats import BrokerStats
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
     from prometheus_client.metrics_core import Metric
 
@@ -96,6 +96,12 @@ class Metrics:
             registry=r,
         )
         self.buffer_bytes = Gauge("gateway_buffer_bytes", "Bytes of buffered readings", registry=r)
+        self.damaged_chunks = Counter(
+            "gateway_buffer_damaged_chunks",
+            "Buffer chunks that failed their checksum and were set aside (their readings are "
+            "counted dropped, reason damaged)",
+            registry=r,
+        )
         self.sparkplug_online = Gauge(
             "gateway_sparkplug_online",
             "Sparkplug B edge nodes and devices: 1 online (BIRTH seen), 0 offline (DEATH)",
@@ -252,6 +258,11 @@ class Metrics:
         self.buffer_devices.set(totals.devices)
         if self._budget_bytes:
             self.buffer_fill.set(totals.nbytes / self._budget_bytes)
+
+    def buffer_damaged(self, chunks: int, lost: Mapping[tuple[str, str], int]) -> None:
+        """Damaged chunks were set aside, with the readings they held by (reason, class)."""
+        self.damaged_chunks.inc(chunks)
+        self.accounting.damaged(lost)
 
     def set_buffer_limits(self, capacity_bytes: int, budget_bytes: int) -> None:
         """Record the buffer's disk budget and readings budget."""

@@ -302,7 +302,12 @@ def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
         b.policy,
     )
     metrics.set_buffer_limits(buffer.capacity_bytes, buffer.budget_bytes)
-    metrics.accounting = Accounting(recovered=totals.readings)
+    # Readings lost with chunks found damaged at start were buffered by an earlier run: they
+    # count as recovered and dropped (reason damaged), so the identity shows them.
+    chunks, lost = buffer.damaged()
+    metrics.accounting = Accounting(recovered=totals.readings + sum(lost.values()))
+    metrics.buffer_damaged(chunks, lost)
+    buffer.on_damaged = metrics.buffer_damaged
     metrics.observe_buffer(totals)
     return buffer
 

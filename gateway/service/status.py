@@ -132,15 +132,27 @@ def verify(settings: Settings, *, repair: bool, as_json: bool = False) -> tuple[
             scanned = scan_progress(ticker)
             report = buffer.repair(scanned) if repair else buffer.verify(scanned)
             totals = buffer.totals()
+            found_now, lost = buffer.damaged()
+            damaged = buffer.damaged_chunks()
         results.append(
             {
                 "path": str(path),
-                "consistent": report.is_consistent,
+                "consistent": report.is_consistent and not found_now,
                 "repaired": repair and not report.is_consistent,
                 "problems": list(report.problems),
+                "damaged_chunks": damaged,
+                "damaged_readings_found": sum(lost.values()),
                 **asdict(totals),
             }
         )
+        if damaged:
+            texts.append(
+                f"buffer {path}: {len(damaged)} damaged chunks set aside "
+                f"({found_now} found by this scan, {sum(lost.values()):,} readings lost):"
+            )
+            texts += damaged
+        if found_now:
+            code = EXIT_MISMATCH
         if report.is_consistent:
             texts.append(
                 f"buffer {path}: consistent; {totals.readings:,} readings of "

@@ -71,6 +71,28 @@ class JournalIndex:
         if places is not None and not places:
             del self._segments[number]
 
+    def drop_record(self, record: int) -> dict[int, tuple[int, int]]:
+        """Forget a record's segments (it is damaged); returns number -> (first, end) of each.
+
+        Walks every device's list: damage is rare, and the record's own header is not to be
+        trusted for which devices it served.
+        """
+        found: dict[int, tuple[int, int]] = {}
+        for number in list(self._segments):
+            places = self._segments[number]
+            kept = deque(place for place in places if place[0] != record)
+            if len(kept) == len(places):
+                continue
+            for at, first, end in places:
+                if at == record:
+                    found[number] = (first, end)
+                    self._release(record, end - first)
+            if kept:
+                self._segments[number] = kept
+            else:
+                del self._segments[number]
+        return found
+
     def forget(self, number: int) -> None:
         """Forget every segment of a device (it holds no reading any more)."""
         places = self._segments.pop(number, None)
