@@ -271,7 +271,9 @@ class Buffer:
             try:
                 with journal.begin(write=True) as txn, self._walker(txn) as walker:
                     w = FifoTransaction(self._ledger, walker)
-                    admitted = Admitter(w, rules, self._leases, self._live_from).admit(items)
+                    admitted = Admitter(
+                        w, rules, self._leases, self._live_from, self._live_leases
+                    ).admit(items)
                     if admitted.stored or notes:
                         w.finish(txn, list(notes.items()) if notes else ())
                         self._guard.check(txn)
@@ -479,6 +481,12 @@ class Buffer:
                             f"delete of {fifo!r} from {first_seq} does not match the buffered head"
                         )
                     lease_end, leased = self._leases.get(fifo, (None, 0))
+                    if lease_end != first_seq + count:
+                        # A live batch whose split ended while it was in flight: its readings
+                        # are the FIFO's oldest now, deleted from the head.
+                        lease_end, leased = self._live_leases.get(fifo, (None, 0))
+                        if lease_end == first_seq + count:
+                            live_deleted.add(fifo)
                     w.delete_head(state, count, leased if lease_end == first_seq + count else None)
                     deleted += count
             change = w.change()
