@@ -156,7 +156,7 @@ class Buffer:
         self._ledger, self._index, self._unwritten_notes = checkpoint.recover(
             self._env, self._journal, self._tables, self.latest
         )
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint = self._last_pruned = time.monotonic()
         # Checkpoints written since opening, for tests and tools that follow them.
         self.checkpoints = 0
         if not readonly and not is_plausible(
@@ -166,6 +166,43 @@ class Buffer:
             logger.error(
                 "buffer accounting did not match its data (%s); rebuilt it from a full scan",
                 "; ".join(report.problems[:5]),
+            )
+        if not readonly:
+            self._trim_metadata()
+
+    def _trim_metadata(self) -> None:
+        """Evict latest values past a bound lowered since they were kept, as a checkpoint does.
+
+        Now, not at the next change: the page guard may refuse every change while they take
+        the room. (Idle FIFOs are forgotten by the first checkpoint due, see `maintain`.)
+        """
+        if self.latest is None:
+            return
+        with self._env.begin() as txn:
+            if not self.latest.is_over_bound(txn):
+                return
+        try:
+            self._checkpoint()
+        except (CapacityError, StorageError) as exc:
+            logger.warning("buffer checkpoint at start failed, retrying later: %s", exc)
+
+    def _forget_idle(self) -> None:
+        """Forget FIFOs without readings, as `checkpoint.idle_fifos` chooses them."""
+        ledger = self._ledger
+        keep = self._leases.keys() | self._live_leases.keys() | self._live.keys()
+        idle = checkpoint.idle_fifos(ledger, keep, under_pressure=self._guard.under_pressure)
+        self._last_pruned = time.monotonic()
+        if idle:
+            self._adopt(
+                LedgerChange(
+                    {},
+                    idle,
+                    set(),
+                    ledger.readings,
+                    ledger.nbytes,
+                    ledger.active,
+                    next_device=ledger.next_device,
+                )
             )
 
     def verify(self, progress: Callable[[int, int, int], None] | None = None) -> Report:
@@ -531,7 +568,17 @@ class Buffer:
 
     def _checkpoint_if_due(self) -> None:
         ledger = self._ledger
-        if not (ledger.dirty or ledger.forgotten or self._index.has_dead or self._unwritten_notes):
+        # Looked for once per interval at most: it walks every FIFO's state.
+        idle = time.monotonic() - self._last_pruned >= checkpoint.CHECKPOINT_INTERVAL_S and (
+            checkpoint.is_pruning_due(ledger, under_pressure=self._guard.under_pressure)
+        )
+        if not (
+            ledger.dirty
+            or ledger.forgotten
+            or self._index.has_dead
+            or self._unwritten_notes
+            or idle
+        ):
             return
         noted = len(self.latest.noted) if self.latest is not None else 0
         if (
@@ -541,6 +588,14 @@ class Buffer:
             # Near the page guard, what deliveries and drops freed is freed at once.
             or self._guard.under_pressure
         ):
+            if idle:
+                self._forget_idle()
+            if not (
+                ledger.dirty or ledger.forgotten or self._index.has_dead or self._unwritten_notes
+            ):
+                # Only entries that went idle since the last checkpoint: forgotten at the next.
+                self._last_checkpoint = time.monotonic()
+                return
             try:
                 self._checkpoint()
             except (CapacityError, StorageError) as exc:
