@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 START_TIMEOUT_S = 20.0
+# The read API's last-value table sized for a 1 MiB buffer (the default does not fit it).
+SMALL_API = "latest_series = 500\n"
 PUBLISH_CHUNK = 20_000
 
 
@@ -55,6 +57,7 @@ def config_text(
     client_id: str,
     mqtt_extra: str = 'host = "127.0.0.1"\n',
     metrics_extra: str = "",
+    api: str = "",
 ) -> str:
     """A gateway configuration; `influx` is the body of the [influx] table."""
     return (
@@ -66,6 +69,7 @@ def config_text(
         f"[influx]\n{influx}\n"
         f"[flush]\n{flush}\n"
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n{metrics_extra}'
+        + (f"\n[api]\n{api}" if api else "")
     )
 
 

@@ -44,17 +44,32 @@ class Admitter:
         rules: Rules,
         leases: Mapping[str, tuple[int, int]],
         live_from: Mapping[str, int] | None = None,
+        live_leases: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         """`leases`: FIFO -> (first sequence after the leased readings, leased bytes).
 
         `live_from`: FIFO -> where the live stream of a live-first drain begins; drops take
-        from the readings before it only.
+        from the readings before it only. `live_leases`: the leases of live-stream reads, as
+        `leases`: a live batch stays in flight after its split ended (its backlog delivered),
+        and then its readings are the FIFO's oldest.
         """
         self._w = w
         self._rules = rules
         self._leases = leases
         self._live_from = live_from or {}
+        self._live_leases = live_leases or {}
         self._admitted = Admitted()
+
+    def _lease(self, fifo: str) -> tuple[int, int]:
+        """(first sequence a drop may take, bytes in flight) of a FIFO, both reads counted."""
+        end, nbytes = self._leases.get(fifo, NO_LEASE)
+        live = self._live_leases.get(fifo)
+        if live is not None:
+            nbytes += live[1]
+            # While split, the live stream lies past `live_from`, where drops stop anyway.
+            if fifo not in self._live_from:
+                end = max(end, live[0])
+        return end, nbytes
 
     def admit(self, items: Sequence[tuple[str, bytes, Lane]]) -> Admitted:
         """Admit (FIFO, packed record, lane) triples in order; returns what was done.
@@ -104,7 +119,7 @@ class Admitter:
         fifo, value, lane = item
         size = reading_bytes(value)
         state = w.state(fifo)
-        lease_end, leased_bytes = self._leases.get(fifo, NO_LEASE)
+        lease_end, leased_bytes = self._lease(fifo)
         if state is None or not state.readings:
             view = Fifo(0, 0, is_new=True)
         else:
@@ -133,7 +148,7 @@ class Admitter:
 
     def _make_room(self, lane: Lane, need: int) -> bool:
         """Drop victims' oldest readings until `need` bytes are free; False if none are left."""
-        w, rules, leases = self._w, self._rules, self._leases
+        w, rules = self._w, self._rules
         reason = drop_reason(lane)
         freed = 0
         # FIFOs that had nothing to give (their oldest readings are in flight before a live
@@ -144,7 +159,7 @@ class Admitter:
                 Candidate(
                     name,
                     rules.lane(fifo_class(name)),
-                    state.nbytes - leases.get(name, NO_LEASE)[1],
+                    state.nbytes - self._lease(name)[1],
                 )
                 for name, state in w.active_states()
                 if name not in spent
@@ -152,7 +167,7 @@ class Admitter:
             chosen = victim(lane, candidates)
             if chosen is None:
                 return False
-            lease_end = leases.get(chosen.name, NO_LEASE)[0]
+            lease_end = self._lease(chosen.name)[0]
             count, nbytes = w.drop(
                 chosen.name,
                 lease_end,

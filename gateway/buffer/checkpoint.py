@@ -57,10 +57,12 @@ from gateway.buffer.core.ledger import (
     DeviceState,
     Ledger,
 )
-from gateway.buffer.transaction import read_ledger
+from gateway.buffer.transaction import PRUNE_FLOOR_ENTRIES, read_ledger
 from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
+    from collections.abc import Container
+
     import lmdb
 
     from gateway.buffer.latest import LatestTable
@@ -154,6 +156,35 @@ def _first_sealed(ledger: Ledger, sealing: Sealing, written: Written) -> dict[st
             written.sealed_from[fifo] = sealing.seal
             found[fifo] = state
     return found
+
+
+def is_pruning_due(ledger: Ledger, *, under_pressure: bool) -> bool:
+    """Whether idle FIFO entries are worth forgetting: many of them, or the map nearly full.
+
+    Not for a few: each one forgotten comes back with a new number (and its name in a journal
+    record) when its device sends again.
+    """
+    entries = len(ledger.states)
+    if ledger.active >= entries:
+        return False
+    return under_pressure or (entries >= PRUNE_FLOOR_ENTRIES and entries >= 2 * ledger.active)
+
+
+def idle_fifos(ledger: Ledger, keep: Container[str], *, under_pressure: bool) -> set[str]:
+    """FIFOs whose entries the next checkpoint forgets: no readings, and none in `keep`.
+
+    A group commit forgets idle entries too, but inside a commit that the page guard may
+    refuse: a small buffer full of idle entries would then refuse every reading for good.
+    Only those idle since the last checkpoint (not in `ledger.dirty`) go, so that a device
+    whose readings were delivered a moment ago keeps its entry; near a full map, all go.
+    """
+    if not is_pruning_due(ledger, under_pressure=under_pressure):
+        return set()
+    return {
+        fifo
+        for fifo, state in ledger.states.items()
+        if not state.readings and fifo not in keep and (under_pressure or fifo not in ledger.dirty)
+    }
 
 
 @dataclass

@@ -39,19 +39,50 @@ def scan(
     states += [DeviceState(number, 0, _EVERYTHING, 1, 0, 0, sealed_from=0) for number in orphans]
     seen = 0
     for done, state in enumerate(states, 1):
-        entry = Found()
-        for seq, value in walker.readings(state, state.head):
-            if not entry.readings:
-                entry.first_seq, entry.oldest_ts_ns = seq, timestamp_of(value)
-            entry.readings += 1
-            entry.nbytes += reading_bytes(value)
-            entry.last_seq = seq
+        entry = _walk(walker, state)
         if entry.readings:
             found[state.number] = entry
         seen += entry.readings
         if progress is not None:
             progress(done, len(states), seen)
     return found
+
+
+def _walk(walker: FifoWalker, state: DeviceState) -> Found:
+    entry = Found()
+    for seq, value in walker.readings(state, state.head):
+        if not entry.readings:
+            entry.first_seq, entry.oldest_ts_ns = seq, timestamp_of(value)
+        entry.readings += 1
+        entry.nbytes += reading_bytes(value)
+        entry.last_seq = seq
+    return entry
+
+
+def _rescan_gaps(walker: FifoWalker, ledger: Ledger, found: dict[int, Found]) -> None:
+    """Walk the gap of each FIFO whose accounting disagrees with its data, and take it away.
+
+    A drop never covers a reading it did not take, so such a gap may hide readings still
+    stored: they come back as buffered (delivered, perhaps again) rather than vanish.
+    """
+    for state in ledger.states.values():
+        if state.gap_end <= state.gap_start:
+            continue
+        seen = found.get(state.number, Found())
+        expected_first = state.head if state.readings else -1
+        if (seen.readings, seen.nbytes, seen.first_seq) == (
+            state.readings,
+            state.nbytes,
+            expected_first,
+        ):
+            continue
+        whole = DeviceState(*state.pack_fields())
+        whole.gap_start = whole.gap_end = 0
+        entry = _walk(walker, whole)
+        found.pop(state.number, None)
+        if entry.readings:
+            found[state.number] = entry
+        state.gap_start = state.gap_end = 0
 
 
 def sealed_numbers(txn: lmdb.Transaction, tables: Tables) -> set[int]:
@@ -91,6 +122,7 @@ def repair(
     report = compare(ledger.states, (ledger.readings, ledger.nbytes), found)
     if report.is_consistent:
         return report
+    _rescan_gaps(walker, ledger, found)
     for number in report.orphan_numbers:
         seen = found[number]
         ledger.states[f"orphan-{number}"] = DeviceState(

@@ -104,6 +104,9 @@ class LatestTable:
         for key, (ts_ns, origin, fields) in self.noted.items():
             self._put(txn, key, ts_ns, origin, fields)
         self.noted.clear()
+        # A lower bound than the table was filled under (a configuration change) applies now,
+        # not only once a new series arrives in a commit the page guard might refuse.
+        self._evict(txn)
 
     def fill(self, txn: lmdb.Transaction, device: str, lines: Iterable[bytes], now_ns: int) -> None:
         """Keep values read back from the database (line protocol, one reading per line)."""
@@ -133,6 +136,11 @@ class LatestTable:
         txn.put(U64.pack(update), key, db=self._lru)
         if old is None:
             self._evict(txn)
+
+    def is_over_bound(self, txn: lmdb.Transaction) -> bool:
+        """Whether the table holds more series than its bound (it was filled under a higher)."""
+        entries: int = txn.stat(self._latest)["entries"]
+        return entries > self.bound
 
     def _evict(self, txn: lmdb.Transaction) -> None:
         excess = txn.stat(self._latest)["entries"] - self.bound

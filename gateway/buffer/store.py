@@ -80,7 +80,7 @@ from gateway.buffer.core.verify import Report, is_plausible
 from gateway.buffer.fiforead import JOURNAL_PREFIX, DecodedChunks, FifoWalker
 from gateway.buffer.transaction import FifoTransaction
 from gateway.config.sections import ApiSettings, SyncMode
-from gateway.errors import DamagedChunkError, StorageError
+from gateway.errors import CapacityError, DamagedChunkError, StorageError
 from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
@@ -188,6 +188,7 @@ class Buffer:
         # FIFOs whose readings were delivered or dropped since the last journal chunk: the next
         # chunk carries their states (gateway/buffer/transaction.py `finish`).
         self._moved: set[str] = set()
+        self._last_pruned = time.monotonic()
         self._checkpointer = Checkpointer(
             self._env,
             self._journal,
@@ -217,6 +218,43 @@ class Buffer:
                 self._damage.count(0, {f: n - states[f].readings for f, n in before.items()})
         if not readonly and self._damage.pending:
             self._checkpoint_if_due()
+        if not readonly:
+            self._trim_metadata()
+
+    def _trim_metadata(self) -> None:
+        """Evict latest values past a bound lowered since they were kept, as a checkpoint does.
+
+        Now, not at the next change: the page guard may refuse every change while they take
+        the room. (Idle FIFOs are forgotten by the first checkpoint due, see `maintain`.)
+        """
+        if self.latest is None:
+            return
+        with self._env.begin() as txn:
+            if not self.latest.is_over_bound(txn):
+                return
+        try:
+            self._checkpoint()
+        except (CapacityError, StorageError) as exc:
+            logger.warning("buffer checkpoint at start failed, retrying later: %s", exc)
+
+    def _forget_idle(self) -> None:
+        """Forget FIFOs without readings, as `checkpoint.idle_fifos` chooses them."""
+        ledger = self._ledger
+        keep = self._leases.keys() | self._live_leases.keys() | self._live.keys()
+        idle = checkpoint.idle_fifos(ledger, keep, under_pressure=self._guard.under_pressure)
+        self._last_pruned = time.monotonic()
+        if idle:
+            self._adopt(
+                LedgerChange(
+                    {},
+                    idle,
+                    set(),
+                    ledger.readings,
+                    ledger.nbytes,
+                    ledger.active,
+                    next_device=ledger.next_device,
+                )
+            )
 
     def _note_recovered_damage(self, found: checkpoint.Recovered) -> None:
         """Count what recovery found damaged; the next checkpoint writes it aside."""
@@ -404,7 +442,9 @@ class Buffer:
             try:
                 with journal.begin(write=True) as txn, self._walker(txn) as walker:
                     w = FifoTransaction(self._ledger, walker)
-                    admitted = Admitter(w, rules, self._leases, self._live_from).admit(items)
+                    admitted = Admitter(
+                        w, rules, self._leases, self._live_from, self._live_leases
+                    ).admit(items)
                     if admitted.stored or notes:
                         unsettled = self._damage.unsettled
                         w.finish(txn, list(notes.items()) if notes else (), self._moved, unsettled)
@@ -625,6 +665,12 @@ class Buffer:
                             f"delete of {fifo!r} from {first_seq} does not match the buffered head"
                         )
                     lease_end, leased = self._leases.get(fifo, (None, 0))
+                    if lease_end != first_seq + count:
+                        # A live batch whose split ended while it was in flight: its readings
+                        # are the FIFO's oldest now, deleted from the head.
+                        lease_end, leased = self._live_leases.get(fifo, (None, 0))
+                        if lease_end == first_seq + count:
+                            live_deleted.add(fifo)
                     w.delete_head(state, count, leased if lease_end == first_seq + count else None)
                     deleted += count
             change = w.change()
@@ -673,6 +719,12 @@ class Buffer:
             return self._checkpoint_if_due()
 
     def _checkpoint_if_due(self) -> bool:
+        now = time.monotonic()
+        # Looked for once per interval at most: it walks every FIFO's state.
+        if now - self._last_pruned >= checkpoint.CHECKPOINT_INTERVAL_S:
+            self._last_pruned = now
+            if checkpoint.is_pruning_due(self._ledger, under_pressure=self._guard.under_pressure):
+                self._forget_idle()
         try:
             return self._checkpointer.maintain(self._ledger, self._index, self._unwritten_notes)
         except DamagedChunkError as exc:

@@ -12,6 +12,7 @@ with the device names, totals and device numbers this module also reads back (`r
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
     from gateway.buffer.fiforead import FifoWalker
 
+logger = logging.getLogger(__name__)
 # Idle FIFO entries are forgotten once there are this many entries and no more than half hold
 # readings, so that device ids seen once (a firmware bug) do not pile up as keys.
 PRUNE_FLOOR_ENTRIES = 10_000
@@ -81,6 +83,21 @@ def read_ledger(txn: lmdb.Transaction, tables: Tables) -> Ledger:
         raw = txn.get(name.encode(), db=tables.meta)
         setattr(ledger, name, U64.unpack(raw)[0] - 1 if raw else -1)
     return ledger
+
+
+def _join_before(state: DeviceState, start: int, limit: int | None) -> int | None:
+    """Where a drop from `start` may stop once it freed enough; None: it may take nothing.
+
+    Behind a lease, a gap beyond the start must be reached: the readings up to it go too.
+    """
+    if start == state.head:
+        return start
+    if limit is not None:
+        return None
+    if state.gap_end <= state.gap_start:
+        return start
+    # In flight past the gap's end, what follows would need a second gap.
+    return state.gap_start if start <= state.gap_end else None
 
 
 @dataclass(slots=True)
@@ -196,6 +213,10 @@ class FifoTransaction:
 
         Takes `count` readings, or as many as free `need_bytes`; returns (readings, bytes).
         Readings before `lease_end` are in flight and stay, which leaves a gap behind them.
+        A FIFO has one gap, so a drop behind a lease that ends before the gap does not stop
+        short of it: it takes every reading up to the gap (all counted), then goes on after it
+        if it needs more. Never may the gap cover a reading that was not taken: it would be
+        gone without a count.
         `limit`: where a live-first drain's live stream begins; nothing from there on is taken,
         and nothing at all while the readings before it are in flight (that would need a second
         gap).
@@ -204,14 +225,17 @@ class FifoTransaction:
         if state is None or not state.readings:
             return 0, 0
         start = max(state.head, lease_end)
-        if limit is not None and start != state.head:
+        join_before = _join_before(state, start, limit)
+        if join_before is None:
             return 0, 0
+        has_gap = state.gap_end > state.gap_start
         dropped = freed = 0
         last = start - 1
         for seq, value in self._readings(state, start):
             if limit is not None and seq >= limit:
                 break
-            if (dropped >= count) if count is not None else (freed >= need_bytes):
+            met = (dropped >= count) if count is not None else (freed >= need_bytes)
+            if met and seq >= join_before:
                 break
             freed += reading_bytes(value)
             dropped += 1
@@ -225,9 +249,10 @@ class FifoTransaction:
         if start == state.head:
             state.head = last + 1
             self._find_head(state)
-        elif state.gap_end > state.gap_start:
-            # Reads stop at the gap, so the lease ends at or before it: the two join up.
-            state.gap_start, state.gap_end = start, max(state.gap_end, last + 1)
+        elif has_gap:
+            # Everything from `start` to the gap went, and what was taken after it: one gap.
+            state.gap_start = min(start, state.gap_start)
+            state.gap_end = max(state.gap_end, last + 1)
         else:
             state.gap_start, state.gap_end = start, last + 1
         return dropped, freed
@@ -250,21 +275,61 @@ class FifoTransaction:
     def _find_head(self, state: DeviceState) -> None:
         """Move the head past what was taken out, to the oldest reading still buffered."""
         if not state.readings:
-            state.head = state.next
-            state.gap_start = state.gap_end = 0
-            state.oldest_ts_ns = 0
-            self.active -= 1
+            self._empty(state)
             return
+        origin = state.head
         if state.gap_start <= state.head < state.gap_end:
             state.head = state.gap_end
         if state.gap_end <= state.head:
             state.gap_start = state.gap_end = 0
         seq, value = next(iter(self._readings(state, state.head)), (None, b""))
         if seq is None:
-            self._walker.first(state)  # raises: accounting and data disagree
+            self._recount(state, origin)
             return
         state.head = seq
         state.oldest_ts_ns = timestamp_of(value)
+
+    def _empty(self, state: DeviceState) -> None:
+        state.head = state.next
+        state.gap_start = state.gap_end = 0
+        state.oldest_ts_ns = 0
+        self.active -= 1
+
+    def _recount(self, state: DeviceState, origin: int) -> None:
+        """Count what a FIFO really holds from `origin` on, its gap included.
+
+        Only reached when the accounting and the data disagree (a bug, or a damaged disk): the
+        data wins, so that deliveries and admission go on instead of failing for good, and a
+        reading a wrong gap hid comes back as buffered rather than vanish.
+        """
+        whole = DeviceState(*state.pack_fields())
+        whole.head, whole.gap_start, whole.gap_end = origin, 0, 0
+        readings = nbytes = 0
+        first: tuple[int, bytes] | None = None
+        for found in self._readings(whole, origin):
+            if first is None:
+                first = found
+            readings += 1
+            nbytes += reading_bytes(found[1])
+        logger.error(
+            "accounting of device number %d said %d readings (%d bytes) from sequence %d, the "
+            "data holds %d (%d bytes); counted as the data says",
+            state.number,
+            state.readings,
+            state.nbytes,
+            origin,
+            readings,
+            nbytes,
+        )
+        self.readings += readings - state.readings
+        self.nbytes += nbytes - state.nbytes
+        state.readings, state.nbytes = readings, nbytes
+        state.gap_start = state.gap_end = 0
+        if first is None:
+            self._empty(state)
+            return
+        state.head = first[0]
+        state.oldest_ts_ns = timestamp_of(first[1])
 
     def delete_head(self, state: DeviceState, count: int, freed: int | None = None) -> None:
         """Take the `count` oldest readings of a FIFO out after their delivery.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+from pydantic import model_validator
+
 from gateway.config.mqtt import MqttSettings
 from gateway.config.section import Section
 from gateway.config.sections import (
@@ -14,6 +18,17 @@ from gateway.config.sections import (
     MetricsSettings,
 )
 from gateway.config.sparkplug import SparkplugSettings
+
+# What one series of the last-value table takes on disk, its two databases together with their
+# pages' free room (measured: 293 bytes for a 58-byte series with two fields).
+LATEST_SERIES_BYTES = 320
+# The page guard lets the buffer's pages reach this share of its capacity and counts the table
+# twice, for the copy a checkpoint rewriting it needs (gateway/buffer/capacity.py).
+GUARD_FRACTION = 0.9
+GUARD_COPIES = 2
+# The last-value table stays when the buffer is empty: it may take at most this share of what
+# the guard allows, so that readings keep the rest.
+LATEST_SHARE = 0.5
 
 
 class Settings(Section):
@@ -28,3 +43,22 @@ class Settings(Section):
     log: LogSettings = LogSettings()
     limits: LimitSettings = LimitSettings()
     sparkplug: SparkplugSettings = SparkplugSettings()
+
+    @model_validator(mode="after")
+    def _latest_values_fit(self) -> Settings:
+        # Without this, a small buffer with many series refuses every reading, even empty.
+        if not self.api.enabled:
+            return self
+        workers = self.mqtt.workers
+        per_series = GUARD_COPIES * LATEST_SERIES_BYTES / (GUARD_FRACTION * LATEST_SHARE)
+        fits = int(self.buffer.capacity // workers / per_series)
+        if self.api.latest_series > fits:
+            needed_mib = math.ceil(self.api.latest_series * per_series * workers / (1 << 20))
+            split = f" shared by {workers} workers" if workers > 1 else ""
+            raise ValueError(
+                f"api.latest_series = {self.api.latest_series} does not fit buffer.capacity = "
+                f"{int(self.buffer.capacity)} bytes{split}: the last-value table would take more "
+                f"than half of the buffer's room. Lower api.latest_series to at most {fits}, or "
+                f"raise buffer.capacity to at least {needed_mib} MiB"
+            )
+        return self

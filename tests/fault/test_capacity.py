@@ -10,7 +10,7 @@ import pytest
 
 from gateway.tools import servers
 from tests import backends
-from tests.gatewayproc import assert_identities, publish_in_background, wait_for
+from tests.gatewayproc import SMALL_API, assert_identities, publish_in_background, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -46,6 +46,7 @@ def test_reject_pauses_at_high_watermark_and_loses_no_qos1_reading(
             f'url = "{db.url}"\napi = "v2"\norg = "o"\nbucket = "b"',
             flush="linger_s = 0.1\nretry_max_s = 1\n",
             buffer='capacity = "1MiB"\n',
+            api=SMALL_API,
         )
         db.kill()
         # About twice what the readings budget holds (2.25 MiB of 75-byte readings).

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.tools import servers, simulate
 from tests.gatewayproc import (
+    SMALL_API,
     expected_points,
     simulated_plan,
     wait_for,
@@ -65,6 +66,7 @@ def fill_buffer_with_database_down(
     # messages were received but cannot be committed.
     gw.config_path.write_text(
         gw.config_path.read_text().replace('"64MiB"', '"1MiB"\nhigh_watermark = 1.0')
+        + f"\n[api]\n{SMALL_API}"
     )
     gw.stop()
     gw.start()

@@ -15,7 +15,13 @@ import pytest
 
 from gateway.tools import servers
 from tests import backends
-from tests.gatewayproc import assert_identities, count, publish_messages, wait_for
+from tests.gatewayproc import (
+    SMALL_API,
+    assert_identities,
+    count,
+    publish_messages,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -72,6 +78,7 @@ def start_with_database_down(
         flush=FLUSH,
         # The smallest capacity: its readings budget (2.36 MB) is about 32,000 readings.
         buffer=f'capacity = "1MiB"\n{buffer}',
+        api=SMALL_API,
     )
     db.kill()
     return gw

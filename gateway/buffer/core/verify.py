@@ -75,8 +75,21 @@ def compare(
 
 
 def is_plausible(states: Mapping[str, DeviceState], totals: tuple[int, int]) -> bool:
-    """The cheap start-up check: the per-device accounting adds up to the totals."""
+    """The cheap start-up check: the per-device accounting adds up to the totals.
+
+    Each FIFO's readings fit between its head and its tail, less its gap, which lies inside
+    them: a gap that covers readings still counted shows here.
+    """
     return totals == (
         sum(s.readings for s in states.values()),
         sum(s.nbytes for s in states.values()),
-    ) and all(0 <= s.readings <= s.next - s.head for s in states.values())
+    ) and all(map(_fits, states.values()))
+
+
+def _fits(state: DeviceState) -> bool:
+    room = state.next - state.head
+    if state.gap_end > state.gap_start:
+        if not state.head <= state.gap_start < state.gap_end <= state.next:
+            return False
+        room -= state.gap_end - state.gap_start
+    return 0 <= state.readings <= room
