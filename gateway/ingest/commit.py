@@ -6,7 +6,10 @@ acks. A message that yields no valid reading is acknowledged with its batch, aft
 as invalid. Acks go out in arrival order, as MQTT requires. When admission pauses at a message
 (the `reject` policy at its watermark), the messages before it are committed and acknowledged and
 the rest stay with the broker. A bug in admission costs only the message that meets it: the batch
-is admitted again message by message. Failures of the buffer itself acknowledge nothing.
+is admitted again message by message. That is safe because only an exception raised before the
+journal commit leaves `Buffer.admit` as anything but a `GatewayError` (the buffer contains what
+follows its commit), so such an exception means nothing of the batch was stored. Failures of the
+buffer itself (`GatewayError`) acknowledge nothing.
 """
 
 from __future__ import annotations
@@ -177,6 +180,8 @@ class Committer:
         except GatewayError:
             raise  # the buffer failed: nothing is acknowledged
         except Exception as exc:  # noqa: BLE001 - a bug in admission: find the message
+            # Raised before the journal commit (see the module docstring): nothing was stored,
+            # so admitting the messages again cannot store one twice.
             admitted, paused = self._admit_one_by_one(batch, exc)
             if paused is not None:
                 batch = batch[: paused.at_message]
