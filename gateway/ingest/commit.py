@@ -25,6 +25,7 @@ from gateway.buffer.core.ledger import Admitted
 from gateway.buffer.rejects import Reject
 from gateway.errors import CapacityError, GatewayError
 from gateway.ingest.core.episodes import Episodes
+from gateway.ingest.core.pausing import Cause, cause_of
 from gateway.ingest.taking import internal_error
 
 if TYPE_CHECKING:
@@ -56,10 +57,15 @@ WHY = {
 class IntakePaused(GatewayError):
     """Raised out of the consume loop to leave the broker while the buffer is too full."""
 
-    def __init__(self, message: str, *, disk_full: bool = False) -> None:
-        """`disk_full`: wait for free disk space rather than for the flusher."""
+    def __init__(self, message: str, *, cause: Cause) -> None:
+        """`cause` says what must change before intake resumes (gateway/ingest/core/pausing.py)."""
         super().__init__(message)
-        self.disk_full = disk_full
+        self.cause = cause
+
+    @classmethod
+    def of(cls, error: CapacityError) -> IntakePaused:
+        """The pause a refusal of the buffer calls for."""
+        return cls(str(error), cause=cause_of(error))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +116,7 @@ class Committer:
             self._send_after_commit(connection, batch, committed)
         except CapacityError as exc:
             # Nothing of this batch is stored or acknowledged: the broker delivers it again.
-            raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc
+            raise IntakePaused.of(exc) from exc
         if admitted.stored:
             self._metrics.commit_seconds.observe(time.monotonic() - started)
             self._metrics.commit_readings.observe(admitted.stored)
@@ -125,7 +131,7 @@ class Committer:
         if paused is not None:
             # The messages from the one that met the watermark on were not acknowledged: the
             # broker keeps them and delivers them again after the pause.
-            raise IntakePaused(str(paused.error), disk_full=paused.error.disk_full)
+            raise IntakePaused.of(paused.error)
 
     def _send_after_commit(self, connection: Connection, batch: list[Pending], end: int) -> None:
         """Publish what the first `end` messages of the batch asked for (Sparkplug B).

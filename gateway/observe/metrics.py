@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 WRITE_RESULTS = ("ok", "retry", "rejected", "auth")
-PAUSE_CAUSES = ("watermark", "disk_full")
+PAUSE_CAUSES = ("watermark", "disk_budget", "disk_full")
 
 
 class BufferTotals(Protocol):
@@ -212,7 +212,8 @@ class Metrics:
         )
         self.intake_pauses = Counter(
             "gateway_intake_pauses_total",
-            "Times intake paused: at the high watermark (policy reject) or with the disk full",
+            "Times intake paused: at the high watermark (policy reject), at the disk budget "
+            "(page guard, full map) or with the disk full",
             ["cause"],
             registry=r,
         )
