@@ -118,7 +118,10 @@ async def test_a_page_guard_refusal_pauses_intake_until_a_delivery_frees_room(
     batch = [ingest.taker.take(message(mid)) for mid in range(1, 41)]
     with pytest.raises(IntakePaused) as raised:
         await ingest.committer.commit_and_ack(connection, batch)  # type: ignore[arg-type]
-    assert connection.acked == []
+    # What fits in parts is committed and acknowledged; intake pauses at the rest.
+    committed = len(connection.acked)
+    assert connection.acked == [(mid, 1) for mid in range(1, committed + 1)]
+    assert committed < len(batch)
     paused_at = time.monotonic()
     resumed: list[float] = []
     resuming = anyio.Event()
@@ -151,7 +154,49 @@ async def test_a_page_guard_refusal_pauses_intake_until_a_delivery_frees_room(
     assert resumed[0] - paused_at >= 1.0  # the shortest pause
     assert metrics.registry.get_sample_value("gateway_intake_paused") == 0
 
-    batch = [ingest.taker.take(message(mid)) for mid in range(1, 41)]
+    # The broker delivers the rest again.
+    batch = [ingest.taker.take(message(mid)) for mid in range(committed + 1, 41)]
     await ingest.committer.commit_and_ack(connection, batch)  # type: ignore[arg-type]
     assert connection.acked == [(mid, 1) for mid in range(1, 41)]
-    assert buffer.totals().readings == left + 40
+    assert buffer.totals().readings == left + 40 - committed
+
+
+@pytest.mark.anyio
+async def test_a_batch_too_large_for_an_empty_buffer_is_committed_in_parts(
+    tmp_path: Path,
+) -> None:
+    """A flood of redelivered messages the page guard refuses whole, into an empty buffer:
+    committed and acknowledged in parts instead of refused forever."""
+    with (
+        Buffer(tmp_path / "buffer", 1 << 20, sync="none") as buffer,
+        RejectLog(tmp_path / "buffer") as rejects,
+    ):
+        metrics = Metrics()
+        ingest = Ingest(
+            settings=MqttSettings(subscriptions=[SUBSCRIPTION]),
+            commit_max_readings=2000,
+            commit_window_s=0.005,
+            buffer=buffer,
+            decoder=Decoder([SUBSCRIPTION], LimitSettings()),
+            metrics=metrics,
+            on_commit=lambda _n: None,
+            on_drop=lambda _n: None,
+            space_freed=anyio.Event,
+            rules=Rules(budget_bytes=buffer.budget_bytes, high=0.9, low=0.8),
+            health=Health(started=0.0),
+            on_ready=lambda: None,
+            broker_stats=metrics.broker,
+            rejects=rejects,
+        )
+        count = 1200
+        batch = [ingest.taker.take(message(mid)) for mid in range(1, count + 1)]
+        items = [item for pending in batch for item in pending.items or ()]
+        with pytest.raises(CapacityError):  # whole, it does not fit
+            buffer.admit(items, ingest.committer.rules)
+        assert buffer.totals().readings == 0
+        connection = AckRecorder()
+        await ingest.committer.commit_and_ack(connection, batch)  # type: ignore[arg-type]
+        assert connection.acked == [(mid, 1) for mid in range(1, count + 1)]
+        assert buffer.totals().readings == count
+        outcomes = metrics.accounting.snapshot().outcomes
+        assert outcomes["accepted"] == outcomes["received"] == count
