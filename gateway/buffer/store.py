@@ -124,6 +124,11 @@ def _surviving_damage(
 class Buffer:
     """Per-device FIFOs in two LMDB environments; see the module docstring."""
 
+    # Failures after an admission's journal commit since opening (`_after_commit`), and the
+    # count at the first of the failures running now, if any.
+    after_commit_failures: int = 0
+    _after_commit_failing: int | None = None
+
     def __init__(
         self,
         path: Path,
@@ -435,7 +440,11 @@ class Buffer:
         Raises:
             CapacityError: a reading was to pause intake (its index is `at_item`), or the disk
                 is full; nothing of this call was stored or dropped.
-            StorageError: any other LMDB failure; nothing was stored or dropped.
+            StorageError: any other LMDB failure; nothing was stored or dropped. Or, once
+                committed, the accounting could not take the change: the buffer must be
+                reopened, which rebuilds it from the journal.
+
+        Any other exception is raised before the commit: nothing was stored or dropped.
         """
         journal = self._writable_journal()
         with self._lock:
@@ -451,23 +460,62 @@ class Buffer:
                         self._guard.check(txn)
             except lmdb.Error as exc:
                 raise capacity.translate(exc, self.path, self.capacity_bytes) from exc
-            # Before the ledger adopts the states the transaction compares with.
-            self._moved |= w.taken()
-            self._adopt(w.change(), w.chunk_bytes)
-            if w.written is not None:
-                # Carried by the chunk, but for FIFOs whose loss to damage is not written yet.
-                self._moved &= self._damage.unsettled
+            # Committed. Nothing from here on may raise out of `admit`: a caller that saw an
+            # exception would take the stored readings for unstored ones and store them again.
+            try:
+                # Before the ledger adopts the states the transaction compares with.
+                self._moved |= w.taken()
+                self._adopt(w.change(), w.chunk_bytes)
+                if w.written is not None:
+                    # Carried by the chunk, but for FIFOs whose loss to damage is not written.
+                    self._moved &= self._damage.unsettled
+            except Exception as exc:
+                # The ledger no longer matches the journal; a restart rebuilds it from there.
+                raise StorageError(f"a committed change could not be accounted: {exc}") from exc
             if notes:
                 self._unwritten_notes.update(notes)
+            self._after_commit(w, admitted)
+        return admitted
+
+    def _after_commit(self, w: FifoTransaction, admitted: Admitted) -> None:
+        """What follows an admission's commit, each step contained: none can undo the commit.
+
+        A failure is counted in `after_commit_failures` and logged once until the steps
+        succeed again; a checkpoint that failed stays due and is tried at the next change,
+        and the latest values are noted again from the journal at the next start.
+        """
+
+        def cache_and_note() -> None:
             if w.written is not None:
-                # Committed: the chunk's key is never used again, and the seal and the flusher
-                # read these records next; decompressing them back would cost a tenth of ingest.
+                # The chunk's key is never used again, and the seal and the flusher read
+                # these records next; decompressing them back would cost a tenth of ingest.
                 key, groups, record_bytes = w.written
                 self._decoded.put(JOURNAL_PREFIX + key, groups, record_bytes)
             if self.latest is not None and admitted.placed:
                 self.latest.note(admitted.placed, time.time_ns())
-            self._checkpoint_if_due()
-        return admitted
+
+        failed = False
+        for step in (cache_and_note, self._checkpoint_if_due):
+            try:
+                step()
+            except Exception as exc:  # after the commit: contained, counted, logged
+                failed = True
+                # A seal that failed half way may have cached chunks it never stored.
+                self._decoded.clear()
+                self.after_commit_failures += 1
+                if self._after_commit_failing is None:
+                    self._after_commit_failing = self.after_commit_failures
+                    logger.exception(
+                        "%s after the journal commit (a checkpoint or the latest values); the "
+                        "readings are stored, the step is retried with the next change",
+                        type(exc).__name__,
+                    )
+        if not failed and self._after_commit_failing is not None:
+            logger.warning(
+                "the steps after the journal commit succeed again after %d failures",
+                self.after_commit_failures - self._after_commit_failing + 1,
+            )
+            self._after_commit_failing = None
 
     def notes(self, prefix: bytes) -> dict[bytes, bytes]:
         """Every note under `prefix`, as the last committed `admit` that wrote it left it."""

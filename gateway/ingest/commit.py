@@ -5,8 +5,14 @@ of those messages are committed (DESIGN invariant 1); no await stands between th
 acks. A message that yields no valid reading is acknowledged with its batch, after being counted
 as invalid. Acks go out in arrival order, as MQTT requires. When admission pauses at a message
 (the `reject` policy at its watermark), the messages before it are committed and acknowledged and
-the rest stay with the broker. A bug in admission costs only the message that meets it: the batch
-is admitted again message by message. Failures of the buffer itself acknowledge nothing.
+the rest stay with the broker. A batch the disk budget (the page guard) refuses whole is
+admitted in parts, halved until they fit, so that a flood of redelivered messages cannot need
+more pages than a small buffer has even when empty; intake pauses at a message refused on its
+own. A bug in admission costs only the message that meets it: the batch
+is admitted again message by message. That is safe because only an exception raised before the
+journal commit leaves `Buffer.admit` as anything but a `GatewayError` (the buffer contains what
+follows its commit), so such an exception means nothing of the batch was stored. Failures of the
+buffer itself (`GatewayError`) acknowledge nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import bisect
 import logging
 import time
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
 from gateway.buffer.core.admission import DEVICE_SHARE, DROPPED_OLDEST, MAX_DEVICES, SHED
@@ -22,12 +29,13 @@ from gateway.buffer.core.ledger import Admitted
 from gateway.buffer.rejects import Reject
 from gateway.errors import CapacityError, GatewayError
 from gateway.ingest.core.episodes import Episodes
+from gateway.ingest.core.pausing import Cause, cause_of
 from gateway.ingest.taking import internal_error
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from gateway.buffer.core.admission import Lane, Rules
+    from gateway.buffer.core.admission import Rules
     from gateway.buffer.rejects import RejectLog
     from gateway.buffer.store import Buffer
     from gateway.ingest.mqtt import Connection
@@ -53,10 +61,15 @@ WHY = {
 class IntakePaused(GatewayError):
     """Raised out of the consume loop to leave the broker while the buffer is too full."""
 
-    def __init__(self, message: str, *, disk_full: bool = False) -> None:
-        """`disk_full`: wait for free disk space rather than for the flusher."""
+    def __init__(self, message: str, *, cause: Cause) -> None:
+        """`cause` says what must change before intake resumes (gateway/ingest/core/pausing.py)."""
         super().__init__(message)
-        self.disk_full = disk_full
+        self.cause = cause
+
+    @classmethod
+    def of(cls, error: CapacityError) -> IntakePaused:
+        """The pause a refusal of the buffer calls for."""
+        return cls(str(error), cause=cause_of(error))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +120,7 @@ class Committer:
             self._send_after_commit(connection, batch, committed)
         except CapacityError as exc:
             # Nothing of this batch is stored or acknowledged: the broker delivers it again.
-            raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc
+            raise IntakePaused.of(exc) from exc
         if admitted.stored:
             self._metrics.commit_seconds.observe(time.monotonic() - started)
             self._metrics.commit_readings.observe(admitted.stored)
@@ -122,7 +135,7 @@ class Committer:
         if paused is not None:
             # The messages from the one that met the watermark on were not acknowledged: the
             # broker keeps them and delivers them again after the pause.
-            raise IntakePaused(str(paused.error), disk_full=paused.error.disk_full)
+            raise IntakePaused.of(paused.error)
 
     def _send_after_commit(self, connection: Connection, batch: list[Pending], end: int) -> None:
         """Publish what the first `end` messages of the batch asked for (Sparkplug B).
@@ -148,38 +161,32 @@ class Committer:
         Acknowledgements go out in order, so the messages before it can be committed and
         acknowledged, and the rest come again from the broker.
         """
-        rules = self.rules
-        items: list[tuple[str, bytes, Lane]] = []
-        ends = []
-        # The state the messages change (Sparkplug B), the later message's where two change a key.
-        notes: dict[bytes, bytes] = {}
-        for pending in batch:
-            if pending.items:
-                items.extend(pending.items)
-            if pending.decoded.notes:
-                notes.update(pending.decoded.notes)
-            ends.append(len(items))
         paused = None
         try:
-            admitted = self._buffer.admit(items, rules, notes) if items or notes else Admitted()
+            admitted = self._admit_part(batch)
         except CapacityError as exc:
-            if exc.at_item is None:
+            if exc.at_item is not None:
+                at = bisect.bisect_right(
+                    list(accumulate(len(p.items or ()) for p in batch)), exc.at_item
+                )
+                # The same decisions again, up to the paused message: they cannot pause.
+                admitted, paused = self._admit_part(batch[:at]), Paused(at, exc)
+            elif exc.disk_full or len(batch) == 1:
                 raise
-            paused = Paused(bisect.bisect_right(ends, exc.at_item), exc)
-            # The same decisions again, up to the paused message: they cannot pause.
-            batch = batch[: paused.at_message]
-            notes = {}
-            for pending in batch:
-                notes.update(pending.decoded.notes)
-            admitted = self._buffer.admit(
-                items[: ends[paused.at_message - 1]] if paused.at_message else [], rules, notes
-            )
+            else:
+                admitted, paused = self._admit_in_parts(batch)
         except GatewayError:
             raise  # the buffer failed: nothing is acknowledged
         except Exception as exc:  # noqa: BLE001 - a bug in admission: find the message
+            # Raised before the journal commit (see the module docstring): nothing was stored,
+            # so admitting the messages again cannot store one twice.
             admitted, paused = self._admit_one_by_one(batch, exc)
-            if paused is not None:
-                batch = batch[: paused.at_message]
+        if paused is not None:
+            batch = batch[: paused.at_message]
+        return self._counted(batch, admitted), paused
+
+    def _counted(self, batch: list[Pending], admitted: Admitted) -> Admitted:
+        """Count what the messages of `batch` brought, stored or not."""
         # Counted right after the commit, so a scrape sees the readings and the buffer together.
         self._metrics.accounting.committed(
             accepted=admitted.stored,
@@ -188,7 +195,52 @@ class Committer:
             dropped=admitted.dropped,
         )
         self._metrics.observe_buffer(self._buffer.totals())
-        return admitted, paused
+        return admitted
+
+    def _admit_in_parts(self, batch: list[Pending]) -> tuple[Admitted, Paused | None]:
+        """Admit a batch the disk budget refused whole in parts, halving each refused part.
+
+        A group commit of a flood of redelivered messages can need more pages than the page
+        guard of a small buffer allows even when it is empty: refused whole at every attempt,
+        it would keep intake paused for good. In parts, what fits is committed and
+        acknowledged; the first message refused on its own is where intake pauses.
+        """
+        total = Admitted()
+        start, size = 0, len(batch) // 2
+        while start < len(batch):
+            part = batch[start : start + size]
+            try:
+                _add(total, self._admit_part(part))
+            except CapacityError as exc:
+                if len(part) == 1 or exc.disk_full:
+                    return total, Paused(start, exc)
+                size = len(part) // 2
+                continue
+            except GatewayError:
+                raise  # the buffer failed: nothing is acknowledged
+            except Exception as exc:  # noqa: BLE001 - a bug in admission: find the message
+                rest, paused = self._admit_one_by_one(batch[start:], exc)
+                _add(total, rest)
+                if paused is not None:
+                    return total, Paused(start + paused.at_message, paused.error)
+                return total, None
+            start += len(part)
+        return total, None
+
+    def _admit_part(self, part: list[Pending]) -> Admitted:
+        """Store the messages of `part` in one transaction.
+
+        The state the messages change (Sparkplug B) goes with them, the later message's where
+        two change a key.
+        """
+        items = [item for pending in part if pending.items for item in pending.items]
+        notes: dict[bytes, bytes] = {}
+        for pending in part:
+            if pending.decoded.notes:
+                notes.update(pending.decoded.notes)
+        if not items and not notes:
+            return Admitted()
+        return self._buffer.admit(items, self.rules, notes)
 
     def _admit_one_by_one(
         self, batch: list[Pending], exc: Exception
@@ -220,10 +272,7 @@ class Committer:
                 pending.decoded = internal_error(again, len(pending.decoded.readings))
                 pending.items = None
                 continue
-            total.stored += one.stored
-            total.refused.update(one.refused)
-            total.dropped.update(one.dropped)
-            total.placed.extend(one.placed)
+            _add(total, one)
         return total, None
 
     def _count_invalid(self, batch: list[Pending]) -> int:
@@ -276,3 +325,11 @@ class Committer:
                 episode.count,
                 episode.last - episode.started,
             )
+
+
+def _add(total: Admitted, one: Admitted) -> None:
+    """Add what one transaction admitted to the total of its batch."""
+    total.stored += one.stored
+    total.refused.update(one.refused)
+    total.dropped.update(one.dropped)
+    total.placed.extend(one.placed)

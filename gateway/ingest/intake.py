@@ -6,7 +6,8 @@ the committer (gateway/ingest/commit.py),
 which stores and then acknowledges it. A message received but not committed when the connection
 or the process dies is never acknowledged, so the broker delivers it again from the persistent
 session. After an unclean stop, redelivered messages are taken one at a time (gateway/ingest/
-breaker.py). When the buffer is too full, intake leaves the broker until it can take readings.
+breaker.py). When the buffer is too full, intake leaves the broker until it can take readings:
+until the cause of the refusal is gone, as gateway/ingest/core/pausing.py decides.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import anyio
 
 from gateway import backoff
 from gateway.buffer.capacity import DISK_FULL_FREE_BYTES
-from gateway.buffer.core.admission import Watermarks
 from gateway.errors import CapacityError
 from gateway.ingest.commit import Committer, IntakePaused
+from gateway.ingest.core.pausing import Cause, Pauses
 from gateway.ingest.mqtt import Connection, end_session
 from gateway.ingest.taking import Taker
 from gateway.observe.brokerstats import BROKER_TOPICS
@@ -52,8 +53,12 @@ logger = logging.getLogger(__name__)
 RECONNECT_INITIAL_S = 0.5
 # CONNACK reason codes for a bad login: MQTT 3.1.1 (4, 5) and MQTT 5 (134, 135).
 REFUSED_CREDENTIALS = frozenset({4, 5, 134, 135})
-# How often a full disk is looked at again while intake waits for free space.
-DISK_FULL_RECHECK_S = 2.0
+# What each cause of a pause is, in its log line.
+PAUSED_BY = {
+    Cause.WATERMARK: "buffer at its high watermark",
+    Cause.DISK_BUDGET: "buffer at its disk budget (page guard)",
+    Cause.DISK_FULL: "disk full",
+}
 # How often a filling commit window looks at the queue.
 WINDOW_POLL_S = 0.005
 
@@ -100,7 +105,7 @@ class Ingest:
         self._metrics = metrics
         self._space_freed = space_freed
         self._rules = rules
-        self._watermarks = Watermarks(rules.high_bytes, rules.low_bytes)
+        self._pauses = Pauses()
         self._health = health
         self._on_ready = on_ready
         self._breaker = breaker
@@ -227,11 +232,13 @@ class Ingest:
                 try:
                     alone = self.taker.take_alone(first, breaker)
                 except CapacityError as exc:
-                    raise IntakePaused(str(exc), disk_full=exc.disk_full) from exc
+                    raise IntakePaused.of(exc) from exc
                 await self.committer.commit_and_ack(connection, [alone])
+                self._committed()
                 continue
             await self._let_queue_fill(connection, started)
             await self.committer.commit_and_ack(connection, self._take_batch(connection, first))
+            self._committed()
             self._metrics.ack_delay_seconds.observe(time.monotonic() - started)
 
     async def _let_queue_fill(self, connection: Connection, started: float) -> None:
@@ -265,6 +272,7 @@ class Ingest:
             if first is not None:
                 last = time.monotonic()
                 await self.committer.commit_and_ack(connection, self._take_batch(connection, first))
+                self._committed()
 
     def _take_batch(self, connection: Connection, first: Incoming) -> list[Pending]:
         """`first` and what is queued behind it, up to a group commit's worth of readings."""
@@ -283,8 +291,6 @@ class Ingest:
     def reconfigure(self, rules: Rules) -> None:
         """Take new admission rules (SIGHUP); they apply from the next group commit."""
         self._rules = self.taker.rules = self.committer.rules = rules
-        self._watermarks.high_bytes = rules.high_bytes
-        self._watermarks.low_bytes = rules.low_bytes
 
     def _set_connected(self, connected: bool) -> None:
         self._metrics.mqtt_connected.set(int(connected))
@@ -299,29 +305,56 @@ class Ingest:
         self.committer.housekeeping()
 
     async def _pause(self, paused: IntakePaused) -> None:
-        """Stay away from the broker until the buffer can take readings again."""
+        """Stay away from the broker until the cause of the refusal is gone.
+
+        Woken by each delivery (a delivery frees room) and by a timer for what no event
+        tells (the disk's free space); gateway/ingest/core/pausing.py decides when to go back.
+        One WARNING per episode: a refusal right after resuming extends the episode.
+        """
+        buffer = self._buffer
+        pause = self._pauses.begin(paused.cause, buffer.totals().nbytes, time.monotonic())
         self._set_paused(True)
-        cause = "disk_full" if paused.disk_full else "watermark"
-        self._metrics.intake_pauses.labels(cause).inc()
-        logger.warning(
-            "%s (%s): intake paused and disconnected from the broker, which keeps QoS 1 "
-            "messages in the session (QoS 0 messages sent meanwhile are lost)",
-            "disk full" if paused.disk_full else "buffer at its high watermark",
-            paused,
-        )
-        if paused.disk_full:
-            # Free disk space has no event to wait on.
-            while shutil.disk_usage(self._buffer.path).free < DISK_FULL_FREE_BYTES:  # noqa: ASYNC110
-                await anyio.sleep(DISK_FULL_RECHECK_S)
+        self._metrics.intake_pauses.labels(pause.cause.value).inc()
+        if pause.is_first:
+            logger.warning(
+                "%s (%s): intake paused and disconnected from the broker, which keeps QoS 1 "
+                "messages in the session (QoS 0 messages sent meanwhile are lost)",
+                PAUSED_BY[pause.cause],
+                paused,
+            )
         else:
-            self._watermarks.rejecting = True
-            while self._watermarks.update(self._buffer.totals().nbytes) is None:
-                with anyio.move_on_after(1.0):
-                    await self._space_freed().wait()
+            logger.debug(
+                "refused again (%s); intake paused for at least %.0f s", paused, pause.min_s
+            )
+        while True:
+            free = shutil.disk_usage(buffer.path).free if pause.cause is Cause.DISK_FULL else 0
+            wait_s = pause.wait_s(
+                fill_bytes=buffer.totals().nbytes,
+                low_bytes=self._rules.low_bytes,
+                free_disk_bytes=free,
+                min_free_bytes=DISK_FULL_FREE_BYTES,
+                now=time.monotonic(),
+            )
+            if not wait_s:
+                break
+            with anyio.move_on_after(wait_s):
+                await self._space_freed().wait()
         self._set_paused(False)
+
+    def _committed(self) -> None:
+        """A group commit went through: a pause episode, if one ran, is over."""
+        if not self._pauses.running:
+            return
+        episode = self._pauses.committed(time.monotonic())
+        if episode is None:
+            return
         totals = self._buffer.totals()
         logger.info(
-            "intake resumed: %d of %d budget bytes buffered, %d bytes free on disk",
+            "intake resumed after %d pauses in %.0f s (%s): %d of %d budget bytes buffered, "
+            "%d bytes free on disk",
+            len(episode.causes),
+            episode.ended - episode.started,
+            ", ".join(sorted({cause.value for cause in episode.causes})),
             totals.nbytes,
             self._rules.budget_bytes,
             shutil.disk_usage(self._buffer.path).free,

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 WRITE_RESULTS = ("ok", "retry", "rejected", "auth")
-PAUSE_CAUSES = ("watermark", "disk_full")
+PAUSE_CAUSES = ("watermark", "disk_budget", "disk_full")
 # From a timer's resolution (1 ms) to past the systemd watchdog (30 s); 0.1 s is the most any
 # seal or scan may hold the loop, 5 s the default limit of /healthz.
 LOOP_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60)
@@ -221,7 +221,8 @@ class Metrics:
         )
         self.intake_pauses = Counter(
             "gateway_intake_pauses_total",
-            "Times intake paused: at the high watermark (policy reject) or with the disk full",
+            "Times intake paused: at the high watermark (policy reject), at the disk budget "
+            "(page guard, full map) or with the disk full",
             ["cause"],
             registry=r,
         )
