@@ -50,7 +50,7 @@ def test_a_checkpoint_raising_after_the_commit_leaves_the_admission_whole(
     buf = Buffer(tmp_path, 16 * MIB, sync="none")
     rules = Rules(budget_bytes=buf.budget_bytes)
     try:
-        monkeypatch.setattr(buf, "_checkpoint", damaged)
+        monkeypatch.setattr(buf._checkpointer, "write", damaged)
         admitted = buf.admit(items("a", 0, 5), rules)
         assert admitted.stored == 5
         assert buf.totals().readings == 5
@@ -62,7 +62,7 @@ def test_a_checkpoint_raising_after_the_commit_leaves_the_admission_whole(
         logged = [r for r in caplog.records if "after the journal commit" in r.getMessage()]
         assert len(logged) == 1
 
-        monkeypatch.delattr(buf, "_checkpoint")  # the chunk is readable again
+        monkeypatch.delattr(buf._checkpointer, "write")  # the chunk is readable again
         checkpoints = buf.checkpoints
         buf.admit(items("a", 10, 1), rules)
         assert buf.checkpoints == checkpoints + 1  # retried with the next change

@@ -94,7 +94,7 @@ async def test_a_failure_after_the_journal_commit_stores_each_message_once(
     buffer, metrics, committer, taker, committed = parts
     if where == "checkpoint":
         monkeypatch.setattr(checkpoint, "CHECKPOINT_INTERVAL_S", 0.0)
-        monkeypatch.setattr(buffer, "_checkpoint", damaged)
+        monkeypatch.setattr(buffer._checkpointer, "write", damaged)
     else:
         assert buffer.latest is not None
         monkeypatch.setattr(buffer.latest, "note", damaged)
