@@ -214,3 +214,54 @@ def sealed_chunks(
         seal = max(at, seal + 1)
         if seal >= NO_SEAL or not cursor.set_range(SEALED_KEY.pack(seal, number, 0)):
             return
+
+
+class Walking:
+    """A `FifoWalker` with the read transactions it needs, ended on leaving the block."""
+
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        journal: lmdb.Environment | None,
+        sealed_db: Any,  # noqa: ANN401 - an LMDB handle
+        index: JournalIndex,
+        decoded: DecodedChunks,
+        *,
+        journal_txn: lmdb.Transaction | None,
+        store_txn: lmdb.Transaction | None,
+        skipped: Collection[bytes] = (),
+    ) -> None:
+        """Walk in `journal_txn` and `store_txn` where given, else in read transactions of its own.
+
+        `skipped`: keys of sealed chunks set aside as damaged (gateway/buffer/damage.py).
+        """
+        self._env, self._journal, self._db, self._index = env, journal, sealed_db, index
+        self._skipped = skipped
+        self._decoded = decoded
+        self._given = journal_txn
+        self._store_txn = store_txn
+        self._txns: list[lmdb.Transaction] = []
+
+    def _sealed(self) -> tuple[lmdb.Transaction, Any]:
+        if self._store_txn is not None:
+            return self._store_txn, self._db
+        if not self._txns:
+            self._txns.append(self._env.begin())
+        return self._txns[0], self._db
+
+    def __enter__(self) -> FifoWalker:
+        """The walker, with the transactions it lacked begun."""
+        journal_txn = self._given
+        if journal_txn is None:
+            journal_txn = self._journal.begin() if self._journal is not None else None
+            self._own_journal = journal_txn
+        else:
+            self._own_journal = None
+        return FifoWalker(self._sealed, journal_txn, self._index, self._decoded, self._skipped)
+
+    def __exit__(self, *exc: object) -> None:
+        """End the transactions it began."""
+        for txn in self._txns:
+            txn.abort()
+        if self._own_journal is not None:
+            self._own_journal.abort()

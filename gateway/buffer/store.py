@@ -66,7 +66,6 @@ from gateway.buffer import capacity, checkpoint, damage, deadletters, environmen
 from gateway.buffer.admitter import Admitter
 from gateway.buffer.checkpointer import Checkpointer, unreachable
 from gateway.buffer.core.admission import Lane, Rules
-from gateway.buffer.core.chunk import reading_bytes
 from gateway.buffer.core.damage import JOURNAL_KIND
 from gateway.buffer.core.ledger import (
     Admitted,
@@ -77,17 +76,16 @@ from gateway.buffer.core.ledger import (
     Totals,
 )
 from gateway.buffer.core.verify import Report, is_plausible
-from gateway.buffer.fiforead import JOURNAL_PREFIX, DecodedChunks, FifoWalker
+from gateway.buffer.fiforead import JOURNAL_PREFIX, DecodedChunks, Walking
+from gateway.buffer.reads import Reads
 from gateway.buffer.transaction import FifoTransaction
 from gateway.config.sections import ApiSettings, SyncMode
 from gateway.errors import CapacityError, DamagedChunkError, StorageError
-from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
 
-    from gateway.buffer.core.journalindex import JournalIndex
     from gateway.buffer.latest import Latest
     from gateway.buffer.live import LiveMark
 
@@ -169,17 +167,8 @@ class Buffer:
         )
         self._plain_rules = Rules(budget_bytes=self.budget_bytes)
         self._lock = threading.Lock()
-        # Readings the flusher has read and not yet deleted, per FIFO: (end sequence, bytes).
-        # They are on their way to the database, so admission never drops them.
-        self._leases: dict[str, tuple[int, int]] = {}
-        # A live-first drain's split of each FIFO (gateway/buffer/live.py), its `first` by FIFO
-        # for admission, and the leases of live-stream reads (end sequence, bytes).
-        self._live: dict[str, LiveMark] = {}
-        self._live_from: dict[str, int] = {}
-        self._live_leases: dict[str, tuple[int, int]] = {}
-        # Split FIFOs whose live stream stopped at a reading not newer than their backlog, and
-        # the sequence it stopped at: nothing of it can go until the backlog is delivered.
-        self._held: dict[str, int] = {}
+        # Leases of what the flusher has read, and live-first splits (gateway/buffer/reads.py).
+        self._reads = Reads()
         # The accounting, for the flusher's scheduling and admission; it adopts a change only
         # after the journal commit holding it, and the checkpoint writes it to the store.
         # Notes committed to the journal and not yet written to the store by a checkpoint.
@@ -245,7 +234,7 @@ class Buffer:
     def _forget_idle(self) -> None:
         """Forget FIFOs without readings, as `checkpoint.idle_fifos` chooses them."""
         ledger = self._ledger
-        keep = self._leases.keys() | self._live_leases.keys() | self._live.keys()
+        keep = self._reads.in_use()
         idle = checkpoint.idle_fifos(ledger, keep, under_pressure=self._guard.under_pressure)
         self._last_pruned = time.monotonic()
         if idle:
@@ -452,7 +441,7 @@ class Buffer:
                 with journal.begin(write=True) as txn, self._walker(txn) as walker:
                     w = FifoTransaction(self._ledger, walker)
                     admitted = Admitter(
-                        w, rules, self._leases, self._live_from, self._live_leases
+                        w, rules, self._reads.leases, self._reads.live_from, self._reads.live_leases
                     ).admit(items)
                     if admitted.stored or notes:
                         unsettled = self._damage.unsettled
@@ -533,8 +522,8 @@ class Buffer:
         self,
         journal_txn: lmdb.Transaction | None = None,
         store_txn: lmdb.Transaction | None = None,
-    ) -> _Walking:
-        return _Walking(
+    ) -> Walking:
+        return Walking(
             self._env,
             self._journal,
             self._tables.sealed,
@@ -569,29 +558,8 @@ class Buffer:
         Nothing is removed; leased readings are never dropped by admission. A read stops at a
         gap left by a drop, so that what is leased is one run of sequences.
         """
-        spans = []
         with self._lock, self._walker() as walker:
-            states = self._ledger.states
-            for fifo, n in wanted:
-                state = states.get(fifo)
-                if state is None or n <= 0 or not state.readings:
-                    continue
-                mark = self._live.get(fifo)
-                stop = state.read_limit if mark is None else min(state.read_limit, mark.first)
-                values: list[bytes] = []
-                last_seq = state.head
-                for seq, value in walker.readings(state, state.head):
-                    # Sequences missing mid-way were in a damaged chunk: a delete counts from
-                    # the head, so a read is one run and stops before them.
-                    if seq >= stop or len(values) >= n or seq != last_seq + bool(values):
-                        break
-                    values.append(value)
-                    last_seq = seq
-                if values:
-                    leased = sum(reading_bytes(v) for v in values)
-                    self._leases[fifo] = (last_seq + 1, leased)
-                    spans.append(Span(fifo, state.head, tuple(values)))
-        return spans
+            return self._reads.read(walker, self._ledger.states, wanted)
 
     def begin_live_first(self) -> dict[str, int]:
         """Split every FIFO at its tail: what is appended from now on goes ahead of its backlog.
@@ -600,24 +568,12 @@ class Buffer:
         there on were accepted after this call). A FIFO split before stays as it was.
         """
         with self._lock:
-            for fifo, state in self._ledger.states.items():
-                mark = None if fifo in self._live else live.mark_of(state)
-                if mark is not None:
-                    self._live[fifo] = mark
-                    self._live_from[fifo] = mark.first
-            return {fifo: state.next for fifo, state in self._ledger.states.items()}
+            return self._reads.begin_live_first(self._ledger.states)
 
     def live_backlog(self) -> dict[str, int]:
         """Readings of each split FIFO's live stream still buffered (`begin_live_first`)."""
         with self._lock:
-            self._end_finished_splits()
-            states = self._ledger.states
-            waiting = {
-                fifo: live.live_waiting(states[fifo], mark)
-                for fifo, mark in self._live.items()
-                if self._held.get(fifo) != live.cursor(states[fifo], mark)
-            }
-            return {fifo: n for fifo, n in waiting.items() if n}
+            return self._reads.live_backlog(self._ledger.states)
 
     @_surviving_damage
     def read_live(self, wanted: Iterable[tuple[str, int]]) -> list[Span]:
@@ -626,34 +582,8 @@ class Buffer:
         A read stops at the first reading not newer than the FIFO's backlog: it waits for the
         backlog to be delivered (gateway/buffer/live.py).
         """
-        spans = []
         with self._lock, self._walker() as walker:
-            for fifo, n in wanted:
-                mark = self._live.get(fifo)
-                state = self._ledger.states.get(fifo)
-                if mark is None or state is None or n <= 0:
-                    continue
-                first = live.cursor(state, mark)
-                values: list[bytes] = []
-                for seq, value in walker.readings(state, first):
-                    if len(values) >= n or seq != first + len(values):
-                        break
-                    if timestamp_of(value) <= mark.newer_than_ns:
-                        self._held[fifo] = seq
-                        break
-                    values.append(value)
-                if values:
-                    leased = sum(reading_bytes(v) for v in values)
-                    self._live_leases[fifo] = (first + len(values), leased)
-                    spans.append(Span(fifo, first, tuple(values)))
-        return spans
-
-    def _end_finished_splits(self) -> None:
-        states = self._ledger.states
-        for fifo in [f for f, mark in self._live.items() if live.is_over(states.get(f), mark)]:
-            del self._live[fifo]
-            del self._live_from[fifo]
-            self._held.pop(fifo, None)
+            return self._reads.read_live(walker, self._ledger.states, wanted)
 
     @_surviving_damage
     def readings_of(self, fifo: str) -> list[bytes]:
@@ -667,9 +597,7 @@ class Buffer:
     def release(self, fifos: Iterable[str]) -> None:
         """End the leases of `read` for FIFOs whose readings were not delivered."""
         with self._lock:
-            for fifo in fifos:
-                self._leases.pop(fifo, None)
-                self._live_leases.pop(fifo, None)
+            self._reads.release(fifos)
 
     @_surviving_damage
     def delete(
@@ -696,7 +624,7 @@ class Buffer:
                 live_deleted: set[str] = set()
                 for fifo, first_seq, count in spans:
                     state = w.state(fifo)
-                    mark = self._live.get(fifo)
+                    mark = self._reads.live.get(fifo)
                     if state is not None and mark is not None and first_seq != state.head:
                         self._delete_live(w, state, mark, (fifo, first_seq, count))
                         live_deleted.add(fifo)
@@ -712,11 +640,11 @@ class Buffer:
                         raise StorageError(
                             f"delete of {fifo!r} from {first_seq} does not match the buffered head"
                         )
-                    lease_end, leased = self._leases.get(fifo, (None, 0))
+                    lease_end, leased = self._reads.leases.get(fifo, (None, 0))
                     if lease_end != first_seq + count:
                         # A live batch whose split ended while it was in flight: its readings
                         # are the FIFO's oldest now, deleted from the head.
-                        lease_end, leased = self._live_leases.get(fifo, (None, 0))
+                        lease_end, leased = self._reads.live_leases.get(fifo, (None, 0))
                         if lease_end == first_seq + count:
                             live_deleted.add(fifo)
                     w.delete_head(state, count, leased if lease_end == first_seq + count else None)
@@ -736,10 +664,10 @@ class Buffer:
             self._moved |= taken
             for fifo, _, _ in spans:
                 if fifo in live_deleted:
-                    self._live_leases.pop(fifo, None)
+                    self._reads.live_leases.pop(fifo, None)
                 else:
-                    self._leases.pop(fifo, None)
-            self._end_finished_splits()
+                    self._reads.leases.pop(fifo, None)
+            self._reads.end_finished_splits(self._ledger.states)
             self._checkpoint_if_due()
             return deleted
 
@@ -751,7 +679,7 @@ class Buffer:
             raise StorageError(
                 f"delete of {fifo!r} from {first_seq} does not match its live stream"
             )
-        lease_end, leased = self._live_leases.get(fifo, (None, 0))
+        lease_end, leased = self._reads.live_leases.get(fifo, (None, 0))
         if lease_end != first_seq + count:
             raise StorageError(f"delete of {fifo!r} from {first_seq} was not read whole")
         w.delete_live(state, first_seq, count, leased)
@@ -786,11 +714,7 @@ class Buffer:
     def backlog(self) -> dict[str, int]:
         """Buffered readings per FIFO that `read` can reach (a split FIFO's before its mark)."""
         with self._lock:
-            self._end_finished_splits()
-            counts = {d: s.readings for d, s in self._ledger.states.items() if s.readings}
-            for fifo, mark in self._live.items():
-                counts[fifo] -= live.live_waiting(self._ledger.states[fifo], mark)
-            return {fifo: n for fifo, n in counts.items() if n}
+            return self._reads.backlog(self._ledger.states)
 
     def devices(self) -> dict[str, DeviceState]:
         """A snapshot of every device's accounting."""
@@ -872,48 +796,3 @@ class Buffer:
         with self._env.begin() as txn:
             entries: int = txn.stat(self._tables.dead)["entries"]
             return entries
-
-
-class _Walking:
-    """A `FifoWalker` with the read transactions it needs, ended on leaving the block."""
-
-    def __init__(
-        self,
-        env: lmdb.Environment,
-        journal: lmdb.Environment | None,
-        sealed_db: Any,  # noqa: ANN401 - an LMDB handle
-        index: JournalIndex,
-        decoded: DecodedChunks,
-        *,
-        journal_txn: lmdb.Transaction | None,
-        store_txn: lmdb.Transaction | None,
-        skipped: Collection[bytes] = (),
-    ) -> None:
-        self._env, self._journal, self._db, self._index = env, journal, sealed_db, index
-        self._skipped = skipped
-        self._decoded = decoded
-        self._given = journal_txn
-        self._store_txn = store_txn
-        self._txns: list[lmdb.Transaction] = []
-
-    def _sealed(self) -> tuple[lmdb.Transaction, Any]:
-        if self._store_txn is not None:
-            return self._store_txn, self._db
-        if not self._txns:
-            self._txns.append(self._env.begin())
-        return self._txns[0], self._db
-
-    def __enter__(self) -> FifoWalker:
-        journal_txn = self._given
-        if journal_txn is None:
-            journal_txn = self._journal.begin() if self._journal is not None else None
-            self._own_journal = journal_txn
-        else:
-            self._own_journal = None
-        return FifoWalker(self._sealed, journal_txn, self._index, self._decoded, self._skipped)
-
-    def __exit__(self, *exc: object) -> None:
-        for txn in self._txns:
-            txn.abort()
-        if self._own_journal is not None:
-            self._own_journal.abort()
