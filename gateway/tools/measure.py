@@ -7,6 +7,7 @@ Used by the benchmark's scenarios (gateway/tools/scenarios.py). CPU and memory c
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import sys
@@ -62,11 +63,13 @@ class Gateway:
             flush=flush,
             sparkplug=sparkplug,
         )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-            stdout=(work / "gateway.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        # The child keeps its own descriptor of the log; this process's is closed at once.
+        with (work / "gateway.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while self.metric("gateway_mqtt_connected") != workers:
             if time.monotonic() > deadline or self.process.poll() is not None:
@@ -212,7 +215,7 @@ class StallProbe:
                     response.read()
             except urllib.error.HTTPError:
                 pass  # a 503 (the gateway saw the stall itself) is an answer too
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 continue
             self.longest_s = max(self.longest_s, time.perf_counter() - started)
             self.answers += 1

@@ -629,6 +629,9 @@ def bench_seal(devices: int, fields: int, rate: float, publishers: int) -> dict[
                 "readings": accepted,
                 "reading_bytes": after["gateway_buffer_bytes"] / after["gateway_buffer_readings"],
                 "seals": sealed,
+                # Fewer, larger group commits make a journal record hold more devices.
+                "readings_per_commit": after["gateway_commit_readings_sum"]
+                / after["gateway_commit_readings_count"],
                 "elapsed_s": elapsed,
                 "longest_healthz_answer_ms": longest * 1000,
                 "loop_lag_max_ms": float("nan") if lag is None else lag * 1000,
