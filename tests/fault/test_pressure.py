@@ -44,7 +44,7 @@ DEVICES = 100
 WIDE = 40
 WIDE_FIELDS = 12
 # Readings per second of all devices together, and per message (a JSON array).
-RATE = 2500.0
+RATE = 3000.0
 PER_MESSAGE = 5
 START_MS = 1_700_000_000_000
 BEFORE_S, FAULT_S, AFTER_S = 10.0, 60.0, 10.0
