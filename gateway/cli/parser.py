@@ -25,6 +25,7 @@ BENCH_SCENARIOS = (
     "outage",
     "live-first",
     "sparkplug",
+    "seal",
 )
 EXAMPLES = """\
 examples:
@@ -213,6 +214,9 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
     )
     bench.add_argument(
         "--outage", type=float, default=30.0, help="outage: seconds the database is down"
+    )
+    bench.add_argument(
+        "--fields", type=int, default=20, help="seal: fields per reading (20: about 300 bytes)"
     )
     bench.add_argument("--json", type=Path, help="also write the figures to this file")
     bench.add_argument(

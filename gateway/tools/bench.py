@@ -13,6 +13,10 @@ Scenarios:
   lag and the backlog's drain rate.
 - `outage`: a steady `--rate` into VictoriaMetrics, stopped for `--outage` seconds in the middle:
   how soon after its return the first batch lands, and how fast the backlog drains.
+- `seal`: readings of `--fields` fields (20: about 300 bytes) from `--devices` devices (1,000
+  unless given) at `--rate` (5,000/s if 0), the database down, until the journal seals (131,072
+  readings): the longest event-loop stall, from the slowest `/healthz` answer and, where the
+  gateway has it, its loop-lag histogram.
 - `sparkplug`: the ingest scenario with each publisher a Sparkplug B edge node: NBIRTH, a
   DBIRTH per device, then DDATA of 10 metrics by alias (`SPARKPLUG_METRICS`), each a reading.
 Each scenario runs `--runs` times; the table shows medians.
@@ -32,6 +36,10 @@ from gateway.tools.scenarios import BENCH_DEVICES
 SPARKPLUG_METRICS = 10
 # end-to-end: readings/s when `--rate` is 0 (the maximum, which only ingest can use).
 END_TO_END_RATE = 5000.0
+# seal: devices unless `--devices` is given, and readings/s when `--rate` is 0; the issue
+# that asked for the scenario saw seals stall the loop for seconds at this scale.
+SEAL_DEVICES = 1000
+SEAL_RATE = 5000.0
 
 if TYPE_CHECKING:
     import argparse
@@ -40,6 +48,7 @@ if TYPE_CHECKING:
 def run(args: argparse.Namespace) -> int:
     """Run the scenarios of `gateway bench`, print a table of medians, optionally write JSON."""
     chosen = args.scenario or ["append", "ingest"]
+    args.seal_devices = args.devices or SEAL_DEVICES
     args.devices = args.devices or BENCH_DEVICES
     print(f"bench: {', '.join(chosen)}, {args.runs} run(s) each; calibrating", file=sys.stderr)
     host = calibration.calibrate()
@@ -57,12 +66,15 @@ def run(args: argparse.Namespace) -> int:
         _run_backlog(args, figures)
     if "drain" in chosen:
         _run_drain(args, figures)
-    if "live-first" in chosen:
-        _run_live_first(args, figures)
-    if "outage" in chosen:
-        _run_outage(args, figures)
-    if "sparkplug" in chosen:
-        _run_sparkplug(args, figures)
+    later = {
+        "live-first": _run_live_first,
+        "outage": _run_outage,
+        "sparkplug": _run_sparkplug,
+        "seal": _run_seal,
+    }
+    for name, runner in later.items():
+        if name in chosen:
+            runner(args, figures)
     _write_out(args, figures)
     return 0
 
@@ -100,6 +112,14 @@ def _run_outage(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         for _ in range(args.runs)
     ]
     _collect(figures, f"outage {args.outage:.0f} s at {args.rate or 1000:.0f}/s", results)
+
+
+def _run_seal(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    rate, devices = args.rate or SEAL_RATE, args.seal_devices
+    results = [
+        scenarios.bench_seal(devices, args.fields, rate, args.publishers) for _ in range(args.runs)
+    ]
+    _collect(figures, f"seal {args.fields} fields devices={devices} {rate:.0f}/s", results)
 
 
 def _run_append(runs: int, figures: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 
 from gateway.sparkplug.core.payload import DataType, encode
 from gateway.tools.simulate import device_name, values
@@ -73,6 +74,8 @@ class Load:
     # Publish as a Sparkplug B edge node (this client id) with one device per device: an
     # NBIRTH, a DBIRTH of `per_message` metrics per device, then DDATA naming them by alias.
     sparkplug: bool = False
+    # Above 0: readings of this many fields (`wide_values`) instead of the simulator's two.
+    fields: int = 0
 
 
 class _AckReader(threading.Thread):
@@ -154,8 +157,15 @@ class _JsonMessages:
     def __call__(self, sent: int) -> tuple[bytes, bytes]:
         load, per = self.load, self.load.per_message
         k, i = sent % len(self.topics), sent // len(self.topics) * per
-        items = [{"ts": load.start_ms + j, **values(load.devices[k], j)} for j in range(i, i + per)]
+        make = partial(wide_values, fields=load.fields) if load.fields else values
+        items = [{"ts": load.start_ms + j, **make(load.devices[k], j)} for j in range(i, i + per)]
         return self.topics[k], json.dumps(items[0] if per == 1 else items).encode()
+
+
+def wide_values(k: int, i: int, fields: int) -> dict[str, float]:
+    """Device k's reading i with `fields` fields: at 20, about 300 bytes as the buffer packs it."""
+    base = values(k, i)["temp"]
+    return {f"band{f:02}": round(base * 1.037 + f * 1.25, 3) for f in range(fields)}
 
 
 class _SparkplugMessages:

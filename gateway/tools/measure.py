@@ -7,10 +7,14 @@ Used by the benchmark's scenarios (gateway/tools/scenarios.py). CPU and memory c
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from gateway.tools import servers
@@ -59,11 +63,13 @@ class Gateway:
             flush=flush,
             sparkplug=sparkplug,
         )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-            stdout=(work / "gateway.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        # The child keeps its own descriptor of the log; this process's is closed at once.
+        with (work / "gateway.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while self.metric("gateway_mqtt_connected") != workers:
             if time.monotonic() > deadline or self.process.poll() is not None:
@@ -176,3 +182,66 @@ def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
         if cumulative >= q * total:
             return bound * 1000
     return float("nan")
+
+
+# The gateway's own event-loop lag histogram, where the gateway has one.
+LOOP_LAG = "gateway_event_loop_lag_seconds"
+# How often the stall probe asks /healthz; a stall shows as one answer this much late at most.
+STALL_POLL_S = 0.01
+
+
+class StallProbe:
+    """Times the gateway's `/healthz` answers from outside, back to back, on a thread.
+
+    The HTTP server runs in the gateway's event loop, so an answer that takes long is a loop
+    that did not turn: the longest answer is the longest stall seen (within `STALL_POLL_S`).
+    """
+
+    def __init__(self, base_url: str) -> None:
+        """Start asking `base_url`/healthz."""
+        self.url = f"{base_url}/healthz"
+        self.longest_s = 0.0
+        self.answers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="stall-probe")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(STALL_POLL_S):
+            started = time.perf_counter()
+            try:
+                # No timeout worth the name: a stall of a minute must be measured, not cut.
+                with urllib.request.urlopen(self.url, timeout=300) as response:  # noqa: S310
+                    response.read()
+            except urllib.error.HTTPError:
+                pass  # a 503 (the gateway saw the stall itself) is an answer too
+            except (OSError, http.client.HTTPException):
+                continue
+            self.longest_s = max(self.longest_s, time.perf_counter() - started)
+            self.answers += 1
+
+    def stop(self) -> float:
+        """Stop asking; the longest answer in seconds."""
+        self._stop.set()
+        self._thread.join(timeout=310)
+        return self.longest_s
+
+
+def histogram_max(
+    metrics: dict[str, float], name: str, before: dict[str, float] | None = None
+) -> float | None:
+    """Upper bound of the highest bucket with an observation (since `before`), in seconds.
+
+    None when the gateway has no such histogram; 0.0 when nothing was observed.
+    """
+    buckets = sorted(
+        (float(key.split("le=")[1].rstrip("}")), value - (before or {}).get(key, 0.0))
+        for key, value in metrics.items()
+        if key.startswith(f"{name}_bucket{{")
+    )
+    if not buckets:
+        return None
+    total = buckets[-1][1]
+    if not total:
+        return 0.0
+    return next(bound for bound, cumulative in buckets if cumulative >= total)

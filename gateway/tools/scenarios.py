@@ -8,11 +8,14 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import statistics
+import struct
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import lmdb
 
 from gateway.buffer.store import Buffer
 from gateway.points.model import Reading
@@ -21,10 +24,13 @@ from gateway.service.progress import Ticker
 from gateway.tools import loadgen, servers, simulate
 from gateway.tools.demo import scrape
 from gateway.tools.measure import (
+    LOOP_LAG,
     POLL_S,
     Gateway,
+    StallProbe,
     box_cpu_s,
     cpu_s,
+    histogram_max,
     histogram_quantile,
     quantile,
     rss_mib,
@@ -60,6 +66,13 @@ OUTAGE_POLL_S = 0.02
 
 # How often the end-to-end scenario samples the gateway's lag, backlog and batch size.
 E2E_SAMPLE_S = 0.5
+# The seal scenario: the journal seals once it holds this many readings (SEAL_READINGS in
+# gateway/buffer/checkpoint.py; the benchmark's capacity keeps the byte threshold above it);
+# a fifth more are published so that the seal falls inside the run.
+SEAL_READINGS = 131_072
+SEAL_MARGIN = 1.2
+# ... and how long it waits, once all are accepted, for the seal to be committed.
+SEAL_WAIT_S = 300.0
 
 
 def bench_append(sync: str, per_txn: int, seconds: float = APPEND_SECONDS) -> float:
@@ -211,10 +224,11 @@ def _loads(
     devices: int = BENCH_DEVICES,
     start_ms: int = PREFILL_START_MS,
     sparkplug: bool = False,
+    fields: int = 0,
 ) -> list[loadgen.Load]:
     """`count` readings at `rate` from `devices` devices, split over `publishers`.
 
-    `start_ms`: the first reading's timestamp.
+    `start_ms`: the first reading's timestamp; `fields`: see `loadgen.Load`.
     """
     publishers = min(publishers, devices)
     devices //= publishers
@@ -229,6 +243,7 @@ def _loads(
             per_message=per_message,
             start_ms=start_ms,
             sparkplug=sparkplug,
+            fields=fields,
         )
         for p in range(publishers)
     ]
@@ -567,3 +582,75 @@ def bench_live_first(
                 gateway.stop()
             db.stop()
             broker.stop()
+
+
+def bench_seal(devices: int, fields: int, rate: float, publishers: int) -> dict[str, Any]:
+    """The longest event-loop stall while the journal fills and seals, the database down.
+
+    Readings of `fields` fields from `devices` devices at `rate`, until the journal sealed.
+    Measured from outside by the slowest `/healthz` answer (`StallProbe`) and, where the
+    gateway has its loop-lag histogram, by that histogram's highest bucket in the run.
+    """
+    count = int(SEAL_READINGS * SEAL_MARGIN)
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        work = Path(tmp)
+        broker = servers.start_mosquitto(work / "mosquitto")
+        gateway = None
+        try:
+            gateway = Gateway(work, broker.port, "commit")
+            jobs = _loads(broker.port, count, rate, publishers, devices=devices, fields=fields)
+            total = sum(job.count for job in jobs)
+            before = scrape(gateway.metrics_url)
+            probe = StallProbe(gateway.metrics_url.removesuffix("/metrics"))
+            started = time.perf_counter()
+            with multiprocessing.get_context("fork").Pool(publishers) as pool:
+                pending = pool.map_async(_publish, jobs)
+                accepted = 0.0
+                while accepted < total:
+                    time.sleep(SLOW_POLL_S)
+                    # A stalled gateway does not answer (0): keep what it said last.
+                    now = gateway.metric("gateway_readings_total{outcome=accepted}")
+                    accepted = max(accepted, now)
+                    PROGRESS.tell(f"{accepted:,.0f} of {total:,} readings accepted")
+                pending.get(timeout=600)
+            deadline = time.monotonic() + SEAL_WAIT_S
+            while not (sealed := seals(gateway.buffer_dir)):
+                if time.monotonic() > deadline:
+                    raise servers.ServerError(f"no seal {SEAL_WAIT_S:.0f} s after the last reading")
+                PROGRESS.tell("waiting for the journal to seal")
+                time.sleep(SLOW_POLL_S)
+            elapsed = time.perf_counter() - started
+            # The seal is committed; an answer still held up by what follows it (the journal's
+            # deletion) is waited for by `stop`.
+            longest = probe.stop()
+            after = scrape(gateway.metrics_url)
+            lag = histogram_max(after, LOOP_LAG, before)
+            return {
+                "readings": accepted,
+                "reading_bytes": after["gateway_buffer_bytes"] / after["gateway_buffer_readings"],
+                "seals": sealed,
+                # Fewer, larger group commits make a journal record hold more devices.
+                "readings_per_commit": after["gateway_commit_readings_sum"]
+                / after["gateway_commit_readings_count"],
+                "elapsed_s": elapsed,
+                "longest_healthz_answer_ms": longest * 1000,
+                "loop_lag_max_ms": float("nan") if lag is None else lag * 1000,
+                "longest_stall_ms": (longest if lag is None else lag) * 1000,
+                "healthz_answers": probe.answers,
+            }
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            broker.stop()
+
+
+def seals(buffer_dir: Path) -> int:
+    """How many seals the buffer's store has committed (its `meta` table's `next_seal`)."""
+    env = lmdb.open(str(buffer_dir), readonly=True, lock=True, max_dbs=8)
+    try:
+        with env.begin() as txn:
+            meta = env.open_db(b"meta", txn=txn, create=False)
+            raw = txn.get(b"next_seal", db=meta)
+    finally:
+        env.close()
+    return struct.unpack(">I", raw)[0] if raw else 0

@@ -1,11 +1,11 @@
-"""The benchmark's disk measurement reads what a process really wrote to storage."""
+"""The benchmark's measurements: what a process wrote to storage, a histogram's largest value."""
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
 
-from gateway.tools.measure import write_bytes
+from gateway.tools.measure import histogram_max, write_bytes
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -22,3 +22,18 @@ def test_write_bytes_grows_by_what_this_process_synced(tmp_path: Path) -> None:
         os.fsync(out.fileno())
     assert write_bytes(os.getpid()) - before >= 2 * MIB
     assert write_bytes(2**22 + 12345) == 0
+
+
+def lag(counts: dict[str, float]) -> dict[str, float]:
+    """A scrape of the loop-lag histogram with these cumulative bucket counts."""
+    return {f"gateway_event_loop_lag_seconds_bucket{{le={le}}}": n for le, n in counts.items()}
+
+
+def test_histogram_max_is_the_highest_bucket_observed_since_before() -> None:
+    """The bound of the lowest bucket holding every observation of the window, not earlier ones."""
+    before = lag({"0.01": 5, "0.1": 5, "1.0": 6, "+Inf": 6})
+    after = lag({"0.01": 9, "0.1": 10, "1.0": 11, "+Inf": 11})
+    assert histogram_max(after, "gateway_event_loop_lag_seconds") == 1.0
+    assert histogram_max(after, "gateway_event_loop_lag_seconds", before) == 0.1
+    assert histogram_max(before, "gateway_event_loop_lag_seconds", before) == 0.0
+    assert histogram_max({}, "gateway_event_loop_lag_seconds") is None
