@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.tools import scenarios
 from gateway.tools.demo import scrape
 from tests.fault.relay import FaultyRelay, Key
+from tests.gatewayproc import SMALL_API
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -263,6 +264,7 @@ def test_drop_oldest_under_a_flaky_database_loses_and_doubles_nothing(
             subscriptions=subscriptions(run_id),
             flush=FLUSH,
             buffer=BUFFER,
+            api=SMALL_API,
         )
         watch = Watch(gw)
         sensors.start()
