@@ -1,10 +1,11 @@
 """The buffer's disk budget: how much of the LMDB map readings may take, and when it is full.
 
-Capacity is the LMDB map size of each of the buffer's two environments, and the pages both have
-in use may reach `PAGE_GUARD_FRACTION` of it together, counting the journal twice (a seal copies
-it into the store) and the pages a checkpoint rewrites twice (LMDB copies before it frees): a
-commit that would leave more is refused (a full map refuses even the checkpoint that frees
-pages). Readings count their uncompressed
+Capacity is shared by the buffer's two environments (gateway/buffer/environment.py
+`map_sizes`: a quarter for the journal, the rest for the store), so the two files together never
+pass it. The pages in use may reach `PAGE_GUARD_FRACTION` of each map, counting in the store the
+journal (a seal copies it there) and the pages a checkpoint rewrites twice (LMDB copies before it
+frees): a commit that would leave more is refused (a full map refuses even the checkpoint that
+frees pages). Readings count their uncompressed
 bytes against a budget of `READINGS_FRACTION` of the capacity; they are stored compressed, so the
 budget is larger than the capacity. An LMDB write error while the disk itself is nearly full is
 the disk filling up (another process, say), which waiting for the flusher cannot fix. All three
@@ -55,6 +56,7 @@ class PageGuard:
         databases: Sequence[Any],
         rewritten: Sequence[Any],
         capacity_bytes: int,
+        journal: lmdb.Environment | None = None,
     ) -> None:
         """Pages in use in both environments may reach `PAGE_GUARD_FRACTION` of the map.
 
@@ -66,10 +68,13 @@ class PageGuard:
         self._databases = tuple(databases)
         self._rewritten = tuple(rewritten)
         self._capacity_bytes = capacity_bytes
-        self._most_pages = int(env.info()["map_size"] * PAGE_GUARD_FRACTION / env.stat()["psize"])
+        self._most_pages = _most_pages(env)
+        self._most_journal_pages = _most_pages(journal) if journal is not None else 0
         self._pressure_pages = int(self._most_pages * PRESSURE_FRACTION / PAGE_GUARD_FRACTION)
         self._store_pages = 0
         self.pages = 0
+        # Whether the last refusal was the journal's own map: a seal empties it.
+        self.journal_full = False
         self.measure_store()
 
     @property
@@ -94,18 +99,27 @@ class PageGuard:
     def check(self, journal_txn: lmdb.Transaction) -> None:
         """Count the pages this journal transaction leaves in use, with the store's.
 
-        The journal's pages count twice: a seal copies its readings into the store before the
-        journal records are deleted.
+        The journal's pages count in the store too: a seal copies its readings there before the
+        journal records are deleted. And the journal keeps room in its own map for the
+        transaction that deletes them.
 
         Raises:
             CapacityError: more than the guard allows.
         """
-        pages = self.pages = self._store_pages + 2 * _pages(journal_txn.stat())
-        if pages > self._most_pages:
+        journal_pages = _pages(journal_txn.stat())
+        pages = self.pages = self._store_pages + journal_pages
+        self.journal_full = bool(self._most_journal_pages) and (
+            journal_pages > self._most_journal_pages
+        )
+        if pages > self._most_pages or self.journal_full:
             raise CapacityError(
                 f"the disk budget of {self._capacity_bytes} bytes is nearly full "
                 f"({pages} pages in use)"
             )
+
+
+def _most_pages(env: lmdb.Environment) -> int:
+    return int(env.info()["map_size"] * PAGE_GUARD_FRACTION / env.stat()["psize"])
 
 
 def _tree_pages(stat: Mapping[str, Any]) -> int:

@@ -86,6 +86,8 @@ class Checkpointer:
         self._retry_at = 0.0
         self._backoff_s = 0.0
         self.sealing: Sealing | None = None
+        # A seal asked for whatever the journal's size: its map refused a record.
+        self.seal_wanted = False
         # Checkpoints written since opening, for tests and tools that follow them.
         self.checkpoints = 0
 
@@ -126,7 +128,7 @@ class Checkpointer:
         try:
             if self.is_due(ledger, index, notes):
                 self.write(ledger, index, notes)
-            if self.sealing is not None or checkpoint.is_seal_due(index, self._capacity_bytes):
+            if self.sealing is not None or self._is_seal_due(index):
                 self.seal_step(ledger, index, notes)
         except DamagedChunkError:
             raise
@@ -142,6 +144,9 @@ class Checkpointer:
             self._backoff_s = 0.0
         return self.sealing is not None
 
+    def _is_seal_due(self, index: JournalIndex) -> bool:
+        return self.seal_wanted or checkpoint.is_seal_due(index, self._capacity_bytes)
+
     def seal_step(self, ledger: Ledger, index: JournalIndex, notes: dict[bytes, bytes]) -> None:
         """Start the seal, or take its next step, or complete it.
 
@@ -153,6 +158,7 @@ class Checkpointer:
             return
         sealing = self.sealing
         if sealing is None:
+            self.seal_wanted = False
             cut = ledger.next_record - 1
             sealing = self.sealing = Sealing(
                 ledger.next_seal,
@@ -177,7 +183,7 @@ class Checkpointer:
 
     def complete_seal(self, ledger: Ledger, index: JournalIndex, notes: dict[bytes, bytes]) -> None:
         """Run a seal that is due or under way to its end (tools, tests, `checkpoint`)."""
-        while self.sealing is not None or checkpoint.is_seal_due(index, self._capacity_bytes):
+        while self.sealing is not None or self._is_seal_due(index):
             self.seal_step(ledger, index, notes)
 
     def write(

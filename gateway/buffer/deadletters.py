@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 
 from gateway.buffer.core.ledger import DeadLetter
+from gateway.buffer.environment import map_sizes
 from gateway.errors import StorageError
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ class DeadLetterStore:
                 str(path),
                 create=False,
                 max_dbs=4,
-                map_size=capacity,
+                # The map size the buffer gives its store: two processes must agree on it.
+                map_size=map_sizes(capacity)[0],
             )
             return cls(env, env.open_db(b"dead"))
         except lmdb.Error as exc:

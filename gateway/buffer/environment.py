@@ -45,6 +45,21 @@ FORMAT = b"chunks-2"
 UPGRADABLE_FORMATS = (b"chunks-1",)
 
 
+# The journal's share of the capacity. It is sealed at a sixteenth of the capacity (gateway/buffer/
+# checkpoint.py), so this leaves room for what is appended while a seal runs, for records waiting
+# to be deleted, and for LMDB's need of a run of free pages per large record (a record its map
+# refuses asks for a seal, which empties it); the store takes the rest, so the two files together
+# never pass the capacity, each bounded by its map.
+JOURNAL_MAP_FRACTION = 1 / 4
+PAGE_BYTES = 4096
+
+
+def map_sizes(capacity_bytes: int) -> tuple[int, int]:
+    """The map sizes (store, journal) of a buffer of `capacity_bytes`, in whole pages."""
+    journal = max(PAGE_BYTES * 16, int(capacity_bytes * JOURNAL_MAP_FRACTION)) // PAGE_BYTES
+    return capacity_bytes // PAGE_BYTES * PAGE_BYTES - journal * PAGE_BYTES, journal * PAGE_BYTES
+
+
 @dataclass(frozen=True, slots=True)
 class Opened:
     """A buffer directory, opened."""
@@ -71,8 +86,9 @@ def open_environment(
             path.mkdir(parents=True, exist_ok=True)
             owner = lock_exclusively(path / LOCK_FILE)
         durable = sync == "commit"
+        store_bytes, journal_bytes = map_sizes(capacity_bytes)
         options: dict[str, Any] = {
-            "map_size": capacity_bytes,
+            "map_size": store_bytes,
             "sync": durable,
             "metasync": durable,
             "readonly": readonly,
@@ -90,6 +106,7 @@ def open_environment(
         tables = Tables(sealed, devices, meta, dead, notes, damaged)
         journal = None
         if not readonly or (path / JOURNAL_FILE).exists():
+            options["map_size"] = journal_bytes
             journal = lmdb.open(str(path / JOURNAL_FILE), subdir=False, max_dbs=0, **options)
         latest = _open_latest(env, latest_series, readonly=readonly)
         return Opened(owner, env, journal, tables, latest)

@@ -100,7 +100,7 @@ class Sealing:
         journal: lmdb.Transaction,
         sealed_db: Any,  # noqa: ANN401 - an LMDB handle
         states: Mapping[str, DeviceState],
-        budget_bytes: int = STEP_BYTES,
+        budget_bytes: int | None = None,
     ) -> None:
         """Do about `budget_bytes` of the seal's work inside the store's write transaction `txn`.
 
@@ -112,8 +112,16 @@ class Sealing:
         if not self._cleared:
             discard_seals_from(txn, sealed_db, self.seal)
             self._cleared = True
+        budget = STEP_BYTES if budget_bytes is None else budget_bytes
         spent = 0
-        while spent < budget_bytes and self._next < len(self._records):
+        while spent < budget and self._next < len(self._records):
+            if self._pending_bytes > PENDING_MAX_BYTES:
+                # Runs piled up (many devices, short runs): write some within this step's
+                # budget before reading more, so that memory and the step both stay bounded.
+                spent += self._write_largest(
+                    txn, sealed_db, PENDING_MAX_BYTES // 2, budget_bytes=budget - spent
+                )
+                continue
             record = self._records[self._next]
             self._next += 1
             key = U64.pack(record)
@@ -125,10 +133,8 @@ class Sealing:
             except DECODE_ERRORS as exc:
                 raise DamagedChunkError("journal", key, str(exc)) from exc
             spent += self._copy(txn, sealed_db, segments, groups, states)
-            if self._pending_bytes > PENDING_MAX_BYTES:
-                spent += self._write_largest(txn, sealed_db, PENDING_MAX_BYTES // 2)
         if self._next >= len(self._records):
-            self._write_largest(txn, sealed_db, 0, budget_bytes=max(budget_bytes - spent, 1))
+            self._write_largest(txn, sealed_db, 0, budget_bytes=max(budget - spent, 1))
 
     def _copy(
         self,

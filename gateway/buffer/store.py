@@ -164,6 +164,7 @@ class Buffer:
             (self._tables.sealed, self._tables.dead, *rewritten),
             rewritten,
             capacity_bytes,
+            self._journal,
         )
         self._plain_rules = Rules(budget_bytes=self.budget_bytes)
         self._lock = threading.Lock()
@@ -367,6 +368,10 @@ class Buffer:
                             break
                         except DamagedChunkError as exc:
                             self._set_aside(exc)
+                        except (CapacityError, StorageError) as exc:
+                            # The journal holds what was committed: the next start replays it.
+                            logger.warning("buffer checkpoint at close failed: %s", exc)
+                            break
         finally:
             if self._journal is not None:
                 self._journal.close()
@@ -443,12 +448,21 @@ class Buffer:
                     admitted = Admitter(
                         w, rules, self._reads.leases, self._reads.live_from, self._reads.live_leases
                     ).admit(items)
-                    if admitted.stored or notes:
+                    # Drops of a commit that stored nothing need their record too, or a restart
+                    # would bring the dropped readings back.
+                    if admitted.stored or notes or any(admitted.dropped.values()):
                         unsettled = self._damage.unsettled
                         w.finish(txn, list(notes.items()) if notes else (), self._moved, unsettled)
                         self._guard.check(txn)
+            except lmdb.MapFullError as exc:
+                # The journal's map has no run of free pages for the record: a seal empties it.
+                self._checkpointer.seal_wanted = True
+                raise capacity.translate(exc, self.path, self.capacity_bytes) from exc
             except lmdb.Error as exc:
                 raise capacity.translate(exc, self.path, self.capacity_bytes) from exc
+            except CapacityError:
+                self._checkpointer.seal_wanted |= self._guard.journal_full
+                raise
             # Committed. Nothing from here on may raise out of `admit`: a caller that saw an
             # exception would take the stored readings for unstored ones and store them again.
             try:

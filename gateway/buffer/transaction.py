@@ -435,14 +435,14 @@ class FifoTransaction:
         moved: Collection[str] = (),
         held: Collection[str] = (),
     ) -> None:
-        """Write this transaction's appends and `notes` as one journal chunk (nothing if none).
+        """Write this transaction's appends, drops and `notes` as one journal chunk (or none).
 
         The chunk carries the states of the FIFOs this transaction took readings out of and of
         `moved` ones (deliveries since the previous chunk), never a chunk of its own for them:
         that would cost a disk write per delivery (DESIGN invariant 9). `held` FIFOs are left
         out (a loss to damage not written yet: gateway/buffer/damage.py).
         """
-        if not self._appended and not notes:
+        if not self._appended and not notes and not self.taken():
             return
         segments = []
         groups = []
