@@ -1,18 +1,20 @@
 """The buffer's checkpoint: what group commits leave in memory, written to the store at intervals.
 
-A group commit writes one journal chunk and nothing else; deliveries and drops only move heads and
-gaps in the ledger. Every `CHECKPOINT_INTERVAL_S` (and when the buffer closes, or a dead letter
-must move atomically with its deletion) one transaction of the store writes what changed since
-the last one: the FIFOs' accounting, the totals, the newest values noted, and how far into the
-journal that accounting reaches (`applied`). Then the journal records nothing is buffered in any
-more are deleted, and the sealed chunks that every reading of has gone.
+A group commit writes one journal chunk and nothing else; the chunk also carries the states of
+the FIFOs whose heads and gaps deliveries and drops moved since the chunk before. Every
+`CHECKPOINT_INTERVAL_S` (and when the buffer closes, or a dead letter must move atomically with its
+deletion) one transaction of the store writes what changed since the last one: the FIFOs'
+accounting, the totals, the newest values noted, and how far into the journal that accounting
+reaches (`applied`); it deletes the sealed chunks that every reading of has gone. The journal
+records nothing is buffered in any more are deleted after it (gateway/buffer/checkpointer.py has
+the order and why).
 
 Sealing: when the journal holds more than `SEAL_READINGS` readings or `SEAL_RECORDS` records
-(the database is down, or a slow device keeps old records alive), the checkpoint also copies every
-buffered reading of the journal into sealed chunks of one device each (key: seal number, FIFO
-number, first sequence) and then deletes the whole journal. That bounds the journal and the memory
-that indexes it whatever the backlog, and lets a drop of one device's oldest readings free their
-space. Seals are numbered in order, so a seal appends at the right edge of the `sealed` B-tree
+(the database is down, or a slow device keeps old records alive), every buffered reading of the
+journal is copied, in steps, into sealed chunks of one device each (key: seal number, FIFO
+number, first sequence; gateway/buffer/sealing.py), a checkpoint names the seal complete, and
+the sealed records are deleted. That bounds the journal and the memory that indexes it whatever
+the backlog, and lets a drop of one device's oldest readings free their space. Seals are numbered in order, so a seal appends at the right edge of the `sealed` B-tree
 and leaves older seals' pages alone; each FIFO's state names the oldest seal that may hold its
 chunks. Keyed by FIFO first, each seal rewrote every leaf of the tree: with 1,000 devices in a
 2 MiB buffer the copies outgrew the map and even deletes failed; keyed by seal, the same buffer

@@ -46,9 +46,11 @@ so the layout and its recovery stay as they are; the split itself lives in memor
 Invariants: a reading is acknowledged only after the journal commit holding it (durable for the
 sync mode). A reading leaves only by `delete`, which the flusher calls after the database
 confirmed (or after moving it to `dead`), or by a drop that admission decided and counted;
-readings the flusher has read are leased and never dropped. Every method blocks; the service
-calls them in its event loop's thread (see gateway/service/lifecycle.py for why not in a worker
-thread).
+readings the flusher has read are leased and never dropped (gateway/buffer/reads.py). Every
+method blocks; the service calls them in its event loop's thread (see gateway/service/lifecycle.py
+for why not in a worker thread), so each does a bounded amount of work: a seal runs in steps
+(gateway/buffer/sealing.py) and a checkpoint writes only what changed. Checksums guard every
+chunk; a damaged one is set aside and counted (gateway/buffer/damage.py), never a reason to stop.
 """
 
 from __future__ import annotations
