@@ -14,8 +14,9 @@ Sealing: when the journal holds more than `SEAL_READINGS` readings or `SEAL_RECO
 journal is copied, in steps, into sealed chunks of one device each (key: seal number, FIFO
 number, first sequence; gateway/buffer/sealing.py), a checkpoint names the seal complete, and
 the sealed records are deleted. That bounds the journal and the memory that indexes it whatever
-the backlog, and lets a drop of one device's oldest readings free their space. Seals are numbered in order, so a seal appends at the right edge of the `sealed` B-tree
-and leaves older seals' pages alone; each FIFO's state names the oldest seal that may hold its
+the backlog, and lets a drop of one device's oldest readings free their space. Seals are
+numbered in order, so a seal writes at the right edge of the `sealed` B-tree and leaves older
+seals' pages alone; each FIFO's state names the oldest seal that may hold its
 chunks. Keyed by FIFO first, each seal rewrote every leaf of the tree: with 1,000 devices in a
 2 MiB buffer the copies outgrew the map and even deletes failed; keyed by seal, the same buffer
 holds 36,800 readings (16,400 before, when it could still be emptied at all), and deletes run
