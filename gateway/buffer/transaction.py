@@ -100,6 +100,19 @@ def _join_before(state: DeviceState, start: int, limit: int | None) -> int | Non
     return state.gap_start if start <= state.gap_end else None
 
 
+def _open_gap(state: DeviceState, start: int, end: int) -> None:
+    """Sequences `start` to `end` - 1 went behind a lease: the FIFO's one gap takes them in.
+
+    With a gap already, everything from `start` to it went too (the drop walked there), and
+    what was taken after it.
+    """
+    if state.gap_end > state.gap_start:
+        state.gap_start = min(start, state.gap_start)
+        state.gap_end = max(state.gap_end, end)
+    else:
+        state.gap_start, state.gap_end = start, end
+
+
 @dataclass(slots=True)
 class _Appended:
     """The readings one transaction appends to one FIFO."""
@@ -213,10 +226,10 @@ class FifoTransaction:
 
         Takes `count` readings, or as many as free `need_bytes`; returns (readings, bytes).
         Readings before `lease_end` are in flight and stay, which leaves a gap behind them.
-        A FIFO has one gap, so a drop behind a lease that ends before the gap does not stop
-        short of it: it takes every reading up to the gap (all counted), then goes on after it
-        if it needs more. Never may the gap cover a reading that was not taken: it would be
-        gone without a count.
+        A FIFO has one gap, so a drop behind a lease that ends before the gap widens it: it
+        takes the run just before the gap that frees the need, or every reading up to the gap
+        (all counted) and on after it if it needs more. Never may the gap cover a reading that
+        was not taken: it would be gone without a count.
         `limit`: where a live-first drain's live stream begins; nothing from there on is taken,
         and nothing at all while the readings before it are in flight (that would need a second
         gap).
@@ -229,6 +242,10 @@ class FifoTransaction:
         if join_before is None:
             return 0, 0
         has_gap = state.gap_end > state.gap_start
+        if has_gap and count is None and start < state.gap_start:
+            before_gap = self._drop_before_gap(state, start, need_bytes)
+            if before_gap is not None:
+                return before_gap
         dropped = freed = 0
         last = start - 1
         for seq, value in self._readings(state, start):
@@ -242,20 +259,54 @@ class FifoTransaction:
             last = seq
         if not dropped:
             return 0, 0
-        state.readings -= dropped
-        state.nbytes -= freed
-        self.readings -= dropped
-        self.nbytes -= freed
+        self._count_out(state, dropped, freed)
         if start == state.head:
             state.head = last + 1
             self._find_head(state)
-        elif has_gap:
-            # Everything from `start` to the gap went, and what was taken after it: one gap.
-            state.gap_start = min(start, state.gap_start)
-            state.gap_end = max(state.gap_end, last + 1)
         else:
-            state.gap_start, state.gap_end = start, last + 1
+            _open_gap(state, start, last + 1)
         return dropped, freed
+
+    def _count_out(self, state: DeviceState, readings: int, nbytes: int) -> None:
+        state.readings -= readings
+        state.nbytes -= nbytes
+        self.readings -= readings
+        self.nbytes -= nbytes
+
+    def _drop_before_gap(
+        self, state: DeviceState, start: int, need_bytes: int
+    ) -> tuple[int, int] | None:
+        """Take the run just before the gap that frees `need_bytes`; None if all of it is needed.
+
+        The readings between a lease and the gap are the oldest not in flight, but there may be
+        a whole outage of them (after a restart during a live-first drain the gap is the live
+        run delivered): joining the gap would drop them all for a need of a few. Taking the end
+        of the run keeps one gap and drops what is needed. Reads only about the readings it
+        takes, from an estimate of their count by the FIFO's mean size.
+        """
+        mean = max(1, state.nbytes // max(1, state.readings))
+        span = min(state.gap_start - start, 2 * (need_bytes // mean) + 8)
+        while True:
+            low = state.gap_start - span
+            found = [
+                (seq, reading_bytes(value))
+                for seq, value in self._readings(state, low)
+                if seq < state.gap_start
+            ]
+            freed = 0
+            for dropped, (seq, size) in enumerate(reversed(found), 1):
+                freed += size
+                if freed >= need_bytes:
+                    if seq == start:
+                        return None  # the whole run: joined by the caller's walk
+                    state.gap_start = seq
+                    self._count_out(state, dropped, freed)
+                    return dropped, freed
+            if low <= start:
+                return None
+            span = min(state.gap_start - start, span * 4)
+            if span <= 0:
+                return None
 
     def _readings(self, state: DeviceState, start: int) -> Iterator[tuple[int, bytes]]:
         """The FIFO's readings from `start`: committed ones, then this transaction's appends."""
