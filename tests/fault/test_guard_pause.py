@@ -19,7 +19,7 @@ import pytest
 
 from gateway.tools import servers
 from tests import backends
-from tests.gatewayproc import assert_identities, count, publish_messages, wait_for
+from tests.gatewayproc import SMALL_API, assert_identities, count, publish_messages, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,6 +76,7 @@ def test_a_page_guard_refusal_pauses_intake_instead_of_reconnecting_in_a_loop(
         ),
         flush=FLUSH,
         buffer='capacity = "1MiB"\n',
+        api=SMALL_API,
     )
     db.kill()
     publish_messages(mosquitto.port, publish_batch(run_id))
