@@ -23,6 +23,7 @@ from gateway.buffer.store import Buffer
 from gateway.errors import CapacityError
 from gateway.points.model import Reading
 from gateway.points.record import pack
+from tests.unit.buffer.checks import assert_counts_match
 
 if TYPE_CHECKING:
     import pytest
@@ -43,18 +44,6 @@ def drop_behind(buffer: Buffer, fifo: str, value: bytes) -> int:
     rules = Rules(budget_bytes=buffer.totals().nbytes, high=1.0, low=0.5, default_lane=DROPPING)
     admitted = buffer.admit([(fifo, value, DROPPING)], rules)
     return sum(admitted.dropped.values())
-
-
-def assert_counts_match(buffer: Buffer) -> None:
-    """What the accounting says is what reads find, FIFO by FIFO and in all."""
-    total = 0
-    for fifo, state in buffer.devices().items():
-        values = buffer.readings_of(fifo)
-        assert state.readings == len(values), fifo
-        assert state.nbytes == sum(map(reading_bytes, values)), fifo
-        total += len(values)
-    assert buffer.totals().readings == total
-    assert buffer.verify().is_consistent
 
 
 def test_drop_behind_a_shorter_lease_widens_the_gap(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.buffer.core.admission import DEVICE_SHARE, Lane, Policy, Rules
-from gateway.buffer.core.chunk import reading_bytes
 from gateway.buffer.store import Buffer
 from gateway.errors import CapacityError
 from gateway.points.model import Reading
 from gateway.points.record import pack
+from tests.unit.buffer.checks import assert_counts_match
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,18 +44,6 @@ def split_and_lease(buffer: Buffer, devices: list[str], live: int) -> dict[str, 
     # The backlog is gone: the splits are over, the live batches still in flight.
     assert buffer.live_backlog() == {}
     return in_flight
-
-
-def assert_counts_match(buffer: Buffer) -> None:
-    """What the accounting says is what reads find."""
-    total = 0
-    for fifo, state in buffer.devices().items():
-        values = buffer.readings_of(fifo)
-        assert state.readings == len(values), fifo
-        assert state.nbytes == sum(map(reading_bytes, values)), fifo
-        total += len(values)
-    assert buffer.totals().readings == total
-    assert buffer.verify().is_consistent
 
 
 def test_live_batch_in_flight_after_its_split_ended_is_not_dropped(tmp_path: Path) -> None:

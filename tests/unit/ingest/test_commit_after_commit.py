@@ -24,6 +24,7 @@ from gateway.ingest.core.decode import Decoder
 from gateway.ingest.core.packets import Incoming
 from gateway.ingest.taking import Taker
 from gateway.observe.metrics import Metrics
+from tests.unit.ingest.recorders import AckRecorder
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -31,22 +32,6 @@ if TYPE_CHECKING:
 
 SUBSCRIPTION = Subscription(topic="s/{device}/{measurement}", format="json")
 MESSAGES = 5
-
-
-class AckRecorder:
-    """What the committer asks of a broker connection, recorded."""
-
-    def __init__(self) -> None:
-        self.acked: list[tuple[int, int]] = []
-
-    def ack(self, pairs: list[tuple[int, int]]) -> None:
-        self.acked.extend(pairs)
-
-    def publish(self, messages: list[tuple[str, bytes]]) -> None:
-        raise AssertionError(messages)
-
-    def announce(self) -> None:
-        raise AssertionError
 
 
 def damaged(*_args: object, **_kwargs: object) -> None:

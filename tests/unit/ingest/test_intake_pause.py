@@ -29,6 +29,7 @@ from gateway.observe.health import Health
 from gateway.observe.metrics import Metrics
 from gateway.points.model import Reading
 from gateway.points.record import pack
+from tests.unit.ingest.recorders import AckRecorder
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -37,22 +38,6 @@ if TYPE_CHECKING:
 SUBSCRIPTION = Subscription(topic="s/{device}/{measurement}", format="json")
 # Still paused this long after the refusal, with nothing delivered: not a 0 s pause.
 STILL_PAUSED_S = 0.5
-
-
-class AckRecorder:
-    """What the committer asks of a broker connection, recorded."""
-
-    def __init__(self) -> None:
-        self.acked: list[tuple[int, int]] = []
-
-    def ack(self, pairs: list[tuple[int, int]]) -> None:
-        self.acked.extend(pairs)
-
-    def publish(self, messages: list[tuple[str, bytes]]) -> None:
-        raise AssertionError(messages)
-
-    def announce(self) -> None:
-        raise AssertionError
 
 
 def incompressible(device: str, ts: int) -> Reading:
