@@ -224,12 +224,6 @@ class Flusher:
             return math.inf
         return max(0.0, self._resume_at - time.monotonic())
 
-    def _linger_left(self, waiting: Waiting) -> float:
-        if not waiting:
-            return math.inf
-        due = waiting.oldest_since() + self._settings.linger_s
-        return max(0.0, due - time.monotonic())
-
     async def _sleep_until_woken(self, timeout_s: float) -> None:
         if self._wake.is_set():
             # Something changed since the last look: consume the wake-up and look again.
@@ -260,7 +254,11 @@ class Flusher:
         available = sum(n for _, n in ready)
         if not available:
             return [], math.inf
-        linger_left = 0.0 if self._draining else self._linger_left(waiting)
+        linger_left = (
+            0.0
+            if self._draining
+            else waiting.linger_left(time.monotonic(), self._settings.linger_s)
+        )
         if available < self._batch_size and linger_left > 0:
             return [], linger_left
         quota = max(1, math.ceil(self._batch_size / len(ready)))

@@ -46,6 +46,17 @@ class Waiting:
             if not front[1]:
                 commits.popleft()
 
+    def linger_left(self, now: float, linger_s: float) -> float:
+        """How long until the oldest waiting reading has lingered `linger_s`.
+
+        0 when none is known to wait: the caller asks because the buffer holds readings, and
+        readings whose age this lost track of (dropped counts taken off the wrong stream, a
+        live-first drain ended early) are overdue, not to wait for ever.
+        """
+        if not self._commits:
+            return 0.0
+        return max(0.0, self._commits[0][0] + linger_s - now)
+
     def oldest_since(self) -> float:
         """When the oldest waiting commit was made (-inf for readings found at start)."""
         return self._commits[0][0]

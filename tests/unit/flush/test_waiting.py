@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -52,3 +53,14 @@ def test_the_oldest_undelivered_reading_sets_the_lag(
             assert waiting.oldest_since() <= model[0]
             if linger_s == math.inf:
                 assert waiting.oldest_since() == model[0]
+
+
+def test_linger_is_over_for_readings_whose_age_was_lost() -> None:
+    """With nothing known to wait, readings the buffer still holds are due now, not never."""
+    waiting = Waiting(0)
+    assert waiting.linger_left(100.0, 0.2) == 0.0
+    waiting.committed(5, 100.0, 0.2)
+    assert waiting.linger_left(100.05, 0.2) == pytest.approx(0.15)
+    waiting.delivered(7)  # more left than it counted: drops taken off this stream
+    assert not waiting
+    assert waiting.linger_left(100.06, 0.2) == 0.0
