@@ -14,9 +14,10 @@ What the model allows:
   behind it takes all before the gap), but where they come from is the model's;
 - a failed group commit raises `StorageError` (`CapacityError` for a full disk) and stores and
   drops nothing; a plain append of a few readings into an empty buffer is never refused;
-- a failed checkpoint (its store transaction, a seal, the dead letters of a delete) raises and
-  loses nothing; a failed journal deletion after the store committed loses nothing either, the
-  checkpoint it follows stands; after any failure, the next `checkpoint()` succeeds;
+- a failed checkpoint (its store transaction, a seal, the journal deletion after it, the dead
+  letters of a delete) loses nothing: what it was to save is saved or comes back after a crash,
+  nothing else moves (a delete whose dead letters could not be stored raised and deleted
+  nothing); after any failure the next checkpoint succeeds (`save`, `seal`, `reopen`);
 - kill -9 (`crash`) brings back every appended reading not delivered, and the deliveries and
   drops not yet saved: since the last checkpoint, or, with `DELIVERIES_IN_JOURNAL`, since the
   last group commit that wrote a journal record.
@@ -125,6 +126,9 @@ class BufferMachine(RuleBasedStateMachine):
         self.model: defaultdict[str, deque[bytes]] = defaultdict(deque)
         # Readings taken out and not yet saved, by device, oldest first.
         self.unsaved: defaultdict[str, list[bytes]] = defaultdict(list)
+        # Readings taken out before a checkpoint that failed part of the way: saved or not,
+        # depending on which of its transactions failed; a crash shows which.
+        self.unsure: defaultdict[str, list[bytes]] = defaultdict(list)
         # Backlog leases: device -> (first sequence, readings from the head).
         self.leased: dict[str, tuple[int, int]] = {}
         # Live leases: device -> (first sequence, readings from the live stream's cursor).
@@ -144,7 +148,6 @@ class BufferMachine(RuleBasedStateMachine):
         )
         self.faults = Faults(self.buffer)
         self.checkpoints_seen = self.buffer.checkpoints
-        self.events_seen = 0
         self.leased, self.live_leased, self.backlog = {}, {}, {}
         self.touched = set(self.model)
 
@@ -188,17 +191,30 @@ class BufferMachine(RuleBasedStateMachine):
                     self.leased[device] = self.live_leased.pop(device)
 
     def _after(self) -> None:
-        """Forget the unsaved readings once a checkpoint's store transaction committed."""
-        events = self.faults.events[self.events_seen :]
-        self.events_seen = len(self.faults.events)
-        if self.buffer.checkpoints != self.checkpoints_seen or ("store", "commit") in events:
+        """Forget the unsaved readings once a checkpoint was written."""
+        if self.buffer.checkpoints != self.checkpoints_seen:
             self.checkpoints_seen = self.buffer.checkpoints
             self.unsaved.clear()
+            self.unsure.clear()
 
     def _committed(self, stored: int) -> None:
         """A group commit that wrote a journal record; it saves deliveries and drops too."""
         if DELIVERIES_IN_JOURNAL and stored:
             self.unsaved.clear()
+            self.unsure.clear()
+
+    def _failed_checkpoint(self) -> None:
+        """After a checkpoint failed: what it was to save may or may not be saved."""
+        self._after()
+        for device, taken in self.unsaved.items():
+            self.unsure[device].extend(taken)
+        self.unsaved.clear()
+
+    def _restore(self, taken_out: dict[str, list[bytes]]) -> None:
+        for device, taken in taken_out.items():
+            self.model[device] = deque(
+                sorted([*taken, *self.model[device]], key=lambda v: unpack(device, v).ts_ns)
+            )
 
     def _is_leased(self, device: str) -> bool:
         return device in self.leased or device in self.live_leased
@@ -443,12 +459,13 @@ class BufferMachine(RuleBasedStateMachine):
     def crash(self) -> None:
         """kill -9: what was taken out and not yet saved is buffered again."""
         self.buffer.abandon()
-        for device, taken in self.unsaved.items():
-            self.model[device] = deque(
-                sorted([*taken, *self.model[device]], key=lambda v: unpack(device, v).ts_ns)
-            )
+        self._restore(self.unsaved)
         self.unsaved.clear()
+        unsure, self.unsure = self.unsure, defaultdict(list)
         self._open()
+        if self.buffer.totals().readings > sum(len(q) for q in self.model.values()):
+            self._restore(unsure)  # the checkpoint that failed had not saved them
+            self.touched = set(self.model)
 
     @rule(
         devices=st.lists(DEVICE, min_size=1, max_size=8),
@@ -469,12 +486,13 @@ class BufferMachine(RuleBasedStateMachine):
 
     @rule(write=FAULT_WRITES, error=ERRORS, seal=st.booleans())
     def fail_checkpoint(self, write: int | None, error: type, seal: bool) -> None:
-        """A checkpoint (a seal) whose store transaction fails loses nothing and says so."""
+        """A checkpoint (a seal) whose store transaction fails loses nothing."""
         self.faults.arm(Fault("store", 0, write, error))
-        with sealing() if seal else contextlib.nullcontext(), pytest.raises(StorageError):
+        # It raises (948f866 does), unless what failed was a part it may retry later.
+        with sealing() if seal else contextlib.nullcontext(), contextlib.suppress(StorageError):
             self.buffer.checkpoint()
-        assert self.faults.fired is not None
-        self._after()
+        self.faults.disarm()
+        self._failed_checkpoint()
 
     @rule(write=FAULT_WRITES, error=ERRORS, seal=st.booleans())
     def fail_journal_deletion(self, write: int | None, error: type, seal: bool) -> None:
@@ -482,10 +500,8 @@ class BufferMachine(RuleBasedStateMachine):
         self.faults.arm(Fault("journal", 0, write, error))
         with sealing() if seal else contextlib.nullcontext(), contextlib.suppress(StorageError):
             self.buffer.checkpoint()
-        if self.faults.fired is not None:
-            assert ("store", "commit") in self.faults.events[self.events_seen :]
         self.faults.disarm()  # a checkpoint with nothing to delete may not open the journal
-        self._after()
+        self._failed_checkpoint()
 
     @rule(data=st.data(), n=st.integers(1, 10), write=FAULT_WRITES, error=ERRORS)
     def fail_dead_letters(
@@ -501,12 +517,19 @@ class BufferMachine(RuleBasedStateMachine):
         first, count = spans[0].first_seq, len(spans[0].values)
         dead_before = self.buffer.dead_letter_count()
         self.faults.arm(Fault("store", 0, write, error))
-        with pytest.raises(StorageError):
+        try:
             self.buffer.delete([(device, first, count)], [(device, "HTTP 400", "m v=1i 1")])
-        assert self.faults.fired is not None
-        assert self.buffer.dead_letter_count() == dead_before
-        self.leased[device] = (first, count)  # still in flight: released or retried next
-        self._after()
+        except StorageError:
+            # Nothing moved: the batch is still buffered and in flight (released or retried).
+            assert self.buffer.dead_letter_count() == dead_before
+            self.leased[device] = (first, count)
+        else:
+            # The transaction that failed was one the delete could do without.
+            assert self.buffer.dead_letter_count() == dead_before + 1
+            self._take_out(device, 0, count)
+            self._took_backlog(device, count)
+        self.faults.disarm()
+        self._failed_checkpoint()
 
     # What must always hold.
 
@@ -543,7 +566,9 @@ class TinyBufferMachine(BufferMachine):
     MANY = 300
 
 
+# Each example opens LMDB environments and walks every changed FIFO after each step: these
+# counts keep both machines near half a minute together on a 2-core box.
 TestBufferModel = BufferMachine.TestCase
-TestBufferModel.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+TestBufferModel.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
 TestTinyBufferModel = TinyBufferMachine.TestCase
-TestTinyBufferModel.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
+TestTinyBufferModel.settings = settings(max_examples=30, stateful_step_count=30, deadline=None)

@@ -96,9 +96,10 @@ def test_finding_9_a_crash_brings_back_only_deliveries_after_the_last_group_comm
     """Finding 9: deliveries before the last group commit stay delivered after kill -9."""
     monkeypatch.setattr(test_buffer_model, "DELIVERIES_IN_JOURNAL", True)
     with replaying() as state:
-        state.append(devices=["a", "a", "b"], shape=(0, 0, 0))
-        state.deliver(data=draws("a"), n=2, dead=False)
-        state.append(devices=["b"], shape=(0, 0, 0))
+        state.append(devices=["a", "b"], shape=(0, 0, 0))
+        state.read(data=draws("a"), n=1)
+        state.finish(data=draws("a"), dead=False)
+        state.append(devices=["a"], shape=(0, 0, 0))
         state.crash()
 
 
