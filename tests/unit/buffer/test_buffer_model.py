@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import lmdb
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -567,8 +567,14 @@ class TinyBufferMachine(BufferMachine):
 
 
 # Each example opens LMDB environments and walks every changed FIFO after each step: these
-# counts keep both machines near half a minute together on a 2-core box.
+# counts keep both machines near half a minute together on a 2-core box. Without the explain
+# phase (it traces every line), a failure shrinks within the test timeout.
+PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]
 TestBufferModel = BufferMachine.TestCase
-TestBufferModel.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
+TestBufferModel.settings = settings(
+    max_examples=150, stateful_step_count=50, deadline=None, phases=PHASES
+)
 TestTinyBufferModel = TinyBufferMachine.TestCase
-TestTinyBufferModel.settings = settings(max_examples=30, stateful_step_count=30, deadline=None)
+TestTinyBufferModel.settings = settings(
+    max_examples=30, stateful_step_count=30, deadline=None, phases=PHASES
+)
