@@ -63,7 +63,7 @@ DROPPING = Lane(policy=Policy.DROP_OLDEST)
 # How a crash treats deliveries and drops: False, those since the last checkpoint come back;
 # True, only those since the last group commit that wrote a journal record (the journal
 # records them with its next record).
-DELIVERIES_IN_JOURNAL = False
+DELIVERIES_IN_JOURNAL = True
 
 SEAL_READINGS, SEAL_RECORDS = 24, 6
 
