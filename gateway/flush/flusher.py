@@ -149,9 +149,11 @@ class Flusher:
 
     def forget(self, readings: int) -> None:
         """Called by ingest when admission dropped `readings` buffered readings."""
-        # Drops take the oldest readings, which during a live-first drain are the backlog's.
-        (self._backlog or self._waiting).delivered(readings)
-        self._end_live_first_if_done()
+        # Drops take the oldest readings, which during a live-first drain are the backlog's,
+        # but of a FIFO whose backlog is gone (or that was not split) they are live ones.
+        left = readings if self._backlog is None else self._backlog.delivered(readings)
+        self._waiting.delivered(left)
+        self._settle()
 
     async def run(self) -> None:
         """Run the workers until cancelled."""
@@ -313,6 +315,7 @@ class Flusher:
             self._back_off(exc)
             return False
         self._account_delivered(spans)
+        self._settle()
         if returned:
             self._begin_live_first()
         self.space_freed.set()
@@ -343,8 +346,27 @@ class Flusher:
         for span in spans:
             end = span.first_seq + len(span.values)
             live += max(0, end - max(span.first_seq, split.get(span.device, 0)))
-        self._waiting.delivered(live)
-        backlog.delivered(delivered - live)
+        # The split here is the flusher's guess of the buffer's (which ends a FIFO's split on
+        # its own, and keeps an older one): what one stream does not hold was the other's.
+        left = self._waiting.delivered(live)
+        self._waiting.delivered(backlog.delivered(delivered - live + left))
+        self._end_live_first_if_done()
+
+    def _settle(self) -> None:
+        """Forget waiting readings beyond what the buffer holds, then end a finished drain.
+
+        Every reading the buffer holds must be known to wait, and none that it does not: a
+        commit wakes the workers only when it is the first to wait, so readings counted as
+        waiting after they left would keep the workers asleep with the buffer full of new ones.
+        The streams' counts follow every commit, drop and delivery; this also covers readings
+        the buffer lost otherwise (a damaged chunk set aside).
+        """
+        backlog = self._backlog
+        waiting = len(self._waiting) + (0 if backlog is None else len(backlog))
+        excess = waiting - self._buffer.totals().readings
+        if excess > 0:
+            # The oldest first, as the buffer loses them: the backlog's before the live ones.
+            self._waiting.delivered(excess if backlog is None else backlog.delivered(excess))
         self._end_live_first_if_done()
 
     def _end_live_first_if_done(self) -> None:

@@ -19,12 +19,18 @@ class Waiting:
     def __init__(self, recovered: int) -> None:
         """`recovered`: readings found in the buffer at start; they count as old."""
         self._commits: deque[list[float]] = deque()
+        self._count = 0
         if recovered:
             self._commits.append([-math.inf, recovered])
+            self._count = recovered
 
     def __bool__(self) -> bool:
         """Whether any reading waits."""
         return bool(self._commits)
+
+    def __len__(self) -> int:
+        """How many readings wait."""
+        return self._count
 
     def committed(self, readings: int, now: float, linger_s: float) -> bool:
         """Remember a commit; True when it is the only one waiting (it arms the linger timer)."""
@@ -33,18 +39,26 @@ class Waiting:
             oldest = commits.popleft()
             commits[0][0], commits[0][1] = oldest[0], commits[0][1] + oldest[1]
         commits.append([now, readings])
+        self._count += readings
         return len(commits) == 1
 
-    def delivered(self, count: int) -> None:
-        """`count` of the oldest waiting readings left the buffer (delivered or dropped)."""
+    def delivered(self, count: int) -> int:
+        """`count` of the oldest waiting readings left the buffer (delivered or dropped).
+
+        Returns how many of them this did not hold: the caller counted them on the wrong
+        stream, and they must come off the other one, or readings gone from the buffer would
+        wait here for ever.
+        """
         commits = self._commits
         while count and commits:
             front = commits[0]
             taken = min(count, int(front[1]))
             front[1] -= taken
             count -= taken
+            self._count -= taken
             if not front[1]:
                 commits.popleft()
+        return count
 
     def linger_left(self, now: float, linger_s: float) -> float:
         """How long until the oldest waiting reading has lingered `linger_s`.

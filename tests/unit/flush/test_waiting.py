@@ -44,9 +44,10 @@ def test_the_oldest_undelivered_reading_sets_the_lag(
         waiting.committed(size, now=float(t), linger_s=linger_s)
         model += [float(t)] * size
         gone = data.draw(st.integers(0, len(model)))
-        waiting.delivered(gone)
+        assert waiting.delivered(gone) == 0
         del model[:gone]
         assert bool(waiting) == bool(model)
+        assert len(waiting) == len(model)
         if model:
             # Merged commits keep the older time: the lag is never under-reported, and without
             # merges (no commit lingered) it is exact.
@@ -61,6 +62,8 @@ def test_linger_is_over_for_readings_whose_age_was_lost() -> None:
     assert waiting.linger_left(100.0, 0.2) == 0.0
     waiting.committed(5, 100.0, 0.2)
     assert waiting.linger_left(100.05, 0.2) == pytest.approx(0.15)
-    waiting.delivered(7)  # more left than it counted: drops taken off this stream
+    # More left than it counted (drops taken off this stream): the rest is the other's.
+    assert waiting.delivered(7) == 2
     assert not waiting
+    assert len(waiting) == 0
     assert waiting.linger_left(100.06, 0.2) == 0.0
