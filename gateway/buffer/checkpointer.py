@@ -182,8 +182,11 @@ class Checkpointer:
         self.write(ledger, index, notes, sealing=sealing)
 
     def complete_seal(self, ledger: Ledger, index: JournalIndex, notes: dict[bytes, bytes]) -> None:
-        """Run a seal that is due or under way to its end (tools, tests, `checkpoint`)."""
-        while self.sealing is not None or self._is_seal_due(index):
+        """Run the seal under way, or one that is due, to its end (tools, tests, `checkpoint`)."""
+        if self.sealing is None and not self._is_seal_due(index):
+            return
+        self.seal_step(ledger, index, notes)  # starts it, if none is under way
+        while self.sealing is not None:
             self.seal_step(ledger, index, notes)
 
     def write(

@@ -406,10 +406,14 @@ class Buffer:
             self._owner = None
 
     def sync(self) -> None:
-        """Force committed transactions to disk (sync modes `interval` and `none`)."""
+        """Force committed transactions to disk (sync modes `interval` and `none`).
+
+        The store first: whatever of it is on disk only counts on journal records that a
+        checkpoint flushed before committing it (gateway/buffer/checkpointer.py).
+        """
+        self._env.sync(True)
         if self._journal is not None:
             self._journal.sync(True)
-        self._env.sync(True)
 
     def append(self, items: Sequence[tuple[str, bytes]]) -> None:
         """Append (FIFO, packed record) pairs in one transaction: all are stored or none.

@@ -54,6 +54,9 @@ class Faults:
         buffer._env = _Environment(buffer._env, "store", self)
         if buffer._journal is not None:
             buffer._journal = _Environment(buffer._journal, "journal", self)
+        # The checkpoints and seals run through the same environments.
+        buffer._checkpointer._env = buffer._env
+        buffer._checkpointer._journal = buffer._journal
 
     def arm(self, fault: Fault) -> None:
         """Fail the write transaction `fault` names; counting starts now."""

@@ -9,9 +9,9 @@ buffer must agree with it exactly: counts, bytes, what each FIFO reads back, in 
 
 What the model allows:
 - drops (admission with `drop_oldest` or a device share) take, per device, the oldest readings
-  not leased, in one run; a split FIFO's drops stop at its live stream. How many a device lost is
-  read from its accounting, so a drop may take more than its need (a drop that joins a gap
-  behind it takes all before the gap), but where they come from is the model's;
+  not leased, in one run, or the run just before the gap an earlier drop left (the one gap
+  widens); a split FIFO's drops stop at its live stream. How many a device lost is read from its
+  accounting (a drop may take more than its need), where the run lies from what it reads back;
 - a failed group commit raises `StorageError` (`CapacityError` for a full disk) and stores and
   drops nothing; a plain append of a few readings into an empty buffer is never refused;
 - a failed checkpoint (its store transaction, a seal, the journal deletion after it, the dead
@@ -22,8 +22,8 @@ What the model allows:
   drops not yet saved: since the last checkpoint, or, with `DELIVERIES_IN_JOURNAL`, since the
   last group commit that wrote a journal record.
 
-Two configurations: a 1 MiB buffer, and a 256 KiB one whose page guard and map run full with a
-few hundred devices.
+Two configurations: a 1 MiB buffer, and one of the same smallest allowed capacity whose page
+guard and maps run full with hundreds of devices of big readings.
 """
 
 from __future__ import annotations
@@ -171,6 +171,16 @@ class BufferMachine(RuleBasedStateMachine):
             fields = (("v", self.clock), *((f"f{i}", "x" * length) for i in range(extra)))
             items.append((device, pack(Reading(device, "m", tags, fields, self.clock))))
         return items
+
+    def _dropped_run(self, device: str, lost: int) -> int:
+        """Where in the model the `lost` readings a drop took lie: one run, nothing else gone."""
+        queue, left = list(self.model[device]), self.buffer.readings_of(device)
+        start = next(
+            (at for at, (was, now) in enumerate(zip(queue, left, strict=False)) if was != now),
+            len(left),
+        )
+        assert queue[:start] + queue[start + lost :] == left, f"{device}: not one run dropped"
+        return start
 
     def _take_out(self, device: str, start: int, count: int) -> None:
         queue = self.model[device]
@@ -424,11 +434,14 @@ class BufferMachine(RuleBasedStateMachine):
                 dropped[device] = lost
         assert sum(dropped.values()) == sum(admitted.dropped.values())
         for device, lost in dropped.items():
-            # Leased readings stay (a live batch whose split has ended among them).
+            # Leased readings stay (a live batch whose split has ended among them). The run
+            # taken starts after them: right after, or where it widens the FIFO's gap.
             protected = self.leased.get(device, (0, 0))[1]
             limit = self.backlog.get(device, len(self.model[device]))
-            assert protected + lost <= limit, f"{device}: a drop reached readings in flight"
-            self._take_out(device, protected, lost)
+            start = self._dropped_run(device, lost)
+            assert start >= protected, f"{device}: a drop reached readings in flight"
+            assert start + lost <= limit, f"{device}: a drop reached its live stream"
+            self._take_out(device, start, lost)
             self._took_backlog(device, lost)
         self._committed(admitted.stored)
         self._after()
@@ -559,11 +572,12 @@ class BufferMachine(RuleBasedStateMachine):
 
 
 class TinyBufferMachine(BufferMachine):
-    """The same in a 256 KiB buffer, where a few hundred devices fill the page guard."""
+    """The same in a buffer of the smallest capacity allowed (1 MiB), where a few hundred
+    devices of big readings fill the page guard."""
 
-    CAPACITY = 256 << 10
+    CAPACITY = 1 << 20
     LATEST_SERIES = 300
-    MANY = 300
+    MANY = 600
 
 
 # Each example opens LMDB environments and walks every changed FIFO after each step: these

@@ -147,6 +147,7 @@ def test_finding_8_the_store_is_durable_before_journal_records_are_deleted(
     try:
         faults = Faults(buffer)
         buffer.append([reading("a", ts) for ts in range(1, 10)])
+        buffer.checkpoint()  # the seal runs in steps: to its end
         flags = buffer._env.flags()
         durable_store = flags["sync"] and flags["metasync"]
         events = faults.events
@@ -202,11 +203,11 @@ def test_finding_2_a_seal_decodes_each_journal_record_once(
 def test_finding_7_an_empty_small_buffer_with_many_devices_accepts_readings(
     tmp_path: Path, restart: bool
 ) -> None:
-    """Finding 7 (scaled down from 4 MiB and 4,400 devices): a 256 KiB buffer that held a
-    reading of each of 400 devices, all delivered since, takes a reading, also after a restart."""
-    buffer = Buffer(tmp_path, 256 << 10, latest_series=300)
+    """Finding 7 (scaled down from 4 MiB and 4,400 devices): a 1 MiB buffer that held a
+    reading of each of 600 devices, all delivered since, takes a reading, also after a restart."""
+    buffer = Buffer(tmp_path, 1 << 20, latest_series=300)
     try:
-        for start in range(0, 400, 100):
+        for start in range(0, 600, 100):
             buffer.append([reading(f"dev-{d}", d + 1) for d in range(start, start + 100)])
         for device in list(buffer.devices()):
             (span,) = buffer.read([(device, 10)])
@@ -214,7 +215,7 @@ def test_finding_7_an_empty_small_buffer_with_many_devices_accepts_readings(
         assert buffer.totals().readings == 0
         if restart:
             buffer.close()
-            buffer = Buffer(tmp_path, 256 << 10, latest_series=300)
+            buffer = Buffer(tmp_path, 1 << 20, latest_series=300)
         buffer.append([reading("a", 1000)])
         assert buffer.totals().readings == 1
     finally:
@@ -223,7 +224,7 @@ def test_finding_7_an_empty_small_buffer_with_many_devices_accepts_readings(
 
 def test_finding_4_the_page_guard_leaves_the_checkpoint_room() -> None:
     """Finding 4 (and 7): a group commit the page guard accepted leaves room for the
-    checkpoint after it; here closing the 256 KiB buffer could not checkpoint (map full)."""
+    checkpoint after it; closing a 256 KiB buffer could not checkpoint (map full)."""
     with replaying(TinyBufferMachine) as state:
         state.append_many(count=289, shape=(12, 19, 0), start=0)
         state.reopen()
