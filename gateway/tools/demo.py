@@ -28,13 +28,13 @@ GATEWAY_STOP_TIMEOUT_S = 30
 GATEWAY_START_TIMEOUT_S = 30
 
 
-def scrape(url: str) -> dict[str, float]:
+def scrape(url: str, timeout_s: float = 2.0) -> dict[str, float]:
     """The gateway's metrics as {"name{label=value}": value}.
 
     A gateway with workers labels each series by worker; this gives the gateway's totals (the
     largest for the lag and the fill, which describe the worst worker).
     """
-    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - loopback
         text = response.read().decode()
     flat: dict[str, float] = {}
     for family in text_string_to_metric_families(text):

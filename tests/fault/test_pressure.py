@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.tools import scenarios
 from gateway.tools.demo import scrape
 from tests.fault.relay import FaultyRelay, Key
-from tests.gatewayproc import SMALL_API
+from tests.gatewayproc import SMALL_API, loop_lag_max_s
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -231,8 +231,13 @@ class Watch:
         try:
             m = scrape(self.gw.metrics_url)
         except OSError:
-            self.unanswered += 1
-            return False
+            # Two cores shared with the publisher, the broker and the database: a slow answer
+            # is asked again, up to the /healthz stall limit (`max_loop_lag_s`, 5 s).
+            try:
+                m = scrape(self.gw.metrics_url, timeout_s=5.0)
+            except OSError:
+                self.unanswered += 1
+                return False
         self.scrapes += 1
         self.last = m
         self.peak_fill = max(self.peak_fill, m.get("gateway_buffer_fill_ratio", 0.0))
@@ -303,7 +308,8 @@ def test_drop_oldest_under_a_flaky_database_loses_and_doubles_nothing(
         f"writes after the publishing ended; gateway {writes}; peak fill {watch.peak_fill:.2f}"
     )
     assert not watch.broken, f"{len(watch.broken)} broken scrapes, first: {watch.broken[:5]}"
-    assert watch.unanswered == 0, f"{watch.unanswered} scrapes unanswered in 2 s"
+    lag_s = loop_lag_max_s(gw)
+    assert watch.unanswered == 0, f"{watch.unanswered} scrapes unanswered in 5 s, loop lag {lag_s}"
     assert is_drained, f"not drained in {DRAIN_TIMEOUT_S:.0f} s: {report}\n{verified}\n{gw.log()}"
     # The run met what it is about: refused writes, lost answers and a buffer that overflowed.
     for fault in ("503", "500", "drop", "lost_answer"):
