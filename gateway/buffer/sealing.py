@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 SEALED_CHUNK_READINGS = 1024
 # Work of one step, in bytes of readings read, each reading counting `READING_COST_BYTES` more for
 # the per-reading handling: a few milliseconds of the loop on a small box.
-STEP_BYTES = 512 << 10
+STEP_BYTES = 256 << 10
 READING_COST_BYTES = 64
 # Readings held in runs not yet written; past it the largest runs are written, down to half.
 PENDING_MAX_BYTES = 8 << 20
