@@ -174,7 +174,11 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
         "--scenario",
         action="append",
         choices=BENCH_SCENARIOS,
-        help="repeatable; append and ingest when none is given",
+        # The list of choices in the usage line grew past what a manual page can set.
+        metavar="SCENARIO",
+        help=(
+            f"one of {', '.join(BENCH_SCENARIOS)}; repeatable; append and ingest when none is given"
+        ),
     )
     bench.add_argument("--runs", type=int, default=3, help="runs per scenario (median shown)")
     bench.add_argument("--count", type=int, default=100_000, help="ingest: readings per run")
