@@ -12,22 +12,13 @@ from typing import TYPE_CHECKING
 from gateway.buffer.core.admission import DEVICE_SHARE, Lane, Policy, Rules
 from gateway.buffer.store import Buffer
 from gateway.errors import CapacityError
-from gateway.points.model import Reading
-from gateway.points.record import pack
-from tests.unit.buffer.checks import assert_counts_match
+from tests.unit.buffer.checks import assert_counts_match, reading
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 CAPACITY = 64 << 20
 DROPPING = Lane(policy=Policy.DROP_OLDEST)
-
-
-def reading(device: str, ts: int, size: int = 40) -> bytes:
-    """A packed reading of about `size` bytes (8 to 400), stamped `ts`."""
-    pad = max(0, size - 30)
-    fields = (("v", ts), ("p", "x" * pad)) if pad else (("v", ts),)
-    return pack(Reading(device, "m", (("d", device),), fields, ts))
 
 
 def split_and_lease(buffer: Buffer, devices: list[str], live: int) -> dict[str, tuple[int, ...]]:
