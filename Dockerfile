@@ -4,12 +4,17 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[fast]'
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# The libraries are exactly those of requirements.lock (the runtime and uvloop), each checked
+# against its hashes; then the gateway's own wheel, which brings no dependency of its own.
+COPY requirements.lock /tmp/requirements.lock
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock \
+    && pip install --no-cache-dir --no-deps /wheels/*.whl && pip check \
+    && rm -rf /wheels /tmp/requirements.lock \
     && useradd --system --uid 10001 --home-dir /var/lib/gateway gateway \
     && mkdir -p /var/lib/gateway /etc/gateway && chown gateway /var/lib/gateway
 USER gateway
