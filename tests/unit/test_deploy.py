@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import cli
+from gateway.config import loader
 from gateway.config.sections import FlushSettings
 from gateway.observe.brokerstats import BROKER_TOPICS
 from gateway.observe.metrics import Metrics
@@ -253,3 +254,126 @@ def test_systemd_unit_is_hardened_notify_and_verifies(tmp_path: Path) -> None:
     assert exposure is not None, security.stdout + security.stderr
     assert float(exposure.group(1)) <= 2.0, security.stdout  # "OK" or better
     assert security.returncode == 0, "--threshold=20 (2.0) was passed"
+
+
+def mosquitto_settings(text: str) -> dict[str, list[str]]:
+    """Each mosquitto.conf (or acl_file) keyword with the rest of every line that sets it."""
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            settings.setdefault(key, []).append(value.strip())
+    return settings
+
+
+def test_the_compose_broker_wants_logins_obeys_an_acl_and_bounds_queues() -> None:
+    """No anonymous client; logins and ACL on the data volume; each client's queue bounded."""
+    conf = mosquitto_settings((DEPLOY / "mosquitto" / "mosquitto.conf").read_text())
+    assert conf["allow_anonymous"] == ["false"]
+    (data,) = conf["persistence_location"]
+    assert conf["password_file"] == [f"{data}passwd"]
+    assert conf["acl_file"] == [f"{data}acl"]
+    (messages,) = conf["max_queued_messages"]
+    (queued_bytes,) = conf["max_queued_bytes"]
+    assert 0 < int(messages) <= 1_000_000
+    assert 0 < int(queued_bytes) <= 128_000_000  # well under the container's 256 MB
+    (expiration,) = conf["persistent_client_expiration"]
+    assert re.fullmatch(r"\d+[hdwmy]", expiration)
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    broker = compose["services"]["mosquitto"]
+    assert broker["entrypoint"][-1] == "/mosquitto/config/first-start.sh"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in broker["volumes"]}
+    assert mounts["/mosquitto/config/first-start.sh"] == "./mosquitto/first-start.sh"
+    assert mounts["/mosquitto/config/acl.template"] == "./mosquitto/acl.template"
+    assert mounts[data.rstrip("/")] == "mosquitto-data"
+    assert broker["secrets"] == ["mqtt_gateway_password"]
+
+
+def test_the_acl_lets_each_device_publish_only_what_the_gateway_reads_as_its_own() -> None:
+    """A sensor writes under its own id where the deploy's subscription takes the device id."""
+    text = (DEPLOY / "mosquitto" / "acl.template").read_text()
+    acl = mosquitto_settings(text)
+    # A `topic` line before the first `user` line would be a rule for anonymous clients.
+    assert text.index("\ntopic ") > text.index("\nuser ")
+    patterns = acl["pattern"]
+    settings = loader.load(DEPLOY / "gateway.toml", {})
+    for sub in settings.mqtt.subscriptions:
+        levels = sub.topic.split("/")
+        prefix = "/".join(levels[: levels.index("{device}")])
+        assert f"write {prefix}/%u/#" in patterns, sub.topic
+    assert "write spBv1.0/+/+/%u/#" in patterns
+    assert "read spBv1.0/+/NCMD/%u" in patterns
+    assert not [p for p in patterns if p.startswith(("read #", "readwrite", "write #"))]
+    assert settings.mqtt.username == "gateway"
+    assert acl["user"] == ["gateway"]
+    assert "read #" in acl["topic"]
+
+
+def test_no_secret_is_written_in_the_compose_file() -> None:
+    """Passwords and tokens come from secret files; the gateway's token is not the admin's."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    secret_name = re.compile(r"PASSWORD|TOKEN|SECRET|KEY", re.IGNORECASE)
+    for name, service in services.items():
+        for key, value in service.get("environment", {}).items():
+            if secret_name.search(key):
+                assert key.endswith("_FILE"), f"{name}: {key} holds a secret in the file"
+                assert str(value).startswith("/run/"), f"{name}: {key}"
+    for secret in compose["secrets"].values():
+        source = secret["file"].removeprefix("./")
+        assert (DEPLOY / f"{source}.example").exists(), source
+        assert f"deploy/{source}" in (ROOT / ".gitignore").read_text().split()
+    influx = services["influxdb"]["environment"]
+    assert "DOCKER_INFLUXDB_INIT_PASSWORD" not in influx
+    assert influx["DOCKER_INFLUXDB_INIT_PASSWORD_FILE"] == "/run/secrets/influx_admin_password"
+    admin_token = influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN_FILE"]
+    gateway = services["gateway"]
+    token_file = gateway["environment"]["GATEWAY__INFLUX__TOKEN_FILE"]
+    assert token_file != admin_token
+    assert "influx_token" not in gateway["secrets"]
+    # The gateway's token is the one the init script writes, on a volume the gateway only reads.
+    assert influx["GATEWAY_TOKEN_FILE"] == token_file
+    token_dir = str(Path(token_file).parent)
+    assert f"influx-gateway-token:{token_dir}:ro" in gateway["volumes"]
+    assert f"influx-gateway-token:{token_dir}" in services["influxdb"]["volumes"]
+    assert gateway["depends_on"]["influxdb"]["condition"] == "service_healthy"
+    assert gateway["environment"]["GATEWAY__MQTT__PASSWORD_FILE"] == (
+        "/run/secrets/mqtt_gateway_password"
+    )
+
+
+def test_the_token_script_asks_for_the_bucket_alone_and_hands_the_file_to_the_gateway(
+    tmp_path: Path,
+) -> None:
+    """`influx auth create` is asked for read and write on one bucket; the file is 0400."""
+    script = DEPLOY / "influxdb" / "gateway-token.sh"
+    assert os.access(script, os.X_OK)  # run-parts skips a script that is not executable
+    uid = re.search(r"--uid (\d+)", (ROOT / "Dockerfile").read_text())
+    assert uid is not None
+    assert f"GATEWAY_UID:-{uid.group(1)}" in script.read_text()
+    # The influx CLI of the image, as far as this script sees it: its arguments, its JSON.
+    fake = tmp_path / "bin" / "influx"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$@" > {tmp_path}/args\n'
+        'printf \'{\\n\\t"id": "0a1",\\n\\t"token": "tok_en-==",\\n\\t"status": "active"\\n}\\n\'\n'
+    )
+    fake.chmod(0o755)
+    out = tmp_path / "volume" / "token"
+    environ = {
+        "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        "GATEWAY_TOKEN_FILE": str(out),
+        "GATEWAY_UID": str(os.getuid()),
+        "DOCKER_INFLUXDB_INIT_ORG_ID": "org1",
+        "DOCKER_INFLUXDB_INIT_BUCKET_ID": "bucket1",
+        "DOCKER_INFLUXDB_INIT_BUCKET": "telemetry",
+    }
+    subprocess.run(["sh", str(script)], env=environ, check=True, capture_output=True)
+    assert out.read_text() == "tok_en-==\n"
+    assert out.stat().st_mode & 0o777 == 0o400
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:2] == ["auth", "create"]
+    assert args[args.index("--read-bucket") + 1] == "bucket1"
+    assert args[args.index("--write-bucket") + 1] == "bucket1"
+    assert not {"--all-access", "--operator", "--read-buckets", "--write-buckets"} & set(args)
