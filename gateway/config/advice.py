@@ -20,7 +20,9 @@ def warnings(settings: Settings) -> list[str]:
     found = []
     metrics = settings.metrics
     host, _ = metrics.host_port
-    if metrics.enabled and metrics.token is None and not is_loopback(host):
+    # The value, not its presence: an empty token is no token (the loader refuses one too).
+    has_token = metrics.token is not None and bool(metrics.token.get_secret_value().strip())
+    if metrics.enabled and not has_token and not is_loopback(host):
         found.append(
             f"metrics.listen: {metrics.listen} can be reached from other hosts and [metrics] "
             "has no token: anyone who reaches it reads the metrics, the status and the read API "

@@ -9,6 +9,8 @@ The value is read as TOML when it parses as such (`1883`, `true`, `"text"`), els
 Secrets (the MQTT password, the InfluxDB token and password) are never written in the file: they
 come from a `*_file` key naming a file that holds them, or from the environment
 (`GATEWAY__MQTT__PASSWORD`, `GATEWAY__INFLUX__TOKEN`, `GATEWAY__INFLUX__PASSWORD`).
+An empty secret (a file or variable holding nothing but white space) is refused, naming the
+key and the file or variable: read as "no secret", it would turn authentication off unseen.
 
 Under systemd with credentials (`LoadCredential=`), `$CREDENTIALS_DIRECTORY` is set and every
 relative `*_file` path (secrets, TLS keys and certificates) is read from that directory, so a
@@ -71,6 +73,7 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     if credentials:
         _rebase_files(raw, Path(credentials))
     problems += _read_secret_files(raw)
+    problems += _empty_secrets(raw, overrides)
     if problems:
         raise ConfigError(problems)
     return validate(raw, overrides)
@@ -194,9 +197,33 @@ def _read_secret_files(raw: dict[str, Any]) -> list[str]:
             continue
         file = Path(str(table[f"{key}_file"]))
         try:
-            table[key] = file.read_text(encoding="utf-8").strip()
+            secret = file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             problems.append(f"{section}.{key}_file: cannot read {file}: {exc.strerror}")
+            continue
+        if not secret:
+            # Taken as "no secret", an empty file would turn authentication off unseen.
+            problems.append(
+                f"{section}.{key}_file: {file} is empty or holds only white space; "
+                f"an empty {section}.{key} is refused"
+            )
+            continue
+        table[key] = secret
+    return problems
+
+
+def _empty_secrets(raw: dict[str, Any], overrides: Mapping[tuple[str, ...], str]) -> list[str]:
+    """An empty secret set by the environment: refused, as an empty `*_file` is."""
+    problems = []
+    for section, key in sorted(SECRET_KEYS):
+        table = raw.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(value, str) and not value.strip():
+            source = overrides.get((section, key), "the environment")
+            problems.append(
+                f"{section}.{key}: {source} is empty or holds only white space; "
+                "an empty secret is refused"
+            )
     return problems
 
 

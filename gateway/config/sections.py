@@ -11,6 +11,7 @@ from pydantic import (
     Field,
     FilePath,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -22,6 +23,10 @@ from gateway.config.section import Section, both_or_neither
 SyncMode = Literal["commit", "interval", "none"]
 # systemd/gateway.service's WatchdogSec: a loop that does not turn this long is killed.
 WATCHDOG_S = 30.0
+# The bearer token is the only thing between the network and the API, and a guess costs one
+# request (no lockout): 16 characters of `openssl rand -hex 16` are 64 bits, out of reach of
+# guessing; a shorter token is most likely a word typed by hand.
+MIN_TOKEN_CHARS = 16
 
 
 class BufferSettings(Section):
@@ -89,6 +94,12 @@ class InfluxSettings(Section):
     def _url_is_http(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if "@" in urlsplit(url).netloc:
+            # Never echoed: the part before "@" may be a password, and this message is printed.
+            raise ValueError(
+                "holds a user name or password (user:password@host); give them as [influx] "
+                "username and password_file (api v1) or token_file (api v2) instead"
+            )
         if any(c.isspace() for c in url):
             raise ValueError(f"{url!r} holds white space")
         parts = urlsplit(url)
@@ -99,7 +110,8 @@ class InfluxSettings(Section):
         except ValueError:
             raise ValueError(f"{url!r}: the port is not a number from 0 to 65535") from None
         if parts.query or parts.fragment:
-            raise ValueError(f"{url!r}: a query or fragment has no place in the database's URL")
+            # Not echoed: a query may carry InfluxDB 1.x credentials (`?u=...&p=...`).
+            raise ValueError("a query or fragment has no place in the database's URL")
         return url.rstrip("/")
 
     @model_validator(mode="after")
@@ -177,6 +189,20 @@ class MetricsSettings(Section):
                 "interval), so that /healthz reports a stall before the watchdog kills the gateway"
             )
         return limit_s
+
+    @field_validator("token")
+    @classmethod
+    def _token_is_long_enough(
+        cls, token: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value().strip()) < MIN_TOKEN_CHARS:
+            file = info.data.get("token_file")
+            source = f" (read from {file})" if file is not None else ""
+            raise ValueError(
+                f"shorter than {MIN_TOKEN_CHARS} characters{source}: a short token can be "
+                "guessed; make one with `openssl rand -hex 16`"
+            )
+        return token
 
     @model_validator(mode="after")
     def _cert_has_key(self) -> MetricsSettings:

@@ -58,6 +58,18 @@ class BufferTotals(Protocol):
         """Devices with buffered readings."""
 
 
+class SparkplugCounts(Protocol):
+    """What the metrics read of the Sparkplug B state (its `Sessions` has them)."""
+
+    @property
+    def refused(self) -> Mapping[str, int]:
+        """Messages refused, by reason."""
+
+    @property
+    def alias_changes(self) -> int:
+        """Metric definitions a BIRTH changed while its scope was online."""
+
+
 class Metrics:
     """The gateway's metrics on a registry of their own (tests pass a fresh one)."""
 
@@ -253,6 +265,10 @@ class Metrics:
         """Show a Sparkplug B edge node or device as online or offline."""
         self.sparkplug_online.labels(group, edge_node, device or "").set(int(online))
 
+    def watch_sparkplug(self, sessions: SparkplugCounts) -> None:
+        """Export the refusals and redefinitions the Sparkplug B state counts, at each scrape."""
+        self.registry.register(_SparkplugCollector(sessions))
+
     def observe_buffer(self, totals: BufferTotals) -> None:
         """Update the buffer gauges from its accounting."""
         self.buffer_bytes.set(totals.nbytes)
@@ -301,3 +317,27 @@ class _AccountingCollector(Collector):
             for (reason, device_class), count in sorted(counts.items()):
                 family.add_metric([reason, device_class], count)
             yield family
+
+
+class _SparkplugCollector(Collector):
+    """Reads the Sparkplug B state's counters at each scrape (the state is pure: no metrics)."""
+
+    def __init__(self, sessions: SparkplugCounts) -> None:
+        self._sessions = sessions
+
+    def collect(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            "gateway_sparkplug_refused",
+            "Sparkplug B messages refused as not the edge node's own: an NDEATH without the "
+            "bdSeq of the node's NBIRTH (the node stays online)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._sessions.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        yield CounterMetricFamily(
+            "gateway_sparkplug_alias_changes",
+            "Metric definitions (alias or name -> name, data type) a BIRTH changed while its "
+            "edge node or device was online; taken, as the specification says",
+            value=self._sessions.alias_changes,
+        )

@@ -237,6 +237,7 @@ def _make_decoder(settings: Settings, buffer: Buffer, metrics: Metrics) -> Decod
     )
     if decoder.sparkplug is not None:
         sessions = decoder.sparkplug.sessions
+        metrics.watch_sparkplug(sessions)
         sessions.load(buffer.notes(NOTE_PREFIX))
         if sessions.nodes:
             logger.info(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import aiomqtt
 
 from gateway.errors import SinkAuthError, SinkError
-from gateway.flush.sink import make_sink
+from gateway.flush.sink import make_sink, public_url
 from gateway.ingest.mqtt import make_client
 from gateway.tls import describe as describe_tls_failure
 
@@ -81,7 +81,7 @@ async def _subscribe(client: aiomqtt.Client, topic_filter: str, qos: int) -> int
 async def check_database(settings: Settings) -> list[Check]:
     """Ping the database, then write nothing to see the write is allowed."""
     i = settings.influx
-    target = f"database {i.url}" + (
+    target = f"database {public_url(i.url)}" + (
         f" (v1, database {i.database!r})" if i.api == "v1" else f" (v2, bucket {i.bucket!r})"
     )
     sink = make_sink(i)

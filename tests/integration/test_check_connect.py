@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -107,3 +108,29 @@ def test_each_failure_says_why(
         f"OK   database {victoria_url} (v2, bucket 'b'): answers its ping",
         "OK   database write: an empty write was accepted",
     ]
+
+
+def test_no_secret_is_printed_by_a_failing_connect_check(tmp_path: Path, run_id: str) -> None:
+    """Every secret loaded, both servers unreachable: the output names neither secret."""
+    secrets = {"mqtt": "mqtt-Secret-7f3e1a", "influx": "influx-Secret-90b2cd"}
+    for name, secret in secrets.items():
+        (tmp_path / name).write_text(secret + "\n")
+    nowhere = f"http://127.0.0.1:{servers.free_port()}"
+    influx = (
+        f'url = "{nowhere}"\napi = "v1"\ndatabase = "x"\nusername = "gw"\n'
+        f'password_file = "{tmp_path / "influx"}"'
+    )
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        CONFIG.format(
+            mqtt_port=servers.free_port(), run=run_id, buffer=tmp_path / "buffer", influx=influx
+        ).replace("[mqtt]\n", f'[mqtt]\nusername = "gw"\npassword_file = "{tmp_path / "mqtt"}"\n')
+    )
+    environ = {**os.environ, "GATEWAY__METRICS__TOKEN": "metrics-Secret-4d5e6f70"}
+    result, lines = connect_checks(path, environ)
+    assert result.returncode == 1
+    assert [line[:4] for line in lines] == ["FAIL", "FAIL"]
+    shown = result.stdout + result.stderr
+    assert '"password": "**********"' in shown, "the secrets were loaded, and masked"
+    for secret in [*secrets.values(), "metrics-Secret-4d5e6f70"]:
+        assert secret not in shown

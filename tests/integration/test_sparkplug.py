@@ -302,3 +302,58 @@ def test_host_application_state_is_online_while_connected_and_offline_after(
         assert states()[5:] == [{"online": False, "timestamp": online["timestamp"]}]
     finally:
         watcher.close()
+
+
+def test_a_spoofed_ndeath_is_refused_and_a_rogue_nbirth_is_counted(
+    gateway: Callable[..., GatewayProcess],
+    mosquitto: Endpoint,
+    influx: InfluxV1,
+    run_id: str,
+    nodes: list[EdgeNode],
+) -> None:
+    """Handcrafted messages from another client: the node stays online, the operator sees both."""
+    gw = start(gateway, influx, run_id)
+    node = pysparkplug_node(mosquitto.port, run_id, "edge1", "pump")
+    nodes.append(node)
+    wait_for(lambda: values(influx, "Pressure"), 20, "the DBIRTH's Pressure")
+    gauge = f"gateway_sparkplug_online{{device=,edge_node=edge1,group={run_id}}}"
+    bd_seq = gw.get("/api/v1/sparkplug")[1]["nodes"][0]["bd_seq"]  # type: ignore[index]
+    topic = f"spBv1.0/{run_id}/NDEATH/edge1"
+    now_ms = time.time_ns() // 1_000_000
+    other_bd_seq = [("bdSeq", None, DataType.Int64, (bd_seq + 1) % 256, None)]
+    publish_messages(
+        mosquitto.port, [(topic, encode(now_ms, [])), (topic, encode(now_ms, other_bd_seq))]
+    )
+    wait_for(lambda: count(gw, "gateway_sparkplug_refused") == 2, 20, "both NDEATHs refused")
+    assert count(gw, "gateway_sparkplug_refused", reason="ndeath_without_bdseq") == 1
+    assert count(gw, "gateway_sparkplug_refused", reason="ndeath_stale_bdseq") == 1
+    assert gw.metrics()[gauge] == 1
+    status, body = gw.get("/api/v1/sparkplug")
+    assert status == 200
+    assert body["nodes"][0]["online"] is True  # type: ignore[index]
+    assert f"Sparkplug NDEATH of '{run_id}/edge1' refused (ndeath_without_bdseq)" in gw.log()
+
+    # Another client's NBIRTH gives alias 1 another name: taken (the specification), counted.
+    rogue = encode(
+        now_ms,
+        [
+            ("bdSeq", None, DataType.Int64, bd_seq, None),
+            ("Rogue", 1, DataType.Double, 0.0, None),
+        ],
+        seq=200,
+    )
+    publish_messages(mosquitto.port, [(f"spBv1.0/{run_id}/NBIRTH/edge1", rogue)])
+    wait_for(
+        lambda: count(gw, "gateway_sparkplug_alias_changes") == 1, 20, "the alias change counted"
+    )
+    assert f"Sparkplug NBIRTH '{run_id}/edge1': a BIRTH while online redefines 1 metrics" in (
+        gw.log()
+    )
+    # The node's next message is out of the rogue's sequence: a rebirth restores its table.
+    node.send("data", temperature=22.5, pressure=1.5)
+    node.expect("reborn")
+    wait_for(lambda: count(gw, "gateway_sparkplug_alias_changes") == 2, 20, "the node's own NBIRTH")
+    node.send("data", temperature=23.5, pressure=1.75)
+    wait_for(lambda: 23.5 in [v[0] for v in values(influx, "Temperature")], 20, "the NDATA")
+    assert gw.metrics()[gauge] == 1
+    assert_identities(gw)

@@ -157,7 +157,7 @@ def test_the_page_shows_the_api_figures_and_turns_red_in_an_outage(
 def test_with_a_token_the_page_asks_for_it_and_then_shows_the_figures(
     browser: WebDriver, gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
-    token = "page-token-31f9"
+    token = "page-token-31f9-0c2a"
     gw = gateway(
         'url = "http://127.0.0.1:9"\napi = "v1"\ndatabase = "x"',
         env={"GATEWAY__METRICS__TOKEN": token},

@@ -13,7 +13,17 @@ DATA message after it is refused and a rebirth requested, as for an alias no BIR
 
 A device is online from its DBIRTH until its DDEATH, its node's NDEATH, or its node's next
 NBIRTH (which its own DBIRTH follows). An NDEATH counts only when its bdSeq is that of the
-node's last NBIRTH: an older one is the will of a connection the node has since replaced.
+node's last NBIRTH. The specification has the node put its bdSeq into the will it registers
+at CONNECT and the same number into the NBIRTH that follows, so an NDEATH with another bdSeq
+is the will of a connection the node has since replaced (`ndeath_stale_bdseq`), and one with
+none is not the node's at all (`ndeath_without_bdseq`): any client may publish on the topic.
+Both are refused, counted in `refused` and logged; the node stays online. (A node whose NBIRTH
+had no bdSeq breaks the specification and gives nothing to match: its NDEATH counts.)
+
+A BIRTH defines its scope's metrics afresh, as the specification says, even while the scope is
+online; one that gives a known alias another name or data type then is taken, but counted in
+`alias_changes` and logged, since it is also how a rogue client re-labels a node's data.
+Those log lines come at most once per edge node and kind per `NOTICE_INTERVAL_S`.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 from gateway.errors import DecodeError
+from gateway.sparkplug.core.pacing import Pacer
 from gateway.sparkplug.core.payload import BD_SEQ_METRIC, Metric
 
 if TYPE_CHECKING:
@@ -39,6 +50,13 @@ NOTE_PREFIX = b"spB/"
 SEQ_MODULUS = 256
 # Metrics of the protocol itself, not of the process: not written.
 CONTROL_PREFIXES = ("Node Control/", "Device Control/")
+# Why an NDEATH is refused (the module docstring), the labels of its counter.
+NDEATH_WITHOUT_BDSEQ = "ndeath_without_bdseq"
+NDEATH_STALE_BDSEQ = "ndeath_stale_bdseq"
+REFUSALS = (NDEATH_WITHOUT_BDSEQ, NDEATH_STALE_BDSEQ)
+# A client spoofing a node can repeat a message at any rate: the counters count each, the log
+# says it once per node and kind this often.
+NOTICE_INTERVAL_S = 60.0
 
 
 class Definition(NamedTuple):
@@ -139,11 +157,14 @@ class Sessions:
         self._limits = limits
         self._on_online = on_online
         self.nodes: dict[tuple[str, str], Node] = {}
-        # (group, edge node) -> when it may be asked for a rebirth again (monotonic seconds).
-        self._next_rebirth: dict[tuple[str, str], float] = {}
+        # Which edge nodes may be asked for a rebirth, and told of in the log, again.
+        self._rebirths = Pacer(limits.rebirth_interval_s, limits.max_nodes)
+        self._notices = Pacer(NOTICE_INTERVAL_S, limits.max_nodes)
         self.definitions = 0
         self.scopes = 0
-        self.stale_deaths = 0
+        # Counters for the metrics: NDEATHs refused by reason, and definitions a BIRTH changed.
+        self.refused = dict.fromkeys(REFUSALS, 0)
+        self.alias_changes = 0
 
     def load(self, notes: dict[bytes, bytes]) -> None:
         """Take the state stored as notes; a note that does not read is skipped and logged."""
@@ -180,7 +201,7 @@ class Sessions:
         change = Change()
         kind = topic.kind
         if kind == "NDEATH":
-            self._node_death(topic, payload, received_ns, change)
+            self._node_death(topic, payload, received_ns, now_s, change)
             return change
         node = self.nodes.get((topic.group, topic.node))
         if node is None:
@@ -192,9 +213,9 @@ class Sessions:
                 return change
         expected = self._follow_sequence(node, kind, payload, dup)
         if kind == "NBIRTH":
-            self._birth(topic, node, node, payload, received_ns, change)
+            self._birth(topic, node, node, payload, (received_ns, now_s), change)
         elif kind == "DBIRTH":
-            self._device_birth(topic, node, payload, received_ns, change)
+            self._device_birth(topic, node, payload, (received_ns, now_s), change)
         elif kind == "DDEATH":
             self._device_death(topic, node, received_ns, change)
         elif expected is not None:  # NDATA, DDATA after a lost message
@@ -216,11 +237,16 @@ class Sessions:
         return change
 
     def _device_birth(
-        self, topic: SparkplugTopic, node: Node, payload: Payload, received_ns: int, change: Change
+        self,
+        topic: SparkplugTopic,
+        node: Node,
+        payload: Payload,
+        when: tuple[int, float],
+        change: Change,
     ) -> None:
         device = self._device(topic, node, change)
         if device is not None:
-            self._birth(topic, node, device, payload, received_ns, change)
+            self._birth(topic, node, device, payload, when, change)
 
     def _unborn(
         self, topic: SparkplugTopic, payload: Payload, now_s: float, change: Change
@@ -288,9 +314,11 @@ class Sessions:
         node: Node,
         scope: Scope,
         payload: Payload,
-        received_ns: int,
+        when: tuple[int, float],
         change: Change,
     ) -> None:
+        """Take a BIRTH's definitions; `when` is (received_ns, now_s)."""
+        received_ns, now_s = when
         definitions: list[tuple[int | None, Definition]] = []
         bd_seq = None
         for metric in payload.metrics:
@@ -320,6 +348,9 @@ class Sessions:
                 )
             )
             return
+        online = node.online if scope is node else self._device_online(node, scope)
+        if online:
+            self._note_changes(topic, scope, definitions, now_s)
         self.definitions -= scope.size
         scope.define(definitions)
         self.definitions += scope.size
@@ -333,8 +364,50 @@ class Sessions:
         change.notes[_key(topic.group, topic.node, topic.device)] = scope.to_note(extra)
         self._announce(topic.group, topic.node, topic.device, True)
 
+    def _note_changes(
+        self,
+        topic: SparkplugTopic,
+        scope: Scope,
+        definitions: list[tuple[int | None, Definition]],
+        now_s: float,
+    ) -> None:
+        """Count (and log, paced) the definitions an online scope's new BIRTH changes."""
+        changed = []
+        for alias, new in definitions:
+            if alias is not None:
+                old = scope.by_alias.get(alias)
+            else:
+                datatype = scope.by_name.get(new.name)
+                old = None if datatype is None else Definition(new.name, datatype)
+            if old is not None and old != new:
+                changed.append((alias, old, new))
+        if not changed:
+            return
+        self.alias_changes += len(changed)
+        if self._notices.allows((topic.group, topic.node, "alias"), now_s):
+            alias, old, new = changed[0]
+            what = f"alias {alias}" if alias is not None else repr(new.name)
+            logger.warning(
+                "Sparkplug %s %r: a BIRTH while online redefines %d metrics (%s: %r type %d -> "
+                "%r type %d); taken, as the specification says, but a client other than the "
+                "node may have sent it (see the broker's ACLs)",
+                topic.kind,
+                _where(topic),
+                len(changed),
+                what,
+                old.name,
+                old.datatype,
+                new.name,
+                new.datatype,
+            )
+
     def _node_death(
-        self, topic: SparkplugTopic, payload: Payload, received_ns: int, change: Change
+        self,
+        topic: SparkplugTopic,
+        payload: Payload,
+        received_ns: int,
+        now_s: float,
+        change: Change,
     ) -> None:
         node = self.nodes.get((topic.group, topic.node))
         if node is None:
@@ -347,14 +420,33 @@ class Sessions:
             ),
             None,
         )
-        if node.bd_seq is not None and bd_seq is not None and bd_seq != node.bd_seq:
-            self.stale_deaths += 1
+        if node.bd_seq is not None and bd_seq != node.bd_seq:
+            self._refuse_death(topic, node, bd_seq, now_s)
             return
         node.online, node.death_ns, node.seq = False, received_ns, None
         change.notes[_key(topic.group, topic.node, None)] = node.to_note({"bd_seq": node.bd_seq})
         self._announce(topic.group, topic.node, None, False)
         for device in node.devices:
             self._announce(topic.group, topic.node, device, False)
+
+    def _refuse_death(
+        self, topic: SparkplugTopic, node: Node, bd_seq: int | None, now_s: float
+    ) -> None:
+        """An NDEATH that is not the will of the node's current connection: counted, logged."""
+        reason = NDEATH_WITHOUT_BDSEQ if bd_seq is None else NDEATH_STALE_BDSEQ
+        self.refused[reason] += 1
+        if not self._notices.allows((topic.group, topic.node, reason), now_s):
+            return
+        said = "no bdSeq" if bd_seq is None else f"bdSeq {bd_seq}"
+        logger.warning(
+            "Sparkplug NDEATH of %r refused (%s): it has %s, the NBIRTH had bdSeq %d; the node "
+            "stays %s",
+            _where(topic),
+            reason,
+            said,
+            node.bd_seq,
+            "online" if node.online else "offline",
+        )
 
     def _new_node(self, topic: SparkplugTopic, change: Change) -> Node | None:
         if not self._room_for(topic, change):
@@ -394,15 +486,8 @@ class Sessions:
     def _ask_rebirth(self, topic: SparkplugTopic, now_s: float, change: Change) -> None:
         """Ask the node for its BIRTHs, unless it was asked less than the interval ago."""
         key = (topic.group, topic.node)
-        if now_s < self._next_rebirth.get(key, 0.0):
-            return
-        if len(self._next_rebirth) >= self._limits.max_nodes:
-            # Bounded like the state: what has expired goes, and if nothing has, everything.
-            self._next_rebirth = {k: t for k, t in self._next_rebirth.items() if t > now_s}
-            if len(self._next_rebirth) >= self._limits.max_nodes:
-                self._next_rebirth.clear()
-        self._next_rebirth[key] = now_s + self._limits.rebirth_interval_s
-        change.rebirth = key
+        if self._rebirths.allows(key, now_s):
+            change.rebirth = key
 
     def _announce(self, group: str, node: str, device: str | None, online: bool) -> None:
         if self._on_online is not None:

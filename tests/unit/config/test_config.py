@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from gateway import cli
 from gateway.buffer.core.admission import Lane, Policy, rules_of
@@ -314,14 +315,14 @@ def test_tls_settings_name_missing_files_and_lone_certificates(tmp_path: Path) -
 
 def test_metrics_token_is_a_secret(tmp_path: Path) -> None:
     token = tmp_path / "token"
-    token.write_text("s3cret-metrics\n")
+    token.write_text("s3cret-metrics-0123\n")
     text = MINIMAL.replace(
         'listen = "127.0.0.1:9108"', f'listen = "127.0.0.1:9108"\ntoken_file = "{token}"'
     )
     settings = config.load(write(tmp_path, text), {})
     assert settings.metrics.token is not None
-    assert settings.metrics.token.get_secret_value() == "s3cret-metrics"
-    assert "s3cret-metrics" not in json.dumps(config.redacted(settings))
+    assert settings.metrics.token.get_secret_value() == "s3cret-metrics-0123"
+    assert "s3cret-metrics-0123" not in json.dumps(config.redacted(settings))
     in_file = MINIMAL.replace('listen = "127.0.0.1:9108"', 'listen = "127.0.0.1:9108"\ntoken = "x"')
     assert problems(tmp_path, in_file)[0].startswith("metrics.token: secrets may not be written")
 
@@ -343,11 +344,131 @@ def test_an_unauthenticated_listener_beyond_loopback_is_warned_of(
 ) -> None:
     environ = {"GATEWAY__METRICS__LISTEN": f'"{listen}"'}
     if token:
-        environ["GATEWAY__METRICS__TOKEN"] = "t0ken"
+        environ["GATEWAY__METRICS__TOKEN"] = "t0ken-0123456789"
     settings = config.load(write(tmp_path, MINIMAL), environ)
     found = advice.warnings(settings)
     assert bool(found) is warned
     assert all(w.startswith("metrics.listen: ") and "t0ken" not in w for w in found)
+
+
+def test_the_listener_warning_looks_at_the_token_value_not_its_presence(tmp_path: Path) -> None:
+    """A token that is there but empty is warned of like no token at all."""
+    settings = config.load(write(tmp_path, MINIMAL), {"GATEWAY__METRICS__LISTEN": '"0.0.0.0:9"'})
+    empty = settings.model_copy(
+        update={"metrics": settings.metrics.model_copy(update={"token": SecretStr(" ")})}
+    )
+    (found,) = advice.warnings(empty)
+    assert found.startswith("metrics.listen: 0.0.0.0:9 can be reached from other hosts")
+
+
+def with_secret_file(section: str, key: str, file: Path | str) -> str:
+    """The minimal configuration with `[section] key_file` naming `file`."""
+    return MINIMAL.replace(f"[{section}]\n", f'[{section}]\n{key}_file = "{file}"\n', 1)
+
+
+@pytest.mark.parametrize("key", sorted(config.SECRET_KEYS))
+@pytest.mark.parametrize("content", ["", "\n", " \t\r\n"])
+def test_an_empty_secret_file_is_refused_naming_the_key_and_the_file(
+    tmp_path: Path, key: tuple[str, str], content: str
+) -> None:
+    """Nothing but white space in any secret's file is an error, not "no secret"."""
+    file = tmp_path / "secret"
+    file.write_text(content)
+    (found,) = problems(tmp_path, with_secret_file(*key, file))
+    assert found == (
+        f"{key[0]}.{key[1]}_file: {file} is empty or holds only white space; "
+        f"an empty {key[0]}.{key[1]} is refused"
+    )
+
+
+def test_an_empty_systemd_credential_is_refused_with_its_path(tmp_path: Path) -> None:
+    """A relative file read from the credentials directory is named by its full path."""
+    (tmp_path / "gateway_metrics-token").write_text("\n")
+    text = with_secret_file("metrics", "token", "gateway_metrics-token")
+    (found,) = problems(tmp_path, text, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert found.startswith(f"metrics.token_file: {tmp_path / 'gateway_metrics-token'} is empty")
+
+
+@pytest.mark.parametrize("key", sorted(config.SECRET_KEYS))
+@pytest.mark.parametrize("value", ["", '""', "   ", '"  "'])
+def test_an_empty_secret_from_the_environment_is_refused_naming_the_variable(
+    tmp_path: Path, key: tuple[str, str], value: str
+) -> None:
+    name = f"GATEWAY__{key[0].upper()}__{key[1].upper()}"
+    (found,) = problems(tmp_path, MINIMAL, {name: value})
+    assert found == (
+        f"{key[0]}.{key[1]}: {name} is empty or holds only white space; an empty secret is refused"
+    )
+
+
+def test_check_config_exits_2_on_a_token_file_holding_only_a_newline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The empty token file of a listener beyond loopback stops the configuration (exit 2)."""
+    token = tmp_path / "metrics-token"
+    token.write_text("\n")
+    text = with_secret_file("metrics", "token", token).replace("127.0.0.1:9108", "0.0.0.0:9108")
+    assert cli.main(["check-config", str(write(tmp_path, text))]) == cli.EXIT_CONFIG == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"metrics.token_file: {token} is empty or holds only white space" in captured.err
+
+
+@pytest.mark.parametrize("source", ["file", "environment"])
+def test_a_short_metrics_token_is_refused_without_showing_it(tmp_path: Path, source: str) -> None:
+    """Fewer than 16 characters is refused, naming where the token came from."""
+    short = "Secret-15-chars"
+    assert len(short) == 15
+    if source == "file":
+        file = tmp_path / "metrics-token"
+        file.write_text(short + "\n")
+        (found,) = problems(tmp_path, with_secret_file("metrics", "token", file))
+        assert found.startswith(f"metrics.token: shorter than 16 characters (read from {file}): ")
+    else:
+        (found,) = problems(tmp_path, MINIMAL, {"GATEWAY__METRICS__TOKEN": short})
+        assert found.startswith("metrics.token: shorter than 16 characters: ")
+        assert found.endswith("(from GATEWAY__METRICS__TOKEN)")
+    assert short not in found
+    accepted = config.load(write(tmp_path, MINIMAL), {"GATEWAY__METRICS__TOKEN": short + "x"})
+    assert accepted.metrics.token is not None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://admin:Hunter2-pw@influx.example:8086",
+        "https://admin:Hunter2-pw@influx.example",
+        "http://:Hunter2-pw@influx.example:8086",
+        "http://Hunter2-pw@influx.example:8086",
+        "http://admin:Hunter2-pw@influx.example:notaport",
+        "http://admin:Hunter2 pw@influx.example",
+    ],
+)
+def test_a_user_or_password_in_the_database_url_is_refused_and_never_shown(
+    tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """userinfo in [influx] url points at username/password_file and does not echo itself."""
+    text = MINIMAL.replace('url = "http://127.0.0.1:8086"', f'url = "{url}"')
+    (found,) = problems(tmp_path, text)
+    assert found.startswith("influx.url: holds a user name or password")
+    assert "username and password_file" in found
+    assert "token_file" in found
+    assert "Hunter2" not in found
+    (env_found,) = problems(tmp_path, MINIMAL, {"GATEWAY__INFLUX__URL": url})
+    assert env_found.startswith("influx.url: holds a user name or password")
+    assert "Hunter2" not in env_found
+    assert cli.main(["check-config", str(write(tmp_path, text))]) == 2
+    captured = capsys.readouterr()
+    assert "Hunter2" not in captured.out + captured.err
+
+
+def test_a_query_in_the_database_url_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    """InfluxDB 1.x takes credentials as ?u=&p=: the refusal does not repeat them."""
+    text = MINIMAL.replace(
+        'url = "http://127.0.0.1:8086"', 'url = "http://127.0.0.1:8086/?u=gw&p=Hunter2-pw"'
+    )
+    (found,) = problems(tmp_path, text)
+    assert found == "influx.url: a query or fragment has no place in the database's URL"
 
 
 def test_every_command_takes_the_configuration_as_dash_c_with_a_default(
