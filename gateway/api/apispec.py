@@ -64,10 +64,39 @@ DOCUMENT: dict[str, Any] = {
     "paths": {
         "/api/v1/devices": {
             "get": {
-                "summary": "Devices with buffered readings or a latest value",
+                "summary": "Devices with buffered readings or a latest value, a page at a time",
+                "description": (
+                    "In name order; follow `next` as `after` for the next page. "
+                    "The names are indexed at most once a second, so a device seen for the "
+                    "first time may take that long to be listed."
+                ),
                 "operationId": "listDevices",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "devices in the page (default 100, at most 1000)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "description": "list the devices named after this one (`next`)",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "name",
+                        "in": "query",
+                        "required": False,
+                        "description": "list only the device of this exact name, if any",
+                        "schema": {"type": "string"},
+                    },
+                ],
                 "responses": {
-                    "200": _ok("DeviceList", "the devices, by name"),
+                    "200": _ok("DeviceList", "a page of the devices, by name"),
+                    "400": _error_response("a malformed parameter"),
                     "401": _UNAUTHORIZED,
                 },
             }
@@ -77,7 +106,8 @@ DOCUMENT: dict[str, Any] = {
                 "summary": "The latest reading of each series of a device",
                 "description": (
                     "From the gateway's last-value table; on a miss the database is read, "
-                    "and what it returns is kept for the next request."
+                    "and what it returns is kept for the next request. A device the database "
+                    "did not know is answered 404 without a query for [api] miss_cache_s."
                 ),
                 "operationId": "latestOfDevice",
                 "parameters": [
@@ -93,6 +123,10 @@ DOCUMENT: dict[str, Any] = {
                     "401": _UNAUTHORIZED,
                     "404": _error_response("no reading of the device, here or in the database"),
                     "502": _error_response("not here, and the database could not be read"),
+                    "503": _error_response(
+                        "not here, and [api] max_database_reads misses are reading the "
+                        "database already; retry after the Retry-After header's seconds"
+                    ),
                 },
             }
         },
@@ -246,8 +280,21 @@ DOCUMENT: dict[str, Any] = {
             },
             "DeviceList": {
                 "type": "object",
-                "required": ["devices"],
+                "required": ["devices", "next", "total"],
                 "properties": {
+                    "next": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "the `after` of the next page; null on the last",
+                    },
+                    "total": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": (
+                            "devices in all pages (with workers, a device several workers "
+                            "hold counts once for each)"
+                        ),
+                    },
                     "devices": {
                         "type": "array",
                         "items": {
@@ -270,7 +317,7 @@ DOCUMENT: dict[str, Any] = {
                                 },
                             },
                         },
-                    }
+                    },
                 },
             },
             "DeviceLatest": {

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
+from gateway.api.core import querytext
 from gateway.errors import GatewayError
 from gateway.points.lineproto import encode_fields, encode_series
 from gateway.tls import client_context
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from gateway.config.sections import ApiSettings, InfluxSettings
     from gateway.points.model import FieldValue
 
-DEVICE_TAG = "device"
 NS_PER_S = 10**9
 NS_PER_MS = 10**6
 
@@ -74,17 +74,13 @@ def _session(influx: InfluxSettings, api: ApiSettings) -> aiohttp.ClientSession:
     )
 
 
-def _quoted(text: str, quote: str) -> str:
-    return text.replace("\\", "\\\\").replace(quote, f"\\{quote}")
-
-
 async def _influxql(influx: InfluxSettings, api: ApiSettings, device: str) -> list[Point]:
-    # The device is a quoted string literal, backslashes and quotes escaped.
-    query = (
-        f"SELECT * FROM /.*/ WHERE \"{DEVICE_TAG}\" = '{_quoted(device, chr(39))}' "  # noqa: S608
-        f"AND time > now() - {api.lookback_days}d GROUP BY * ORDER BY time DESC LIMIT 1"
-    )
-    params = {"db": influx.database or "", "q": query, "epoch": "ns"}
+    params = {
+        "db": influx.database or "",
+        "q": querytext.influxql_query(api.lookback_days),
+        "params": querytext.influxql_params(device),
+        "epoch": "ns",
+    }
     if influx.retention_policy:
         params["rp"] = influx.retention_policy
     async with (
@@ -111,7 +107,7 @@ async def _influxql(influx: InfluxSettings, api: ApiSettings, device: str) -> li
 
 
 async def _prometheus(influx: InfluxSettings, api: ApiSettings, device: str) -> list[Point]:
-    selector = f'{{{DEVICE_TAG}="{_quoted(device, chr(34))}"}}[{api.lookback_days}d]'
+    selector = querytext.promql_selector(device, api.lookback_days)
     values = await _instant(influx, api, f"last_over_time({selector}) keep_metric_names")
     stamps = await _instant(influx, api, f"tlast_over_time({selector}) keep_metric_names")
     points = _Points()
@@ -144,12 +140,7 @@ async def _instant(
 
 
 async def _flux(influx: InfluxSettings, api: ApiSettings, device: str) -> list[Point]:
-    query = (
-        f'from(bucket: "{_quoted(influx.bucket or "", chr(34))}")'
-        f" |> range(start: -{api.lookback_days}d)"
-        f' |> filter(fn: (r) => r.{DEVICE_TAG} == "{_quoted(device, chr(34))}")'
-        " |> last()"
-    )
+    query = querytext.flux_query(influx.bucket or "", device, api.lookback_days)
     async with InfluxDBClientAsync(
         url=influx.url,
         token=influx.token.get_secret_value() if influx.token else "",

@@ -14,16 +14,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from gateway import __version__
 from gateway.api import apispec
+from gateway.api.core import pages
+from gateway.api.core.misses import NegativeCache
 from gateway.api.dbread import DatabaseReadError, latest_lines
+from gateway.api.devicelist import DeviceList, iso_time
 from gateway.buffer import view as buffer_view
-from gateway.buffer.core.ledger import fifo_device
 from gateway.errors import DecodeError, StorageError
 from gateway.points.names import Names
 
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOP = 20
 # Dead letters and rejects a list answer holds unless asked for fewer; and at most.
 DEFAULT_LIMIT, MAX_LIMIT = 20, 1000
+# Seconds a client is asked to wait when every database read for misses is taken.
+BUSY_RETRY_AFTER_S = 1
 
 
 class ReadApi:
@@ -71,6 +74,12 @@ class ReadApi:
         self._metrics = metrics
         self._health = health
         self._rejects = rejects
+        api = settings.api
+        self._device_list = DeviceList(buffer)
+        self._missing = NegativeCache(api.miss_cache_s, api.miss_cache_entries)
+        # Misses reading the database now; past the bound a miss is refused, not queued, so
+        # that a flood of names neither piles up requests nor loads the database.
+        self._reads_in_flight = 0
 
     def routes(self) -> list[web.RouteDef]:
         """The API's routes, for the HTTP server."""
@@ -113,20 +122,12 @@ class ReadApi:
     async def _openapi(self, _request: web.Request) -> web.Response:
         return web.json_response(apispec.DOCUMENT)
 
-    async def _devices(self, _request: web.Request) -> web.Response:
-        now_ns = time.time_ns()
-        rows: dict[str, dict[str, Any]] = {}
-        for fifo, state in self._buffer.devices().items():
-            row = rows.setdefault(fifo_device(fifo), _device_row(fifo_device(fifo)))
-            row["buffered_readings"] += state.readings
-            if state.readings:
-                age = buffer_view.oldest_age_s(state, now_ns)
-                oldest = row["oldest_buffered_age_s"]
-                row["oldest_buffered_age_s"] = age if oldest is None else max(oldest, age)
-        for device, updated_ns in self._buffer.latest_devices().items():
-            row = rows.setdefault(device, _device_row(device))
-            row["last_seen"] = _iso(updated_ns)
-        return web.json_response({"devices": [rows[name] for name in sorted(rows)]})
+    async def _devices(self, request: web.Request) -> web.Response:
+        limit = _limit(request, pages.DEFAULT_PAGE, pages.MAX_PAGE, least=1)
+        if isinstance(limit, web.Response):
+            return limit
+        after, name = request.query.get("after", ""), request.query.get("name")
+        return web.json_response(await self._device_list.page(after=after, limit=limit, name=name))
 
     async def _latest(self, request: web.Request) -> web.Response:
         device = request.match_info["device"]
@@ -138,20 +139,12 @@ class ReadApi:
         found = self._buffer.latest_of(device)
         source = "cache"
         if not found:
-            try:
-                lines = await latest_lines(self._settings.influx, self._settings.api, device)
-            except DatabaseReadError as exc:
-                logger.warning("latest values of %r: %s", device[:200], exc)
-                return _error(502, f"not in the cache, and the database read failed: {exc}")
-            if lines:
-                try:
-                    self._buffer.remember(device, lines)
-                except StorageError as exc:
-                    logger.warning("%s", exc)
-                found = self._buffer.latest_of(device)
-            source = "database"
+            read = await self._read_miss(device)
+            if isinstance(read, web.Response):
+                return read
+            found, source = read, "database"
         if not found:
-            return _error(404, f"no reading of device {device!r} in the cache or the database")
+            return _not_found(device)
         return web.json_response(
             {
                 "device": device,
@@ -159,6 +152,31 @@ class ReadApi:
                 "measurements": [_measurement(latest) for latest in found],
             }
         )
+
+    async def _read_miss(self, device: str) -> list[Latest] | web.Response:
+        """What the database holds of `device`, kept in the last-value table; or the refusal."""
+        if self._missing.is_missing(device, time.monotonic()):
+            return _not_found(device)
+        if self._reads_in_flight >= self._settings.api.max_database_reads:
+            busy = _error(503, "too many database reads for misses at once; retry later")
+            busy.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
+            return busy
+        self._reads_in_flight += 1
+        try:
+            lines = await latest_lines(self._settings.influx, self._settings.api, device)
+        except DatabaseReadError as exc:
+            logger.warning("latest values of %r: %s", device[:200], exc)
+            return _error(502, f"not in the cache, and the database read failed: {exc}")
+        finally:
+            self._reads_in_flight -= 1
+        if not lines:
+            self._missing.remember(device, time.monotonic())
+            return []
+        try:
+            self._buffer.remember(device, lines)
+        except StorageError as exc:
+            logger.warning("%s", exc)
+        return self._buffer.latest_of(device)
 
     async def _status(self, request: web.Request) -> web.Response:
         try:
@@ -197,40 +215,33 @@ class ReadApi:
         return web.json_response(view)
 
 
-def _device_row(device: str) -> dict[str, Any]:
-    return {
-        "device": device,
-        "buffered_readings": 0,
-        "oldest_buffered_age_s": None,
-        "last_seen": None,
-    }
-
-
 def _measurement(latest: Latest) -> dict[str, Any]:
     state = "buffered" if latest.buffered else "delivered"
     return {
         "measurement": latest.measurement,
         "tags": latest.tags,
-        "time": _iso(latest.ts_ns),
+        "time": iso_time(latest.ts_ns),
         "time_ns": latest.ts_ns,
         "state": state,
         "fields": {name: {"value": value, "state": state} for name, value in latest.fields.items()},
     }
 
 
-def _iso(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def _limit(request: web.Request) -> int | web.Response:
+def _limit(
+    request: web.Request, default: int = DEFAULT_LIMIT, most: int = MAX_LIMIT, least: int = 0
+) -> int | web.Response:
     """The `limit` query parameter, or the 400 answer to a bad one."""
     try:
-        limit = int(request.query.get("limit", DEFAULT_LIMIT))
+        limit = int(request.query.get("limit", default))
     except ValueError:
         return _error(400, "limit must be an integer")
-    if not 0 <= limit <= MAX_LIMIT:
-        return _error(400, f"limit must be from 0 to {MAX_LIMIT}")
+    if not least <= limit <= most:
+        return _error(400, f"limit must be from {least} to {most}")
     return limit
+
+
+def _not_found(device: str) -> web.Response:
+    return _error(404, f"no reading of device {device!r} in the cache or the database")
 
 
 def _error(code: int, message: str) -> web.Response:

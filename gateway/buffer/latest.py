@@ -182,6 +182,39 @@ class LatestTable:
             found[device] = max(found.get(device, 0), origin[2])
         return found
 
+    def devices_from(self, txn: lmdb.Transaction, start: str, count: int) -> dict[str, int]:
+        """Device -> last updated ns of the first `count` devices named `start` or after.
+
+        Walks the series of those devices only, so a page costs its own length.
+        """
+        found: dict[str, int] = {}
+        cursor = txn.cursor(db=self._latest)
+        if count <= 0 or not cursor.set_range(start.encode()):
+            return found
+        for key, value in cursor:
+            device = bytes(key).partition(SEPARATOR)[0].decode()
+            # A key of a shorter name can sort after `start` when `start` holds a control
+            # character (it is a cursor from a client, not a name): skipped, at most its length.
+            if device < start:
+                continue
+            if device not in found:
+                if len(found) == count:
+                    break
+                found[device] = 0
+            found[device] = max(found[device], ENTRY.unpack_from(value)[4])
+        return found
+
+    def device_names(self, txn: lmdb.Transaction) -> set[str]:
+        """The names of the devices in the table (written values only), keys alone read."""
+        names: set[str] = set()
+        last = b""
+        for key in txn.cursor(db=self._latest).iternext(keys=True, values=False):
+            device = bytes(key).partition(SEPARATOR)[0]
+            if device != last:
+                names.add(device.decode())
+                last = device
+        return names
+
     def _stored_devices(self, txn: lmdb.Transaction) -> Iterator[tuple[str, int]]:
         last: tuple[str, int] | None = None
         for key, value in txn.cursor(db=self._latest):

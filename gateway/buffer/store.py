@@ -60,6 +60,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 import lmdb
@@ -76,6 +77,7 @@ from gateway.buffer.core.ledger import (
     LedgerChange,
     Span,
     Totals,
+    fifo_device,
 )
 from gateway.buffer.core.verify import Report, is_plausible
 from gateway.buffer.fiforead import JOURNAL_PREFIX, DecodedChunks, Walking
@@ -95,6 +97,14 @@ logger = logging.getLogger(__name__)
 # Without a configuration (tools, tests), the read API's default.
 DEFAULT_LATEST_SERIES: int = ApiSettings.model_fields["latest_series"].default
 DEFAULT_LANE = Lane()
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIndex:
+    """Every device with a FIFO or a latest value, by name; the FIFOs of device classes."""
+
+    names: list[str]
+    classed: dict[str, list[str]]
 
 
 _P = ParamSpec("_P")
@@ -755,6 +765,50 @@ class Buffer:
             by_number = {state.number: state for state in self._ledger.states.values()}
             with self._env.begin() as txn:
                 return self.latest.device(txn, device, by_number)
+
+    def device_index(self) -> DeviceIndex:
+        """Every device's name in order, and which FIFOs of a device class each has.
+
+        A pass over every device, meant for a worker thread: the FIFO names are copied under
+        the lock, the last-value table is read in a read-only transaction of that thread's.
+        """
+        with self._lock:
+            fifos = list(self._ledger.states)
+        names: set[str] = set()
+        classed: dict[str, list[str]] = {}
+        for fifo in fifos:
+            device = fifo_device(fifo)
+            names.add(device)
+            if device != fifo:
+                classed.setdefault(device, []).append(fifo)
+        if self.latest is not None:
+            with self._env.begin() as txn:
+                names |= self.latest.device_names(txn)
+        return DeviceIndex(sorted(names), classed)
+
+    def device_details(
+        self, names: Sequence[str], index: DeviceIndex
+    ) -> tuple[dict[str, list[DeviceState]], dict[str, int]]:
+        """The accounting of each FIFO of `names` (in order), and when each was last updated.
+
+        Bounded by the names given: only their series are read from the last-value table.
+        """
+        with self._lock:
+            self._write_noted()
+            states = self._ledger.states
+            accounting = {
+                d: [
+                    DeviceState(*states[f].pack_fields())
+                    for f in [d, *index.classed.get(d, [])]
+                    if f in states
+                ]
+                for d in names
+            }
+            seen: dict[str, int] = {}
+            if self.latest is not None and names:
+                with self._env.begin() as txn:
+                    seen = self.latest.devices_from(txn, names[0], len(names))
+        return accounting, {d: seen[d] for d in names if d in seen}
 
     def latest_devices(self) -> dict[str, int]:
         """Device -> when its newest reading was taken (ns), from the last-value table."""

@@ -131,7 +131,7 @@ def inspect(args: argparse.Namespace) -> int:
                 for path in status.environments(settings)
             )
         code, text = status.verify(settings, repair=args.repair, as_json=args.json)
-    except StorageError as exc:
+    except (StorageError, status.ServiceAnswerError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
     print(text)

@@ -236,6 +236,12 @@ class ApiSettings(Section):
     # How far back a miss looks for a device's last value.
     lookback_days: int = Field(default=365, ge=1)
     query_timeout_s: float = Field(default=5.0, gt=0)
+    # A device the database did not know is answered 404 from memory for this long (0: off),
+    # so that random names cost no query each; at most this many such names are kept.
+    miss_cache_s: float = Field(default=30.0, ge=0)
+    miss_cache_entries: int = Field(default=10_000, ge=0, le=1_000_000)
+    # Misses read the database at most this many at once; beyond, a 503 with Retry-After.
+    max_database_reads: int = Field(default=4, ge=1, le=256)
 
     def query_language(self, api: str) -> str:
         """The query language a miss uses with the configured database API."""

@@ -3,6 +3,11 @@
 `status` asks the running service (`/api/v1/status`, the same figures as the read API), else
 opens LMDB read-only, which works while the gateway runs (LMDB serves concurrent readers) and
 while it is stopped, and can change nothing.
+
+The request carries the metrics token, so it goes to the configured listen address only: no
+proxy from the environment, no redirect followed (a redirect is an error naming where it
+pointed), and with TLS the listener's own certificate is the one trusted. An answer that is
+not the gateway's (another program on the port) is an error that says so, not a fallback.
 """
 
 from __future__ import annotations
@@ -10,12 +15,14 @@ from __future__ import annotations
 import json
 import ssl
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from gateway.buffer.store import Buffer
 from gateway.buffer.view import combine, snapshot
+from gateway.errors import GatewayError
 from gateway.service import workers
 from gateway.service.progress import Ticker, scan_progress
 
@@ -25,6 +32,8 @@ if TYPE_CHECKING:
     from gateway.config.settings import Settings
 
 EXIT_MISMATCH = 1
+HTTP_REDIRECTS, HTTP_SERVER_ERRORS = range(300, 400), range(500, 600)
+HTTP_UNAUTHORIZED = 401
 SERVICE_TIMEOUT_S = 2.0
 ALL_DEVICES = 1 << 31
 
@@ -93,8 +102,23 @@ def from_disk(settings: Settings) -> dict[str, Any]:
     return views[0] if len(views) == 1 else combine(str(settings.buffer.path), views)
 
 
+class ServiceAnswerError(GatewayError):
+    """Something answered on the service's address, but not as the running gateway does."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is handed back as an error: following it would send the token elsewhere."""
+
+    def redirect_request(self, *_args: object, **_kwargs: object) -> None:
+        return None
+
+
 def from_service(settings: Settings, *, top: int) -> dict[str, Any] | None:
-    """`/api/v1/status` of the running service; None when it does not answer it."""
+    """`/api/v1/status` of the running service; None when nothing answers it.
+
+    Raises:
+        ServiceAnswerError: a redirect, a refused token, or an answer that is not the gateway's.
+    """
     m = settings.metrics
     if not (m.enabled and settings.api.enabled):
         return None
@@ -106,16 +130,51 @@ def from_service(settings: Settings, *, top: int) -> dict[str, Any] | None:
         # Its own certificate is the one to trust; the name in it need not be this host's.
         scheme, context = "https", ssl.create_default_context(cafile=str(m.tls_cert_file))
         context.check_hostname = False
+    where = f"{scheme}://{host}:{port}" if ":" not in host else f"{scheme}://[{host}]:{port}"
     request = urllib.request.Request(  # noqa: S310 - the configured server
-        f"{scheme}://{host}:{port}/api/v1/status?top={top}",
+        f"{where}/api/v1/status?top={top}",
         headers={"Authorization": f"Bearer {m.token.get_secret_value()}"} if m.token else {},
     )
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}),  # never an http_proxy from the environment
+        urllib.request.HTTPSHandler(context=context),
+        _NoRedirect(),
+    )
     try:
-        with urllib.request.urlopen(request, timeout=SERVICE_TIMEOUT_S, context=context) as r:  # noqa: S310
-            view: dict[str, Any] = json.loads(r.read())
-    except (OSError, ValueError):
+        with opener.open(request, timeout=SERVICE_TIMEOUT_S) as answer:
+            body = answer.read()
+    except urllib.error.HTTPError as exc:
+        with exc:  # it holds the answer's connection
+            _refuse(where, exc)
+        return None  # a 5xx: the service cannot answer now; the disk can
+    except OSError:
         return None
+    try:
+        view = json.loads(body)
+    except ValueError:
+        view = None
+    if not (isinstance(view, dict) and isinstance(view.get("runtime"), dict)):
+        raise ServiceAnswerError(
+            f"{where} answered /api/v1/status with something other than the gateway's status: "
+            "is another program listening on [metrics] listen?"
+        )
     return view
+
+
+def _refuse(where: str, error: urllib.error.HTTPError) -> None:
+    """Raise for an HTTP error answer that is not the service being unable to answer now."""
+    if error.code in HTTP_SERVER_ERRORS:
+        return
+    if error.code in HTTP_REDIRECTS:
+        location = error.headers.get("Location", "(no Location)")
+        raise ServiceAnswerError(
+            f"{where} answered /api/v1/status with a redirect ({error.code}) to {location!r}; "
+            "gateway status follows no redirect (the token would go with it): is another "
+            "program listening on [metrics] listen?"
+        )
+    if error.code == HTTP_UNAUTHORIZED:
+        raise ServiceAnswerError(f"{where} refused the token of [metrics] token_file (HTTP 401)")
+    raise ServiceAnswerError(f"{where} answered /api/v1/status with HTTP {error.code}")
 
 
 def environments(settings: Settings) -> list[Path]:

@@ -14,7 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api import apispec
-from gateway.api.readapi import DEFAULT_LIMIT, DEFAULT_TOP
+from gateway.api.core import pages
+from gateway.api.readapi import BUSY_RETRY_AFTER_S, DEFAULT_LIMIT, DEFAULT_TOP
 from gateway.buffer import view as buffer_view
 
 # (HTTP status, JSON body) of each worker's answer to one request.
@@ -29,10 +30,14 @@ def routes(ask: Ask, path: str) -> list[web.RouteDef]:
         return web.json_response(apispec.DOCUMENT)
 
     async def devices(request: web.Request) -> web.Response:
-        return _json(*merge_devices(await ask(request.path_qs)))
+        answers = await ask(request.path_qs)
+        return _json(*merge_devices(answers, _limit(request, pages.DEFAULT_PAGE)))
 
     async def latest(request: web.Request) -> web.Response:
-        return _json(*merge_latest(await ask(request.path_qs)))
+        answer = _json(*merge_latest(await ask(request.path_qs)))
+        if answer.status == 503:  # noqa: PLR2004 - a worker's database reads were all taken
+            answer.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
+        return answer
 
     async def status_page(request: web.Request) -> web.Response:
         answers = await ask(request.path_qs)
@@ -60,12 +65,12 @@ def routes(ask: Ask, path: str) -> list[web.RouteDef]:
     ]
 
 
-def _limit(request: web.Request) -> int:
+def _limit(request: web.Request, default: int = DEFAULT_LIMIT) -> int:
     """The list length asked for; a bad one the workers refused, and their 400 is the answer."""
     try:
-        return int(request.query.get("limit", DEFAULT_LIMIT))
+        return int(request.query.get("limit", default))
     except ValueError:
-        return DEFAULT_LIMIT
+        return default
 
 
 def merge_newest(answers: Answers, key: str, order: str, limit: int) -> tuple[int, dict[str, Any]]:
@@ -100,24 +105,12 @@ def _failure(answers: Answers) -> tuple[int, dict[str, Any]] | None:
     return None
 
 
-def merge_devices(answers: Answers) -> tuple[int, dict[str, Any]]:
-    """One device list: buffered counts added, the oldest age and the last seen time kept."""
+def merge_devices(answers: Answers, limit: int) -> tuple[int, dict[str, Any]]:
+    """One page of devices: buffered counts added, the oldest age and the last seen time kept."""
     failure = _failure(answers)
     if failure is not None:
         return failure
-    rows: dict[str, dict[str, Any]] = {}
-    for _, body in answers:
-        for row in body.get("devices", []):
-            seen = rows.get(row["device"])
-            if seen is None:
-                rows[row["device"]] = dict(row)
-                continue
-            seen["buffered_readings"] += row["buffered_readings"]
-            for key in ("oldest_buffered_age_s", "last_seen"):
-                # ISO 8601 UTC times and ages both compare in their natural order.
-                values = [v for v in (seen[key], row[key]) if v is not None]
-                seen[key] = max(values) if values else None
-    return 200, {"devices": [rows[name] for name in sorted(rows)]}
+    return 200, pages.merge_pages([body for _, body in answers], limit)
 
 
 def merge_latest(answers: Answers) -> tuple[int, dict[str, Any]]:

@@ -11,6 +11,9 @@ It records, by (measurement, device, timestamp ns), the points of every write th
 those the gateway was told of (`confirmed`, once per write that carried them, so a point sent
 twice shows twice) and those it was not (`unconfirmed`). A test compares these with the
 gateway's counters and with what the database holds.
+
+It also counts the queries (`/query`) it passes on, and holds them while `queries_open` is
+clear: a test sees how many reach the database while they are in flight.
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ class FaultyRelay:
         self.faults: Counter[str] = Counter()
         self.confirmed: Counter[Key] = Counter()
         self.unconfirmed: set[Key] = set()
+        self.queries = 0
+        self.queries_open = threading.Event()
+        self.queries_open.set()
         self.lock = threading.Lock()
         relay = self
 
@@ -93,7 +99,11 @@ class FaultyRelay:
         self.thread.start()
 
     def next_action(self, path: str) -> str:
-        """What to do with a request to `path` now."""
+        """What to do with a request to `path` now (a query waits while they are held)."""
+        if path.startswith("/query"):
+            with self.lock:
+                self.queries += 1
+            self.queries_open.wait(UPSTREAM_TIMEOUT_S)
         if not path.startswith("/write"):
             return "pass"
         with self.lock:

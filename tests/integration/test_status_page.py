@@ -214,3 +214,33 @@ def test_the_page_lists_sparkplug_edge_nodes_and_their_state(
         15,
         "both offline after the NDEATH",
     )
+
+
+def test_the_device_list_pages_on_and_finds_a_device_by_name(
+    browser: WebDriver,
+    gateway: Callable[..., GatewayProcess],
+    mosquitto: Endpoint,
+    run_id: str,
+    own_victoria: servers.Server,
+) -> None:
+    """More devices than a page: the first page, the next one holding the rest, and a search
+    by exact name showing that device alone."""
+    gw = gateway(f'url = "{own_victoria.url}"\napi = "v2"\norg = "o"\nbucket = "b"')
+    count = 130
+    publish_simulated(mosquitto.port, run_id, count, count)
+    wait_for(lambda: gw.get("/api/v1/devices")[1]["total"] == count, 30, "every device listed")
+    names = sorted(d["device"] for d in gw.get("/api/v1/devices?limit=1000")[1]["devices"])  # type: ignore[union-attr]
+
+    browser.get(gw.base_url + "/")
+    wait_for(lambda: len(table(browser, "devices")) == 100, 10, "the first page of devices")
+    assert [row[0] for row in table(browser, "devices")] == names[:100]
+    assert browser.find_element("id", "devices-count").text == f"(100 of {count})"
+    browser.find_element("id", "devices-next").click()
+    wait_for(lambda: len(table(browser, "devices")) == count - 100, 10, "the next page")
+    assert [row[0] for row in table(browser, "devices")] == names[100:]
+    assert not browser.find_element("id", "devices-next").is_enabled()
+    browser.find_element("id", "device-name").send_keys(names[42])
+    browser.find_element("css selector", "#device-search button[type=submit]").click()
+    wait_for(lambda: [r[0] for r in table(browser, "devices")] == [names[42]], 10, "the search")
+    browser.find_element("id", "devices-first").click()
+    wait_for(lambda: len(table(browser, "devices")) == 100, 10, "the first page again")

@@ -7,6 +7,10 @@ const POLL_MS = 1000;          // the figures at a glance and the charts
 const TABLES_EVERY = 5;        // polls between two reads of the devices, dead letters, rejects
 const HISTORY = 300;           // chart points kept: five minutes at one a second
 const TOKEN_KEY = "gateway-token";
+const DEVICES_PAGE = 100;      // devices per page of the list
+
+// The devices shown: a page after a name ("" is the first), or one device found by name.
+const deviceView = { after: "", name: null, next: null };
 
 const history = { backlog: [], lag: [], latency: [], batch: [] };
 let previous = null;           // {t, received, delivered} of the last poll, for the rates
@@ -129,10 +133,22 @@ function fill(id, rows, columns) {
   if (rows.length === 0) cell(body.insertRow(), "none");
 }
 
+function devicesPath() {
+  const query = new URLSearchParams({ limit: String(DEVICES_PAGE) });
+  if (deviceView.name !== null) query.set("name", deviceView.name);
+  else if (deviceView.after) query.set("after", deviceView.after);
+  return "api/v1/devices?" + query.toString();
+}
+
 async function tables() {
   const [devices, dead, rejects] = await Promise.all([
-    api("api/v1/devices"), api("api/v1/dead-letters?limit=20"), api("api/v1/rejects?limit=20"),
+    api(devicesPath()), api("api/v1/dead-letters?limit=20"), api("api/v1/rejects?limit=20"),
   ]);
+  deviceView.next = devices.next;
+  document.getElementById("devices-next").disabled = devices.next === null;
+  document.getElementById("devices-count").textContent = deviceView.name !== null
+    ? "(" + (devices.devices.length ? "found" : "no device named so") + ")"
+    : "(" + number(devices.devices.length) + " of " + number(devices.total) + ")";
   fill("devices", devices.devices, [
     [d => d.device], [d => number(d.buffered_readings), "num"],
     [d => d.oldest_buffered_age_s === null ? null : seconds(d.oldest_buffered_age_s), "num"],
@@ -186,6 +202,25 @@ async function poll() {
   }
   timer = setTimeout(poll, POLL_MS);
 }
+
+// Paging and search redraw at once instead of at the next round of the tables.
+function showDevices(after, name) {
+  deviceView.after = after;
+  deviceView.name = name;
+  tables().catch(error => {
+    document.getElementById("updated").textContent = "not updated: " + error.message;
+  });
+}
+
+document.getElementById("device-search").addEventListener("submit", event => {
+  event.preventDefault();
+  const name = document.getElementById("device-name").value;
+  showDevices("", name === "" ? null : name);
+});
+document.getElementById("devices-first").addEventListener("click", () => showDevices("", null));
+document.getElementById("devices-next").addEventListener("click", () => {
+  if (deviceView.next !== null) showDevices(deviceView.next, null);
+});
 
 document.getElementById("login").addEventListener("submit", event => {
   event.preventDefault();

@@ -159,7 +159,8 @@ def test_merged_devices_add_backlogs_and_keep_the_latest_sighting() -> None:
         [
             (200, {"devices": [row(3, 1.5, "2026-01-01T00:00:02Z")]}),
             (200, {"devices": [row(4, None, "2026-01-01T00:00:01Z")]}),
-        ]
+        ],
+        100,
     )
     assert (code, body["devices"]) == (200, [row(7, 1.5, "2026-01-01T00:00:02Z")])
     assert (
