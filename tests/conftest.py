@@ -180,6 +180,7 @@ def gateway(
         env: dict[str, str] | None = None,
         wait_connected: bool = True,
         workers: int = 1,
+        open_files: int | None = None,
         **kwargs: str,
     ) -> GatewayProcess:
         workdir = tmp_path / f"gateway-{len(started)}"
@@ -199,6 +200,7 @@ def gateway(
         process = GatewayProcess(workdir, text, port)
         process.connections = workers
         process.extra_env = env or {}
+        process.open_files = open_files
         started.append(process)
         return process.start(wait_connected=wait_connected)
 

@@ -87,6 +87,8 @@ class GatewayProcess:
         self.base_url = self.metrics_url.removesuffix("/metrics")
         # Broker connections when it takes readings: one per worker.
         self.connections = 1
+        # The open-file limit (soft and hard) to start it with; None: the test's own.
+        self.open_files: int | None = None
 
     def launch(self) -> None:
         """Start the process and return at once, as systemd's restart would."""
@@ -96,8 +98,16 @@ class GatewayProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self._env(),
+            preexec_fn=self._limit_files if self.open_files else None,  # noqa: PLW1509
         )
         log.close()
+
+    def _limit_files(self) -> None:
+        """In the child before exec: its open-file limit, as a unit's LimitNOFILE would set."""
+        import resource  # noqa: PLC0415
+
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def start(self, *, wait_connected: bool = True) -> GatewayProcess:
         """Start; wait until connected to the broker, or else only until serving."""

@@ -4,14 +4,18 @@ aiohttp in the service's event loop, so `/healthz` answering at all shows the lo
 Loopback by default; nothing here can change the gateway's state. Optionally HTTPS, and a bearer
 token required on every path but `/healthz` (which says nothing but alive or not, and is what
 container health checks call) and the status page's own files (which hold no data: the page
-reads the API with the token).
+reads the API with the token). On `[metrics] listen` the connections are capped and timed
+(`connguard`) and only allowed `Host` names are answered (`webguard`); every answer carries
+the security headers.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
 import logging
+import resource
+import socket
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -19,6 +23,10 @@ import anyio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.api import listensock, webguard
+from gateway.api.connguard import ConnectionGuard
+from gateway.api.core.authheader import is_authorized
+from gateway.api.core.hosts import HostPolicy
 from gateway.api.statuspage import PUBLIC_PATHS
 from gateway.tls import server_context
 
@@ -33,6 +41,11 @@ if TYPE_CHECKING:
     from gateway.observe.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+# HTTP may hold at most this share of the open-file limit: the rest is the broker's, the
+# database's and LMDB's, so that no crowd of HTTP clients can starve them.
+FILES_PER_HTTP_CONNECTION = 4
+LISTEN_BACKLOG = 128
 
 
 class Pages(Protocol):
@@ -73,9 +86,18 @@ class LocalPages:
 
 
 def make_app(
-    pages: Pages, token: str | None = None, routes: Sequence[web.RouteDef] = ()
+    pages: Pages,
+    token: str | None = None,
+    routes: Sequence[web.RouteDef] = (),
+    *,
+    hosts: HostPolicy | None = None,
+    guard: ConnectionGuard | None = None,
 ) -> web.Application:
-    """The routes over `pages` and `routes` (the read API); `token`: required bearer token."""
+    """The routes over `pages` and `routes` (the read API).
+
+    `token`: the bearer token required; `hosts`: the Host names answered; `guard`: the
+    connections' guard, told of each request.
+    """
 
     async def metrics_page(_request: web.Request) -> web.Response:
         body = await pages.metrics()
@@ -90,8 +112,14 @@ def make_app(
     async def readyz(_request: web.Request) -> web.Response:
         return _verdict_response(await pages.readiness())
 
-    middlewares = [_bearer_token(token)] if token else []
+    # The guard first, so that it sees refused requests too.
+    middlewares: list[Middleware] = [guard.middleware] if guard else []
+    if hosts is not None:
+        middlewares.append(webguard.host_check(hosts))
+    if token:
+        middlewares.append(_bearer_token(token))
     app = web.Application(middlewares=middlewares)
+    app.on_response_prepare.append(webguard.add_headers)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -100,18 +128,20 @@ def make_app(
 
 
 def _bearer_token(token: str) -> Middleware:
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != "/healthz" and request.path not in PUBLIC_PATHS:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return web.Response(
-                    status=401,
-                    text="bearer token required\n",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
+        if (
+            request.path != "/healthz"
+            and request.path not in PUBLIC_PATHS
+            and not is_authorized(request.headers.get("Authorization"), expected)
+        ):
+            return web.Response(
+                status=401,
+                text="bearer token required\n",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return await handler(request)
 
     return check
@@ -147,11 +177,61 @@ async def serve(
     if settings.tls_cert_file and settings.tls_key_file:
         ssl_context = server_context(settings.tls_cert_file, settings.tls_key_file)
     host, port = settings.host_port
-    await _serve(
-        make_app(pages, token, routes),
-        lambda runner: web.TCPSite(runner, host, port, ssl_context=ssl_context),
-        task_status,
+    guard = ConnectionGuard(
+        max_connections=connection_cap(settings.max_connections),
+        header_timeout_s=settings.header_timeout_s,
+        ssl_context=ssl_context,
     )
+    app = make_app(
+        pages, token, routes, hosts=HostPolicy.of(host, settings.allowed_hosts), guard=guard
+    )
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=settings.keepalive_timeout_s,
+    )
+    await runner.setup()
+    assert runner.server is not None  # noqa: S101 - made by setup()
+    guard.set_factory(runner.server)
+    loop = asyncio.get_running_loop()
+    sockets: list[listensock.SheddingSocket] = []
+    servers: list[asyncio.Server] = []
+    try:
+        found = await loop.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        sockets = listensock.bind([(f, t, p, a) for f, t, p, _, a in found], LISTEN_BACKLOG)
+        servers.extend(
+            [await loop.create_server(guard, sock=s, backlog=LISTEN_BACKLOG) for s in sockets]
+        )
+        task_status.started()
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            for server in servers:
+                server.close()
+            await runner.cleanup()
+            guard.close_all()
+            for sock in sockets:
+                sock.close()
+
+
+def connection_cap(configured: int) -> int:
+    """`[metrics] max_connections`, or less when the open-file limit leaves no room for it."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or configured * FILES_PER_HTTP_CONNECTION <= soft:
+        return configured
+    cap = max(soft // FILES_PER_HTTP_CONNECTION, 2)
+    logger.warning(
+        "metrics.max_connections: %d is more than a quarter of the open-file limit (%d), which "
+        "the broker, the database and the buffer share: at most %d HTTP connections (raise "
+        "LimitNOFILE in the unit, or lower max_connections)",
+        configured,
+        soft,
+        cap,
+    )
+    return cap
 
 
 async def serve_unix(

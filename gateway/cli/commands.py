@@ -142,8 +142,8 @@ def run(args: argparse.Namespace) -> int:
     """`gateway run`: the service, alone or as the parent of its workers."""
     import functools  # noqa: PLC0415
 
+    from gateway.service import fdlimit, logsetup, supervisor, workers  # noqa: PLC0415
     from gateway.service import lifecycle as service  # noqa: PLC0415
-    from gateway.service import logsetup, supervisor, workers  # noqa: PLC0415
 
     settings = _load(args.config)
     if settings is None:
@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         facts["buffer"],
         extra=facts,
     )
+    fdlimit.raise_soft_limit()
     return _run_async(job)
 
 

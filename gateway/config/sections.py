@@ -179,6 +179,16 @@ class MetricsSettings(Section):
     # stall is measured to within one interval.
     max_loop_lag_s: float = 5.0
     loop_lag_interval_s: float = Field(default=0.25, ge=0.01, le=1.0)
+    # Open connections at most; at the cap the oldest one that has not sent a whole request is
+    # closed for the newcomer, so that silent connections never lock out /healthz.
+    max_connections: int = Field(default=128, ge=2, le=65_536)
+    # A connection whose request headers (and TLS handshake) are not in by then is closed; an
+    # idle keep-alive connection after `keepalive_timeout_s`.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    keepalive_timeout_s: float = Field(default=15.0, gt=0, le=300)
+    # Host header names answered besides IP literals, localhost and the name in `listen`
+    # (DNS rebinding needs a name); e.g. the service's name in a container network.
+    allowed_hosts: list[str] = Field(default_factory=list)
 
     @field_validator("max_loop_lag_s")
     @classmethod
@@ -216,6 +226,14 @@ class MetricsSettings(Section):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:  # noqa: PLR2004
             raise ValueError("must be HOST:PORT, such as 127.0.0.1:9108")
         return listen
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_names(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not host or any(c in host for c in ":/[]@ *"):
+                raise ValueError(f"{host!r} is not a host name (no port, scheme or wildcard)")
+        return [host.lower().rstrip(".") for host in hosts]
 
     @property
     def host_port(self) -> tuple[str, int]:

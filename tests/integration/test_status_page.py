@@ -62,6 +62,8 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         f"--user-data-dir={tmp_path / 'chromium'}",
     ):
         options.add_argument(flag)
+    # The console, to see whether the Content-Security-Policy refused anything of the page.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     session = webdriver.Chrome(options=options, service=Service(driver))
     try:
         yield session
@@ -90,6 +92,15 @@ def table(browser: WebDriver, element_id: str) -> list[list[str]]:
         except StaleElementReferenceException:
             continue
     raise AssertionError(f"the table {element_id} kept changing while it was read")
+
+
+def csp_violations(browser: WebDriver) -> list[str]:
+    """The console's messages about the Content-Security-Policy since the last call."""
+    return [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if "Content Security Policy" in entry["message"] or "Refused to" in entry["message"]
+    ]
 
 
 def keep_screenshot(browser: WebDriver, name: str) -> Path:
@@ -141,6 +152,9 @@ def test_the_page_shows_the_api_figures_and_turns_red_in_an_outage(
         "the refused message in the rejects table",
     )
     keep_screenshot(browser, "status-page.png")
+    # The page rendered with its charts under the gateway's policy, and broke none of it.
+    assert browser.find_elements("css selector", "#chart-backlog polyline")
+    assert csp_violations(browser) == []
 
     own_victoria.stop()
     publish_simulated(mosquitto.port, run_id, 300, DEVICES)
@@ -171,6 +185,7 @@ def test_with_a_token_the_page_asks_for_it_and_then_shows_the_figures(
     wait_for(lambda: shown(browser, "buffered")[1] == "0", 10, "the figures after the token")
     assert not browser.find_element("id", "login").is_displayed()
     assert token not in browser.page_source, "the token is kept out of the page"
+    assert csp_violations(browser) == [], "the token form posts nowhere under form-action"
 
 
 def test_the_page_lists_sparkplug_edge_nodes_and_their_state(
