@@ -1,5 +1,4 @@
-"""The HTTP API's pure core: request-header checks, query text for a miss, the negative cache,
-pages of devices.
+"""The HTTP API's pure core: request-header checks, miss query text and cache, device pages.
 
 What it promises: values in, decisions out; nothing here reads a socket or imports aiohttp.
 May import: config, points, errors. No I/O library.
