@@ -126,11 +126,14 @@ def test_two_thousand_idle_connections_stop_neither_delivery_nor_healthz(
     gw = gateway(influx.config, open_files=GATEWAY_OPEN_FILES)
     count = 20_000
     port = int(gw.base_url.rsplit(":", 1)[1])
+    latencies = []
+    # The publisher's paho loop waits in select(), which takes no descriptor above 1,023: it
+    # connects before the crowd takes this process's descriptors.
+    publisher = publish_in_background(mosquitto.port, run_id, count, rate=2000)
+    wait_for(lambda: gw.readings("accepted") > 0, 30, "the first reading accepted")
     cpu_before = gw.metrics()["process_cpu_seconds_total"]
     held_since = time.monotonic()
-    latencies = []
     with Crowd(port, CROWD) as crowd:
-        publisher = publish_in_background(mosquitto.port, run_id, count, rate=2000)
         while publisher.is_alive() or time.monotonic() - held_since < 15:
             latencies.append(healthz_latency_s(gw.base_url))
             time.sleep(0.2)
