@@ -79,3 +79,16 @@ def test_random_names_cost_a_bounded_number_of_queries_and_a_repeat_none(
         wait_for(lambda: relay.queries == MAX_READS + 1, 5, "a refused name to be read now")
     finally:
         relay.close()
+
+
+def test_a_database_that_refuses_the_flux_query_is_a_502_not_a_server_error(
+    gateway: Callable[..., GatewayProcess], influx: InfluxV1
+) -> None:
+    """InfluxDB 1.x has no Flux endpoint: its HTTP error is the read API's 502, and the slot
+    of the read is given back (a later miss reads the database again, not a 503)."""
+    gw = gateway(influx.config, metrics_extra='\n[api]\ndatabase_query = "flux"\n')
+    for _ in range(MAX_READS + 1):
+        code, body = gw.get("/api/v1/devices/nobody/latest")
+        assert code == 502
+        assert "flux query answered HTTP 404" in str(body["error"])  # type: ignore[index]
+    assert "Error handling request" not in gw.log()
