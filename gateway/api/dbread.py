@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
 from gateway.api.core import querytext
@@ -49,7 +50,15 @@ async def latest_lines(influx: InfluxSettings, api: ApiSettings, device: str) ->
             points = await _prometheus(influx, api, device)
         else:
             points = await _flux(influx, api, device)
-    except (aiohttp.ClientError, TimeoutError, KeyError, IndexError, ValueError) as exc:
+    except InfluxDBError as exc:
+        # The Flux client's own error for an HTTP error answer: its text is the whole answer,
+        # headers and all, on several lines; the status and the database's message say enough.
+        status = getattr(exc, "status", None) or getattr(exc.response, "status", "no")
+        raise DatabaseReadError(
+            f"{language} query answered HTTP {status}: {str(exc.message)[:200]}"
+        ) from exc
+    except (aiohttp.ClientError, TimeoutError, KeyError, IndexError, TypeError, ValueError) as exc:
+        # TypeError: an answer of another shape than the query API's (a list for an object).
         raise DatabaseReadError(f"{language} query failed: {type(exc).__name__}: {exc}") from exc
     return [_line(point) for point in points]
 

@@ -25,6 +25,7 @@ from gateway.api.core.misses import NegativeCache
 from gateway.api.dbread import DatabaseReadError, latest_lines
 from gateway.api.devicelist import DeviceList, iso_time
 from gateway.buffer import view as buffer_view
+from gateway.config.mqtt import DEFAULT_DEVICE_CLASS
 from gateway.errors import DecodeError, StorageError
 from gateway.points.names import Names
 
@@ -77,6 +78,9 @@ class ReadApi:
         api = settings.api
         self._device_list = DeviceList(buffer)
         self._missing = NegativeCache(api.miss_cache_s, api.miss_cache_entries)
+        self._classes = {DEFAULT_DEVICE_CLASS} | {
+            sub.device_class for sub in settings.mqtt.subscriptions
+        }
         # Misses reading the database now; past the bound a miss is refused, not queued, so
         # that a flood of names neither piles up requests nor loads the database.
         self._reads_in_flight = 0
@@ -170,7 +174,11 @@ class ReadApi:
         finally:
             self._reads_in_flight -= 1
         if not lines:
-            self._missing.remember(device, time.monotonic())
+            # Not when the gateway holds readings of it that the database has yet to get (its
+            # series gone from the last-value table, which keeps `latest_series`): they are
+            # found by the next miss once delivered, not hidden behind a cached 404.
+            if not self._buffer.holds(device, self._classes):
+                self._missing.remember(device, time.monotonic())
             return []
         try:
             self._buffer.remember(device, lines)

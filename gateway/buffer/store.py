@@ -78,6 +78,7 @@ from gateway.buffer.core.ledger import (
     Span,
     Totals,
     fifo_device,
+    fifo_name,
 )
 from gateway.buffer.core.verify import Report, is_plausible
 from gateway.buffer.fiforead import JOURNAL_PREFIX, DecodedChunks, Walking
@@ -785,6 +786,12 @@ class Buffer:
             with self._env.begin() as txn:
                 names |= self.latest.device_names(txn)
         return DeviceIndex(sorted(names), classed)
+
+    def holds(self, device: str, classes: Iterable[str]) -> bool:
+        """Whether `device` has a FIFO (of one of the device `classes`): readings accepted."""
+        with self._lock:
+            states = self._ledger.states
+            return any(fifo_name(device, c) in states for c in classes)
 
     def device_details(
         self, names: Sequence[str], index: DeviceIndex

@@ -94,23 +94,29 @@ class InfluxSettings(Section):
     def _url_is_http(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
-        if "@" in urlsplit(url).netloc:
+        # "@" anywhere, not only in the parsed authority: a password holding "/", "?" or "#"
+        # ends the authority early ("http://user:pa/ss@host" parses as host "user", path
+        # "/ss@host"), so the password would pass as a path and be printed. A path that needs
+        # "@" can write it as %40.
+        if "@" in url:
             # Never echoed: the part before "@" may be a password, and this message is printed.
             raise ValueError(
                 "holds a user name or password (user:password@host); give them as [influx] "
-                "username and password_file (api v1) or token_file (api v2) instead"
+                "username and password_file (api v1) or token_file (api v2) instead "
+                '(an "@" in the path is written %40)'
             )
+        # None of these echo the URL either: its path or query may still hold a secret.
         if any(c.isspace() for c in url):
-            raise ValueError(f"{url!r} holds white space")
+            raise ValueError("holds white space")
         parts = urlsplit(url)
         if not parts.hostname:
-            raise ValueError(f"{url!r} names no host")
+            raise ValueError("names no host")
         try:
             _ = parts.port
         except ValueError:
-            raise ValueError(f"{url!r}: the port is not a number from 0 to 65535") from None
+            raise ValueError("the port is not a number from 0 to 65535") from None
         if parts.query or parts.fragment:
-            # Not echoed: a query may carry InfluxDB 1.x credentials (`?u=...&p=...`).
+            # A query may carry InfluxDB 1.x credentials (`?u=...&p=...`).
             raise ValueError("a query or fragment has no place in the database's URL")
         return url.rstrip("/")
 

@@ -130,6 +130,9 @@ def from_service(settings: Settings, *, top: int) -> dict[str, Any] | None:
         # Its own certificate is the one to trust; the name in it need not be this host's.
         scheme, context = "https", ssl.create_default_context(cafile=str(m.tls_cert_file))
         context.check_hostname = False
+        # A certificate a CA issued is not a trust anchor to OpenSSL unless partial chains are
+        # allowed: without this, the handshake failed and status silently read the disk.
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     where = f"{scheme}://{host}:{port}" if ":" not in host else f"{scheme}://[{host}]:{port}"
     request = urllib.request.Request(  # noqa: S310 - the configured server
         f"{where}/api/v1/status?top={top}",

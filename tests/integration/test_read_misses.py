@@ -16,12 +16,13 @@ import aiohttp
 import pytest
 
 from tests.fault.relay import FaultyRelay
-from tests.gatewayproc import wait_for
+from tests.gatewayproc import publish_messages, wait_for
+from tests.integration.test_read_api import latest, reading
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tests.conftest import InfluxV1
+    from tests.conftest import Endpoint, InfluxV1
     from tests.gatewayproc import GatewayProcess
 
 pytestmark = pytest.mark.integration
@@ -79,3 +80,33 @@ def test_random_names_cost_a_bounded_number_of_queries_and_a_repeat_none(
         wait_for(lambda: relay.queries == MAX_READS + 1, 5, "a refused name to be read now")
     finally:
         relay.close()
+
+
+def test_a_database_that_refuses_the_flux_query_is_a_502_not_a_server_error(
+    gateway: Callable[..., GatewayProcess], influx: InfluxV1
+) -> None:
+    """InfluxDB 1.x has no Flux endpoint: its HTTP error is the read API's 502, and the slot
+    of the read is given back (a later miss reads the database again, not a 503)."""
+    gw = gateway(influx.config, metrics_extra='\n[api]\ndatabase_query = "flux"\n')
+    for _ in range(MAX_READS + 1):
+        code, body = gw.get("/api/v1/devices/nobody/latest")
+        assert code == 502
+        assert "flux query answered HTTP 404" in str(body["error"])  # type: ignore[index]
+    assert "Error handling request" not in gw.log()
+
+
+def test_a_device_the_gateway_holds_is_not_cached_as_unknown(
+    gateway: Callable[..., GatewayProcess], mosquitto: Endpoint, influx: InfluxV1, run_id: str
+) -> None:
+    """A buffered device whose series left the last-value table (it keeps `latest_series`)
+    misses to a database that has nothing yet: a 404 then, but not remembered, so once the
+    readings are delivered the next request finds them instead of a cached 404."""
+    gw = gateway(influx.config, flush="linger_s = 5\n", api="latest_series = 1\n")
+    now_ms = time.time_ns() // 10**6
+    publish_messages(mosquitto.port, [reading(run_id, "early", now_ms, 1.5)])
+    publish_messages(mosquitto.port, [reading(run_id, "later", now_ms, 2.5)])
+    wait_for(lambda: gw.readings("accepted") == 2, 10, "both readings accepted")
+    assert latest(gw, "early")[0] == 404  # evicted by "later", and not in the database yet
+    wait_for(lambda: influx.count() == 2, 30, "both readings delivered")
+    code, body = latest(gw, "early")
+    assert (code, body.get("source")) == (200, "database")

@@ -7,6 +7,7 @@ other, which records every request's headers, and one that is not the gateway at
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, ClassVar
@@ -15,9 +16,11 @@ import pytest
 
 from gateway.config import loader
 from gateway.service import status
+from tests.integration.test_tls import make_ca, make_cert
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
     from gateway.config.settings import Settings
 
@@ -50,10 +53,16 @@ def serve() -> Iterator[Callable[[Callable[[], Answer]], tuple[int, list[dict[st
     """Start local servers answering as told: (port, headers of each request seen)."""
     started: list[ThreadingHTTPServer] = []
 
-    def start(answer: Callable[[], Answer]) -> tuple[int, list[dict[str, str]]]:
+    def start(
+        answer: Callable[[], Answer], tls: tuple[Path, Path] | None = None
+    ) -> tuple[int, list[dict[str, str]]]:
         seen: list[dict[str, str]] = []
         handler = type("Handler", (_Recording,), {"answer": staticmethod(answer), "seen": seen})
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if tls is not None:  # HTTPS with this certificate and key
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         started.append(server)
         return server.server_address[1], seen
@@ -64,14 +73,14 @@ def serve() -> Iterator[Callable[[Callable[[], Answer]], tuple[int, list[dict[st
         server.server_close()
 
 
-def settings_on(port: int) -> Settings:
+def settings_on(port: int, metrics: dict[str, str] | None = None) -> Settings:
     """A configuration whose metrics server, with a token, listens on `port` of loopback."""
     return loader.validate(
         {
             "mqtt": {"subscriptions": [{"topic": "s/{device}/{measurement}", "format": "json"}]},
             "buffer": {"path": "buffer"},
             "influx": {"api": "v1", "database": "telemetry"},
-            "metrics": {"listen": f"127.0.0.1:{port}", "token": TOKEN},
+            "metrics": {"listen": f"127.0.0.1:{port}", "token": TOKEN, **(metrics or {})},
         }
     )
 
@@ -120,3 +129,22 @@ def test_nothing_listening_falls_back_to_the_disk(
     """A service that cannot answer now (a 503) is not an error: the buffer is read instead."""
     port, _ = serve(lambda: (503, {}, b'{"error": "no worker is answering"}'))
     assert status.from_service(settings_on(port), top=5) is None
+
+
+def test_a_listener_certificate_issued_by_a_ca_is_trusted_as_it_is(
+    serve: Callable[..., tuple[int, list[dict[str, str]]]], tmp_path: Path
+) -> None:
+    """The listener's own certificate is the anchor even when a CA issued it: the service's
+    answer is read, not silently replaced by the disk's figures; another certificate is not."""
+    ca = make_ca(tmp_path, "ca")
+    cert, key = make_cert(tmp_path, ca, "listener", "IP:127.0.0.1", "serverAuth")
+    other, _ = make_cert(tmp_path, ca, "other", "IP:127.0.0.1", "serverAuth")
+    port, asked = serve(lambda: (200, {}, json.dumps({"runtime": {}}).encode()), (cert, key))
+    tls = {"tls_cert_file": str(cert), "tls_key_file": str(key)}
+    assert status.from_service(settings_on(port, tls), top=5) == {"runtime": {}}
+    assert [h.get("Authorization") for h in asked] == [f"Bearer {TOKEN}"]
+    # A server with a sibling certificate of the same CA is not the listener: no token sent.
+    assert (
+        status.from_service(settings_on(port, {**tls, "tls_cert_file": str(other)}), top=5) is None
+    )
+    assert len(asked) == 1

@@ -4,8 +4,9 @@ A miss reads the database, and anyone who reaches the API can ask for names with
 (500 random names were 500 queries). A name the database did not know is answered from memory
 for `ttl_s`; the table holds at most `max_entries` names, the oldest dropped first, so random
 names cost bounded memory. A name that gets readings later is found in the last-value table
-first, so the negative cache never hides the gateway's own readings; only a device another
-writer stores in the database shows up to `ttl_s` late.
+first, and a name the buffer holds readings of is never remembered (its series may have left
+the bounded last-value table), so the negative cache never hides the gateway's own readings;
+only a device another writer stores in the database shows up to `ttl_s` late.
 """
 
 from __future__ import annotations

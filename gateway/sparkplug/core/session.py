@@ -16,7 +16,8 @@ NBIRTH (which its own DBIRTH follows). An NDEATH counts only when its bdSeq is t
 node's last NBIRTH. The specification has the node put its bdSeq into the will it registers
 at CONNECT and the same number into the NBIRTH that follows, so an NDEATH with another bdSeq
 is the will of a connection the node has since replaced (`ndeath_stale_bdseq`), and one with
-none is not the node's at all (`ndeath_without_bdseq`): any client may publish on the topic.
+none (or a bdSeq that holds no integer) is not the node's at all (`ndeath_without_bdseq`):
+any client may publish on the topic.
 Both are refused, counted in `refused` and logged; the node stays online. (A node whose NBIRTH
 had no bdSeq breaks the specification and gives nothing to match: its NDEATH counts.)
 
@@ -332,7 +333,7 @@ class Sessions:
                 )
                 continue
             if name == BD_SEQ_METRIC and topic.device is None:
-                bd_seq = metric.long_value if metric.HasField("long_value") else metric.int_value
+                bd_seq = _bd_seq(metric)
                 continue
             alias = metric.alias if metric.HasField("alias") else None
             definitions.append((alias, Definition(name, metric.datatype)))
@@ -412,14 +413,7 @@ class Sessions:
         node = self.nodes.get((topic.group, topic.node))
         if node is None:
             return
-        bd_seq = next(
-            (
-                m.long_value if m.HasField("long_value") else m.int_value
-                for m in payload.metrics
-                if m.name == BD_SEQ_METRIC
-            ),
-            None,
-        )
+        bd_seq = next((_bd_seq(m) for m in payload.metrics if m.name == BD_SEQ_METRIC), None)
         if node.bd_seq is not None and bd_seq != node.bd_seq:
             self._refuse_death(topic, node, bd_seq, now_s)
             return
@@ -524,6 +518,19 @@ class Sessions:
                 }
             )
         return nodes
+
+
+def _bd_seq(metric: Metric) -> int | None:
+    """The integer a bdSeq metric holds, or None: one of another type or null holds none.
+
+    Read as protobuf's default, such a metric was 0, the bdSeq of a node's first connection,
+    so any client could take that node offline with a bdSeq of text.
+    """
+    which = metric.WhichOneof("value")
+    if metric.is_null or which not in {"int_value", "long_value"}:
+        return None
+    value: int = getattr(metric, which)
+    return value
 
 
 def _key(group: str, node: str, device: str | None) -> bytes:

@@ -442,6 +442,12 @@ def test_a_short_metrics_token_is_refused_without_showing_it(tmp_path: Path, sou
         "http://Hunter2-pw@influx.example:8086",
         "http://admin:Hunter2-pw@influx.example:notaport",
         "http://admin:Hunter2 pw@influx.example",
+        # A "/", "?" or "#" in the password ends the parsed authority before the "@".
+        "http://admin:Hunter2/pw@influx.example:8086",
+        "http://admin:1234/Hunter2@influx.example:8086",
+        "http://admin:Hunter2?pw@influx.example",
+        "http://admin:Hunter2#pw@influx.example",
+        "http://[::1]:8086/Hunter2@influx.example",
     ],
 )
 def test_a_user_or_password_in_the_database_url_is_refused_and_never_shown(
@@ -460,6 +466,23 @@ def test_a_user_or_password_in_the_database_url_is_refused_and_never_shown(
     assert cli.main(["check-config", str(write(tmp_path, text))]) == 2
     captured = capsys.readouterr()
     assert "Hunter2" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://db:8086/Hunter2 pw",
+        "http://db:port/Hunter2",
+        "http:///Hunter2",
+        "https://:1/Hunter2",
+    ],
+)
+def test_no_refusal_of_the_database_url_repeats_it(tmp_path: Path, url: str) -> None:
+    """Its path may hold a secret too: a malformed URL is refused without being shown."""
+    text = MINIMAL.replace('url = "http://127.0.0.1:8086"', f'url = "{url}"')
+    (found,) = problems(tmp_path, text)
+    assert found.startswith("influx.url: ")
+    assert "Hunter2" not in found
 
 
 def test_a_query_in_the_database_url_is_refused_without_echoing_it(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,9 +20,6 @@ from gateway.sparkplug.core.session import (
     Sessions,
 )
 from gateway.sparkplug.core.topic import parse_topic
-
-if TYPE_CHECKING:
-    import pytest
 
 NOW_NS = 1_700_000_000_000_000_000
 NOW_MS = NOW_NS // 1_000_000
@@ -100,6 +97,34 @@ def test_a_node_whose_nbirth_had_no_bdseq_still_goes_offline_on_its_ndeath() -> 
     take(state, "spBv1.0/g/NDEATH/n", death(None))
     assert not online(state)
     assert state.refused == {NDEATH_WITHOUT_BDSEQ: 0, NDEATH_STALE_BDSEQ: 0}
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        ("bdSeq", None, D.String, "0", None),
+        ("bdSeq", None, D.Double, 0.0, None),
+        ("bdSeq", None, D.Boolean, False, None),
+        ("bdSeq", None, D.Int64, "", None),
+    ],
+)
+def test_a_bdseq_that_is_not_an_integer_is_no_bdseq(metric: tuple) -> None:
+    """Read as protobuf's 0 it matched a first connection's bdSeq 0: refused as none instead."""
+    state = sessions()
+    take(state, "spBv1.0/g/NBIRTH/n", birth(bd=0))
+    assert take(state, "spBv1.0/g/NDEATH/n", [metric]).notes == {}
+    assert online(state)
+    assert state.refused == {NDEATH_WITHOUT_BDSEQ: 1, NDEATH_STALE_BDSEQ: 0}
+    null = parse(encode(NOW_MS, death(0)), 1 << 20)
+    null.metrics[0].ClearField("long_value")
+    null.metrics[0].is_null = True
+    state.take(parse_topic("spBv1.0/g/NDEATH/n"), null, NOW_NS, 0.0, False)
+    assert online(state)
+    assert state.refused[NDEATH_WITHOUT_BDSEQ] == 2
+    # An NBIRTH whose bdSeq holds no integer has none to match: its node's NDEATH counts.
+    take(state, "spBv1.0/g/NBIRTH/m", [metric, *birth(bd=None)])
+    take(state, "spBv1.0/g/NDEATH/m", death(None))
+    assert [n["online"] for n in state.snapshot() if n["edge_node"] == "m"] == [False]
 
 
 @given(
