@@ -98,6 +98,7 @@ DOCUMENT: dict[str, Any] = {
                     "200": _ok("DeviceList", "a page of the devices, by name"),
                     "400": _error_response("a malformed parameter"),
                     "401": _UNAUTHORIZED,
+                    "503": _error_response("the gateway is stopping"),
                 },
             }
         },

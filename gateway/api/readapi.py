@@ -131,7 +131,11 @@ class ReadApi:
         if isinstance(limit, web.Response):
             return limit
         after, name = request.query.get("after", ""), request.query.get("name")
-        return web.json_response(await self._device_list.page(after=after, limit=limit, name=name))
+        try:
+            found = await self._device_list.page(after=after, limit=limit, name=name)
+        except StorageError as exc:  # the buffer closed under the request: the gateway stops
+            return _error(503, str(exc))
+        return web.json_response(found)
 
     async def _latest(self, request: web.Request) -> web.Response:
         device = request.match_info["device"]

@@ -181,6 +181,9 @@ class Buffer:
         )
         self._plain_rules = Rules(budget_bytes=self.budget_bytes)
         self._lock = threading.Lock()
+        # Held by a reader in a worker thread (device_index) and by close: py-lmdb lets go of
+        # the interpreter lock while it reads, so closing the map under a reader would crash.
+        self._thread_reads = threading.Lock()
         # Leases of what the flusher has read, and live-first splits (gateway/buffer/reads.py).
         self._reads = Reads()
         # The accounting, for the flusher's scheduling and admission; it adopts a change only
@@ -386,9 +389,10 @@ class Buffer:
                             logger.warning("buffer checkpoint at close failed: %s", exc)
                             break
         finally:
-            if self._journal is not None:
-                self._journal.close()
-            self._env.close()
+            with self._thread_reads:
+                if self._journal is not None:
+                    self._journal.close()
+                self._env.close()
             self._release()
 
     def abandon(self) -> None:
@@ -783,8 +787,11 @@ class Buffer:
             if device != fifo:
                 classed.setdefault(device, []).append(fifo)
         if self.latest is not None:
-            with self._env.begin() as txn:
-                names |= self.latest.device_names(txn)
+            with self._thread_reads:
+                if self._closed:
+                    raise StorageError("the buffer is closed")
+                with self._env.begin() as txn:
+                    names |= self.latest.device_names(txn)
         return DeviceIndex(sorted(names), classed)
 
     def holds(self, device: str, classes: Iterable[str]) -> bool:

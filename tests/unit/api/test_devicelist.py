@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -10,6 +11,7 @@ from gateway.api import devicelist
 from gateway.api.devicelist import DeviceList
 from gateway.buffer.core.ledger import fifo_name
 from gateway.buffer.store import Buffer
+from gateway.errors import StorageError
 from tests.unit.buffer.test_idle_metadata import reading
 
 if TYPE_CHECKING:
@@ -49,3 +51,33 @@ async def test_pages_list_every_device_once_with_its_backlog(
         assert ([r["device"] for r in found["devices"]], found["next"]) == (["d04"], None)
         missing = await listing.page(after="", limit=100, name="d0")
         assert missing["devices"] == []
+
+
+def test_closing_the_buffer_waits_for_an_index_pass_in_a_thread(tmp_path: Path) -> None:
+    """close() waits for a worker thread's pass over the device names (py-lmdb reads without
+    the interpreter lock); a pass after close is a StorageError, not a read of a closed map."""
+    buffer = Buffer(tmp_path, 64 << 20)
+    buffer.remember("d0", [b"m,device=d0 v=1i 5"])
+    inside, release = threading.Event(), threading.Event()
+    real_names = buffer.latest.device_names  # type: ignore[union-attr]
+
+    def slow_names(txn: object) -> set[str]:
+        inside.set()
+        release.wait(5)
+        return real_names(txn)
+
+    buffer.latest.device_names = slow_names  # type: ignore[union-attr,method-assign]
+    found: list[object] = []
+    reader = threading.Thread(target=lambda: found.append(buffer.device_index().names))
+    reader.start()
+    assert inside.wait(5)
+    closer = threading.Thread(target=buffer.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive(), "close went on under a reader"
+    release.set()
+    reader.join(5)
+    closer.join(5)
+    assert found == [["d0"]]
+    with pytest.raises(StorageError, match="closed"):
+        buffer.device_index()
