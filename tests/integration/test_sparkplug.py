@@ -49,6 +49,16 @@ def start(
     )
 
 
+def born_node(
+    mosquitto: Endpoint, influx: InfluxV1, run_id: str, nodes: list[EdgeNode]
+) -> EdgeNode:
+    """Node edge1 with device pump, once its DBIRTH's Pressure is in the database."""
+    node = pysparkplug_node(mosquitto.port, run_id, "edge1", "pump")
+    nodes.append(node)
+    wait_for(lambda: values(influx, "Pressure"), 20, "the DBIRTH's Pressure")
+    return node
+
+
 def values(influx: InfluxV1, measurement: str) -> list[tuple]:
     series = influx.query(f'SELECT "value", "group", "edge_node", "device" FROM "{measurement}"')
     return [tuple(row[1:]) for row in series[0]["values"]] if series else []
@@ -67,9 +77,7 @@ def test_birth_then_data_lands_named_and_typed(
     nodes: list[EdgeNode],
 ) -> None:
     gw = start(gateway, influx, run_id)
-    node = pysparkplug_node(mosquitto.port, run_id, "edge1", "pump")
-    nodes.append(node)
-    wait_for(lambda: values(influx, "Pressure"), 20, "the DBIRTH's Pressure")
+    node = born_node(mosquitto, influx, run_id, nodes)
     node.send("data", temperature=21.5, pressure=1.25)
     wait_for(lambda: len(values(influx, "Pressure")) == 2, 20, "the DDATA's Pressure")
     wait_for(lambda: len(values(influx, "Temperature")) == 2, 20, "the NDATA's Temperature")
@@ -313,9 +321,7 @@ def test_a_spoofed_ndeath_is_refused_and_a_rogue_nbirth_is_counted(
 ) -> None:
     """Handcrafted messages from another client: the node stays online, the operator sees both."""
     gw = start(gateway, influx, run_id)
-    node = pysparkplug_node(mosquitto.port, run_id, "edge1", "pump")
-    nodes.append(node)
-    wait_for(lambda: values(influx, "Pressure"), 20, "the DBIRTH's Pressure")
+    node = born_node(mosquitto, influx, run_id, nodes)
     gauge = f"gateway_sparkplug_online{{device=,edge_node=edge1,group={run_id}}}"
     bd_seq = gw.get("/api/v1/sparkplug")[1]["nodes"][0]["bd_seq"]  # type: ignore[index]
     topic = f"spBv1.0/{run_id}/NDEATH/edge1"
