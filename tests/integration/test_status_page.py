@@ -17,6 +17,7 @@ import pytest
 
 from gateway import __version__
 from gateway.sparkplug.core.payload import DataType, encode
+from gateway.tools.simulate import device_name
 from tests.gatewayproc import publish_messages, publish_simulated, wait_for
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ ARTIFACTS = Path(
 # "Within a few seconds" of the outage: the flusher's next write fails, the next poll shows it.
 RED_WITHIN_S = 10
 DEVICES = 5
+# The browser resolves every name under this domain to 127.0.0.1.
+RESOLVED_TO_LOOPBACK = "rebound.test"
 
 
 @pytest.fixture
@@ -60,6 +63,8 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         "--no-first-run",
         "--window-size=1280,1400",
         f"--user-data-dir={tmp_path / 'chromium'}",
+        # Names that lead to the gateway on loopback, as a rebinding attacker's name would.
+        f"--host-resolver-rules=MAP *.{RESOLVED_TO_LOOPBACK} 127.0.0.1",
     ):
         options.add_argument(flag)
     # The console, to see whether the Content-Security-Policy refused anything of the page.
@@ -259,3 +264,31 @@ def test_the_device_list_pages_on_and_finds_a_device_by_name(
     wait_for(lambda: [r[0] for r in table(browser, "devices")] == [names[42]], 10, "the search")
     browser.find_element("id", "devices-first").click()
     wait_for(lambda: len(table(browser, "devices")) == 100, 10, "the first page again")
+
+
+def test_a_page_whose_name_was_rebound_to_the_gateway_reads_nothing(
+    browser: WebDriver,
+    gateway: Callable[..., GatewayProcess],
+    mosquitto: Endpoint,
+    run_id: str,
+    own_victoria: servers.Server,
+) -> None:
+    """No token, loopback: a foreign name resolving to 127.0.0.1 gets 421 for the page and the
+    API (what a rebinding page's script would read), and a name in allowed_hosts the page."""
+    allowed = f"gateway.{RESOLVED_TO_LOOPBACK}"
+    gw = gateway(
+        f'url = "{own_victoria.url}"\napi = "v2"\norg = "o"\nbucket = "b"',
+        metrics_extra=f'allowed_hosts = ["{allowed}"]\n',
+    )
+    publish_simulated(mosquitto.port, run_id, 20, DEVICES)
+    wait_for(lambda: gw.readings("accepted") == 20, 30, "the readings accepted")
+    port = gw.base_url.rsplit(":", 1)[1]
+    foreign = f"http://attacker.{RESOLVED_TO_LOOPBACK}:{port}"
+    for path in ("/", "/api/v1/devices", "/api/v1/dead-letters", "/metrics"):
+        browser.get(foreign + path)
+        body = browser.find_element("tag name", "body").text
+        assert "does not answer to that host name" in body, (path, body)
+        assert device_name(0) not in body, (path, body)
+    browser.get(f"http://{allowed}:{port}/")
+    wait_for(lambda: len(table(browser, "devices")) == DEVICES, 10, "the devices on the page")
+    assert csp_violations(browser) == []
