@@ -20,6 +20,7 @@ from gateway.config import loader
 from gateway.config.sections import FlushSettings
 from gateway.observe.brokerstats import BROKER_TOPICS
 from gateway.observe.metrics import Metrics
+from gateway.sparkplug.core.session import Limits, Sessions
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"
@@ -44,6 +45,7 @@ def exported_names() -> set[str]:
     for topic in BROKER_TOPICS:
         metrics.broker.update(topic, b"1")
     metrics.lag_seconds.set(0)
+    metrics.watch_sparkplug(Sessions(Limits(max_aliases=1, max_nodes=1, rebirth_interval_s=1)))
     names = set()
     for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
         names.add(family.name)
