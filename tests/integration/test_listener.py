@@ -205,6 +205,25 @@ def test_silent_connections_are_closed_at_the_deadline_and_evicted_at_the_cap(
             sock.close()
 
 
+def test_empty_lines_before_a_request_do_not_stop_the_header_deadline(
+    gateway: Callable[..., GatewayProcess],
+) -> None:
+    """Blank lines alone (which the parser skips before a request line) are no headers: the
+    connection is closed at the deadline; one with a request behind them is answered."""
+    gw = gateway(NO_DATABASE, wait_connected=False, metrics_extra="header_timeout_s = 1\n")
+    port = int(gw.base_url.rsplit(":", 1)[1])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as blank,
+        socket.create_connection(("127.0.0.1", port), timeout=5) as request,
+    ):
+        blank.sendall(b"\r\n\r\n\r\n")
+        request.sendall(b"\r\n\r\nGET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert request.recv(12) == b"HTTP/1.1 200"
+        started = time.monotonic()
+        assert blank.recv(1) == b"", "closed at the header deadline"
+        assert time.monotonic() - started < 3
+
+
 def test_the_cap_and_the_deadline_hold_over_tls(
     gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
