@@ -181,6 +181,7 @@ def gateway(
         wait_connected: bool = True,
         workers: int = 1,
         open_files: int | None = None,
+        event_loop: str = "default",
         **kwargs: str,
     ) -> GatewayProcess:
         workdir = tmp_path / f"gateway-{len(started)}"
@@ -201,6 +202,7 @@ def gateway(
         process.connections = workers
         process.extra_env = env or {}
         process.open_files = open_files
+        process.event_loop = event_loop
         started.append(process)
         return process.start(wait_connected=wait_connected)
 

@@ -26,6 +26,11 @@ START_TIMEOUT_S = 20.0
 # The read API's last-value table sized for a 1 MiB buffer (the default does not fit it).
 SMALL_API = "latest_series = 500\n"
 PUBLISH_CHUNK = 20_000
+# `python -m gateway` as if uvloop were not installed (importlib finds no module set to None).
+WITHOUT_UVLOOP = (
+    "import runpy, sys; sys.modules['uvloop'] = None; sys.argv[0] = 'gateway'; "
+    "runpy.run_module('gateway', run_name='__main__', alter_sys=True)"
+)
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> object:
@@ -89,18 +94,28 @@ class GatewayProcess:
         self.connections = 1
         # The open-file limit (soft and hard) to start it with; None: the test's own.
         self.open_files: int | None = None
+        # "asyncio": run on asyncio's own loop although uvloop is installed (the gateway's
+        # choice without it), so that both loops' network code is exercised.
+        self.event_loop = "default"
 
     def launch(self) -> None:
         """Start the process and return at once, as systemd's restart would."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
+            [*self._python(), "run", "--config", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self._env(),
             preexec_fn=self._limit_files if self.open_files else None,  # noqa: PLW1509
         )
         log.close()
+
+    def _python(self) -> list[str]:
+        """`python -m gateway`, with uvloop hidden from it for event_loop = "asyncio"."""
+        if self.event_loop == "default":
+            return [sys.executable, "-m", "gateway"]
+        assert self.event_loop == "asyncio", self.event_loop
+        return [sys.executable, "-c", WITHOUT_UVLOOP]
 
     def _limit_files(self) -> None:
         """In the child before exec: its open-file limit, as a unit's LimitNOFILE would set."""

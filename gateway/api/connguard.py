@@ -155,6 +155,9 @@ class GuardedConnection(asyncio.Protocol):
         # TLS: "plain" until the first bytes, then "handshake", then "ready".
         self._tls_state = ""
         self._tail = b""
+        # A byte other than CR or LF came: aiohttp skips empty lines before a request line, so
+        # "\r\n\r\n" alone is no request's headers and must not stop the deadline.
+        self._started = False
         # What the TLS layer delivers before start_tls has returned its transport.
         self._early: list[bytes] = []
         self._lost = False
@@ -229,14 +232,16 @@ class GuardedConnection(asyncio.Protocol):
         if self._tls_state == "plain":
             self._start_tls(data)
             return
-        ends = (self._tail + data).count(END_OF_HEADERS)
+        scanned = data if self._started else data.lstrip(b"\r\n")
+        self._started = bool(scanned)
+        ends = (self._tail + scanned).count(END_OF_HEADERS)
         if ends:
             self.requests_seen += ends
             self._headers_at = asyncio.get_running_loop().time()
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
-        self._tail = (self._tail + data)[-3:]
+        self._tail = (self._tail + scanned)[-3:]
         if self._inner is not None:
             self._inner.data_received(data)
         else:

@@ -8,10 +8,17 @@ descriptors closes a reserved descriptor, accepts and at once closes what waits 
 backlog, and takes the reserve back, as libuv (under uvloop) does: the socket is no longer
 readable, nothing spins, and one warning is logged per episode. Under uvloop libuv accepts on
 its own and this class's `accept` is not called.
+
+asyncio's accept loop also takes up to `backlog` connections a turn, and the connection guard
+counts a connection only two turns after its accept (a task makes the transport, which then
+schedules `connection_made`): a burst held several times the cap in descriptors, enough to run
+out at an open-file limit of 256. So `accept` takes at most `ACCEPTS_PER_TURN` a turn; the
+rest wait in the backlog for the next turn, after the guard has made room.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -21,6 +28,8 @@ import socket
 logger = logging.getLogger(__name__)
 
 OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+# Connections accepted in one turn of asyncio's loop, before the guard has counted any of them.
+ACCEPTS_PER_TURN = 16
 
 
 class SheddingSocket(socket.socket):
@@ -29,6 +38,7 @@ class SheddingSocket(socket.socket):
     reserve: int | None = None
     shed = 0
     _short = False
+    _this_turn = 0
 
     def hold_reserve(self) -> None:
         """Keep one descriptor aside for the moment the others run out."""
@@ -40,6 +50,8 @@ class SheddingSocket(socket.socket):
 
     def accept(self) -> tuple[socket.socket, object]:
         """As `socket.accept`; out of descriptors, the waiting connections are closed."""
+        if self._this_turn >= ACCEPTS_PER_TURN:
+            raise BlockingIOError(errno.EAGAIN, "enough connections accepted this turn")
         try:
             accepted = super().accept()
         except OSError as exc:
@@ -56,8 +68,14 @@ class SheddingSocket(socket.socket):
                 "descriptors)",
                 self.shed,
             )
+        if self._this_turn == 0:
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        self._this_turn += 1
         self.hold_reserve()
         return accepted
+
+    def _next_turn(self) -> None:
+        self._this_turn = 0
 
     def close(self) -> None:
         """Close the socket and its reserve."""
