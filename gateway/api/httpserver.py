@@ -45,7 +45,9 @@ logger = logging.getLogger(__name__)
 # HTTP may hold at most this share of the open-file limit: the rest is the broker's, the
 # database's and LMDB's, so that no crowd of HTTP clients can starve them.
 FILES_PER_HTTP_CONNECTION = 4
-LISTEN_BACKLOG = 128
+# Connections waiting to be accepted take no descriptor of ours; a short queue overflows under
+# a crowd, and a dropped SYN costs a health probe the kernel's one-second retransmit.
+LISTEN_BACKLOG = 1024
 
 
 class Pages(Protocol):
