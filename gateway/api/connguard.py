@@ -56,8 +56,10 @@ class ConnectionGuard:
         # Insertion order is accept order: the first candidate found is the oldest.
         self._open: dict[GuardedConnection, None] = {}
         self._by_transport: dict[object, GuardedConnection] = {}
+        # Connections closed by the guard, by why: for the log and the metrics.
         self.evicted = 0
         self.timed_out = 0
+        self.refused = 0
         self._crowded = False
 
     def __call__(self) -> GuardedConnection:
@@ -90,6 +92,7 @@ class ConnectionGuard:
                     self.max_connections,
                 )
             if victim is None:
+                self.refused += 1
                 conn.close()
                 return False
             self.evicted += 1

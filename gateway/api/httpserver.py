@@ -28,6 +28,7 @@ from gateway.api.connguard import ConnectionGuard
 from gateway.api.core.authheader import is_authorized
 from gateway.api.core.hosts import HostPolicy
 from gateway.api.statuspage import PUBLIC_PATHS
+from gateway.observe.listener import watch_listener
 from gateway.tls import server_context
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from aiohttp.typedefs import Handler, Middleware
+    from prometheus_client import CollectorRegistry
 
     from gateway.config.sections import MetricsSettings
     from gateway.observe.health import Health, Verdict
@@ -73,6 +75,7 @@ class LocalPages:
         """Show `metrics` and judge by `health`."""
         self._metrics = metrics
         self._health = health
+        self.registry = metrics.registry
 
     async def metrics(self) -> bytes:
         """This process's registry."""
@@ -167,9 +170,12 @@ async def serve(
     pages: Pages,
     routes: Sequence[web.RouteDef] = (),
     *,
+    registry: CollectorRegistry | None = None,
     task_status: anyio.abc.TaskStatus,
 ) -> None:
     """Serve on `[metrics] listen` until cancelled; reports started once the socket is bound.
+
+    `registry`: where the listener's connection metrics are exported (gateway/observe/listener.py).
 
     Raises:
         OSError: the address cannot be bound (in use, or not an address of this host).
@@ -196,6 +202,7 @@ async def serve(
     await runner.setup()
     assert runner.server is not None  # noqa: S101 - made by setup()
     guard.set_factory(runner.server)
+    watched = watch_listener(registry, guard) if registry is not None else None
     loop = asyncio.get_running_loop()
     sockets: list[listensock.SheddingSocket] = []
     servers: list[asyncio.Server] = []
@@ -217,6 +224,8 @@ async def serve(
             guard.close_all()
             for sock in sockets:
                 sock.close()
+            if watched is not None and registry is not None:
+                registry.unregister(watched)
 
 
 def connection_cap(configured: int) -> int:

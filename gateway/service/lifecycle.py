@@ -7,6 +7,7 @@ What was not flushed stays buffered for the next start. A second signal skips th
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -271,7 +272,9 @@ async def _serve_pages(
         tg.start_soon(_stop_when_orphaned, worker.parent_pid, name="gateway.parent")
     elif settings.metrics.enabled:
         m = settings.metrics
-        await tg.start(httpserver.serve, m, pages, routes)
+        await tg.start(
+            functools.partial(httpserver.serve, registry=pages.registry), m, pages, routes
+        )
         logger.info(
             "metrics on %s://%s/metrics, health on /healthz and /readyz%s%s",
             "https" if m.tls_cert_file else "http",

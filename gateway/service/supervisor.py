@@ -13,6 +13,7 @@ ready when every worker is, and systemd hears READY, WATCHDOG and STOPPING from 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -103,7 +104,8 @@ class Supervisor:
                     routes = (
                         [*workerapi.routes(self.ask, path), *statuspage.routes()] if api else []
                     )
-                    await tg.start(httpserver.serve, self._settings.metrics, self, routes)
+                    serve = functools.partial(httpserver.serve, registry=self.registry)
+                    await tg.start(serve, self._settings.metrics, self, routes)
                 for child in self._children:
                     tg.start_soon(self._keep_running, child, name=f"gateway.{child.name}")
                 tg.start_soon(self._watch, notifier, name="gateway.watch")

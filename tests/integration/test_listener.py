@@ -200,6 +200,12 @@ def test_silent_connections_are_closed_at_the_deadline_and_evicted_at_the_cap(
         silent[-1].settimeout(5)
         assert silent[-1].recv(1) == b""
         assert 1.0 < time.monotonic() - started < 3.5, "closed at the 2 s header deadline"
+        shown = gw.metrics()
+        assert shown["gateway_http_max_connections"] == 8
+        assert shown["gateway_http_connections_closed_total{reason=evicted}"] >= 1
+        assert shown["gateway_http_connections_closed_total{reason=header_timeout}"] >= 6
+        assert shown["gateway_http_connections_closed_total{reason=refused}"] == 0
+        assert shown["gateway_http_connections"] >= 1  # the scrape's own
     finally:
         for sock in silent:
             sock.close()
