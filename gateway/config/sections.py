@@ -236,10 +236,16 @@ class MetricsSettings(Section):
     @field_validator("allowed_hosts")
     @classmethod
     def _hosts_are_names(cls, hosts: list[str]) -> list[str]:
+        names = []
         for host in hosts:
             if not host or any(c in host for c in ":/[]@ *"):
                 raise ValueError(f"{host!r} is not a host name (no port, scheme or wildcard)")
-        return [host.lower().rstrip(".") for host in hosts]
+            # A browser sends an internationalised name in its ASCII (punycode) form.
+            try:
+                names.append(host.rstrip(".").encode("idna").decode("ascii").lower())
+            except UnicodeError as exc:
+                raise ValueError(f"{host!r} is not a host name: {exc}") from exc
+        return names
 
     @property
     def host_port(self) -> tuple[str, int]:

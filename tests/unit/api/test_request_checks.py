@@ -124,3 +124,18 @@ def test_only_the_token_itself_is_authorized(header: str, token: str) -> None:
     expected = token.encode()
     assert is_authorized(f"bEaReR {token}", expected)
     assert is_authorized(header, expected) is (bearer_token(header) == expected)
+
+
+def test_allowed_hosts_are_kept_as_a_browser_sends_them() -> None:
+    """An internationalised name is listed in its punycode form, in lower case, without the
+    root's dot: the form a browser's Host header has; a name with a port is refused."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from gateway.config.sections import MetricsSettings  # noqa: PLC0415
+
+    settings = MetricsSettings(allowed_hosts=["Bücher.Example.", "gateway"])
+    assert settings.allowed_hosts == ["xn--bcher-kva.example", "gateway"]
+    policy = HostPolicy.of("127.0.0.1", settings.allowed_hosts)
+    assert policy.allows("xn--bcher-kva.example:9108")
+    with pytest.raises(ValidationError, match="allowed_hosts"):
+        MetricsSettings(allowed_hosts=["gateway:9108"])
