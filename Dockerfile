@@ -15,7 +15,8 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock \
     && pip install --no-cache-dir --no-deps /wheels/*.whl && pip check \
     && rm -rf /wheels /tmp/requirements.lock \
-    && useradd --system --uid 10001 --home-dir /var/lib/gateway gateway \
+    && groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/gateway gateway \
     && mkdir -p /var/lib/gateway /etc/gateway && chown gateway /var/lib/gateway
 USER gateway
 # The buffer: keep it on a volume, or a container restart loses what was not yet delivered.

@@ -8,8 +8,9 @@ set -eu
 
 out=${GATEWAY_TOKEN_FILE:-/run/influx-gateway/token}
 bucket_id=${DOCKER_INFLUXDB_INIT_BUCKET_ID:?the image sets it after setup}
-# The gateway's user in the image it runs in (Dockerfile: useradd --uid 10001).
+# The gateway's user and group in the image it runs in (Dockerfile: uid and gid 10001).
 gateway_uid=${GATEWAY_UID:-10001}
+gateway_gid=${GATEWAY_GID:-10001}
 umask 077
 
 token=$(
@@ -27,9 +28,12 @@ if [ -z "$token" ]; then
 fi
 mkdir -p "$(dirname "$out")"
 printf '%s\n' "$token" >"$out.new"
+# The image runs this as its own user: the directory (made by compose's
+# influx-gateway-token-dir) is set-group-id to the gateway's group, which gives the token that
+# group, readable by the gateway and nobody else. Run as root, the token is the gateway's own.
 if [ "$(id -u)" = 0 ]; then
-    chown "$gateway_uid" "$out.new"
+    chown "$gateway_uid:$gateway_gid" "$out.new"
 fi
-chmod 0400 "$out.new"
+chmod 0440 "$out.new"
 mv "$out.new" "$out"
 echo "gateway-token: made the gateway's bucket-scoped token in $out"

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -344,37 +345,69 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
     )
 
 
-def test_the_token_script_asks_for_the_bucket_alone_and_hands_the_file_to_the_gateway(
-    tmp_path: Path,
-) -> None:
-    """`influx auth create` is asked for read and write on one bucket; the file is 0400."""
+def as_user(
+    uid: int, *command: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`command` run as user and group `uid`, with no other group."""
+    ids = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    return subprocess.run(
+        ["setpriv", *ids, *command], env=env, capture_output=True, text=True, check=False
+    )
+
+
+def test_the_token_script_asks_for_the_bucket_alone_and_hands_the_file_to_the_gateway() -> None:
+    """`influx auth create` is asked for read and write on one bucket; run as InfluxDB's user
+    in the directory compose makes, the token is readable by the gateway's user alone."""
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as the images' users")
     script = DEPLOY / "influxdb" / "gateway-token.sh"
     assert os.access(script, os.X_OK)  # run-parts skips a script that is not executable
-    uid = re.search(r"--uid (\d+)", (ROOT / "Dockerfile").read_text())
-    assert uid is not None
-    assert f"GATEWAY_UID:-{uid.group(1)}" in script.read_text()
-    # The influx CLI of the image, as far as this script sees it: its arguments, its JSON.
-    fake = tmp_path / "bin" / "influx"
-    fake.parent.mkdir()
-    fake.write_text(
-        "#!/bin/sh\n"
-        f'printf "%s\\n" "$@" > {tmp_path}/args\n'
-        'printf \'{\\n\\t"id": "0a1",\\n\\t"token": "tok_en-==",\\n\\t"status": "active"\\n}\\n\'\n'
-    )
-    fake.chmod(0o755)
-    out = tmp_path / "volume" / "token"
-    environ = {
-        "PATH": f"{fake.parent}:{os.environ['PATH']}",
-        "GATEWAY_TOKEN_FILE": str(out),
-        "GATEWAY_UID": str(os.getuid()),
-        "DOCKER_INFLUXDB_INIT_ORG_ID": "org1",
-        "DOCKER_INFLUXDB_INIT_BUCKET_ID": "bucket1",
-        "DOCKER_INFLUXDB_INIT_BUCKET": "telemetry",
-    }
-    subprocess.run(["sh", str(script)], env=environ, check=True, capture_output=True)
-    assert out.read_text() == "tok_en-==\n"
-    assert out.stat().st_mode & 0o777 == 0o400
-    args = (tmp_path / "args").read_text().splitlines()
+    ids = re.search(r"--uid (\d+) --gid (\d+)", (ROOT / "Dockerfile").read_text())
+    assert ids is not None
+    assert ids.groups() == ("10001", "10001")
+    text = script.read_text()
+    assert "GATEWAY_UID:-10001" in text
+    assert "GATEWAY_GID:-10001" in text
+    # A directory every user may enter, as the containers' volumes are to their users.
+    shared = Path(tempfile.mkdtemp(prefix="token-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)
+        # The influx CLI of the image, as far as this script sees it: its arguments, its JSON.
+        fake = shared / "bin" / "influx"
+        fake.parent.mkdir()
+        fake.write_text(
+            "#!/bin/sh\n"
+            f'printf "%s\\n" "$@" > {shared}/args\n'
+            'printf \'{\\n\\t"id": "0a1",\\n\\t"token": "tok_en-==",\\n\'\n'
+            'printf \'\\t"status": "active"\\n}\\n\'\n'
+        )
+        fake.chmod(0o755)
+        (shared / "args").touch()
+        (shared / "args").chmod(0o666)
+        # What compose's influx-gateway-token-dir runs, on the volume.
+        compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+        made = compose["services"]["influx-gateway-token-dir"]
+        assert made["user"] == "0:0"
+        volume = shared / "run" / "influx-gateway"
+        volume.parent.mkdir()
+        subprocess.run([*made["entrypoint"][:-1], str(volume)], check=True)
+        out = volume / "token"
+        environ = {
+            "PATH": f"{fake.parent}:{os.environ['PATH']}",
+            "GATEWAY_TOKEN_FILE": str(out),
+            "DOCKER_INFLUXDB_INIT_ORG_ID": "org1",
+            "DOCKER_INFLUXDB_INIT_BUCKET_ID": "bucket1",
+            "DOCKER_INFLUXDB_INIT_BUCKET": "telemetry",
+        }
+        as_user(1000, "sh", str(script), env=environ).check_returncode()  # InfluxDB's user
+        assert (out.stat().st_gid, out.stat().st_mode & 0o777) == (10001, 0o440)
+        assert as_user(10001, "cat", str(out)).stdout == "tok_en-==\n"
+        denied = as_user(2000, "cat", str(out))
+        assert denied.returncode != 0
+        assert "tok_en" not in denied.stdout
+        args = (shared / "args").read_text().splitlines()
+    finally:
+        shutil.rmtree(shared)
     assert args[:2] == ["auth", "create"]
     assert args[args.index("--read-bucket") + 1] == "bucket1"
     assert args[args.index("--write-bucket") + 1] == "bucket1"
