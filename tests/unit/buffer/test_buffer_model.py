@@ -44,6 +44,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from gateway.buffer import checkpoint
 from gateway.buffer.core.admission import Lane, Policy, Rules
+from gateway.buffer.core.ledger import DEFAULT_CLASS
 from gateway.buffer.store import DEFAULT_LATEST_SERIES, Buffer
 from gateway.errors import CapacityError, StorageError
 from gateway.points.model import Reading
@@ -565,6 +566,20 @@ class BufferMachine(RuleBasedStateMachine):
         for device in self.touched:
             assert self.buffer.readings_of(device) == list(self.model[device]), device
         self.touched.clear()
+
+    @invariant()
+    def device_list_agrees(self) -> None:
+        # The read API's pages: every device holding readings is listed once, in name order,
+        # with the model's count, and the miss cache may not call it unknown.
+        buffered = self._buffered()
+        index = self.buffer.device_index()
+        assert index.names == sorted(set(index.names))
+        assert set(buffered) <= set(index.names)
+        accounting, _ = self.buffer.device_details(buffered, index)
+        assert {d: sum(s.readings for s in accounting[d]) for d in buffered} == {
+            d: len(self.model[d]) for d in buffered
+        }
+        assert all(self.buffer.holds(d, [DEFAULT_CLASS]) for d in buffered)
 
     @invariant()
     def full_scan_agrees(self) -> None:
