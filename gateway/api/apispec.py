@@ -435,6 +435,44 @@ DOCUMENT: dict[str, Any] = {
                                 "minimum": 0,
                                 "description": "[metrics] max_loop_lag_s: /healthz fails beyond",
                             },
+                            "disk": {
+                                "type": "object",
+                                "description": "Bytes the gateway wrote to storage (absent where "
+                                "/proc/self/io is unreadable); null: not known yet",
+                                "required": ["written_bytes"],
+                                "properties": {
+                                    "written_bytes": {"type": "integer", "minimum": 0},
+                                    "bytes_per_reading": {
+                                        "type": "number",
+                                        "nullable": True,
+                                        "minimum": 0,
+                                        "description": "Since start, per reading accepted",
+                                    },
+                                    "bytes_per_hour": {
+                                        "type": "number",
+                                        "nullable": True,
+                                        "minimum": 0,
+                                    },
+                                    "bytes_per_day": {
+                                        "type": "number",
+                                        "nullable": True,
+                                        "minimum": 0,
+                                    },
+                                    "endurance_remaining_bytes": {
+                                        "type": "number",
+                                        "nullable": True,
+                                        "minimum": 0,
+                                    },
+                                    "projected_life_days": {
+                                        "type": "number",
+                                        "nullable": True,
+                                        "minimum": 0,
+                                        "description": "At the daily rate, until [buffer] "
+                                        "endurance_tbw is used (null: not set, no rate yet or "
+                                        "nothing written)",
+                                    },
+                                },
+                            },
                         },
                     },
                 },

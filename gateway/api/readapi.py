@@ -224,6 +224,9 @@ class ReadApi:
             "loop_lag_p99_s": self._health.loop_lag.quantile(0.99, now),
             "loop_lag_limit_s": self._health.max_loop_lag_s,
         }
+        disk = self._metrics.disk.figures(snapshot.outcomes["accepted"])
+        if disk is not None:
+            view["runtime"]["disk"] = disk
         return web.json_response(view)
 
 

@@ -56,6 +56,10 @@ class BufferSettings(Section):
     # Devices (per device class) with buffered readings; readings of more are refused, so that
     # a firmware bug putting random ids in topics cannot fill the disk with keys.
     max_devices: int = Field(default=100_000, ge=1)
+    # The card's rated endurance in terabytes written, and what it had taken when installed:
+    # with them, gateway_disk_projected_life_days (gateway/observe/diskwear.py).
+    endurance_tbw: float | None = Field(default=None, gt=0)
+    endurance_used_tb: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _watermarks_are_ordered(self) -> BufferSettings:

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from gateway import __version__
 from gateway.observe.accounting import Accounting
 from gateway.observe.brokerstats import BrokerStats
+from gateway.observe.diskwear import DiskWear, DiskWearCollector
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -84,6 +85,8 @@ class Metrics:
         self.broker = BrokerStats()
         r.register(self.broker)
         r.register(_AccountingCollector(self))
+        self.disk = DiskWear()
+        r.register(DiskWearCollector(self.disk, self.accepted))
         # Which version runs, for dashboards and upgrades: gateway_build_info{version} 1.
         Info("gateway_build", "The gateway's version", registry=r).info({"version": __version__})
         self.invalid = Counter(
@@ -260,6 +263,10 @@ class Metrics:
             self.writes.labels(result)
         for cause in PAUSE_CAUSES:
             self.intake_pauses.labels(cause)
+
+    def accepted(self) -> int:
+        """Readings accepted into the buffer since start."""
+        return self.accounting.snapshot().outcomes["accepted"]
 
     def sparkplug_state(self, group: str, edge_node: str, device: str | None, online: bool) -> None:
         """Show a Sparkplug B edge node or device as online or offline."""

@@ -55,6 +55,7 @@ class Housekeeping:
             self.ingest.housekeeping()
             sealing = self.buffer.maintain()
             self.metrics.dead_letters.set(self.buffer.dead_letter_count())
+            self.metrics.disk.sample()
             # The ping says the loop turns, which it does here: a stall that is over (which
             # /healthz reports for a minute) must not make systemd kill a gateway that recovered.
             self.notifier.send(WATCHDOG="1", STATUS=self.status_line())

@@ -85,6 +85,9 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
         metrics.mqtt_speedup.labels(speedup).set(int(active))
     notifier = Notifier()
     b = settings.buffer
+    metrics.disk.endurance_tbw = b.endurance_tbw
+    metrics.disk.endurance_used_tb = b.endurance_used_tb
+    metrics.disk.sole_writer = worker is None
     buffer = _open_buffer(settings, metrics)
     health = Health(started=time.monotonic(), max_loop_lag_s=settings.metrics.max_loop_lag_s)
     metrics.loop_lag_max.set_function(lambda: health.loop_lag.recent_max(time.monotonic()))

@@ -17,6 +17,7 @@ from gateway.api import apispec
 from gateway.api.core import pages
 from gateway.api.readapi import BUSY_RETRY_AFTER_S, DEFAULT_LIMIT, DEFAULT_TOP
 from gateway.buffer import view as buffer_view
+from gateway.observe import diskwear
 
 # (HTTP status, JSON body) of each worker's answer to one request.
 Answers = list[tuple[int, dict[str, Any]]]
@@ -169,5 +170,8 @@ def merge_status(answers: Answers, path: str, top: int) -> tuple[int, dict[str, 
         "loop_lag_p99_s": max(r.get("loop_lag_p99_s", 0.0) for r in runtimes),
         "loop_lag_limit_s": runtimes[0].get("loop_lag_limit_s", 0.0),
     }
+    disks = [r["disk"] for r in runtimes if "disk" in r]
+    if disks and len(disks) == len(runtimes):
+        view["runtime"]["disk"] = diskwear.combine(disks, readings.get("accepted", 0))
     view["devices"] = view["devices"][:top]
     return 200, view

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from gateway.observe import procio
 from gateway.tools import servers
 from gateway.tools.demo import scrape, write_config
 
@@ -143,13 +144,7 @@ def rss_mib(pid: int, key: str = "VmRSS") -> float:
 
 def write_bytes(pid: int) -> int:
     """Bytes one process caused to be written to storage (0 where /proc does not say)."""
-    try:
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return procio.read_write_bytes(pid) or 0
 
 
 def cpu_s(pid: int) -> float:

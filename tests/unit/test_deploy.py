@@ -46,6 +46,9 @@ def exported_names() -> set[str]:
     for topic in BROKER_TOPICS:
         metrics.broker.update(topic, b"1")
     metrics.lag_seconds.set(0)
+    metrics.disk.endurance_tbw = 1.0
+    metrics.disk.day.add(0.0, 0)
+    metrics.disk.day.add(3600.0, 1000)
     metrics.watch_sparkplug(Sessions(Limits(max_aliases=1, max_nodes=1, rebirth_interval_s=1)))
     names = set()
     for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):

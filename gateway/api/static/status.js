@@ -75,6 +75,7 @@ function glance(status, now) {
   show("loop-lag", duration(loopLag), loopLag, stalled ? "bad" : "ok");
   document.getElementById("loop-lag-p99").textContent =
     "most in the last minute; p99 " + duration(run.loop_lag_p99_s ?? 0);
+  wear(run.disk);
   const readings = run.readings;
   if (previous !== null && now > previous.t) {
     const dt = (now - previous.t) / 1000;
@@ -87,6 +88,37 @@ function glance(status, now) {
   document.getElementById("version").textContent = run.version ? "version " + run.version : "";
   document.getElementById("updated").textContent =
     "updated " + new Date(now).toLocaleTimeString();
+}
+
+function bytes(value) {
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  let i = 0;
+  while (value >= 1000 && i < units.length - 1) { value /= 1000; i += 1; }
+  return number(value, i === 0 ? 0 : 1) + " " + units[i];
+}
+
+// Flash wear: absent where /proc/self/io is unreadable, null figures while not known yet.
+function wear(disk) {
+  const known = (value) => disk !== undefined && value !== null && value !== undefined;
+  const perReading = disk?.bytes_per_reading;
+  show("disk-per-reading", known(perReading) ? number(perReading) + " B" : "-", perReading ?? "");
+  document.getElementById("disk-written").textContent =
+    disk ? bytes(disk.written_bytes) + " since start" : "not readable here";
+  const perDay = disk?.bytes_per_day;
+  show("disk-per-day", known(perDay) ? bytes(perDay) : "measuring", perDay ?? "");
+  const perHour = disk?.bytes_per_hour;
+  document.getElementById("disk-per-hour").textContent =
+    known(perHour) ? bytes(perHour) + " in the last hour" : "";
+  const life = disk?.projected_life_days;
+  let text = "-";
+  if (known(disk?.endurance_remaining_bytes)) {
+    if (known(life)) text = number(life) + " days";
+    else text = perDay === 0 ? "no writes" : "measuring";
+  }
+  show("disk-life", text, life ?? "");
+  // Under a year left is what GatewayFlashWearing alerts on.
+  document.getElementById("disk-life").className =
+    known(life) && life < 365 ? "figure bad" : "figure";
 }
 
 function remember(status) {
