@@ -58,8 +58,10 @@ class BufferSettings(Section):
     max_devices: int = Field(default=100_000, ge=1)
     # The card's rated endurance in terabytes written, and what it had taken when installed:
     # with them, gateway_disk_projected_life_days (gateway/observe/diskwear.py).
-    endurance_tbw: float | None = Field(default=None, gt=0)
-    endurance_used_tb: float = Field(default=0.0, ge=0)
+    # Bounded and finite: the figures go out as JSON, which has no infinity (a million TB is
+    # far past any card's rating).
+    endurance_tbw: float | None = Field(default=None, gt=0, le=1e6, allow_inf_nan=False)
+    endurance_used_tb: float = Field(default=0.0, ge=0, le=1e6, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _watermarks_are_ordered(self) -> BufferSettings:

@@ -68,6 +68,14 @@ class RateWindow:
         t1, v1 = self._latest
         if t1 - t0 < self._min_span_s:
             return None
+        start = t1 - self._span_s
+        if t0 < start and len(self._samples) > 1:
+            # After a pause of the ticks (a stalled loop, a stopped process) the oldest sample
+            # can be hours before the window: the counter is taken at the window's start,
+            # along the line to the next sample, so the rate stays over the span.
+            ta, va = self._samples[1]
+            at_start = v0 + (va - v0) * (start - t0) / (ta - t0)
+            return max(0.0, v1 - at_start) / (t1 - start)
         return max(0, v1 - v0) / (t1 - t0)
 
 
@@ -81,6 +89,9 @@ def projected_life_days(
     if endurance_tbw is None or bytes_per_day is None:
         return None
     remaining = max(0.0, (endurance_tbw - used_tb) * TB)
+    # A used-up card has no life left, written to or not.
+    if remaining == 0:
+        return 0.0
     if bytes_per_day <= 0:
         return math.inf
     return remaining / bytes_per_day
@@ -202,8 +213,9 @@ def combine(workers: list[dict[str, Any]], accepted: int) -> dict[str, Any]:
     per_day = total("bytes_per_day")
     remaining = workers[0]["endurance_remaining_bytes"]
     life = None
-    if remaining is not None and per_day:
-        life = remaining / per_day
+    if remaining is not None and per_day is not None:
+        # As projected_life_days: used up is 0 days, nothing written (infinite) is null.
+        life = 0.0 if remaining == 0 else remaining / per_day if per_day > 0 else None
     return {
         "written_bytes": written,
         "bytes_per_reading": written / accepted if accepted else None,

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from gateway.config.sections import BufferSettings
 from gateway.observe import diskwear, procio
 from gateway.observe.diskwear import DiskWear, RateWindow, projected_life_days
 from gateway.observe.metrics import Metrics
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 PROC_IO = """rchar: 2012
 wchar: 4096
@@ -145,3 +151,40 @@ def test_workers_figures_add_up_to_the_gateway() -> None:
     assert both["bytes_per_hour"] is None
     assert both["bytes_per_day"] == 2e9
     assert both["projected_life_days"] == 500.0
+
+
+def test_the_hourly_rate_after_hours_without_ticks_is_over_the_last_hour() -> None:
+    """After a pause of the samples the rate is over the last hour, not over the pause too."""
+    window = RateWindow(3600.0)
+    for t in range(0, 3600, 10):
+        window.add(float(t), t * 1000)
+    paused_until = 6 * 3600
+    window.add(float(paused_until), 3600 * 1000)
+    for t in range(paused_until + 10, paused_until + 610, 10):
+        window.add(float(t), 3600 * 1000 + (t - paused_until) * 1000)
+    # Ten minutes at 1000 B/s in the last hour; the five silent hours before it do not count.
+    assert window.per_second() == pytest.approx(600 * 1000 / 3600, rel=0.02)
+
+
+def test_a_used_up_card_has_no_life_left_even_unwritten() -> None:
+    """A rating already used up is 0 days, also while nothing is written, alone or over workers."""
+    assert projected_life_days(3.0, 3.5, 0.0) == 0
+    worker = {
+        "written_bytes": 0,
+        "bytes_per_hour": 0.0,
+        "bytes_per_day": 0.0,
+        "endurance_remaining_bytes": 0.0,
+    }
+    assert diskwear.combine([worker, worker], accepted=0)["projected_life_days"] == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("endurance_tbw", math.inf), ("endurance_tbw", 1e300), ("endurance_used_tb", math.inf)],
+)
+def test_an_endless_rating_is_refused_as_json_has_no_infinity(
+    key: str, value: float, tmp_path: Path
+) -> None:
+    """An infinite or overflowing rating is a configuration error naming the key."""
+    with pytest.raises(ValidationError, match=key):
+        BufferSettings(path=tmp_path, **{"endurance_tbw": 1.0, key: value})
