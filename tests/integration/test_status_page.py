@@ -292,3 +292,47 @@ def test_a_page_whose_name_was_rebound_to_the_gateway_reads_nothing(
     browser.get(f"http://{allowed}:{port}/")
     wait_for(lambda: len(table(browser, "devices")) == DEVICES, 10, "the devices on the page")
     assert csp_violations(browser) == []
+
+
+# The wear tiles' texts as the page's own wear() draws them from a runtime.disk, read in the same
+# script so that the page's next poll cannot redraw them in between.
+WEAR_TILES = """
+wear(arguments[0] === null ? undefined : arguments[0]);
+return ["disk-per-reading", "disk-written", "disk-per-day", "disk-life"].map(
+  (id) => document.getElementById(id).textContent);
+"""
+
+
+def test_the_wear_tiles_show_what_is_known_and_nothing_where_proc_is_unreadable(
+    browser: WebDriver, gateway: Callable[..., GatewayProcess]
+) -> None:
+    """Null and used-up wear figures draw without error; absent ones are '-', not 'measuring'."""
+    gw = gateway('url = "http://127.0.0.1:9"\napi = "v1"\ndatabase = "x"', wait_connected=False)
+    browser.get(gw.base_url + "/")
+    wait_for(
+        lambda: shown(browser, "disk-written")[0].endswith("since start"), 10, "the bytes written"
+    )
+    nulls = {
+        "written_bytes": 4096,
+        "bytes_per_reading": None,
+        "bytes_per_hour": None,
+        "bytes_per_day": None,
+        "endurance_remaining_bytes": 10**12,
+        "projected_life_days": None,
+    }
+    used_up = {
+        **nulls,
+        "bytes_per_day": 0,
+        "endurance_remaining_bytes": 0,
+        "projected_life_days": 0,
+    }
+    assert browser.execute_script(WEAR_TILES, nulls) == [
+        "-",
+        "4.1 kB since start",
+        "measuring",
+        "measuring",
+    ]
+    assert browser.execute_script(WEAR_TILES, used_up)[3] == "0 days"
+    assert shown(browser, "disk-life")[2] == "figure bad"
+    assert browser.execute_script(WEAR_TILES, None) == ["-", "not readable here", "-", "-"]
+    assert not [e for e in browser.get_log("browser") if e["source"] == "javascript"]

@@ -101,11 +101,13 @@ function bytes(value) {
 function wear(disk) {
   const known = (value) => disk !== undefined && value !== null && value !== undefined;
   const perReading = disk?.bytes_per_reading;
-  show("disk-per-reading", known(perReading) ? number(perReading) + " B" : "-", perReading ?? "");
+  // One decimal: a gateway batching well writes a few bytes per reading.
+  show("disk-per-reading", known(perReading) ? number(perReading, 1) + " B" : "-", perReading ?? "");
   document.getElementById("disk-written").textContent =
     disk ? bytes(disk.written_bytes) + " since start" : "not readable here";
   const perDay = disk?.bytes_per_day;
-  show("disk-per-day", known(perDay) ? bytes(perDay) : "measuring", perDay ?? "");
+  // Not readable here (or on one of the workers) is no figure ever, not one to wait for.
+  show("disk-per-day", known(perDay) ? bytes(perDay) : disk ? "measuring" : "-", perDay ?? "");
   const perHour = disk?.bytes_per_hour;
   document.getElementById("disk-per-hour").textContent =
     known(perHour) ? bytes(perHour) + " in the last hour" : "";
