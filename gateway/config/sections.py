@@ -69,6 +69,13 @@ class BufferSettings(Section):
             raise ValueError("need low_watermark < high_watermark")
         return self
 
+    @model_validator(mode="after")
+    def _used_needs_a_rating(self) -> BufferSettings:
+        # Otherwise taken silently and never used: no projected life, and nothing says why.
+        if self.endurance_used_tb and self.endurance_tbw is None:
+            raise ValueError("endurance_used_tb needs endurance_tbw, the card's rating")
+        return self
+
     @field_validator("capacity")
     @classmethod
     def _capacity_is_usable(cls, capacity: ByteSize) -> ByteSize:

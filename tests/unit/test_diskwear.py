@@ -188,3 +188,28 @@ def test_an_endless_rating_is_refused_as_json_has_no_infinity(
     """An infinite or overflowing rating is a configuration error naming the key."""
     with pytest.raises(ValidationError, match=key):
         BufferSettings(path=tmp_path, **{"endurance_tbw": 1.0, key: value})
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=-1e5, max_value=1e6), st.integers(0, 2**50)),
+        max_size=300,
+    )
+)
+def test_any_clock_and_counter_give_a_finite_rate_and_bounded_memory(
+    ticks: list[tuple[float, int]],
+) -> None:
+    """A clock that jumps either way and a counter that goes back never raise or go negative."""
+    window = RateWindow(3600.0, slots=120)
+    for t, value in ticks:
+        window.add(t, value)
+        assert len(window) <= 120 + 2
+        rate = window.per_second()
+        assert rate is None or (math.isfinite(rate) and rate >= 0)
+
+
+def test_wear_taken_without_a_rating_is_refused(tmp_path: Path) -> None:
+    """endurance_used_tb without endurance_tbw would be ignored: the error names both keys."""
+    with pytest.raises(ValidationError, match="endurance_used_tb needs endurance_tbw"):
+        BufferSettings(path=tmp_path, endurance_used_tb=0.5)
+    assert BufferSettings(path=tmp_path, endurance_used_tb=0.0).endurance_tbw is None
