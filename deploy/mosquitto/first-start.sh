@@ -1,7 +1,7 @@
 #!/bin/sh
 # The compose broker's entrypoint: at the first start, make its password file and ACL on the data
 # volume, then run the image's own entrypoint with the command. The files are made only when
-# absent, so logins added later (README "Security") and an edited ACL survive every restart.
+# absent, so logins added later (docs/operator-guide.md) and an edited ACL survive every restart.
 #
 # The gateway's login is "gateway" with the password in the mqtt_gateway_password secret. The
 # password goes through a file hashed in place (mosquitto_passwd -U), never on a command line,

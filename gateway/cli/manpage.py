@@ -23,8 +23,10 @@ EXTRA_SECTIONS = {
         "/etc/gateway/credentials/: secrets, one file each, handed to the service as systemd "
         "credentials named gateway_<file name>.\n\n"
         "/var/lib/gateway/: the buffer (LMDB), the dead letters and the reject log.\n\n"
-        "/usr/share/doc/gateway/: the README, the reference configuration, the Grafana "
-        "dashboard and the Prometheus alert rules."
+        "/usr/share/doc/gateway/: the README, the operator's guide (operator-guide.md, with the "
+        "alert runbook), the configuration reference, the design, performance figures and the "
+        "reference configuration.\n\n"
+        "/usr/share/gateway/: the Grafana dashboard and the Prometheus alert rules."
     ),
     "environment": (
         "GATEWAY__SECTION__KEY=value sets [section] key of the configuration.\n\n"

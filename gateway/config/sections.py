@@ -19,7 +19,7 @@ from pydantic import (
 from gateway.config.mqtt import TlsSettings
 from gateway.config.section import Section, both_or_neither
 
-# How durable a commit is before readings are acknowledged (README: durability choices).
+# How durable a commit is before readings are acknowledged (docs/operator-guide.md).
 SyncMode = Literal["commit", "interval", "none"]
 # systemd/gateway.service's WatchdogSec: a loop that does not turn this long is killed.
 WATCHDOG_S = 30.0

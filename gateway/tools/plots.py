@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
-# One size for every chart, readable in the README and on a laptop screen.
+# One size for every chart, readable in docs/performance.md and on a laptop screen.
 FIGURE_INCHES = (9.0, 4.2)
 DPI = 110
 # The delivered rate is taken over this window: the samples are half a second apart.

@@ -181,7 +181,7 @@ def start_mosquitto(
         "persistence true\n"
         f"persistence_location {workdir}/\n"
         # The defaults (1000 queued, 20 in flight) would drop QoS 1 messages for a gateway that
-        # is away, and throttle one that is present; see the README's broker section.
+        # is away, and throttle one that is present; see docs/operator-guide.md, broker settings.
         "max_queued_messages 10000000\n"
         "max_queued_bytes 0\n"
         "max_inflight_messages 0\n"

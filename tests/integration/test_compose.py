@@ -45,7 +45,7 @@ READINGS = 500
 LAND_TIMEOUT_S = 180
 DEADLINE_S = 10.0
 GATEWAY_PASSWORD = "gateway-broker-password-5f3a"
-# Logins the README's one-liner would add: sensors by device id, Sparkplug nodes by node id.
+# Logins the operator guide's one-liner would add: sensors by device id, Sparkplug nodes by node id.
 LOGINS = {"dev-a": "pw-dev-a", "dev-b": "pw-dev-b", "node-a": "pw-node-a", "node-b": "pw-node-b"}
 
 
@@ -262,7 +262,7 @@ def landed(run_id: str) -> int:
 
 
 def test_the_compose_stack_lands_readings(tmp_path: Path, run_id: str) -> None:
-    """Sensors with logins added the README's way publish; their readings land in InfluxDB."""
+    """Sensors with logins added the guide's way publish; their readings land in InfluxDB."""
     if backends.BACKEND != "docker" or shutil.which("docker") is None:
         pytest.skip(f"needs a Docker engine with compose ({backends.BACKEND_ENV}=docker)")
     project = tmp_path / "deploy"

@@ -39,7 +39,8 @@ def test_bytes_written_are_what_the_benchmark_measures_of_the_process(
     assert written <= read <= written + TOLERANCE_BYTES
     per_reading = scraped["gateway_disk_written_bytes_per_reading"]
     assert per_reading == pytest.approx(written / count)
-    # The README's end-to-end figures are 116-175 B a reading; start-up writes add to a short run.
+    # docs/performance.md's end-to-end figures are 116-175 B a reading; start-up writes add to a
+    # short run.
     assert 10 < per_reading < 100_000
     code, status = gw.get("/api/v1/status")
     assert code == 200

@@ -23,6 +23,7 @@ INSTALLED = [
     Path("/etc/gateway/gateway.toml"),
     Path("/etc/gateway/credentials"),
     Path("/usr/share/doc/gateway/reference.toml"),
+    Path("/usr/share/doc/gateway/operator-guide.md"),
     Path("/usr/share/gateway/grafana-dashboard.json"),
     Path("/usr/share/gateway/prometheus-alerts.yml"),
     Path("/usr/share/man/man1/gateway.1.gz"),

@@ -26,7 +26,7 @@ def decoder(**kwargs: object) -> Decoder:
 
 
 def test_default_mapping_is_the_documented_point() -> None:
-    """The README's example message becomes exactly the README's point."""
+    """The example message of docs/data-mapping.md becomes exactly its point."""
     result = decoder().decode(
         "sensors/dev-1/telemetry", b'{"ts": 1700000000000, "temp": 21.5, "hum": 40.2}', NOW_NS
     )
