@@ -23,9 +23,9 @@ EXTRA_SECTIONS = {
         "/etc/gateway/credentials/: secrets, one file each, handed to the service as systemd "
         "credentials named gateway_<file name>.\n\n"
         "/var/lib/gateway/: the buffer (LMDB), the dead letters and the reject log.\n\n"
-        "/usr/share/doc/gateway/: the README, the operator's guide (operator-guide.md, with the "
-        "alert runbook), the configuration reference, the design, performance figures and the "
-        "reference configuration.\n\n"
+        "/usr/share/doc/gateway/: the README; docs/ (the operator's guide operator-guide.md with "
+        "the alert runbook, the configuration reference, the design, performance figures); "
+        "config/reference.toml, the reference configuration.\n\n"
         "/usr/share/gateway/: the Grafana dashboard and the Prometheus alert rules."
     ),
     "environment": (

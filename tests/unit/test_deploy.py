@@ -93,7 +93,9 @@ def test_every_alert_links_to_its_runbook_section_of_the_operator_guide() -> Non
     }
     for rule in (r for group in rules["groups"] for r in group["rules"]):
         url = rule["annotations"]["runbook_url"]
-        assert url == f"file:///usr/share/doc/gateway/operator-guide.md#{rule['alert'].lower()}"
+        assert (
+            url == f"file:///usr/share/doc/gateway/docs/operator-guide.md#{rule['alert'].lower()}"
+        )
         assert rule["alert"].lower() in headings, rule["alert"]
 
 
