@@ -13,8 +13,6 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from influxdb_client.client.exceptions import InfluxDBError
-from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
 from gateway.api.core import querytext
 from gateway.errors import GatewayError
@@ -50,13 +48,6 @@ async def latest_lines(influx: InfluxSettings, api: ApiSettings, device: str) ->
             points = await _prometheus(influx, api, device)
         else:
             points = await _flux(influx, api, device)
-    except InfluxDBError as exc:
-        # The Flux client's own error for an HTTP error answer: its text is the whole answer,
-        # headers and all, on several lines; the status and the database's message say enough.
-        status = getattr(exc, "status", None) or getattr(exc.response, "status", "no")
-        raise DatabaseReadError(
-            f"{language} query answered HTTP {status}: {str(exc.message)[:200]}"
-        ) from exc
     except (aiohttp.ClientError, TimeoutError, KeyError, IndexError, TypeError, ValueError) as exc:
         # TypeError: an answer of another shape than the query API's (a list for an object).
         raise DatabaseReadError(f"{language} query failed: {type(exc).__name__}: {exc}") from exc
@@ -149,15 +140,27 @@ async def _instant(
 
 
 async def _flux(influx: InfluxSettings, api: ApiSettings, device: str) -> list[Point]:
+    # Imported here, as gateway/flush/sink.py does: about 15 MiB that only Flux reads need.
+    from influxdb_client.client.exceptions import InfluxDBError  # noqa: PLC0415
+    from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync  # noqa: PLC0415
+
     query = querytext.flux_query(influx.bucket or "", device, api.lookback_days)
-    async with InfluxDBClientAsync(
-        url=influx.url,
-        token=influx.token.get_secret_value() if influx.token else "",
-        org=influx.org or "",
-        timeout=int(api.query_timeout_s * 1000),
-        ssl_context=client_context(influx.tls) if influx.url.startswith("https:") else None,
-    ) as client:
-        tables = await client.query_api().query(query, org=influx.org or "")
+    try:
+        async with InfluxDBClientAsync(
+            url=influx.url,
+            token=influx.token.get_secret_value() if influx.token else "",
+            org=influx.org or "",
+            timeout=int(api.query_timeout_s * 1000),
+            ssl_context=client_context(influx.tls) if influx.url.startswith("https:") else None,
+        ) as client:
+            tables = await client.query_api().query(query, org=influx.org or "")
+    except InfluxDBError as exc:
+        # The Flux client's own error for an HTTP error answer: its text is the whole answer,
+        # headers and all, on several lines; the status and the database's message say enough.
+        status = getattr(exc, "status", None) or getattr(exc.response, "status", "no")
+        raise DatabaseReadError(
+            f"flux query answered HTTP {status}: {str(exc.message)[:200]}"
+        ) from exc
     points = _Points()
     for table in tables:
         for record in table.records:

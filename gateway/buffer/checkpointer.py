@@ -33,7 +33,7 @@ import lmdb
 
 from gateway.buffer import checkpoint, deadletters
 from gateway.buffer.core.ledger import NO_SEAL, U64
-from gateway.buffer.sealing import Sealing, discard_seals_from
+from gateway.buffer.sealing import PENDING_MAX_BYTES, Sealing, discard_seals_from
 from gateway.errors import CapacityError, DamagedChunkError, StorageError
 
 if TYPE_CHECKING:
@@ -69,13 +69,16 @@ class Checkpointer:
         sync: SyncMode,
         decoded: DecodedChunks,
         damage: Damage,
+        seal_pending_bytes: int = PENDING_MAX_BYTES,
     ) -> None:
         """Checkpoint into `env`'s tables what the journal `journal` holds.
 
         `decoded`: the readers' cache of decompressed chunks, emptied when a seal is undone (its
         number is used again, and a chunk key with it may then hold other readings). `damage`:
         chunks set aside as damaged, which the next checkpoint writes (gateway/buffer/damage.py).
+        `seal_pending_bytes`: readings a seal holds before writing (gateway/buffer/sealing.py).
         """
+        self._seal_pending_bytes = seal_pending_bytes
         self._env, self._journal, self._tables, self._latest = env, journal, tables, latest
         self._decoded = decoded
         self._damage = damage
@@ -166,6 +169,7 @@ class Checkpointer:
                 index.records_through(cut),
                 {state.number: fifo for fifo, state in ledger.states.items()},
                 set(ledger.retired),
+                pending_max_bytes=self._seal_pending_bytes,
             )
         try:
             if not sealing.is_copied:

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 # (first sequence, records) of each device's segment in one journal chunk, by FIFO number.
 Groups = dict[int, tuple[int, list[bytes]]]
-# Decompressed chunks kept between reads: a fixed bound on memory whatever the backlog.
+# Decompressed chunks kept between reads: a bound on memory whatever the backlog (the default;
+# `[buffer] decoded_cache`, gateway/config/sections.py, sizes it from the capacity).
 MAX_DECODED_BYTES = 16 << 20
 # Keys of decoded journal chunks in the cache (sealed ones start with b"s").
 JOURNAL_PREFIX = b"j"
@@ -150,10 +151,11 @@ def _decode_sealed(sealed_key: bytes, value: bytes) -> tuple[list[bytes], int]:
 
 
 class DecodedChunks:
-    """Decompressed chunks, the least recently used dropped past `MAX_DECODED_BYTES`.
+    """Decompressed chunks, the least recently used dropped past `max_bytes`.
 
     A flush reads a batch, deletes it, and finds the new head in the same chunks: decompressed
-    once, not three times.
+    once, not three times. The records held never pass `max_bytes`: a chunk bigger than that is
+    not held at all (each read decompresses it again), so that the bound is the memory used.
     """
 
     def __init__(self, max_bytes: int = MAX_DECODED_BYTES) -> None:
@@ -176,6 +178,11 @@ class DecodedChunks:
         self.put(key, value, size)
         return value
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the records held."""
+        return self._bytes
+
     def clear(self) -> None:
         """Forget every chunk held."""
         self._entries.clear()
@@ -183,9 +190,11 @@ class DecodedChunks:
 
     def put(self, key: bytes, value: Any, size: int) -> None:  # noqa: ANN401 - as `get` returns
         """Hold a chunk decoded elsewhere (`size`: its records' bytes); `key` must be new."""
+        if size > self._max_bytes:
+            return
         self._entries[key] = (value, size)
         self._bytes += size
-        while self._bytes > self._max_bytes and len(self._entries) > 1:
+        while self._bytes > self._max_bytes:
             _, (_, dropped) = self._entries.popitem(last=False)
             self._bytes -= dropped
 

@@ -4,10 +4,12 @@ A seal is due when the journal has grown (gateway/buffer/checkpoint.py `is_seal_
 journal records up to a cut (the newest record when it starts) and, step by step, reads each of them
 once, in record order, keeping per device the run of consecutive readings it has met; a run is
 written as a sealed chunk (key: seal number, FIFO number, first sequence) when it reaches
-`SEALED_CHUNK_READINGS`, breaks, or when the runs held in memory pass `PENDING_MAX_BYTES` (the
-largest first). Each step does about `STEP_BYTES` of that work in one store transaction and
-returns, so the event loop, which runs the buffer, is never held for long whatever the backlog,
-the reading size or the device count (DESIGN invariant 11). The seal ends with a checkpoint
+`SEALED_CHUNK_READINGS`, breaks, or when the runs held in memory pass `pending_max_bytes` (the
+largest first; `PENDING_MAX_BYTES` unless configured). They pass it by one journal record's
+readings at most: the bound is checked before each record is read. Each step does about
+`STEP_BYTES` of that work in one store transaction and returns, so the event loop, which runs
+the buffer, is never held for long whatever the backlog, the reading size or the device count
+(DESIGN invariant 11). The seal ends with a checkpoint
 (gateway/buffer/checkpointer.py) that names the seal complete (`sealed_through`, `next_seal`, each
 device's `sealed_from`), after which the sealed records are deleted from the journal.
 
@@ -48,6 +50,7 @@ SEALED_CHUNK_READINGS = 1024
 STEP_BYTES = 256 << 10
 READING_COST_BYTES = 64
 # Readings held in runs not yet written; past it the largest runs are written, down to half.
+# The default; `[buffer] seal_pending` (gateway/config/sections.py) sizes it from the capacity.
 PENDING_MAX_BYTES = 8 << 20
 
 
@@ -68,14 +71,22 @@ class Sealing:
     """One seal in progress; see the module docstring."""
 
     def __init__(
-        self, seal: int, cut: int, records: list[int], names: dict[int, str], retired: set[int]
+        self,
+        seal: int,
+        cut: int,
+        records: list[int],
+        names: dict[int, str],
+        retired: set[int],
+        *,
+        pending_max_bytes: int = PENDING_MAX_BYTES,
     ) -> None:
         """Seal number `seal` of the journal `records` up to record `cut`.
 
         `names`: FIFO number -> name when the seal began (a FIFO created later has no reading in
         these records); `retired`: numbers of forgotten FIFOs whose chunks the seal's checkpoint
-        deletes before they may be given out again.
+        deletes before they may be given out again; `pending_max_bytes`: see the module docstring.
         """
+        self.pending_max_bytes = pending_max_bytes
         self.seal = seal
         self.cut = cut
         self.names = names
@@ -86,6 +97,8 @@ class Sealing:
         self._next = 0
         self._runs: dict[int, _Run] = {}
         self._pending_bytes = 0
+        # The most held at once, for the tests of the bound.
+        self.peak_pending_bytes = 0
         self._cleared = False
         self.steps = 0
 
@@ -115,11 +128,11 @@ class Sealing:
         budget = STEP_BYTES if budget_bytes is None else budget_bytes
         spent = 0
         while spent < budget and self._next < len(self._records):
-            if self._pending_bytes > PENDING_MAX_BYTES:
+            if self._pending_bytes > self.pending_max_bytes:
                 # Runs piled up (many devices, short runs): write some within this step's
                 # budget before reading more, so that memory and the step both stay bounded.
                 spent += self._write_largest(
-                    txn, sealed_db, PENDING_MAX_BYTES // 2, budget_bytes=budget - spent
+                    txn, sealed_db, self.pending_max_bytes // 2, budget_bytes=budget - spent
                 )
                 continue
             record = self._records[self._next]
@@ -165,6 +178,7 @@ class Sealing:
                 run.values.append(reading)
                 run.nbytes += len(reading)
                 self._pending_bytes += len(reading)
+        self.peak_pending_bytes = max(self.peak_pending_bytes, self._pending_bytes)
         return spent
 
     def _write_largest(

@@ -81,8 +81,9 @@ from gateway.buffer.core.ledger import (
     fifo_name,
 )
 from gateway.buffer.core.verify import Report, is_plausible
-from gateway.buffer.fiforead import JOURNAL_PREFIX, DecodedChunks, Walking
+from gateway.buffer.fiforead import JOURNAL_PREFIX, MAX_DECODED_BYTES, DecodedChunks, Walking
 from gateway.buffer.reads import Reads
+from gateway.buffer.sealing import PENDING_MAX_BYTES
 from gateway.buffer.transaction import FifoTransaction
 from gateway.config.sections import ApiSettings, SyncMode
 from gateway.errors import CapacityError, DamagedChunkError, StorageError
@@ -148,10 +149,14 @@ class Buffer:
         *,
         readonly: bool = False,
         latest_series: int = DEFAULT_LATEST_SERIES,
+        decoded_cache_bytes: int = MAX_DECODED_BYTES,
+        seal_pending_bytes: int = PENDING_MAX_BYTES,
     ) -> None:
         """Open (creating if needed) the buffer under `path`, its files bounded by `capacity_bytes`.
 
         `latest_series`: the most series whose latest reading is kept (gateway/buffer/latest.py).
+        `decoded_cache_bytes`: decompressed chunks kept between reads (gateway/buffer/fiforead.py);
+        `seal_pending_bytes`: readings a seal holds before writing (gateway/buffer/sealing.py).
 
         Raises:
             StorageError: when LMDB cannot open it.
@@ -171,7 +176,7 @@ class Buffer:
             rewritten += (self._tables.notes,)
         if self.latest is not None:
             rewritten += self.latest.databases
-        self._decoded = DecodedChunks()
+        self._decoded = DecodedChunks(decoded_cache_bytes)
         self._guard = capacity.PageGuard(
             self._env,
             (self._tables.sealed, self._tables.dead, *rewritten),
@@ -210,6 +215,7 @@ class Buffer:
             sync=sync,
             decoded=self._decoded,
             damage=self._damage,
+            seal_pending_bytes=seal_pending_bytes,
         )
         if not readonly:
             self._checkpointer.discard_unfinished_seal(self._ledger)

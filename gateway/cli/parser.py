@@ -208,6 +208,13 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
         help="ingest, payload-batches, end-to-end: [mqtt] workers; repeat to compare (1)",
     )
     bench.add_argument("--backlog", type=int, default=5_000_000, help="backlog: readings")
+    bench.add_argument(
+        "--profile",
+        type=Path,
+        action="append",
+        help="backlog: run this configuration file instead of the benchmark's own "
+        "(its broker, buffer path, database and metrics address replaced); repeat to compare",
+    )
     bench.add_argument("--drain", type=int, default=1_000_000, help="drain: backlog readings")
     bench.add_argument("--drain-devices", type=int, default=1000, help="drain: devices")
     bench.add_argument(

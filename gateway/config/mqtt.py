@@ -135,6 +135,9 @@ class MqttSettings(Section):
     tls: TlsSettings | None = None
     keepalive_s: int = Field(default=60, ge=5, le=65535)
     protocol: Literal["3.1.1", "5"] = "5"
+    # MQTT 5: QoS 1/2 messages the broker may send before our PUBACKs (which wait for the
+    # commit); bounds what is held in memory while a commit is slow or intake is paused.
+    receive_maximum: int = Field(default=20_000, ge=1, le=65_535)
     # The broker keeps QoS 1 messages for us while we are away only with a persistent session.
     persistent_session: bool = True
     # MQTT 5 ends a session at disconnect unless an expiry is sent; one week outlives any outage.

@@ -27,6 +27,27 @@ WATCHDOG_S = 30.0
 # request (no lockout): 16 characters of `openssl rand -hex 16` are 64 bits, out of reach of
 # guessing; a shorter token is most likely a word typed by hand.
 MIN_TOKEN_CHARS = 16
+# The buffer's memory bounds, when not set, are a fraction of `capacity` between a floor that
+# keeps them useful and a ceiling that was their fixed value before they were settings: a 1 GiB
+# buffer (the default) holds what it always did, a small box's buffer less.
+# Decompressed chunks kept between reads (gateway/buffer/fiforead.py): a flush reads a batch,
+# deletes it and finds the next head in the same chunks.
+DECODED_CACHE_FRACTION = 1 / 64
+DECODED_CACHE_FLOOR_BYTES = 256 << 10
+DECODED_CACHE_CEILING_BYTES = 16 << 20
+# Readings a seal holds before writing them as sealed chunks (gateway/buffer/sealing.py); less
+# means shorter chunks when many devices interleave.
+SEAL_PENDING_FRACTION = 1 / 128
+SEAL_PENDING_FLOOR_BYTES = 128 << 10
+SEAL_PENDING_CEILING_BYTES = 8 << 20
+# An explicit bound: at least a chunk of small readings, at most a gibibyte.
+MEMORY_BOUND_MIN_BYTES = 64 << 10
+MEMORY_BOUND_MAX_BYTES = 1 << 30
+
+
+def sized_from_capacity(capacity_bytes: int, fraction: float, floor: int, ceiling: int) -> int:
+    """`fraction` of the capacity, no less than `floor` and no more than `ceiling`."""
+    return max(floor, min(ceiling, int(capacity_bytes * fraction)))
 
 
 class BufferSettings(Section):
@@ -62,6 +83,38 @@ class BufferSettings(Section):
     # far past any card's rating).
     endurance_tbw: float | None = Field(default=None, gt=0, le=1e6, allow_inf_nan=False)
     endurance_used_tb: float = Field(default=0.0, ge=0, le=1e6, allow_inf_nan=False)
+    # Memory the buffer may hold whatever the backlog; unset, sized from `capacity` (see
+    # `decoded_cache_max_bytes` and `seal_pending_max_bytes`).
+    decoded_cache_bytes: ByteSize | None = Field(
+        default=None, ge=MEMORY_BOUND_MIN_BYTES, le=MEMORY_BOUND_MAX_BYTES
+    )
+    seal_pending_bytes: ByteSize | None = Field(
+        default=None, ge=MEMORY_BOUND_MIN_BYTES, le=MEMORY_BOUND_MAX_BYTES
+    )
+
+    @property
+    def decoded_cache_max_bytes(self) -> int:
+        """The decoded-chunk cache's bound: as set, or capacity/64 within 256 KiB to 16 MiB."""
+        if self.decoded_cache_bytes is not None:
+            return int(self.decoded_cache_bytes)
+        return sized_from_capacity(
+            self.capacity,
+            DECODED_CACHE_FRACTION,
+            DECODED_CACHE_FLOOR_BYTES,
+            DECODED_CACHE_CEILING_BYTES,
+        )
+
+    @property
+    def seal_pending_max_bytes(self) -> int:
+        """The readings a seal holds: as set, or capacity/128 within 128 KiB to 8 MiB."""
+        if self.seal_pending_bytes is not None:
+            return int(self.seal_pending_bytes)
+        return sized_from_capacity(
+            self.capacity,
+            SEAL_PENDING_FRACTION,
+            SEAL_PENDING_FLOOR_BYTES,
+            SEAL_PENDING_CEILING_BYTES,
+        )
 
     @model_validator(mode="after")
     def _watermarks_are_ordered(self) -> BufferSettings:

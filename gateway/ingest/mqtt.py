@@ -53,9 +53,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# With manual acks the broker stops sending once this many QoS 1 messages await our PUBACK
-# (MQTT 5 Receive Maximum), which bounds the memory held while a commit is slow or paused.
-RECEIVE_MAXIMUM = 20_000
 # Leaving a connection waits this long at most for the broker to close it.
 LEAVE_TIMEOUT_S = 1.0
 ACK_DRAIN_POLL_S = 0.001
@@ -67,7 +64,9 @@ def make_client(s: MqttSettings, will: aiomqtt.Will | None = None) -> aiomqtt.Cl
     properties = None
     if v5:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.ReceiveMaximum = RECEIVE_MAXIMUM
+        # With manual acks the broker stops sending once this many QoS 1 messages await our
+        # PUBACK, which bounds the memory held while a commit is slow or paused.
+        properties.ReceiveMaximum = s.receive_maximum
         if s.persistent_session:
             properties.SessionExpiryInterval = s.session_expiry_s
     return aiomqtt.Client(

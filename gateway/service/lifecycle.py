@@ -294,7 +294,14 @@ def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
     b = settings.buffer
     # Without the read API nothing reads the last-value table: no need to keep it.
     latest_series = settings.api.latest_series if settings.api.enabled else 0
-    buffer = Buffer(b.path, int(b.capacity), b.sync, latest_series=latest_series)
+    buffer = Buffer(
+        b.path,
+        int(b.capacity),
+        b.sync,
+        latest_series=latest_series,
+        decoded_cache_bytes=b.decoded_cache_max_bytes,
+        seal_pending_bytes=b.seal_pending_max_bytes,
+    )
     totals = buffer.totals()
     logger.info(
         "buffer open at %s: %d readings from %d devices waiting, %d of %d budget bytes used "

@@ -6,8 +6,11 @@ Scenarios:
   gateway, with the database stopped: accepted readings/s, commits, the gateway's
   receipt-to-PUBACK delay, the publishers' PUBACK latency from the broker, gateway CPU and
   peak RSS. `--rate` fixes the load.
-- `backlog`: the same with no rate limit until N readings are buffered, sampling the gateway's
-  resident memory along the way (it must not grow with the backlog).
+- `backlog`: the same with no rate limit until `--backlog` readings are buffered, then the
+  database starts and the backlog drains, the gateway's memory sampled all along (it must not
+  grow with the backlog): peak anonymous RSS, VmHWM, drain time. `--profile FILE` runs a
+  configuration file (config/small-box.toml) instead of the benchmark's own; repeat to compare
+  (gateway/tools/backlog.py).
 - `live-first`: a prefilled backlog (`--drain`, `--drain-devices`) drains into VictoriaMetrics
   while new readings arrive at `--rate`, with `[flush] live_first` on and off: the new readings'
   lag and the backlog's drain rate.
@@ -29,7 +32,7 @@ import statistics
 import sys
 from typing import TYPE_CHECKING, Any
 
-from gateway.tools import calibration, scenarios
+from gateway.tools import backlog, calibration, scenarios
 from gateway.tools.scenarios import BENCH_DEVICES
 
 # sparkplug: metrics per DDATA message, each a reading.
@@ -195,18 +198,25 @@ def _collect(figures: dict[str, Any], label: str, results: list[dict[str, Any]])
 
 
 def _run_backlog(args: argparse.Namespace, figures: dict[str, Any]) -> None:
-    result = scenarios.bench_ingest(
-        args.backlog, 0, args.publishers, args.sync, rss_every=max(1, args.backlog // 10)
-    )
-    figures["backlog rss_mib_by_readings"] = result["rss_mib_by_backlog"]
-    figures.setdefault("timelines", {})[f"backlog {args.backlog:,}"] = [result["timeline"]]
-    figures["backlog peak_rss_mib"] = result["gateway_peak_rss_mib"]
-    figures["backlog accepted_per_s"] = result["accepted_per_s"]
-    for readings, anon, mapped in result["rss_mib_by_backlog"]:
-        label = f"backlog at {readings:,}: RSS MiB anonymous / LMDB map"
-        print(f"{label:<58} {anon:>12.1f} / {mapped:.1f}", flush=True)
-    print(f"{'backlog peak rss MiB':<58} {result['gateway_peak_rss_mib']:>12.1f}")
-    print(f"{'backlog accepted readings/s':<58} {result['accepted_per_s']:>12,.1f}")
+    for profile in args.profile or [None]:
+        results = [
+            backlog.bench_backlog(args.backlog, args.publishers, args.sync, args.devices, profile)
+            for _ in range(args.runs)
+        ]
+        name = f" {profile.name}" if profile is not None else ""
+        first = results[0]
+        figures.setdefault("timelines", {})[f"backlog {args.backlog:,}{name}"] = [
+            r["timeline"] for r in results
+        ]
+        prefix = "backlog" + name
+        figures[f"{prefix} rss_mib_by_readings"] = first["rss_mib_by_backlog"]
+        for readings, anon, mapped in first["rss_mib_by_backlog"]:
+            label = f"{prefix} at {readings:,}: RSS MiB anonymous / LMDB map"
+            print(f"{label:<58} {anon:>12.1f} / {mapped:.1f}", flush=True)
+        _collect(figures, prefix, results)
+        # The figures this scenario had before it drained, under their former names.
+        if profile is None:
+            figures["backlog peak_rss_mib"] = figures["backlog gateway_peak_rss_mib"]
     # Start-up on a backlog of the same size, prefilled without the broker to save the time.
     for key, value in scenarios.bench_startup(args.backlog, args.devices).items():
         figures[f"backlog startup {key}"] = value

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from gateway.config.loader import ENV_PREFIX
 from gateway.observe import procio
 from gateway.tools import servers
 from gateway.tools.demo import scrape, write_config
@@ -41,35 +42,55 @@ class Gateway:
         workers: int = 1,
         flush: str = "",
         sparkplug: bool = False,
+        profile: Path | None = None,
     ) -> None:
         """Start it on `broker_port` and wait until it is connected; `flush`: `[flush]` lines.
 
         `sparkplug`: subscribe to Sparkplug B too (gateway/tools/demo.py `write_config`).
+        `profile`: a configuration file to run instead of the benchmark's own (`sync`, `api`,
+        `flush` and `sparkplug` then unused): its broker, buffer path, database URL, metrics
+        address and log level are replaced through the environment, the rest is measured as is.
         """
         metrics_port = servers.free_port()
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         config = work / "gateway.toml"
         self.buffer_dir = work / "buffer"
-        write_config(
-            config,
-            broker_port,
-            database_url or f"http://127.0.0.1:{servers.free_port()}",
-            work / "buffer",
-            metrics_port,
-            capacity=f"{CAPACITY_BYTES}B",
-            sync=sync,
-            log_level="warning",
-            api=api,
-            workers=workers,
-            flush=flush,
-            sparkplug=sparkplug,
-        )
+        database_url = database_url or f"http://127.0.0.1:{servers.free_port()}"
+        environ = dict(os.environ)
+        if profile is None:
+            write_config(
+                config,
+                broker_port,
+                database_url,
+                work / "buffer",
+                metrics_port,
+                capacity=f"{CAPACITY_BYTES}B",
+                sync=sync,
+                log_level="warning",
+                api=api,
+                workers=workers,
+                flush=flush,
+                sparkplug=sparkplug,
+            )
+        else:
+            config = profile
+            environ.update(
+                {
+                    f"{ENV_PREFIX}MQTT__HOST": "127.0.0.1",
+                    f"{ENV_PREFIX}MQTT__PORT": str(broker_port),
+                    f"{ENV_PREFIX}BUFFER__PATH": str(self.buffer_dir),
+                    f"{ENV_PREFIX}INFLUX__URL": database_url,
+                    f"{ENV_PREFIX}METRICS__LISTEN": f"127.0.0.1:{metrics_port}",
+                    f"{ENV_PREFIX}LOG__LEVEL": "warning",
+                }
+            )
         # The child keeps its own descriptor of the log; this process's is closed at once.
         with (work / "gateway.log").open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "run", "--config", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=environ,
             )
         deadline = time.monotonic() + 30
         while self.metric("gateway_mqtt_connected") != workers:
@@ -132,6 +153,39 @@ class Gateway:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+class PeakSampler:
+    """Samples a gateway's memory on a thread, keeping the largest anonymous RSS seen.
+
+    Anonymous memory is the process's own (heap, stacks); VmHWM also counts the LMDB map's
+    file-backed pages, clean page cache the kernel takes back under pressure.
+    """
+
+    def __init__(self, gateway: Gateway, interval_s: float = POLL_S) -> None:
+        """Start sampling `gateway` every `interval_s`."""
+        self.peak_anon_mib = 0.0
+        self._gateway = gateway
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="peak-rss")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                anon = self._gateway.rss_mib("RssAnon")
+            except OSError:
+                anon = 0.0  # a worker that just left
+            self.peak_anon_mib = max(self.peak_anon_mib, anon)
+            if self._stop.wait(self._interval_s):
+                return
+
+    def stop(self) -> float:
+        """Stop sampling; the peak anonymous RSS in MiB."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return self.peak_anon_mib
 
 
 def rss_mib(pid: int, key: str = "VmRSS") -> float:

@@ -118,7 +118,8 @@ def _sync_every(buffer: Buffer, stop: threading.Event) -> None:
         buffer.sync()
 
 
-def _publish(load: loadgen.Load) -> loadgen.LoadResult:
+def publish(load: loadgen.Load) -> loadgen.LoadResult:
+    """One publisher's load, in a process of the pool."""
     return loadgen.publish(load)
 
 
@@ -144,7 +145,7 @@ def bench_ingest(
         gateway = None
         try:
             gateway = Gateway(work, broker.port, sync, workers=workers, sparkplug=sparkplug)
-            jobs = _loads(
+            jobs = load_plan(
                 broker.port,
                 count,
                 rate,
@@ -162,7 +163,7 @@ def bench_ingest(
             # With `rss_every`: (seconds, readings buffered, anonymous MiB, mapped MiB) per poll.
             timeline: list[tuple[float, float, float, float]] = []
             with multiprocessing.get_context("fork").Pool(publishers) as pool:
-                pending = pool.map_async(_publish, jobs)
+                pending = pool.map_async(publish, jobs)
                 accepted, total = 0.0, sum(job.count for job in jobs)
                 while accepted < total:
                     # A scrape costs the gateway CPU (with workers, the parent merges their
@@ -214,7 +215,7 @@ def bench_ingest(
             broker.stop()
 
 
-def _loads(
+def load_plan(
     port: int,
     count: int,
     rate: float,
@@ -262,7 +263,7 @@ def bench_end_to_end(
         gateway = None
         try:
             gateway = Gateway(work, broker.port, "commit", database_url=db.url, workers=workers)
-            jobs = _loads(broker.port, count, rate, publishers, devices=devices)
+            jobs = load_plan(broker.port, count, rate, publishers, devices=devices)
             cpu0, db_cpu0 = gateway.cpu_s(), cpu_s(db.process.pid)
             broker_cpu0 = cpu_s(broker.process.pid)
             written0 = gateway.write_bytes()
@@ -271,7 +272,7 @@ def bench_end_to_end(
             # (seconds, readings delivered, lag s, backlog) per sample, for `bench --plot`.
             timeline: list[tuple[float, float, float, float]] = []
             with multiprocessing.get_context("fork").Pool(publishers) as pool:
-                pending = pool.map_async(_publish, jobs)
+                pending = pool.map_async(publish, jobs)
                 delivered = 0.0
                 while delivered < sum(job.count for job in jobs):
                     time.sleep(E2E_SAMPLE_S)
@@ -333,9 +334,9 @@ def bench_outage(
         gateway = None
         try:
             gateway = Gateway(work, broker.port, "commit", database_url=db.url, api="v2")
-            jobs = _loads(broker.port, count, rate, publishers, devices=devices)
+            jobs = load_plan(broker.port, count, rate, publishers, devices=devices)
             with multiprocessing.get_context("fork").Pool(publishers) as pool:
-                pending = pool.map_async(_publish, jobs)
+                pending = pool.map_async(publish, jobs)
                 time.sleep(before_s)
                 db.kill()
                 time.sleep(outage_s)
@@ -557,11 +558,11 @@ def bench_live_first(
             )
             # Stamped after the backlog, as readings that come after an outage are.
             newer = PREFILL_START_MS + readings // devices + 1
-            jobs = _loads(broker.port, count, rate, publishers, devices=devices, start_ms=newer)
+            jobs = load_plan(broker.port, count, rate, publishers, devices=devices, start_ms=newer)
             lags: list[float] = []
             drained_s = 0.0
             with multiprocessing.get_context("fork").Pool(publishers) as pool:
-                pending = pool.map_async(_publish, jobs)
+                pending = pool.map_async(publish, jobs)
                 while not drained_s or not pending.ready():
                     time.sleep(LIVE_SAMPLE_S)
                     metrics = scrape(gateway.metrics_url)
@@ -598,13 +599,13 @@ def bench_seal(devices: int, fields: int, rate: float, publishers: int) -> dict[
         gateway = None
         try:
             gateway = Gateway(work, broker.port, "commit")
-            jobs = _loads(broker.port, count, rate, publishers, devices=devices, fields=fields)
+            jobs = load_plan(broker.port, count, rate, publishers, devices=devices, fields=fields)
             total = sum(job.count for job in jobs)
             before = scrape(gateway.metrics_url)
             probe = StallProbe(gateway.metrics_url.removesuffix("/metrics"))
             started = time.perf_counter()
             with multiprocessing.get_context("fork").Pool(publishers) as pool:
-                pending = pool.map_async(_publish, jobs)
+                pending = pool.map_async(publish, jobs)
                 accepted = 0.0
                 while accepted < total:
                     time.sleep(SLOW_POLL_S)

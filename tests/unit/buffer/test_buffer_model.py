@@ -45,6 +45,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from gateway.buffer import checkpoint
 from gateway.buffer.core.admission import Lane, Policy, Rules
 from gateway.buffer.core.ledger import DEFAULT_CLASS
+from gateway.buffer.fiforead import MAX_DECODED_BYTES
+from gateway.buffer.sealing import PENDING_MAX_BYTES
 from gateway.buffer.store import DEFAULT_LATEST_SERIES, Buffer
 from gateway.errors import CapacityError, StorageError
 from gateway.points.model import Reading
@@ -109,6 +111,8 @@ class BufferMachine(RuleBasedStateMachine):
     LATEST_SERIES: ClassVar[int] = DEFAULT_LATEST_SERIES
     # The most devices one `append_many` touches.
     MANY: ClassVar[int] = 60
+    DECODED_CACHE_BYTES: ClassVar[int] = MAX_DECODED_BYTES
+    SEAL_PENDING_BYTES: ClassVar[int] = PENDING_MAX_BYTES
 
     def __init__(self) -> None:
         super().__init__()
@@ -143,7 +147,13 @@ class BufferMachine(RuleBasedStateMachine):
 
     def _open(self) -> None:
         self.errors.records.clear()
-        self.buffer = Buffer(self.path, self.CAPACITY, latest_series=self.LATEST_SERIES)
+        self.buffer = Buffer(
+            self.path,
+            self.CAPACITY,
+            latest_series=self.LATEST_SERIES,
+            decoded_cache_bytes=self.DECODED_CACHE_BYTES,
+            seal_pending_bytes=self.SEAL_PENDING_BYTES,
+        )
         assert not self.errors.records, "the accounting on disk was wrong: " + "; ".join(
             r.getMessage() for r in self.errors.records
         )
@@ -595,6 +605,15 @@ class TinyBufferMachine(BufferMachine):
     MANY = 600
 
 
+class TightMemoryBufferMachine(BufferMachine):
+    """The same with memory bounds smaller than most chunks and readings: a decoded chunk is
+    mostly not kept (each read decompresses it again), and a seal writes its runs after
+    almost every reading."""
+
+    DECODED_CACHE_BYTES = 2 << 10
+    SEAL_PENDING_BYTES = 200
+
+
 # Each example opens LMDB environments and walks every changed FIFO after each step: these
 # counts keep both machines near half a minute together on a 2-core box. Without the explain
 # phase (it traces every line), a failure shrinks within the test timeout.
@@ -602,6 +621,10 @@ PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrin
 TestBufferModel = BufferMachine.TestCase
 TestBufferModel.settings = settings(
     max_examples=150, stateful_step_count=50, deadline=None, phases=PHASES
+)
+TestTightMemoryBufferModel = TightMemoryBufferMachine.TestCase
+TestTightMemoryBufferModel.settings = settings(
+    max_examples=40, stateful_step_count=40, deadline=None, phases=PHASES
 )
 TestTinyBufferModel = TinyBufferMachine.TestCase
 TestTinyBufferModel.settings = settings(

@@ -1,0 +1,102 @@
+"""The buffer's memory bounds hold for readings and chunks of every size, bigger ones included."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.buffer import sealing
+from gateway.buffer.fiforead import DecodedChunks
+from gateway.buffer.store import Buffer
+from tests.unit.buffer.checks import reading
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gateway.buffer.core.chunk import Segment
+
+MIB = 1 << 20
+BOUND = 1000
+
+
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 3 * BOUND)), max_size=200))
+def test_the_decoded_chunks_never_hold_more_than_their_bound(
+    steps: list[tuple[int, int]],
+) -> None:
+    """Whatever the chunks' sizes, the records held stay within the bound; reads still decode."""
+    chunks = DecodedChunks(BOUND)
+    sizes: dict[bytes, int] = {}
+    for number, drawn in steps:
+        key = number.to_bytes(2, "big")
+        size = sizes.setdefault(key, drawn)  # a key's chunk never changes
+        value = chunks.get(key, lambda key=key, size=size: ((key, size), size))
+        assert value == (key, size)
+        assert chunks.nbytes <= BOUND
+        assert (key in chunks) == (size <= BOUND), "the chunk just read is held unless too big"
+        held = sum(s for k, s in sizes.items() if k in chunks)
+        assert chunks.nbytes == held
+
+
+def test_a_chunk_bigger_than_the_bound_evicts_nothing() -> None:
+    """A chunk too big to hold is decoded for its read and leaves the held ones where they are."""
+    chunks = DecodedChunks(BOUND)
+    chunks.put(b"a", "small", 400)
+    chunks.put(b"b", "huge", BOUND + 1)
+    assert b"a" in chunks
+    assert b"b" not in chunks
+    assert chunks.nbytes == 400
+
+
+@pytest.mark.parametrize("pending_bytes", [1, 200, 4096, 64 << 10])
+def test_a_seal_holds_no_more_than_its_bound_and_one_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pending_bytes: int
+) -> None:
+    """Before each journal record it reads, a seal holds at most its bound; nothing is lost.
+
+    Readings of 8 to 400 bytes, so that some are bigger than the bound on their own.
+    """
+    seen: list[tuple[int, int, int]] = []
+    real_copy = sealing.Sealing._copy
+
+    def copy(
+        self: sealing.Sealing,
+        txn: object,
+        db: object,
+        segments: list[Segment],
+        groups: list[list[bytes]],
+        states: object,
+    ) -> int:
+        before = self._pending_bytes
+        spent = real_copy(self, txn, db, segments, groups, states)  # type: ignore[arg-type]
+        seen.append((before, self._pending_bytes, sum(len(r) for g in groups for r in g)))
+        return spent
+
+    monkeypatch.setattr(sealing.Sealing, "_copy", copy)
+    buf = Buffer(tmp_path, 64 * MIB, seal_pending_bytes=pending_bytes, decoded_cache_bytes=4096)
+    sizes = (8, 40, 150, 400)
+    sent: dict[str, list[bytes]] = {}
+    ts = 0
+    for commit in range(30):
+        items = []
+        for device in range(40):
+            ts += 1
+            name = f"dev-{device:02d}"
+            value = reading(name, ts, sizes[(commit + device) % len(sizes)])
+            items.append((name, value))
+            sent.setdefault(name, []).append(value)
+        buf.append(items)
+    buf._checkpointer.seal_wanted = True
+    buf.checkpoint()  # the seal asked for, run to its end
+    assert buf._ledger.sealed_through >= 0, "a seal ran"
+    assert len(seen) >= 30, "every record was read"
+    for before, after, record in seen:
+        assert before <= pending_bytes
+        assert after <= pending_bytes + record
+    assert max(after for _, after, _ in seen) > 0
+    for name, values in sent.items():
+        assert buf.readings_of(name) == values
+    assert buf.verify().is_consistent
+    buf.close()
