@@ -16,6 +16,7 @@ import aiohttp
 
 from gateway.api.core import querytext
 from gateway.errors import GatewayError
+from gateway.flush.sink import import_client
 from gateway.points.lineproto import encode_fields, encode_series
 from gateway.tls import client_context
 
@@ -140,7 +141,8 @@ async def _instant(
 
 
 async def _flux(influx: InfluxSettings, api: ApiSettings, device: str) -> list[Point]:
-    # Imported here, as gateway/flush/sink.py does: about 15 MiB that only Flux reads need.
+    # Imported here, off the event loop, as gateway/flush/sink.py does: only Flux reads need it.
+    await import_client()
     from influxdb_client.client.exceptions import InfluxDBError  # noqa: PLC0415
     from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync  # noqa: PLC0415
 

@@ -64,6 +64,9 @@ class FifoWalker:
         self._index = index
         self._decoded = decoded if decoded is not None else DecodedChunks()
         self._skipped = skipped
+        # The last chunk decoded too big for `decoded` to hold: a journal chunk serves every
+        # device of its commit, and a read or delete walks them one after the other.
+        self._oversized: tuple[bytes, Any] | None = None
 
     def readings(self, state: DeviceState, start: int) -> Iterator[tuple[int, bytes]]:
         """(sequence, record) of each buffered reading of the device from `start` on."""
@@ -106,8 +109,22 @@ class FifoWalker:
             groups = {s.number: (s.first, r) for s, r in zip(segments, records, strict=True)}
             return groups, sum(len(r) for rs in records for r in rs)
 
-        groups: Groups = self._decoded.get(JOURNAL_PREFIX + key, decode)
+        groups: Groups = self._chunk(JOURNAL_PREFIX + key, decode)
         return groups[number]
+
+    def _chunk(self, key: bytes, decode: Callable[[], tuple[Any, int]]) -> Any:  # noqa: ANN401 - what `decode` returns
+        """The decoded chunk under `key`: from `decoded`, else decoded once for this walk.
+
+        Kept by the walker rather than by `decoded`, a chunk bigger than the bound lasts for one
+        read (one lock hold) only; without it, a read of N devices of one commit would decode
+        the commit's chunk N times.
+        """
+        if self._oversized is not None and self._oversized[0] == key:
+            return self._oversized[1]
+        value = self._decoded.get(key, decode)
+        if key not in self._decoded:
+            self._oversized = (key, value)
+        return value
 
     def _from_sealed(self, state: DeviceState, seq: int, limit: int) -> Iterator[tuple[int, bytes]]:
         txn, db = self._sealed()
@@ -117,7 +134,7 @@ class FifoWalker:
             sealed_key = SEALED_KEY.pack(seal, state.number, first)
             if sealed_key in self._skipped or not self._is_after(sealed_key, value, seq):
                 continue
-            records: list[bytes] = self._decoded.get(
+            records: list[bytes] = self._chunk(
                 b"s" + sealed_key, functools.partial(_decode_sealed, sealed_key, value)
             )
             end = first + len(records)

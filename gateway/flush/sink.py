@@ -6,13 +6,16 @@ exceptions into `SinkError`s in one place, so the flusher sees only our own erro
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import anyio.to_thread
 
 from gateway.errors import SinkAuthError, SinkError, SinkRejected, SinkUnavailable
 from gateway.tls import client_context
@@ -26,6 +29,30 @@ if TYPE_CHECKING:
     from gateway.config.sections import InfluxSettings
 
 logger = logging.getLogger(__name__)
+
+# influxdb-client's modules that the v2 sink and Flux reads (gateway/api/dbread.py) use. They
+# are imported on first need, and in a thread: their hundreds of generated modules take about
+# 15 MiB, a quarter of a small box's budget, from a gateway on api v1, and about 0.3 s of a fast
+# core to load, far more than the event loop may be held.
+CLIENT_MODULES = (
+    "influxdb_client.client.exceptions",
+    "influxdb_client.client.influxdb_client_async",
+    "influxdb_client.domain.write_precision",
+    "influxdb_client.rest",
+    "influxdb_client.service.write_service",
+)
+
+
+async def import_client() -> None:
+    """Have influxdb-client's modules imported, loading them off the event loop the first time."""
+    if not all(name in sys.modules for name in CLIENT_MODULES):
+        await anyio.to_thread.run_sync(_import_client)
+
+
+def _import_client() -> None:
+    for name in CLIENT_MODULES:
+        importlib.import_module(name)
+
 
 HTTP_OK_MIN, HTTP_OK_MAX = 200, 299
 # 404 is "database not found" on InfluxDB 1.x: the operator must create it; data waits meanwhile.
@@ -167,8 +194,7 @@ class V2Sink:
         self._ping_headers = {"Authorization": f"Token {token}"} if token else {}
 
     def _service(self) -> WriteService:
-        # influxdb-client is imported by the sink that uses it: its hundreds of generated
-        # modules take about 15 MiB, a quarter of a small box's budget, from a gateway on api v1.
+        # Imported by `write` before (`import_client`): found in sys.modules here.
         from influxdb_client.client.influxdb_client_async import (  # noqa: PLC0415
             InfluxDBClientAsync,
         )
@@ -191,6 +217,7 @@ class V2Sink:
 
     async def write(self, body: bytes, *, encoding: str | None = None) -> None:
         """Write the body; see `classify` for the outcomes."""
+        await import_client()
         from influxdb_client.domain.write_precision import WritePrecision  # noqa: PLC0415
         from influxdb_client.rest import ApiException  # noqa: PLC0415
 

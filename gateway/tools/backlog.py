@@ -30,6 +30,11 @@ from gateway.tools.scenarios import (
 # Publishing the backlog, and draining it, may take this long at most.
 PUBLISH_TIMEOUT_S = 900.0
 DRAIN_TIMEOUT_S = 900.0
+# Once the publishers are done, the gateway taking no reading for this long ends the build
+# (while they publish, `PUBLISH_TIMEOUT_S` does): a profile's buffer full under `reject` (the
+# database is down, nothing drains) or its topics not matching the benchmark's would otherwise
+# leave it waiting for ever.
+STALL_S = 30.0
 
 
 def bench_backlog(
@@ -89,9 +94,21 @@ def _build(
     with multiprocessing.get_context("fork").Pool(publishers) as pool:
         pending = pool.map_async(publish, jobs)
         accepted, total = 0.0, sum(job.count for job in jobs)
+        moved = time.monotonic()
         while accepted < total:
             time.sleep(POLL_S if accepted >= total * NEAR_END else SLOW_POLL_S)
-            accepted = gateway.metric("gateway_readings_total{outcome=accepted}")
+            now = gateway.metric("gateway_readings_total{outcome=accepted}")
+            if now != accepted:
+                accepted, moved = now, time.monotonic()
+            elif time.monotonic() - moved > (STALL_S if pending.ready() else PUBLISH_TIMEOUT_S):
+                if pending.ready():
+                    pending.get()  # a publisher's failure is the better error
+                idle_s = time.monotonic() - moved
+                raise RuntimeError(
+                    f"the gateway took {accepted:,.0f} of {total:,} readings and no more for "
+                    f"{idle_s:.0f} s: a buffer too small for the backlog, or topics the "
+                    "configuration does not subscribe to (see the gateway's log)"
+                )
             PROGRESS.tell(f"{accepted:,.0f} of {total:,} readings accepted")
             anon, mapped = gateway.rss_mib("RssAnon"), gateway.rss_mib("RssFile")
             timeline.append((time.perf_counter() - started, accepted, anon, mapped))

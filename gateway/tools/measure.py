@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from gateway.config.loader import ENV_PREFIX
+from gateway.config.loader import ENV_PREFIX, load
 from gateway.observe import procio
 from gateway.tools import servers
 from gateway.tools.demo import scrape, write_config
@@ -84,6 +84,8 @@ class Gateway:
                     f"{ENV_PREFIX}LOG__LEVEL": "warning",
                 }
             )
+            # A profile may run several workers: each reports its connection.
+            workers = load(profile, environ).mqtt.workers
         # The child keeps its own descriptor of the log; this process's is closed at once.
         with (work / "gateway.log").open("wb") as log:
             self.process = subprocess.Popen(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.buffer import sealing
+from gateway.buffer import fiforead, sealing
 from gateway.buffer.fiforead import DecodedChunks
 from gateway.buffer.store import Buffer
 from tests.unit.buffer.checks import reading
@@ -99,4 +99,32 @@ def test_a_seal_holds_no_more_than_its_bound_and_one_record(
     for name, values in sent.items():
         assert buf.readings_of(name) == values
     assert buf.verify().is_consistent
+    buf.close()
+
+
+def test_a_chunk_bigger_than_the_bound_is_decoded_once_per_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read and a delete of every device of one too-big commit decode its chunk once each."""
+    decodes = 0
+    real_records = fiforead.journal_records
+
+    def counting(value: bytes) -> object:
+        nonlocal decodes
+        decodes += 1
+        return real_records(value)
+
+    monkeypatch.setattr(fiforead, "journal_records", counting)
+    bound = 64 << 10
+    buf = Buffer(tmp_path, 64 * MIB, decoded_cache_bytes=bound)
+    names = [f"dev-{i:04d}" for i in range(1000)]
+    items = [(name, reading(name, i, 100)) for i, name in enumerate(names)]
+    buf.append(items)
+    assert sum(len(value) for _, value in items) > bound, "the chunk is too big to be held"
+    spans = buf.read([(name, 1) for name in names])
+    assert [span.values for span in spans] == [(value,) for _, value in items]
+    assert decodes == 1
+    buf.delete([(span.device, span.first_seq, len(span.values)) for span in spans])
+    assert decodes <= 2
+    assert buf.totals().readings == 0
     buf.close()

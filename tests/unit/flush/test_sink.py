@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import aiohttp
 import pytest
 
@@ -80,3 +85,59 @@ def test_errors_name_the_database_without_its_credentials(url: str, shown: str) 
     outcome = classify(401, {}, "unauthorized", f"database at {public_url(url)}")
     assert str(outcome).startswith(f"database at {shown}: HTTP 401")
     assert "s3cret" not in str(outcome)
+
+
+# Run in a fresh interpreter, where influxdb-client is not imported yet: which thread first
+# looks for it, the event loop's or another, when the v2 sink writes or a Flux read asks.
+FIRST_IMPORT = """
+import asyncio, json, sys, threading
+from gateway.api.dbread import DatabaseReadError, latest_lines
+from gateway.config.sections import ApiSettings, InfluxSettings
+from gateway.errors import SinkError
+from gateway.flush.sink import V2Sink
+
+class Spy:
+    thread = None
+    def find_spec(self, name, path=None, target=None):
+        if name == "influxdb_client" and Spy.thread is None:
+            Spy.thread = threading.current_thread()
+        return None
+
+sys.meta_path.insert(0, Spy())
+
+async def main(use, port):
+    assert "influxdb_client" not in sys.modules
+    influx = InfluxSettings(url=f"http://127.0.0.1:{port}", org="o", bucket="b")
+    try:
+        if use == "write":
+            sink = V2Sink(influx)
+            try:
+                await sink.write(b"m v=1 1")
+            finally:
+                await sink.aclose()
+        else:
+            await latest_lines(influx, ApiSettings(database_query="flux"), "d")
+    except (SinkError, DatabaseReadError):
+        pass
+    return threading.current_thread()
+
+loop = asyncio.run(main(sys.argv[1], sys.argv[2]))
+print(json.dumps({"imported": Spy.thread is not None, "on_loop": Spy.thread is loop}))
+"""
+
+
+@pytest.mark.parametrize("use", ["write", "flux"])
+def test_influxdb_client_is_imported_off_the_event_loop(use: str) -> None:
+    """The v2 sink's first write and a Flux read load influxdb-client in a thread, not the loop."""
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_IMPORT, use, str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"imported": True, "on_loop": False}

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+import pytest
+
+from gateway.tools import backlog
 from gateway.tools.measure import histogram_max, write_bytes
 
 if TYPE_CHECKING:
@@ -37,3 +41,29 @@ def test_histogram_max_is_the_highest_bucket_observed_since_before() -> None:
     assert histogram_max(after, "gateway_event_loop_lag_seconds", before) == 0.1
     assert histogram_max(before, "gateway_event_loop_lag_seconds", before) == 0.0
     assert histogram_max({}, "gateway_event_loop_lag_seconds") is None
+
+
+class _StuckGateway:
+    """A gateway that took some readings and takes no more (its buffer full under reject)."""
+
+    def metric(self, _name: str) -> float:
+        return 5.0
+
+    def rss_mib(self, _key: str) -> float:
+        return 1.0
+
+
+def _published(load: object) -> None:
+    """A publisher whose messages the broker took."""
+
+
+def test_the_backlog_build_ends_when_the_gateway_takes_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Publishers done and the count stuck short of the backlog: an error, not a wait for ever."""
+    monkeypatch.setattr(backlog, "publish", _published)
+    monkeypatch.setattr(backlog, "load_plan", lambda *_, **__: [SimpleNamespace(count=10)])
+    monkeypatch.setattr(backlog, "SLOW_POLL_S", 0.01)
+    monkeypatch.setattr(backlog, "STALL_S", 0.3)
+    with pytest.raises(RuntimeError, match="took 5 of 10 readings and no more"):
+        backlog._build(_StuckGateway(), 1883, 10, 1, 1)  # type: ignore[arg-type]
