@@ -95,10 +95,8 @@ class BufferSettings(Section):
     @property
     def decoded_cache_max_bytes(self) -> int:
         """The decoded-chunk cache's bound: as set, or capacity/64 within 256 KiB to 16 MiB."""
-        if self.decoded_cache_bytes is not None:
-            return int(self.decoded_cache_bytes)
-        return sized_from_capacity(
-            self.capacity,
+        return self._bound(
+            self.decoded_cache_bytes,
             DECODED_CACHE_FRACTION,
             DECODED_CACHE_FLOOR_BYTES,
             DECODED_CACHE_CEILING_BYTES,
@@ -107,14 +105,17 @@ class BufferSettings(Section):
     @property
     def seal_pending_max_bytes(self) -> int:
         """The readings a seal holds: as set, or capacity/128 within 128 KiB to 8 MiB."""
-        if self.seal_pending_bytes is not None:
-            return int(self.seal_pending_bytes)
-        return sized_from_capacity(
-            self.capacity,
+        return self._bound(
+            self.seal_pending_bytes,
             SEAL_PENDING_FRACTION,
             SEAL_PENDING_FLOOR_BYTES,
             SEAL_PENDING_CEILING_BYTES,
         )
+
+    def _bound(self, explicit: ByteSize | None, fraction: float, floor: int, ceiling: int) -> int:
+        if explicit is not None:
+            return int(explicit)
+        return sized_from_capacity(self.capacity, fraction, floor, ceiling)
 
     @model_validator(mode="after")
     def _watermarks_are_ordered(self) -> BufferSettings:
