@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 # (first sequence, records) of each device's segment in one journal chunk, by FIFO number.
 Groups = dict[int, tuple[int, list[bytes]]]
 # Decompressed chunks kept between reads: a bound on memory whatever the backlog (the default;
-# `[buffer] decoded_cache`, gateway/config/sections.py, sizes it from the capacity).
+# `[buffer] decoded_cache_bytes`, gateway/config/sections.py, sizes it from the capacity).
 MAX_DECODED_BYTES = 16 << 20
 # Keys of decoded journal chunks in the cache (sealed ones start with b"s").
 JOURNAL_PREFIX = b"j"

@@ -50,7 +50,8 @@ SEALED_CHUNK_READINGS = 1024
 STEP_BYTES = 256 << 10
 READING_COST_BYTES = 64
 # Readings held in runs not yet written; past it the largest runs are written, down to half.
-# The default; `[buffer] seal_pending` (gateway/config/sections.py) sizes it from the capacity.
+# The default; `[buffer] seal_pending_bytes` (gateway/config/sections.py) sizes it from
+# the capacity.
 PENDING_MAX_BYTES = 8 << 20
 
 
