@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,57 @@ DEFAULT_DEVICE_CLASS = "default"
 SPARKPLUG_NAMESPACE = "spBv1.0"
 
 
+class Deadband(Section):
+    """`deadband` of a subscription: which readings are not worth storing.
+
+    A reading is suppressed when every numeric field moved less than its band since the last
+    reading kept for its series, every other field is unchanged, and it comes less than
+    `heartbeat_s` (reading time) after that one. The band is the larger of the absolute one and
+    the relative one times the last kept value's magnitude. A number applies to every numeric
+    field; a table names fields, and fields it does not name have no band.
+    """
+
+    absolute: float | dict[str, float] | None = None
+    relative: float | dict[str, float] | None = None
+    heartbeat_s: float = Field(default=300.0, gt=0, le=86_400)
+    max_series: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    @field_validator("absolute")
+    @classmethod
+    def _absolute_is_a_distance(
+        cls, band: float | dict[str, float] | None
+    ) -> float | dict[str, float] | None:
+        for name, value in _bands(band):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}must be a finite number >= 0, got {value}")
+        return band
+
+    @field_validator("relative")
+    @classmethod
+    def _relative_is_a_fraction(
+        cls, band: float | dict[str, float] | None
+    ) -> float | dict[str, float] | None:
+        for name, value in _bands(band):
+            if not 0 < value <= 1:
+                raise ValueError(f"{name}must be a fraction in (0, 1], got {value}")
+        return band
+
+    @model_validator(mode="after")
+    def _has_a_band(self) -> Deadband:
+        if self.absolute is None and self.relative is None:
+            raise ValueError("set absolute, relative or both: without a band nothing is suppressed")
+        return self
+
+
+def _bands(band: float | dict[str, float] | None) -> list[tuple[str, float]]:
+    """(prefix for a message, value) of each band, so one check serves a number and a table."""
+    if band is None:
+        return []
+    if isinstance(band, dict):
+        return [(f"{field}: ", value) for field, value in band.items()]
+    return [("", band)]
+
+
 class Subscription(Section):
     """One `[[mqtt.subscriptions]]` entry: which topics to take and how to read them."""
 
@@ -34,14 +86,19 @@ class Subscription(Section):
     measurement: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     # Near capacity (see [buffer] policy): the device class names this subscription's lane in
-    # metrics and in the buffer; subscriptions sharing a class must agree on the three below.
+    # metrics and in the buffer; subscriptions sharing a class must agree on its policy,
+    # priority, critical and deadband.
     device_class: str = Field(
         default=DEFAULT_DEVICE_CLASS, min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$"
     )
-    # None: the [buffer] policy. "shed" drops the lowest priority first; critical is never dropped.
-    policy: Literal["reject", "drop_oldest", "shed"] | None = None
+    # None: the [buffer] policy. "shed" drops the lowest priority first; critical is never dropped
+    # (nor compacted).
+    policy: Literal["reject", "drop_oldest", "shed", "compact"] | None = None
     priority: int = Field(default=0, ge=0, le=9)
     critical: bool = False
+    # Report by exception (gateway/ingest/core/deadband.py): readings within the band of the
+    # last one kept for their series are acknowledged and counted, never stored.
+    deadband: Deadband | None = None
     timestamp_key: str = "ts"
     # None means the format's natural unit: ms for json, ns for line protocol.
     timestamp_unit: Literal["s", "ms", "us", "ns"] | None = None
@@ -185,7 +242,7 @@ class MqttSettings(Section):
         first: dict[str, tuple[int, Subscription]] = {}
         for index, sub in enumerate(self.subscriptions):
             seen = first.setdefault(sub.device_class, (index, sub))
-            for key in ("policy", "priority", "critical"):
+            for key in ("policy", "priority", "critical", "deadband"):
                 if getattr(sub, key) != getattr(seen[1], key):
                     raise ValueError(
                         f"subscriptions.{index}.{key}: device_class {sub.device_class!r} has "

@@ -43,6 +43,11 @@ SEAL_PENDING_CEILING_BYTES = 8 << 20
 # An explicit bound: at least a chunk of small readings, at most a gibibyte.
 MEMORY_BOUND_MIN_BYTES = 64 << 10
 MEMORY_BOUND_MAX_BYTES = 1 << 30
+# Summary levels: a summary's timestamp keeps its level in its three low bits, 0 being raw.
+MAX_COMPACT_LEVELS = 7
+MIN_LADDER_STEP = 2
+MAX_LADDER_STEP = 1000
+MAX_COMPACT_STEP_S = 7 * 86_400
 
 
 def sized_from_capacity(capacity_bytes: int, fraction: float, floor: int, ceiling: int) -> int:
@@ -68,8 +73,17 @@ class BufferSettings(Section):
     commit_window_ms: float = Field(default=30.0, gt=0, le=1000)
     # What happens at high_watermark x the readings budget (see gateway/buffer/core/admission.py):
     # "reject" leaves the broker, which keeps QoS 1 messages in the persistent session, until
-    # the fill is below low_watermark; "drop_oldest" and "shed" drop buffered readings instead.
-    policy: Literal["reject", "drop_oldest", "shed"] = "reject"
+    # the fill is below low_watermark; "drop_oldest" and "shed" drop buffered readings instead;
+    # "compact" replaces the oldest readings by per-series summaries (gateway/buffer/compaction.py).
+    policy: Literal["reject", "drop_oldest", "shed", "compact"] = "reject"
+    # The compact policy's first summary step, and the multipliers of each coarser step after it:
+    # 60 s, then 600 s, then 3600 s. A summary's timestamp carries its level in its three low
+    # bits (gateway/buffer/core/summary.py), so there are at most 7 levels.
+    compact_interval_s: int = Field(default=60, ge=1, le=3600)
+    compact_ladder: tuple[int, ...] = (10, 6)
+    # The most of a device's buffered bytes one summary level holds before its oldest summaries
+    # are summarised again at the next step.
+    compact_level_share: float = Field(default=0.25, gt=0, le=0.5)
     high_watermark: float = Field(default=0.9, gt=0, le=1)
     low_watermark: float = Field(default=0.8, gt=0, lt=1)
     # The most of the readings budget one device may hold; 1 means no limit.
@@ -121,6 +135,37 @@ class BufferSettings(Section):
     def _watermarks_are_ordered(self) -> BufferSettings:
         if self.low_watermark >= self.high_watermark:
             raise ValueError("need low_watermark < high_watermark")
+        return self
+
+    @property
+    def compact_steps_s(self) -> tuple[int, ...]:
+        """The compact policy's summary steps in seconds, finest first."""
+        steps = [self.compact_interval_s]
+        for multiplier in self.compact_ladder:
+            steps.append(steps[-1] * multiplier)
+        return tuple(steps)
+
+    @field_validator("compact_ladder")
+    @classmethod
+    def _ladder_fits(cls, ladder: tuple[int, ...]) -> tuple[int, ...]:
+        if len(ladder) > MAX_COMPACT_LEVELS - 1:
+            raise ValueError(f"at most {MAX_COMPACT_LEVELS - 1} multipliers (7 summary levels)")
+        bad = [m for m in ladder if not MIN_LADDER_STEP <= m <= MAX_LADDER_STEP]
+        if bad:
+            raise ValueError(
+                f"each multiplier is a whole number from {MIN_LADDER_STEP} to "
+                f"{MAX_LADDER_STEP}, got {bad[0]}"
+            )
+        return ladder
+
+    @model_validator(mode="after")
+    def _coarsest_step_is_bounded(self) -> BufferSettings:
+        coarsest = self.compact_steps_s[-1]
+        if coarsest > MAX_COMPACT_STEP_S:
+            raise ValueError(
+                f"compact_interval_s x compact_ladder gives a coarsest step of {coarsest} s; "
+                f"at most {MAX_COMPACT_STEP_S} s (7 days)"
+            )
         return self
 
     @model_validator(mode="after")

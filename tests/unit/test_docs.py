@@ -48,7 +48,7 @@ def test_the_reference_names_every_key_with_its_default() -> None:
     """Each key of each table has a row, a secret says how it is supplied and shows no value."""
     page = configdoc.OUTPUT.read_text(encoding="utf-8")
     assert "| `commit_window_ms` | number | `30.0` | > 0, <= 1000 |" in page
-    assert '| `policy` | "reject" or "drop_oldest" or "shed" | `"reject"` |' in page
+    assert '| `policy` | "reject" or "drop_oldest" or "shed" or "compact" | `"reject"` |' in page
     assert "## `[[mqtt.subscriptions]]`" in page
     assert "## `[influx.tls]`" in page
     token = next(line for line in page.splitlines() if line.startswith("| `token` | secret"))

@@ -13,10 +13,15 @@ and criticality. Readings are only ever dropped to make room for readings of the
 - `shed`: the oldest readings of the lowest-priority shed lane at or below the reading's own
   priority make room; with none left, a non-critical reading is itself shed and a critical one
   falls back to `reject`. Critical lanes are never dropped, by any policy.
+- `compact`: never drops a reading; the buffer replaces the oldest readings of the largest
+  compact device by per-series summaries (gateway/buffer/compaction.py), and when nothing is
+  left to compact a reading of the lane waits as under `reject`. Critical lanes are never
+  compacted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, NamedTuple
@@ -45,6 +50,7 @@ class Policy(StrEnum):
     REJECT = "reject"
     DROP_OLDEST = "drop_oldest"
     SHED = "shed"
+    COMPACT = "compact"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +61,19 @@ class Lane:
     policy: Policy = Policy.REJECT
     priority: int = 0
     critical: bool = False
+    # The compact policy's summary steps, finest first (empty for other policies).
+    steps_ns: tuple[int, ...] = ()
+    level_share: float = 0.25
 
     @property
     def is_droppable(self) -> bool:
         """Whether readings of this lane may be dropped to make room or keep a share."""
-        return not self.critical and self.policy is not Policy.REJECT
+        return not self.critical and self.policy in (Policy.DROP_OLDEST, Policy.SHED)
+
+    @property
+    def is_compactable(self) -> bool:
+        """Whether readings of this lane may be replaced by summaries."""
+        return not self.critical and self.policy is Policy.COMPACT and bool(self.steps_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +201,7 @@ def victim(lane: Lane, candidates: Iterable[Candidate]) -> Candidate | None:
     priority among shed lanes at or below the reading's priority (any priority for a critical
     reading). Critical lanes and readings in flight are never candidates.
     """
-    if lane.policy is Policy.REJECT:
+    if lane.policy in (Policy.REJECT, Policy.COMPACT):
         return None
     best: Candidate | None = None
     best_key: tuple[int, int] = (0, 0)
@@ -236,14 +250,26 @@ class Watermarks:
 def lanes_of(settings: Settings) -> dict[str, Lane]:
     """The admission lane of each device class the subscriptions name."""
     return {
-        sub.device_class: Lane(
-            device_class=sub.device_class,
-            policy=Policy(sub.policy or settings.buffer.policy),
-            priority=sub.priority,
-            critical=sub.critical,
+        sub.device_class: _with_steps(
+            settings,
+            Lane(
+                device_class=sub.device_class,
+                policy=Policy(sub.policy or settings.buffer.policy),
+                priority=sub.priority,
+                critical=sub.critical,
+            ),
         )
         for sub in settings.mqtt.subscriptions
     }
+
+
+def _with_steps(settings: Settings, lane: Lane) -> Lane:
+    """The lane with the compact policy's steps when it is a compact one."""
+    if lane.policy is not Policy.COMPACT:
+        return lane
+    b = settings.buffer
+    steps_ns = tuple(step * 1_000_000_000 for step in b.compact_steps_s)
+    return dataclasses.replace(lane, steps_ns=steps_ns, level_share=b.compact_level_share)
 
 
 def rules_of(settings: Settings, budget_bytes: int) -> Rules:
@@ -256,5 +282,5 @@ def rules_of(settings: Settings, budget_bytes: int) -> Rules:
         device_share=b.device_share,
         max_devices=b.max_devices,
         lanes=lanes_of(settings),
-        default_lane=Lane(policy=Policy(b.policy)),
+        default_lane=_with_steps(settings, Lane(policy=Policy(b.policy))),
     )

@@ -38,6 +38,9 @@ NEWEST_UNKNOWN = 2**63 - 1
 NEWEST_NONE = -(2**63)
 # A FIFO's name is the device, with the device class appended for other classes than the default.
 _CLASS_SEPARATOR = "\x1f"
+# The summaries of a FIFO's readings at one compaction level live in a sibling FIFO: the raw
+# FIFO's name, this separator, the level (1 = the finest step). Level 0 is the raw FIFO.
+LEVEL_SEPARATOR = "\x1e"
 
 
 def fifo_name(device: str, device_class: str) -> str:
@@ -52,12 +55,29 @@ def fifo_name(device: str, device_class: str) -> str:
 
 def fifo_device(fifo: str) -> str:
     """The device a FIFO belongs to."""
-    return fifo.partition(_CLASS_SEPARATOR)[0]
+    return raw_fifo(fifo).partition(_CLASS_SEPARATOR)[0]
 
 
 def fifo_class(fifo: str) -> str:
     """The device class of a FIFO."""
-    return fifo.partition(_CLASS_SEPARATOR)[2] or DEFAULT_CLASS
+    return raw_fifo(fifo).partition(_CLASS_SEPARATOR)[2] or DEFAULT_CLASS
+
+
+def level_fifo(fifo: str, level: int) -> str:
+    """The FIFO holding the summaries of `fifo`'s readings at `level` (0: `fifo` itself)."""
+    raw = raw_fifo(fifo)
+    return raw if level == 0 else f"{raw}{LEVEL_SEPARATOR}{level}"
+
+
+def fifo_level(fifo: str) -> int:
+    """The compaction level of a FIFO: 0 for raw readings, 1 and up for summaries."""
+    _, separator, level = fifo.rpartition(LEVEL_SEPARATOR)
+    return int(level) if separator else 0
+
+
+def raw_fifo(fifo: str) -> str:
+    """The FIFO of raw readings a FIFO of summaries belongs to (a raw FIFO itself)."""
+    return fifo.partition(LEVEL_SEPARATOR)[0]
 
 
 @dataclass(slots=True)
@@ -241,6 +261,22 @@ class Admitted:
     dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
     # (FIFO, FIFO number, sequence, packed record) of each reading stored, for the latest values.
     placed: list[tuple[str, int, int, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Compacted:
+    """What one compaction step did.
+
+    Raw readings summarised by device class; summaries made, summarised again and dropped (the
+    coarsest level has nowhere to go) by level; and the summaries appended, which a flusher
+    waiting for work must hear of.
+    """
+
+    summarised: Counter[str] = field(default_factory=Counter)
+    made: Counter[int] = field(default_factory=Counter)
+    resummarised: Counter[int] = field(default_factory=Counter)
+    dropped_summaries: Counter[int] = field(default_factory=Counter)
+    appended: int = 0
 
 
 @dataclass(frozen=True, slots=True)
