@@ -26,6 +26,7 @@ BENCH_SCENARIOS = (
     "live-first",
     "sparkplug",
     "seal",
+    "long-outage",
 )
 EXAMPLES = """\
 examples:
@@ -225,6 +226,17 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
     )
     bench.add_argument(
         "--outage", type=float, default=30.0, help="outage: seconds the database is down"
+    )
+    bench.add_argument(
+        "--outage-factor",
+        type=float,
+        default=10.0,
+        help="long-outage: the outage as a multiple of what the budget holds raw",
+    )
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="long-outage: a small run (1 MiB, 10 devices, steps of 1 s) that shows it works",
     )
     bench.add_argument(
         "--fields", type=int, default=20, help="seal: fields per reading (20: about 300 bytes)"

@@ -76,6 +76,11 @@ class Load:
     sparkplug: bool = False
     # Above 0: readings of this many fields (`wide_values`) instead of the simulator's two.
     fields: int = 0
+    # Milliseconds between a device's readings in reading time: 100 devices 100 ms apart are
+    # 1,000 readings/s of reading time, however fast they are published.
+    ts_step_ms: int = 1
+    # The index of each device's first reading: a later phase of one run goes on from there.
+    first_index: int = 0
 
 
 class _AckReader(threading.Thread):
@@ -156,9 +161,12 @@ class _JsonMessages:
 
     def __call__(self, sent: int) -> tuple[bytes, bytes]:
         load, per = self.load, self.load.per_message
-        k, i = sent % len(self.topics), sent // len(self.topics) * per
+        k, i = sent % len(self.topics), load.first_index + sent // len(self.topics) * per
         make = partial(wide_values, fields=load.fields) if load.fields else values
-        items = [{"ts": load.start_ms + j, **make(load.devices[k], j)} for j in range(i, i + per)]
+        step = load.ts_step_ms
+        items = [
+            {"ts": load.start_ms + j * step, **make(load.devices[k], j)} for j in range(i, i + per)
+        ]
         return self.topics[k], json.dumps(items[0] if per == 1 else items).encode()
 
 
