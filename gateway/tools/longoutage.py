@@ -19,6 +19,7 @@ grew against the capacity, and whether the accounting identities held at the end
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import tempfile
 import threading
 import time
@@ -45,7 +46,8 @@ FILE_SAMPLE_S = 0.5
 # The gateway taking no reading for this long while it should ends the run with an error.
 STALL_S = 120.0
 DRAIN_TIMEOUT_S = 900.0
-HIGH_WATERMARK = 0.9
+# A scrape waits this long: an answer that late is a figure (the loop lag), not a failure.
+SCRAPE_TIMEOUT_S = 60.0
 # The deadband run: a band the simulator's readings (0.1 apart) pass every third reading.
 DEADBAND = "deadband = { absolute = { temp = 0.3, hum = 0.3 }, heartbeat_s = 60 }\n"
 
@@ -64,6 +66,15 @@ class Shape:
     coverage_s: int = 60
     # Readings published first, to measure the bytes per reading.
     probe_readings: int = 20_000
+    # Below the default (0.9): with these readings a 16 MiB buffer's pages reach the page guard
+    # at about 0.75 of the readings budget, which pauses intake whatever the policy, and with
+    # the database down nothing frees a page again; the policies must act well before that.
+    high_watermark: float = 0.5
+
+    @property
+    def low_watermark(self) -> float:
+        """Below the high one, as the settings require; only `reject` uses it."""
+        return self.high_watermark - 0.1
 
     @property
     def ts_step_ms(self) -> int:
@@ -99,7 +110,7 @@ def profile_text(policy: str, shape: Shape, *, deadband: bool) -> str:
         '[[mqtt.subscriptions]]\ntopic = "sensors/{device}/{measurement}"\nqos = 1\n'
         f'format = "json"\n{DEADBAND if deadband else ""}\n'
         f'[buffer]\npath = "buffer"\ncapacity = "{shape.capacity_bytes}B"\npolicy = "{policy}"\n'
-        f"high_watermark = {HIGH_WATERMARK}\n"
+        f"high_watermark = {shape.high_watermark}\nlow_watermark = {shape.low_watermark}\n"
         f"compact_interval_s = {shape.compact_interval_s}\ncompact_ladder = [{ladder}]\n\n"
         f'[influx]\nurl = "http://127.0.0.1:8086"\napi = "v1"\ndatabase = "{DATABASE}"\n\n'
         "[flush]\nlinger_s = 0.5\n\n"
@@ -169,7 +180,7 @@ def run_loads(jobs: list[loadgen.Load]) -> list[loadgen.LoadResult]:
 def wait_received(gateway: Gateway, total: int) -> None:
     """Wait until the gateway received `total` readings; raise if it stops taking them."""
     seen, moved = -1.0, time.monotonic()
-    while (now := gateway.metric("gateway_readings_total{outcome=received}")) < total:
+    while (now := _received(gateway)) < total:
         if now != seen:
             seen, moved = now, time.monotonic()
         elif time.monotonic() - moved > STALL_S:
@@ -182,9 +193,15 @@ def wait_received(gateway: Gateway, total: int) -> None:
         time.sleep(SLOW_POLL_S)
 
 
+def _received(gateway: Gateway) -> float:
+    """Readings received so far; a gateway busy with drops may take seconds to answer."""
+    metrics = scrape(gateway.metrics_url, timeout_s=SCRAPE_TIMEOUT_S)
+    return metrics["gateway_readings_total{outcome=received}"]
+
+
 def buffered(gateway: Gateway) -> float:
     """Readings and summaries the gateway's buffer holds."""
-    metrics = scrape(gateway.metrics_url)
+    metrics = scrape(gateway.metrics_url, timeout_s=SCRAPE_TIMEOUT_S)
     summaries = sum(v for k, v in metrics.items() if k.startswith("gateway_buffer_summaries{"))
     return metrics["gateway_buffer_readings"] + summaries
 
@@ -205,7 +222,7 @@ def bench_long_outage(
             db.stop()
             gateway = Gateway(work, broker.port, "commit", database_url=db.url, profile=profile)
             sampler = FileSampler(gateway.buffer_dir)
-            before = scrape(gateway.metrics_url)
+            before = scrape(gateway.metrics_url, timeout_s=SCRAPE_TIMEOUT_S)
             outage = _publish_outage(gateway, broker.port, shape, outage_factor)
             window = _realtime_window(gateway, broker.port, shape, outage["per_device"])
             db = servers.start_influxd(db.workdir, port=db.port)
@@ -217,7 +234,7 @@ def bench_long_outage(
                 PROGRESS.tell(f"draining: {left:,.0f} readings and summaries left")
                 time.sleep(0.05)
             drain_s = time.perf_counter() - started
-            after = scrape(gateway.metrics_url)
+            after = scrape(gateway.metrics_url, timeout_s=SCRAPE_TIMEOUT_S)
             lag = histogram_max(after, LOOP_LAG, before)
             span = outagecheck.Span(
                 START_MS, shape.ts_step_ms, shape.devices, outage["per_device"], window["last"]
@@ -249,15 +266,18 @@ def _publish_outage(
     PROGRESS.tell(f"publishing {probe * shape.devices:,} readings to measure their size")
     run_loads(loads(port, shape, probe, 0, per_message=OUTAGE_PER_MESSAGE))
     wait_received(gateway, probe * shape.devices)
-    metrics = scrape(gateway.metrics_url)
+    metrics = scrape(gateway.metrics_url, timeout_s=SCRAPE_TIMEOUT_S)
     bytes_per_reading = metrics["gateway_buffer_bytes"] / metrics["gateway_buffer_readings"]
-    raw_readings = readings_budget(shape.capacity_bytes) * HIGH_WATERMARK
+    raw_readings = readings_budget(shape.capacity_bytes) * shape.high_watermark
     raw_readings /= bytes_per_reading
     per_device = _whole(int(raw_readings * outage_factor / shape.devices))
     total = per_device * shape.devices
-    PROGRESS.tell(
-        f"{bytes_per_reading:.1f} bytes per reading: the budget holds {raw_readings:,.0f} raw; "
-        f"an outage of {total:,} readings ({total / READINGS_PER_S / 60:.0f} min)"
+    print(
+        f"bench: {bytes_per_reading:.1f} bytes per reading: the budget holds "
+        f"{raw_readings:,.0f} raw at the high watermark; an outage of {total:,} readings "
+        f"({total / READINGS_PER_S / 60:.1f} min of reading time)",
+        file=sys.stderr,
+        flush=True,
     )
     started = time.perf_counter()
     run_loads(loads(port, shape, per_device - probe, probe, per_message=OUTAGE_PER_MESSAGE))
@@ -276,12 +296,12 @@ def _publish_outage(
 def _realtime_window(gateway: Gateway, port: int, shape: Shape, first: int) -> dict[str, Any]:
     """`realtime_s` at exactly `READINGS_PER_S`, one reading per message, still in outage."""
     per_device = int(shape.realtime_s * READINGS_PER_S / shape.devices)
-    before = scrape(gateway.metrics_url)
+    before = scrape(gateway.metrics_url, timeout_s=SCRAPE_TIMEOUT_S)
     received = before["gateway_readings_total{outcome=received}"]
     PROGRESS.tell(f"real-time window: {shape.realtime_s:.0f} s at {READINGS_PER_S}/s")
     results = run_loads(loads(port, shape, per_device, first, per_message=1, rate=READINGS_PER_S))
     wait_received(gateway, int(received) + per_device * shape.devices)
-    after = scrape(gateway.metrics_url)
+    after = scrape(gateway.metrics_url, timeout_s=SCRAPE_TIMEOUT_S)
     ack = "gateway_ack_delay_seconds"
     delta = {k: v - before.get(k, 0.0) for k, v in after.items() if k.startswith(f"{ack}_bucket")}
     latencies = sorted(x for r in results for x in r.puback_latencies_s)
