@@ -286,9 +286,11 @@ class _Window:
         then goes without statistics (a single sample at the next level), rather than two
         fields under one name.
         """
-        numbers, plain = self.numbers, self.plain
+        numbers, plain, names = self.numbers, self.plain, self.names
+        # Most windows have no field named like a statistic: one look per name says so.
+        suspect = any(name.endswith(SUFFIXES) for name in names)
         out: list[tuple[str, FieldValue]] = []
-        for name in self.names:
+        for name in names:
             slot = numbers.get(name)
             last = plain.get(name)
             if slot is None or (last is not None and last[0] >= slot[5]):
@@ -300,8 +302,7 @@ class _Window:
             else:
                 mean, stats = _int_stats(count, whole, low, high)
             out.append((name, mean))
-            names = self.names
-            if not any(name + suffix in names for suffix in SUFFIXES):
+            if not suspect or not any(name + suffix in names for suffix in SUFFIXES):
                 out.extend((name + suffix, stat) for suffix, stat in stats)
         return tuple(out)
 
