@@ -313,17 +313,26 @@ def _float_stats(
     if whole:
         parts.append(float(whole))
     low, high = float(low), float(high)
-    try:
-        total = math.fsum(parts)
-    except OverflowError:
-        total = math.inf
     stats: list[tuple[str, FieldValue]] = [("_min", low), ("_max", high), ("_count", count)]
+    total = _fsum(parts)
     if math.isfinite(total):
         stats.append(("_sum", total))
         mean = total / count
     else:  # beyond the largest double: the mean of the parts, rounded each on its own
-        mean = math.fsum(part / count for part in parts)
+        mean = _fsum([part / count for part in parts if math.isfinite(part)])
     return min(max(mean, low), high), stats
+
+
+def _fsum(parts: list[float]) -> float:
+    """The exactly rounded sum, or infinity beyond the largest double (never an exception).
+
+    A sum left out for its size comes back as the mean times the count, which may be infinite
+    of either sign: no such part may stop a compaction.
+    """
+    try:
+        return math.fsum(parts)
+    except (OverflowError, ValueError):
+        return math.inf
 
 
 def _int_stats(

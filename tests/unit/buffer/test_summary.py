@@ -261,6 +261,11 @@ CASES = [
         id="an integer sum beyond 64 bits is left out, the mean exact",
     ),
     pytest.param(
+        [{"x": 1e308}, {"x": 1.5e308}],
+        {"x": 1.25e308, "x_min": 1e308, "x_max": 1.5e308, "x_count": 2},
+        id="a float sum beyond the largest double is left out, the mean kept",
+    ),
+    pytest.param(
         [{"n": 1}, {"n": 2.5}],
         {"n": 1.75, "n_min": 1.0, "n_max": 2.5, "n_count": 2, "n_sum": 3.5},
         id="a field both integer and float reads as a float",
@@ -328,6 +333,21 @@ def test_fields_named_like_a_whole_group_are_not_read_as_one() -> None:
     fields = read_stats(level1, 1)[2]
     assert fields["a"] == 2
     assert all(fields[name] == Stats(1, 2, 2, 2) for name in names[1:])
+
+
+def test_sums_left_out_for_their_size_still_summarise() -> None:
+    """Summaries without a sum merge again: counts exact, extremes kept, the mean bounded."""
+    for big in (1e308, -1e308, 2**62, -(2**62)):
+        raw = [record(3600 * S + i * S, {"x": big}) for i in range(3)]
+        level1 = summarise(raw, level=1, ladder=LADDER, compaction_no=0)
+        level1 += summarise(raw, level=1, ladder=LADDER, compaction_no=1)
+        raw = [record(3600 * S, {"x": -big})]
+        level1 += summarise(raw, level=1, ladder=LADDER, compaction_no=2)
+        (level2,) = summarise(level1, level=2, ladder=LADDER, compaction_no=3)
+        stats = read_stats(level2, 2)[2]["x"]
+        assert isinstance(stats, Stats)
+        assert (stats.count, stats.low, stats.high) == (7, min(big, -big), max(big, -big))
+        assert stats.low <= dict(split_fields(level2))["x"] <= stats.high
 
 
 def test_windows_then_series_in_order_of_appearance() -> None:
