@@ -77,6 +77,9 @@ def trial(args: argparse.Namespace) -> int:
         print(json.dumps([trying.as_json(o) for o in outcomes], indent=2, ensure_ascii=False))
     else:
         print("\n".join(trying.render(o) for o in outcomes))
+        stored = trying.stored_line(outcomes)
+        if stored is not None:
+            print(stored)
     return 0 if all(o.readings and not o.refused for o in outcomes) else 1
 
 

@@ -3,9 +3,13 @@
 This is the only module that acknowledges MQTT messages, and it does so only after the readings
 of those messages are committed (DESIGN invariant 1); no await stands between the commit and its
 acks. A message that yields no valid reading is acknowledged with its batch, after being counted
-as invalid. Acks go out in arrival order, as MQTT requires. When admission pauses at a message
-(the `reject` policy at its watermark), the messages before it are committed and acknowledged and
-the rest stay with the broker. A batch the disk budget (the page guard) refuses whole is
+as invalid; so is one whose readings were all within their deadband, counted as suppressed
+(deliberately not stored, gateway/ingest/core/deadband.py). The kept readings of the committed
+messages then become their series' deadband references, unless admission refused readings of
+the batch: a reading judged against one never stored could be lost unseen. Acks go out in
+arrival order, as MQTT requires. When admission pauses at a message (the `reject` policy at
+its watermark), the messages before it are committed and acknowledged and the rest stay with
+the broker. A batch the disk budget (the page guard) refuses whole is
 admitted in parts, halved until they fit, so that a flood of redelivered messages cannot need
 more pages than a small buffer has even when empty; intake pauses at a message refused on its
 own. A bug in admission costs only the message that meets it: the batch
@@ -20,6 +24,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import TYPE_CHECKING
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
     from gateway.buffer.core.admission import Rules
     from gateway.buffer.rejects import RejectLog
     from gateway.buffer.store import Buffer
+    from gateway.ingest.core.deadband import Deadbands, Mark
     from gateway.ingest.mqtt import Connection
     from gateway.ingest.taking import Pending
     from gateway.observe.metrics import Metrics
@@ -92,9 +98,16 @@ class Committer:
         rejects: RejectLog,
         on_commit: Callable[[int], None],
         on_drop: Callable[[int], None],
+        deadbands: Deadbands | None = None,
     ) -> None:
-        """`on_commit` and `on_drop` tell the flusher how many readings came and went."""
+        """`on_commit` and `on_drop` tell the flusher how many readings came and went.
+
+        `deadbands`: the takers' (gateway/ingest/taking.py), settled after each commit.
+        """
         self.rules = rules
+        self.deadbands = deadbands
+        # A message of the batch lost its readings to a bug in admission: they stand for nothing.
+        self._unsettled = False
         self._buffer = buffer
         self._metrics = metrics
         self._rejects = rejects
@@ -111,6 +124,8 @@ class Committer:
                 acknowledged, and the broker delivers it again.
         """
         started = time.monotonic()
+        marks: list[Mark] = []
+        self._unsettled = False
         try:
             # No await between the commit and its acks: a stop cannot come between them and
             # turn a committed batch into a redelivered one.
@@ -118,9 +133,15 @@ class Committer:
             committed = len(batch) if paused is None else paused.at_message
             connection.ack([(p.mid, p.qos) for p in batch[:committed] if p.qos])
             self._send_after_commit(connection, batch, committed)
+            if not admitted.refused and not self._unsettled:
+                marks = [mark for p in batch[:committed] if p.marks for mark in p.marks]
         except CapacityError as exc:
             # Nothing of this batch is stored or acknowledged: the broker delivers it again.
             raise IntakePaused.of(exc) from exc
+        finally:
+            if self.deadbands is not None:
+                # Whatever happened: what a message not committed staged goes with it.
+                self.deadbands.settle(marks, clean=bool(marks))
         if admitted.stored:
             self._metrics.commit_seconds.observe(time.monotonic() - started)
             self._metrics.commit_readings.observe(admitted.stored)
@@ -188,11 +209,16 @@ class Committer:
     def _counted(self, batch: list[Pending], admitted: Admitted) -> Admitted:
         """Count what the messages of `batch` brought, stored or not."""
         # Counted right after the commit, so a scrape sees the readings and the buffer together.
+        suppressed: Counter[str] = Counter()
+        for pending in batch:
+            if pending.suppressed:
+                suppressed[pending.decoded.device_class] += pending.suppressed
         self._metrics.accounting.committed(
             accepted=admitted.stored,
             invalid=self._count_invalid(batch),
             refused=admitted.refused,
             dropped=admitted.dropped,
+            suppressed=suppressed,
         )
         self._metrics.observe_buffer(self._buffer.totals())
         return admitted
@@ -270,7 +296,9 @@ class Committer:
             except Exception as again:  # noqa: BLE001 - contained to this message
                 # Its readings are counted invalid, each, as they are not stored.
                 pending.decoded = internal_error(again, len(pending.decoded.readings))
-                pending.items = None
+                pending.items = pending.marks = None
+                pending.suppressed = 0
+                self._unsettled = True
                 continue
             _add(total, one)
         return total, None

@@ -25,6 +25,7 @@ from gateway import backoff
 from gateway.buffer.capacity import DISK_FULL_FREE_BYTES
 from gateway.errors import CapacityError
 from gateway.ingest.commit import Committer, IntakePaused
+from gateway.ingest.core.deadband import Deadbands
 from gateway.ingest.core.pausing import Cause, Pauses
 from gateway.ingest.mqtt import Connection, end_session
 from gateway.ingest.taking import Taker
@@ -109,6 +110,9 @@ class Ingest:
         self._health = health
         self._on_ready = on_ready
         self._breaker = breaker
+        deadbands = Deadbands.of(settings.subscriptions)
+        # Only when a class has one: the others take no detour.
+        self.deadbands = deadbands if any(s.deadband for s in settings.subscriptions) else None
         self.taker = Taker(
             decoder=decoder,
             rules=rules,
@@ -117,6 +121,7 @@ class Ingest:
             rejects=rejects,
             fault=fault,
             host_topic=state_topic(sparkplug_host_id) if sparkplug_host_id else None,
+            deadbands=self.deadbands,
         )
         self.committer = Committer(
             buffer=buffer,
@@ -125,6 +130,7 @@ class Ingest:
             rejects=rejects,
             on_commit=on_commit,
             on_drop=on_drop,
+            deadbands=self.deadbands,
         )
         for sub in settings.subscriptions:
             if sub.qos == 2:  # noqa: PLR2004

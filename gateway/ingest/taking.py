@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from gateway.buffer.core.admission import Lane, Rules
     from gateway.buffer.rejects import RejectLog
     from gateway.ingest.breaker import Breaker
+    from gateway.ingest.core.deadband import Deadbands, Mark
     from gateway.ingest.core.decode import Decoder
     from gateway.ingest.core.packets import Incoming
     from gateway.observe.brokerstats import BrokerStats
@@ -50,6 +51,10 @@ class Pending:
     items: list[tuple[str, bytes, Lane]] | None = None
     # Our own Sparkplug host STATE said offline while we are connected: say online again.
     announce: bool = False
+    # Readings within their deadband: acknowledged with the message, counted, not stored; and
+    # the kept readings' marks, which become references once they are committed.
+    suppressed: int = 0
+    marks: list[Mark] | None = None
 
 
 class Taker:
@@ -65,12 +70,16 @@ class Taker:
         rejects: RejectLog,
         fault: Callable[[bytes], None] | None,
         host_topic: str | None = None,
+        deadbands: Deadbands | None = None,
     ) -> None:
         """`fault`: a hook called with each payload, for the fault tests (ingest/faults.py).
 
         `host_topic`: the gateway's own Sparkplug B STATE topic, when it is a host application.
+        `deadbands`: report by exception (gateway/ingest/core/deadband.py), settled by the
+        committer.
         """
         self._host_topic = host_topic
+        self.deadbands = deadbands
         self.rules = rules
         self._decoder = decoder
         self._metrics = metrics
@@ -119,7 +128,18 @@ class Taker:
             lane = self.rules.lane(decoded.device_class)
             # One topic, one device: every reading of a message goes to the same FIFO.
             fifo = fifo_name(readings[0].device, lane.device_class)
-            pending.items = [(fifo, pack(r), lane) for r in readings]
+            deadbands = self.deadbands
+            if deadbands is None or deadbands.rule_for(decoded.device_class) is None:
+                pending.items = [(fifo, pack(r), lane) for r in readings]
+                return pending
+            judged = deadbands.judge(decoded.device_class, readings)
+            pending.items = [
+                (fifo, pack(r), lane) for r, j in zip(readings, judged, strict=True) if j.keep
+            ]
+            pending.suppressed = len(readings) - len(pending.items)
+            pending.marks = [j.mark for j in judged if j.mark is not None]
+            # Last: a message that raised before here is invalid and must stand for nothing.
+            deadbands.stage(pending.marks)
         return pending
 
     def take_alone(self, message: Incoming, breaker: Breaker) -> Pending:

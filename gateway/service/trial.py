@@ -5,7 +5,9 @@ the stored form and coalescing the flusher uses, so the line protocol shown is t
 protocol that would be written. Refusals are shown with the reason counted in
 `gateway_readings_total{outcome="invalid"}` and logged in `gateway rejects`. Sparkplug B
 messages are read against the edge nodes' state that the buffer holds (opened read-only, if
-there is one), and the messages of one run share what their BIRTHs define.
+there is one), and the messages of one run share what their BIRTHs define. So do deadbands:
+each reading of a class with one is shown kept or suppressed, and why, judged against the
+readings of the run kept before it (the run starts with no state, as the gateway does).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from gateway.buffer.environment import DATA_FILE
 from gateway.buffer.store import Buffer
 from gateway.errors import StorageError
 from gateway.flush.core.coalesce import coalesce
+from gateway.ingest.core.deadband import Deadbands
 from gateway.ingest.core.decode import Decoder
 from gateway.points.record import pack, split
 from gateway.sparkplug.core.session import NOTE_PREFIX
@@ -41,6 +44,13 @@ class Outcome:
     readings: list[dict[str, Any]] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
+    # One per reading when its class has a deadband: "kept: why" or "suppressed: why".
+    deadband: list[str] = field(default_factory=list)
+
+    @property
+    def stored(self) -> int:
+        """How many of the readings would be stored."""
+        return len(self.readings) - sum(d.startswith("suppressed") for d in self.deadband)
 
 
 def try_messages(settings: Settings, messages: Iterable[tuple[str, bytes]]) -> list[Outcome]:
@@ -48,7 +58,16 @@ def try_messages(settings: Settings, messages: Iterable[tuple[str, bytes]]) -> l
     decoder = Decoder(settings.mqtt.subscriptions, settings.limits, settings.sparkplug)
     if decoder.sparkplug is not None:
         decoder.sparkplug.sessions.load(_stored_sparkplug_state(settings))
-    return [_try(decoder, topic, payload) for topic, payload in messages]
+    deadbands = Deadbands.of(settings.mqtt.subscriptions)
+    return [_try(decoder, deadbands, topic, payload) for topic, payload in messages]
+
+
+def stored_line(outcomes: list[Outcome]) -> str | None:
+    """The line "N of M readings would be stored", when a deadband judged some; else None."""
+    if not any(o.deadband for o in outcomes):
+        return None
+    total = sum(len(o.readings) for o in outcomes)
+    return f"{sum(o.stored for o in outcomes)} of {total} readings would be stored"
 
 
 def _stored_sparkplug_state(settings: Settings) -> dict[bytes, bytes]:
@@ -63,9 +82,18 @@ def _stored_sparkplug_state(settings: Settings) -> dict[bytes, bytes]:
         return {}
 
 
-def _try(decoder: Decoder, topic: str, payload: bytes) -> Outcome:
+def _try(decoder: Decoder, deadbands: Deadbands, topic: str, payload: bytes) -> Outcome:
     decoded = decoder.decode(topic, payload, time.time_ns())
     outcome = Outcome(topic, decoded.device_class)
+    kept = decoded.readings
+    if decoded.readings and deadbands.rule_for(decoded.device_class) is not None:
+        judged = deadbands.judge(decoded.device_class, decoded.readings, explain=True)
+        marks = [j.mark for j in judged if j.mark is not None]
+        # As if committed at once: the next message is judged against these.
+        deadbands.stage(marks)
+        deadbands.settle(marks, clean=True)
+        outcome.deadband = [f"{'kept' if j.keep else 'suppressed'}: {j.why}" for j in judged]
+        kept = [r for r, j in zip(decoded.readings, judged, strict=True) if j.keep]
     for reading in decoded.readings:
         outcome.readings.append(
             {
@@ -76,7 +104,7 @@ def _try(decoder: Decoder, topic: str, payload: bytes) -> Outcome:
                 "ts_ns": reading.ts_ns,
             }
         )
-    lines, _ = coalesce([split(pack(reading)) for reading in decoded.readings])
+    lines, _ = coalesce([split(pack(reading)) for reading in kept])
     outcome.lines = [line.decode() for line in lines]
     outcome.refused = [(error.reason, error.detail) for error in decoded.errors]
     return outcome
@@ -116,11 +144,15 @@ def render(outcome: Outcome) -> str:
     out = [f"topic {outcome.topic!r}"]
     if outcome.readings:
         out.append(f"  {len(outcome.readings)} reading(s), device class {outcome.device_class!r}:")
-        for r in outcome.readings:
+        for i, r in enumerate(outcome.readings):
             tags = ", ".join(f"{k}={v!r}" for k, v in r["tags"].items())
             fields = ", ".join(f"{k}={v!r}" for k, v in r["fields"].items())
             out.append(f"    {r['measurement']} [{tags}] {fields} @ {r['ts_ns']}")
-        out.append("  line protocol:")
+            if outcome.deadband:
+                out.append(f"      deadband: {outcome.deadband[i]}")
+        out.append(
+            "  line protocol:" if outcome.lines else "  line protocol: none (all suppressed)"
+        )
         out += [f"    {line}" for line in outcome.lines]
     for reason, detail in outcome.refused:
         out.append(f"  refused ({reason}): {detail}")
@@ -137,4 +169,6 @@ def as_json(outcome: Outcome) -> dict[str, Any]:
         "readings": outcome.readings,
         "line_protocol": outcome.lines,
         "refused": [{"reason": r, "detail": d} for r, d in outcome.refused],
+        "deadband": outcome.deadband,
+        "stored_readings": outcome.stored,
     }

@@ -195,3 +195,37 @@ def test_try_reads_sparkplug_against_the_buffers_state_and_its_own_births(
     stored = gateway("try", "-c", str(config), "--topic", topic, "--payload-file", str(data_file))
     assert stored.returncode == 0, stored.stdout
     assert "motor,edge_node=n,group=g value=9i" in stored.stdout
+
+
+def test_try_shows_what_the_deadband_does_with_each_reading(config: Path, tmp_path: Path) -> None:
+    """Kept or suppressed and why, per reading, the run's count stored, and the JSON view."""
+    config.write_text(
+        config.read_text().replace(
+            'format = "json"\n',
+            'format = "json"\ndeadband = { absolute = 0.5, heartbeat_s = 300 }\n',
+        )
+    )
+    samples = tmp_path / "samples.jsonl"
+    ms = 1_700_000_000_000
+    samples.write_text(
+        "\n".join(
+            json.dumps({"topic": "sensors/d/t", "payload": json.dumps({"ts": ms + s, "temp": v})})
+            for s, v in ((0, 20.0), (12_000, 20.2), (20_000, 20.6))
+        )
+    )
+    result = gateway("try", "-c", str(config), "--samples", str(samples))
+    assert result.returncode == 0, result.stdout
+    assert "deadband: kept: first reading of the series" in result.stdout
+    assert (
+        "deadband: suppressed: all fields within band, 12 s since the last kept (heartbeat 300 s)"
+        in result.stdout
+    )
+    assert "deadband: kept: temp moved 0.6 >= band 0.5" in result.stdout
+    assert "line protocol: none (all suppressed)" in result.stdout
+    assert result.stdout.rstrip().endswith("2 of 3 readings would be stored")
+
+    as_json = gateway("try", "-c", str(config), "--samples", str(samples), "--json")
+    shown = json.loads(as_json.stdout)
+    assert [o["stored_readings"] for o in shown] == [1, 0, 1]
+    assert [o["deadband"][0].split(":")[0] for o in shown] == ["kept", "suppressed", "kept"]
+    assert [len(o["line_protocol"]) for o in shown] == [1, 0, 1]

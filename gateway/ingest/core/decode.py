@@ -10,6 +10,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
+from gateway.buffer.core.summary import LEVEL_BITS
 from gateway.config.sparkplug import SparkplugSettings
 from gateway.errors import DecodeError
 from gateway.ingest.core.jsonread import NS_PER_UNIT, json_objects, json_reading
@@ -70,6 +71,10 @@ class Decoder:
 
         `dup`: the broker delivers the message again (Sparkplug B sequence numbers repeat).
         """
+        # Whole multiples of 8 ns, like every timestamp in s, ms or us: summaries carry their
+        # level in the low bits of theirs (gateway/buffer/core/summary.py), so none can take
+        # the place of a reading the gateway stamped. Here, as every format's stamp comes here.
+        received_ns -= received_ns % LEVEL_BITS
         result = Decoded()
         limits = self._limits
         if len(payload) > limits.max_payload_bytes:

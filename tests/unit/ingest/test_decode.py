@@ -16,6 +16,8 @@ from gateway.points.model import Reading
 from tests.points import encode_point
 
 NOW_NS = 1_750_000_000_123_456_789
+# The receipt time a reading without a timestamp gets: NOW_NS in whole multiples of 8 ns.
+RECEIPT_NS = 1_750_000_000_123_456_784
 # The mapping tests use small timestamps (1 ms after 1970); the limit tests use the defaults.
 ANY_AGE = LimitSettings(max_age_s=1e11)
 
@@ -37,9 +39,31 @@ def test_default_mapping_is_the_documented_point() -> None:
 
 
 def test_missing_timestamp_takes_time_of_receipt() -> None:
-    """Without ts the reading is stamped with the receipt time passed in."""
+    """Without ts the reading is stamped with the receipt time passed in, low 3 bits cleared."""
     (reading,) = decoder().decode("sensors/d/m", b'{"v": 1}', NOW_NS).readings
-    assert reading.ts_ns == NOW_NS
+    assert reading.ts_ns == RECEIPT_NS
+
+
+@pytest.mark.parametrize(
+    ("sub", "payload"),
+    [
+        ({"topic": "sensors/{device}/{measurement}"}, b'{"v": 1}'),
+        ({"topic": "sensors/{device}/{measurement}", "format": "value"}, b"2.5"),
+        ({"topic": "sensors/{device}/m", "format": "line"}, b"m v=1"),
+    ],
+)
+@given(now_ns=st.integers(min_value=NOW_NS - 10**12, max_value=NOW_NS + 10**12))
+def test_receipt_stamps_are_multiples_of_8(
+    sub: dict[str, str], payload: bytes, now_ns: int
+) -> None:
+    """A stamp of receipt never has the low bits set that carry a summary's level."""
+    (reading,) = (
+        Decoder([Subscription.model_validate(sub)], ANY_AGE)
+        .decode("sensors/d/m", payload, now_ns)
+        .readings
+    )
+    assert reading.ts_ns % 8 == 0
+    assert now_ns - 8 < reading.ts_ns <= now_ns
 
 
 @pytest.mark.parametrize(
@@ -121,7 +145,7 @@ def test_line_format_adds_device_and_keeps_types() -> None:
             (("f", 1.5), ("i", -3), ("b", True), ("s", 'q"x')),
             17,
         ),
-        Reading("d9", "m2", (("device", "d9"),), (("v", 2),), NOW_NS),
+        Reading("d9", "m2", (("device", "d9"),), (("v", 2),), RECEIPT_NS),
     ]
 
 

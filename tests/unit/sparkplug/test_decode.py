@@ -404,3 +404,16 @@ def test_compression_bombs_and_strangers_are_refused(payload: bytes, reason: str
     assert [e.reason for e in decoded.errors] == [reason]
     assert not decoded.readings
     assert not decoded.notes
+
+
+def test_a_metric_without_any_timestamp_gets_the_receipt_in_multiples_of_8() -> None:
+    """No metric nor payload timestamp: the receipt time, its low 3 bits cleared."""
+    dec, _, _ = decoder()
+    dec.decode("spBv1.0/plant/NBIRTH/edge1", nbirth(), NOW_NS)
+    data = Payload()
+    data.ParseFromString(encode(NOW_MS, [(None, 1, None, 22.0, None)], seq=1))
+    data.ClearField("timestamp")
+    (reading,) = dec.decode(
+        "spBv1.0/plant/NDATA/edge1", data.SerializeToString(), NOW_NS + 13
+    ).readings
+    assert reading.ts_ns == NOW_NS + 8
