@@ -301,6 +301,10 @@ class Metrics:
         self.damaged_chunks.inc(chunks)
         self.accounting.damaged(lost, summaries_lost)
 
+    def summaries_damaged(self, lost: Mapping[int, int]) -> None:
+        """Summaries were lost with a damaged chunk (counted with `buffer_damaged`), by level."""
+        self.accounting.damaged({}, lost)
+
     def set_buffer_limits(self, capacity_bytes: int, budget_bytes: int) -> None:
         """Record the buffer's disk budget and readings budget."""
         self.buffer_capacity.set(capacity_bytes)
