@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from gateway.errors import StorageError
+from gateway.errors import CapacityError
 
 if TYPE_CHECKING:
     from gateway.buffer.store import Buffer
@@ -48,7 +48,7 @@ class Housekeeping:
     health: Health
     notifier: Notifier
     summary_interval_s: float
-    # The last compaction step failed: said once, until a step succeeds again.
+    # The last compaction step found no room on disk: said once, until a step works again.
     _compaction_failing: bool = False
 
     async def run(self) -> None:
@@ -83,16 +83,18 @@ class Housekeeping:
             await anyio.sleep(max(0.0, next_tick - time.monotonic()))
 
     def compact_step(self) -> bool:
-        """One step of the compact policy, counted; False when there was nothing to do.
+        """One step of the compact policy, counted; False when there was nothing (or no room) to do.
 
         It runs with the admission rules in use (a reload changes them), and is counted right
         after its commit, so a scrape sees the summaries and the readings they replaced together.
         """
         try:
             compacted = self.buffer.compact(self.ingest.committer.rules)
-        except StorageError as exc:
+        except CapacityError as exc:
+            # The disk budget had no page for the step; nothing changed. Any other storage
+            # error ends the service, as one of a seal does: the next start recovers.
             if not self._compaction_failing:
-                logger.warning("compaction failed; the buffer keeps its readings: %s", exc)
+                logger.warning("compaction had no room on disk; tried again later: %s", exc)
             self._compaction_failing = True
             return False
         self._compaction_failing = False

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from gateway.buffer.core.ledger import Compacted, Totals
-from gateway.errors import StorageError
+from gateway.errors import CapacityError
 from gateway.observe.health import Health
 from gateway.observe.metrics import Metrics
 from gateway.service.housekeeping import SEAL_STEP_PAUSE_S, Housekeeping
@@ -36,7 +36,7 @@ class FakeBuffer:
         self.calls.append(("compact", time.monotonic()))
         if self.fail_first:
             self.fail_first = False
-            raise StorageError("no page left")
+            raise CapacityError("no page left")
         if not self.steps:
             self.done.set()
             return None
@@ -135,12 +135,12 @@ async def test_seal_and_compaction_take_turns() -> None:
 async def test_a_failed_step_is_said_once_and_the_next_tick_tries_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A storage error ends the steps of this tick, with a warning; the service goes on."""
+    """No room on disk ends the steps of this tick, with one warning; the next tick tries again."""
     buffer = FakeBuffer(steps=1, fail_first=True)
     chores, metrics, _ = _chores(buffer, tick_s=0.2)
     await _run_until_done(chores, buffer, within_s=1)
     compactions = [c for c in buffer.calls if c[0] == "compact"]
     assert compactions[1][1] - compactions[0][1] >= 0.15, "the next try waited for a tick"
-    warnings = [r for r in caplog.records if "compaction failed" in r.getMessage()]
+    warnings = [r for r in caplog.records if "compaction had no room" in r.getMessage()]
     assert len(warnings) == 1
     assert metrics.accounting.snapshot().outcomes["summarised"] == 10
