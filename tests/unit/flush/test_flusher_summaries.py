@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
+from gateway.buffer.core.admission import Lane, Policy, Rules
 from gateway.buffer.core.ledger import level_fifo
 from gateway.buffer.store import Buffer
 from gateway.errors import SinkRejected
@@ -115,3 +116,49 @@ async def test_summaries_the_flusher_did_not_know_of_wake_it(tmp_path: Path) -> 
                     database.wrote = anyio.Event()
             tg.cancel_scope.cancel()
     assert len(database.lines) == 2
+
+
+COMPACTING = Lane(policy=Policy.COMPACT, steps_ns=(10**9, 4 * 10**9), level_share=0.25)
+
+
+@pytest.mark.anyio
+async def test_compaction_then_delivery_keeps_the_counts_equal_to_the_buffer(
+    tmp_path: Path,
+) -> None:
+    """After real compaction steps and a drain, every count agrees with the buffer's levels.
+
+    It needs the buffer's compaction (gateway/buffer/compaction.py).
+    """
+    with Buffer(tmp_path, 16 << 20) as buffer:
+        rules = Rules(buffer.budget_bytes, high=0.9, low=0.8, default_lane=COMPACTING)
+        values = [
+            (device, rec(device, 10**18 + 125_000_000 * i))
+            for i in range(2_000)
+            for device in ("a", "b")
+        ]
+        admitted = buffer.admit([(fifo, value, COMPACTING) for fifo, value in values], rules)
+        flusher = _flusher(buffer, Database(), 0, {})
+        accounting = flusher._metrics.accounting
+        accounting.committed(accepted=admitted.stored, invalid=0)
+        flusher.notify(admitted.stored)
+        steps = 0
+        while steps < 5 and (step := buffer.compact(rules, force=True)) is not None:
+            accounting.compacted(step)
+            flusher.note_appended(step.appended)
+            steps += 1
+            s = accounting.snapshot()
+            levels = buffer.level_counts()
+            assert s.buffered == levels[0][0]
+            assert s.summaries_buffered == {n: c for n, (c, _) in levels.items() if n}
+            assert len(flusher._waiting) == buffer.totals().readings
+        # Raw readings, summaries and summaries of summaries wait together.
+        assert steps == 5
+        assert sorted(buffer.level_counts()) == [0, 1, 2]
+        await drain(flusher, buffer)
+        s = accounting.snapshot()
+    assert s.buffered == 0
+    assert s.summaries_buffered == {}
+    assert s.outcomes["delivered"] + s.outcomes["summarised"] == admitted.stored
+    assert sum(s.summaries["delivered"].values()) + sum(s.summaries["resummarised"].values()) + sum(
+        s.summaries["dropped"].values()
+    ) == sum(s.summaries["made"].values())
