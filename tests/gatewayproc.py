@@ -359,22 +359,59 @@ def count(gw: GatewayProcess, family: str, **labels: str) -> float:
     return total
 
 
-def assert_identities(gw: GatewayProcess) -> dict[str, float]:
-    """Both accounting identities, and the breakdowns adding up to their totals."""
-    m = gw.metrics()
+def broken_identities(m: dict[str, float]) -> list[str]:
+    """The accounting identities a scrape breaks, each with its numbers (none: all hold).
+
+    The three of gateway/observe/accounting.py, and each breakdown adding up to its total.
+    """
 
     def outcome(name: str) -> float:
-        return m[f"gateway_readings_total{{outcome={name}}}"]
+        return m.get(f"gateway_readings_total{{outcome={name}}}", 0.0)
 
-    assert outcome("received") == outcome("invalid") + outcome("refused") + outcome("accepted")
-    assert outcome("accepted") + outcome("recovered") == (
-        outcome("delivered")
-        + outcome("dead_lettered")
-        + outcome("dropped")
-        + m["gateway_buffer_readings"]
-    )
-    for kind in ("refused", "dropped"):
-        parts = sum(v for k, v in m.items() if k.startswith(f"gateway_readings_{kind}_total{{"))
-        assert parts == outcome(kind)
+    def summaries(name: str) -> float:
+        return m.get(f"gateway_summary_points_total{{outcome={name}}}", 0.0)
+
+    def parts(prefix: str) -> float:
+        return sum(v for k, v in m.items() if k.startswith(prefix + "{"))
+
+    broken = []
+    received = outcome("received")
+    intake = outcome("invalid") + outcome("refused") + outcome("suppressed") + outcome("accepted")
+    if received != intake:
+        broken.append(f"received {received} != invalid + refused + suppressed + accepted {intake}")
+    accepted = outcome("accepted") + outcome("recovered")
+    gone = ("delivered", "dead_lettered", "dropped", "summarised")
+    held = sum(outcome(name) for name in gone) + m.get("gateway_buffer_readings", 0.0)
+    if accepted != held:
+        figures = ", ".join(f"{name} {outcome(name)}" for name in gone)
+        broken.append(
+            f"accepted + recovered {accepted} != {figures} + buffered "
+            f"{m.get('gateway_buffer_readings', 0.0)} (off by {accepted - held:+})"
+        )
+    made = summaries("made") + summaries("recovered")
+    ends = ("delivered", "dead_lettered", "resummarised", "dropped")
+    summaries_held = sum(summaries(name) for name in ends) + parts("gateway_buffer_summaries")
+    if made != summaries_held:
+        figures = ", ".join(f"{name} {summaries(name)}" for name in ends)
+        broken.append(
+            f"summaries made + recovered {made} != {figures} + buffered "
+            f"{parts('gateway_buffer_summaries')} (off by {made - summaries_held:+})"
+        )
+    broken += [
+        f"{kind} by its breakdown {parts(f'gateway_readings_{kind}_total')} != {outcome(kind)}"
+        for kind in ("refused", "dropped", "suppressed", "summarised")
+        if parts(f"gateway_readings_{kind}_total") != outcome(kind)
+    ]
+    if parts("gateway_summaries_total") != summaries("made"):
+        broken.append(
+            f"summaries by step {parts('gateway_summaries_total')} != made {summaries('made')}"
+        )
+    return broken
+
+
+def assert_identities(gw: GatewayProcess) -> dict[str, float]:
+    """The three accounting identities, and the breakdowns adding up to their totals."""
+    m = gw.metrics()
+    assert not broken_identities(m), broken_identities(m)
     assert m["gateway_buffer_bytes"] <= 0.9 * m["gateway_buffer_budget_bytes"]
     return m

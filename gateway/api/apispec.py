@@ -381,7 +381,17 @@ DOCUMENT: dict[str, Any] = {
                 ],
                 "properties": {
                     "path": {"type": "string"},
-                    "readings": {"type": "integer", "minimum": 0},
+                    "readings": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Raw readings buffered (summaries apart)",
+                    },
+                    "summaries": {
+                        "type": "object",
+                        "description": "Summaries the compact policy made of older readings, "
+                        'buffered, by step ("60s")',
+                        "additionalProperties": {"type": "integer", "minimum": 0},
+                    },
                     "bytes": {"type": "integer", "minimum": 0},
                     "capacity_bytes": {"type": "integer", "minimum": 0},
                     "budget_bytes": {"type": "integer", "minimum": 0},
@@ -403,6 +413,8 @@ DOCUMENT: dict[str, Any] = {
                         "properties": {
                             "readings": {
                                 "type": "object",
+                                "description": "Readings by outcome since start "
+                                "(gateway_readings_total), summarised and suppressed included",
                                 "additionalProperties": {"type": "integer", "minimum": 0},
                             },
                             "lag_s": {"type": "number", "minimum": 0},

@@ -197,9 +197,11 @@ class ReadApi:
             return _error(400, "top must be an integer")
         if top < 0:
             return _error(400, "top must be 0 or more")
-        view = buffer_view.snapshot(self._buffer, time.time_ns(), top=top)
-        snapshot = self._metrics.accounting.snapshot()
         b = self._settings.buffer
+        view = buffer_view.snapshot(
+            self._buffer, time.time_ns(), top=top, steps_s=b.compact_steps_s
+        )
+        snapshot = self._metrics.accounting.snapshot()
         view["runtime"] = {
             "version": __version__,
             "readings": snapshot.outcomes,

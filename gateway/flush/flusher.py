@@ -15,11 +15,13 @@ import math
 import random
 import time
 import zlib
+from collections import Counter
 from typing import TYPE_CHECKING, NoReturn
 
 import anyio
 
 from gateway import backoff
+from gateway.buffer.core.ledger import fifo_level
 from gateway.errors import SinkError, StorageError
 from gateway.flush.core.coalesce import coalesce
 from gateway.flush.core.controller import BatchSizer
@@ -102,6 +104,24 @@ class Flusher:
         if self._failures:
             return
         if first or self._buffer.totals().readings >= self._batch_size:
+            self._wake.set()
+
+    def note_appended(self, summaries: int) -> None:
+        """Called after a compaction step replaced older buffered records by `summaries` summaries.
+
+        The summaries stand for the oldest records waiting and keep their age, so the lag still
+        says how old the oldest undelivered data is: only the records the step freed come off
+        the oldest (`_settle`). Should the buffer hold more records than are known to wait, the
+        rest waits from now (on the backlog's stream: summaries never join a live stream), so
+        that no buffered summary goes unread.
+        """
+        self._settle()
+        backlog = self._backlog
+        known = len(self._waiting) + (0 if backlog is None else len(backlog))
+        missing = min(summaries, self._buffer.totals().readings - known)
+        if missing > 0:
+            stream = self._waiting if backlog is None else backlog
+            stream.committed(missing, time.monotonic(), self._settings.linger_s)
             self._wake.set()
 
     @property
@@ -306,9 +326,10 @@ class Flusher:
             self._failures = 0
             self._unreachable = False
         dead = [(devices[sources[j][0]], reason, lines[j].decode()) for j, reason in refused]
-        dead_readings = sum(len(sources[j]) for j, _ in refused)
+        # Records of each level behind the refused lines: raw readings (0) and summaries.
+        dead_by_level = Counter(fifo_level(devices[i]) for j, _ in refused for i in sources[j])
         try:
-            self._delete(spans, dead, dead_readings)
+            self._delete(spans, dead, dead_by_level)
         except StorageError as exc:
             # The database has the points; they stay buffered and are written again later,
             # which is harmless. Crashing here would stop intake as well.
@@ -344,6 +365,8 @@ class Flusher:
             return
         live = 0
         for span in spans:
+            if fifo_level(span.device):
+                continue  # summaries are appended after any split: never a live stream's
             end = span.first_seq + len(span.values)
             live += max(0, end - max(span.first_seq, split.get(span.device, 0)))
         # The split here is the flusher's guess of the buffer's (which ends a FIFO's split on
@@ -375,11 +398,18 @@ class Flusher:
             logger.info("live-first drain: the backlog is delivered")
 
     def _delete(
-        self, spans: list[Span], dead: list[tuple[str, str, str]], dead_readings: int
+        self, spans: list[Span], dead: list[tuple[str, str, str]], dead_by_level: Counter[int]
     ) -> int:
         deleted = self._buffer.delete([(s.device, s.first_seq, len(s.values)) for s in spans], dead)
+        # Raw readings and summaries are accounted apart (gateway/observe/accounting.py).
+        delivered: Counter[int] = Counter()
+        for span in spans:
+            delivered[fifo_level(span.device)] += len(span.values)
+        delivered.subtract(dead_by_level)
+        summaries_dead = Counter(dead_by_level)
+        raw_delivered, raw_dead = delivered.pop(0, 0), summaries_dead.pop(0, 0)
         # Right after the commit that removed them, so a scrape sees both or neither.
-        self._metrics.accounting.removed(deleted - dead_readings, dead_readings)
+        self._metrics.accounting.removed(raw_delivered, raw_dead, +delivered, +summaries_dead)
         self._metrics.observe_buffer(self._buffer.totals())
         return deleted
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,6 +71,17 @@ class Snapshot:
     # Outcome (SUMMARY_OUTCOMES) -> level -> summaries; buffered summaries by level.
     summaries: dict[str, dict[int, int]]
     summaries_buffered: dict[int, int]
+
+
+def step_label(level: int, steps_s: Sequence[int]) -> str:
+    """How metrics and status name a summary level: by its step, "60s".
+
+    A level past the configured steps (the ladder was shortened while summaries were buffered)
+    keeps its number, "level 3".
+    """
+    if 1 <= level <= len(steps_s):
+        return f"{steps_s[level - 1]}s"
+    return f"level {level}"
 
 
 class Accounting:

@@ -1,8 +1,9 @@
 """Every Prometheus metric of the gateway, defined in one place; no per-device labels.
 
-`gateway_readings_total{outcome}`, `gateway_buffer_readings` and the refusals and drops by
-reason and device class come from one `Accounting` snapshot per scrape, so they satisfy its
-identities exactly (see gateway/observe/accounting.py).
+`gateway_readings_total{outcome}`, `gateway_buffer_readings` (raw readings only), the refusals
+and drops by reason and device class, the suppressed and summarised readings by device class and
+the summaries by outcome and step come from one `Accounting` snapshot per scrape, so they
+satisfy its identities exactly (see gateway/observe/accounting.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.observe.accounting import Accounting
+from gateway.observe.accounting import SUMMARY_OUTCOMES, Accounting, step_label
 from gateway.observe.brokerstats import BrokerStats
 from gateway.observe.diskwear import DiskWear, DiskWearCollector
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     from prometheus_client.metrics_core import Metric
+
+    from gateway.observe.accounting import Snapshot
 
 
 # `*_created` series double the exposition and no dashboard or alert uses them.
@@ -79,6 +82,8 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.accounting = Accounting()
+        # The compact policy's steps in seconds, finest first: they name the summary levels.
+        self.summary_steps_s: tuple[int, ...] = ()
         self._budget_bytes = 0
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -283,10 +288,22 @@ class Metrics:
         if self._budget_bytes:
             self.buffer_fill.set(totals.nbytes / self._budget_bytes)
 
-    def buffer_damaged(self, chunks: int, lost: Mapping[tuple[str, str], int]) -> None:
-        """Damaged chunks were set aside, with the readings they held by (reason, class)."""
+    def buffer_damaged(
+        self,
+        chunks: int,
+        lost: Mapping[tuple[str, str], int],
+        summaries_lost: Mapping[int, int] | None = None,
+    ) -> None:
+        """Damaged chunks were set aside, with the readings they held by (reason, class).
+
+        `summaries_lost`: the summaries they held, by level.
+        """
         self.damaged_chunks.inc(chunks)
-        self.accounting.damaged(lost)
+        self.accounting.damaged(lost, summaries_lost)
+
+    def summaries_damaged(self, lost: Mapping[int, int]) -> None:
+        """Summaries were lost with a damaged chunk (counted with `buffer_damaged`), by level."""
+        self.accounting.damaged({}, lost)
 
     def set_buffer_limits(self, capacity_bytes: int, budget_bytes: int) -> None:
         """Record the buffer's disk budget and readings budget."""
@@ -310,7 +327,9 @@ class _AccountingCollector(Collector):
             readings.add_metric([outcome], count)
         yield readings
         yield GaugeMetricFamily(
-            "gateway_buffer_readings", "Readings in the buffer", value=snapshot.buffered
+            "gateway_buffer_readings",
+            "Readings in the buffer (raw readings; summaries are gateway_buffer_summaries)",
+            value=snapshot.buffered,
         )
         for kind, counts, help_text in (
             ("refused", snapshot.refused, "Valid readings acknowledged but not stored"),
@@ -324,6 +343,56 @@ class _AccountingCollector(Collector):
             for (reason, device_class), count in sorted(counts.items()):
                 family.add_metric([reason, device_class], count)
             yield family
+        for kind, by_class, help_text in (
+            (
+                "suppressed",
+                snapshot.suppressed,
+                "Readings within their deadband, acknowledged and not stored",
+            ),
+            (
+                "summarised",
+                snapshot.summarised,
+                "Buffered readings replaced by summaries under the compact policy",
+            ),
+        ):
+            family = CounterMetricFamily(
+                f"gateway_readings_{kind}", f"{help_text}, by device class", labels=["device_class"]
+            )
+            for device_class, count in sorted(by_class.items()):
+                family.add_metric([device_class], count)
+            yield family
+        yield from self._summaries(snapshot)
+
+    def _summaries(self, snapshot: Snapshot) -> Iterator[Metric]:
+        steps_s = self._metrics.summary_steps_s
+        levels = range(1, len(steps_s) + 1)
+        made = CounterMetricFamily(
+            "gateway_summaries",
+            "Summaries made by the compact policy, by step (each stands for a series' readings "
+            "or finer summaries over one window)",
+            labels=["step"],
+        )
+        # Every configured step present from the start, so that rate() sees the first ones.
+        for level in sorted({*levels, *snapshot.summaries["made"]}):
+            made.add_metric([step_label(level, steps_s)], snapshot.summaries["made"].get(level, 0))
+        yield made
+        points = CounterMetricFamily(
+            "gateway_summary_points",
+            "Summaries by outcome, all steps together: made, recovered at start, delivered, "
+            "dead-lettered, summarised again at the next step, or dropped",
+            labels=["outcome"],
+        )
+        for outcome in SUMMARY_OUTCOMES:
+            points.add_metric([outcome], sum(snapshot.summaries[outcome].values()))
+        yield points
+        buffered = GaugeMetricFamily(
+            "gateway_buffer_summaries", "Summaries in the buffer, by step", labels=["step"]
+        )
+        for level in sorted({*levels, *snapshot.summaries_buffered}):
+            buffered.add_metric(
+                [step_label(level, steps_s)], snapshot.summaries_buffered.get(level, 0)
+            )
+        yield buffered
 
 
 class _SparkplugCollector(Collector):

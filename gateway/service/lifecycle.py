@@ -13,7 +13,8 @@ import logging
 import os
 import signal
 import time
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import TYPE_CHECKING, Protocol, cast
 
 import anyio
 
@@ -40,7 +41,7 @@ from gateway.service.sdnotify import Notifier
 from gateway.sparkplug.core.session import NOTE_PREFIX
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from gateway.config.sections import BufferSettings
@@ -303,11 +304,15 @@ def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
         seal_pending_bytes=b.seal_pending_max_bytes,
     )
     totals = buffer.totals()
+    levels = buffer.level_counts()
+    raw = levels.get(0, (0, 0))[0]
+    summaries = Counter({level: n for level, (n, _) in levels.items() if level})
     logger.info(
-        "buffer open at %s: %d readings from %d devices waiting, %d of %d budget bytes used "
-        "(disk budget %d bytes), sync mode %s, policy %s",
+        "buffer open at %s: %d readings and %d summaries from %d devices waiting, %d of %d "
+        "budget bytes used (disk budget %d bytes), sync mode %s, policy %s",
         b.path,
-        totals.readings,
+        raw,
+        summaries.total(),
         totals.devices,
         totals.nbytes,
         buffer.budget_bytes,
@@ -316,14 +321,27 @@ def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
         b.policy,
     )
     metrics.set_buffer_limits(buffer.capacity_bytes, buffer.budget_bytes)
+    metrics.summary_steps_s = b.compact_steps_s
     # Readings lost with chunks found damaged at start were buffered by an earlier run: they
-    # count as recovered and dropped (reason damaged), so the identity shows them.
+    # count as recovered and dropped (reason damaged), so the identity shows them; summaries
+    # lost with them count as recovered and dropped summaries of their level.
     chunks, lost = buffer.damaged()
-    metrics.accounting = Accounting(recovered=totals.readings + sum(lost.values()))
-    metrics.buffer_damaged(chunks, lost)
+    summaries_lost = buffer.damaged_summaries()
+    metrics.accounting = Accounting(
+        recovered=raw + sum(lost.values()), summaries_recovered=summaries + summaries_lost
+    )
+    metrics.buffer_damaged(chunks, lost, summaries_lost)
     buffer.on_damaged = metrics.buffer_damaged
+    # The buffer tells of summaries lost later apart, by level, before the chunk's readings.
+    cast("_SummaryDamage", buffer).on_damaged_summaries = metrics.summaries_damaged
     metrics.observe_buffer(totals)
     return buffer
+
+
+class _SummaryDamage(Protocol):
+    """The buffer's callback for summaries lost with a damaged chunk, by level."""
+
+    on_damaged_summaries: Callable[[Counter[int]], None] | None
 
 
 class _ReadyOnce:

@@ -48,21 +48,38 @@ def render(view: dict[str, Any], top: int) -> str:
         f"{view['dead_letters']:,} dead letters"
     )
     lines = [summary]
+    # Older views (a service of an earlier version) have no summaries.
+    summaries = view.get("summaries") or {}
+    if summaries:
+        lines.append(_summaries_line(summaries, view.get("runtime")))
     devices = view["devices"]
     if devices:
         oldest = max(devices, key=lambda d: d["oldest_age_s"])
         lines.append(
             f"oldest buffered reading: {_age(oldest['oldest_age_s'])} old ({oldest['device']})"
         )
-        lines.append(f"{'device':<32} {'class':<12} {'readings':>12} {'bytes':>10} {'oldest':>10}")
-        lines += [
-            f"{d['device'][:32]:<32} {d['device_class'][:12]:<12} {d['readings']:>12,} "
-            f"{_size(d['bytes']):>10} {_age(d['oldest_age_s']):>10}"
-            for d in devices[:top]
-        ]
+        extra = f" {'summaries':>10}" if summaries else ""
+        lines.append(
+            f"{'device':<32} {'class':<12} {'readings':>12}{extra} {'bytes':>10} {'oldest':>10}"
+        )
+        for d in devices[:top]:
+            extra = f" {d.get('summaries', 0):>10,}" if summaries else ""
+            lines.append(
+                f"{d['device'][:32]:<32} {d['device_class'][:12]:<12} {d['readings']:>12,}"
+                f"{extra} {_size(d['bytes']):>10} {_age(d['oldest_age_s']):>10}"
+            )
         if view["devices_with_backlog"] > top:
             lines.append(f"... and {view['devices_with_backlog'] - top:,} more devices")
     return "\n".join(lines)
+
+
+def _summaries_line(summaries: dict[str, int], runtime: dict[str, Any] | None) -> str:
+    """The summaries buffered by step, and how many readings the service summarised."""
+    line = "summaries buffered: " + " · ".join(f"{step} {n:,}" for step, n in summaries.items())
+    if runtime is not None:
+        summarised = runtime["readings"].get("summarised", 0)
+        line += f" ({summarised:,} readings summarised since the service started)"
+    return line
 
 
 def status(settings: Settings, *, as_json: bool, top: int) -> str:
@@ -98,7 +115,7 @@ def from_disk(settings: Settings) -> dict[str, Any]:
     views = []
     for path in environments(settings):
         with Buffer(path, int(settings.buffer.capacity), readonly=True) as buffer:
-            views.append(snapshot(buffer, time.time_ns()))
+            views.append(snapshot(buffer, time.time_ns(), steps_s=settings.buffer.compact_steps_s))
     return views[0] if len(views) == 1 else combine(str(settings.buffer.path), views)
 
 

@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.tools import scenarios
 from gateway.tools.demo import scrape
 from tests.fault.relay import FaultyRelay, Key
-from tests.gatewayproc import SMALL_API, loop_lag_max_s
+from tests.gatewayproc import SMALL_API, broken_identities, loop_lag_max_s
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -152,33 +152,6 @@ class Sensors(threading.Thread):
             raise self.error
         assert not self.is_alive(), "the sensors did not finish"
         return self.published
-
-
-def broken_identities(m: dict[str, float]) -> list[str]:
-    """The accounting identities this scrape breaks, each with its numbers."""
-
-    def outcome(name: str) -> float:
-        return m.get(f"gateway_readings_total{{outcome={name}}}", 0.0)
-
-    broken = []
-    received = outcome("received")
-    intake = outcome("invalid") + outcome("refused") + outcome("accepted")
-    if received != intake:
-        broken.append(f"received {received} != invalid + refused + accepted {intake}")
-    accepted = outcome("accepted") + outcome("recovered")
-    held = outcome("delivered") + outcome("dead_lettered") + outcome("dropped")
-    buffered = m.get("gateway_buffer_readings", 0.0)
-    if accepted != held + buffered:
-        broken.append(
-            f"accepted {accepted} != delivered {outcome('delivered')} + dropped "
-            f"{outcome('dropped')} + dead_lettered {outcome('dead_lettered')} + buffered "
-            f"{buffered} (off by {accepted - held - buffered:+})"
-        )
-    for kind in ("refused", "dropped"):
-        parts = sum(v for k, v in m.items() if k.startswith(f"gateway_readings_{kind}_total{{"))
-        if parts != outcome(kind):
-            broken.append(f"{kind} by reason {parts} != {kind} {outcome(kind)}")
-    return broken
 
 
 def stored_keys(influx: InfluxV1) -> list[Key]:

@@ -67,6 +67,12 @@ function glance(status, now) {
        paused ? "paused" : "taking", paused ? "bad" : "ok");
   show("fill", number(status.fill_ratio * 100, 1) + " %", status.fill_ratio);
   show("buffered", number(status.readings), status.readings);
+  // The compact policy's summaries of older readings, by step ("60s"); none under the others.
+  const steps = Object.entries(status.summaries ?? {});
+  const summaries = steps.reduce((sum, [, count]) => sum + count, 0);
+  show("summaries", number(summaries), summaries);
+  document.getElementById("summary-steps").textContent =
+    steps.map(([step, count]) => step + " " + number(count)).join(" · ");
   show("lag", seconds(run.lag_s), run.lag_s);
   show("dead-count", number(status.dead_letters), status.dead_letters);
   // The worst of the last minute: a stall past [metrics] max_loop_lag_s fails /healthz too.

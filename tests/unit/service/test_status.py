@@ -7,9 +7,12 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+from gateway.buffer.core.ledger import level_fifo
 from gateway.buffer.store import Buffer
+from gateway.buffer.view import combine, snapshot
 from gateway.points.model import Reading
 from gateway.points.record import pack
+from gateway.service.status import render
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -74,3 +77,45 @@ def test_status_of_missing_buffer_is_a_clear_error(tmp_path: Path) -> None:
     assert shown.returncode == 1
     assert shown.stderr.startswith("gateway: cannot open buffer")
     assert "Traceback" not in shown.stderr
+
+
+def test_status_counts_summaries_by_step_apart_from_readings(tmp_path: Path) -> None:
+    """Summaries show by step and on their device's row; readings stay the raw ones."""
+    a1, a2 = level_fifo("a", 1), level_fifo("a", 2)
+    with Buffer(tmp_path / "buffer", 16 << 20) as buffer:
+        buffer.append(
+            [
+                ("a", pack(Reading("a", "m", (), (("v", 1.0),), 10**18))),
+                ("b", pack(Reading("b", "m", (), (("v", 1.0),), 10**18))),
+                (a1, pack(Reading("a", "m", (), (("v", 1.0),), 10**17 + 1))),
+                (a1, pack(Reading("a", "m", (), (("v", 1.0),), 10**17 + 9))),
+                (a2, pack(Reading("a", "m", (), (("v", 1.0),), 10**16 + 2))),
+            ]
+        )
+        view = snapshot(buffer, 2 * 10**18, steps_s=(60, 600))
+    assert view["readings"] == 2
+    assert view["summaries"] == {"60s": 2, "600s": 1}
+    rows = [(d["device"], d["readings"], d["summaries"]) for d in view["devices"]]
+    assert rows == [("a", 1, 3), ("b", 1, 0)]
+    assert view["devices"][0]["oldest_ts_ns"] == 10**16 + 2
+
+    text = render(view, top=10)
+    assert "summaries buffered: 60s 2 · 600s 1" in text
+    assert "summarised since" not in text, "from disk nothing says what the service did"
+    running = {**view, "runtime": {"readings": {"summarised": 1234}}}
+    assert "(1,234 readings summarised since the service started)" in render(running, top=10)
+
+    both = combine("all", [view, view])
+    assert both["summaries"] == {"60s": 4, "600s": 2}
+    assert [(d["device"], d["summaries"]) for d in both["devices"]] == [("a", 6), ("b", 0)]
+
+
+def test_status_without_summaries_keeps_its_table(tmp_path: Path) -> None:
+    """Under the other policies the table has no summaries column and no summaries line."""
+    with Buffer(tmp_path / "buffer", 16 << 20) as buffer:
+        buffer.append([("a", pack(Reading("a", "m", (), (("v", 1.0),), 10**18)))])
+        view = snapshot(buffer, 2 * 10**18, steps_s=(60,))
+    assert view["summaries"] == {}
+    lines = render(view, top=10).splitlines()
+    assert not any(line.startswith("summaries buffered") for line in lines)
+    assert lines[2].split() == ["device", "class", "readings", "bytes", "oldest"]
