@@ -1,4 +1,3 @@
-# mypy: ignore-errors
 """Summary records: per-series statistics standing for a run of readings over a time window.
 
 Pure. A summary is an ordinary stored record (gateway/points/record.py) with the series of the
@@ -61,79 +60,9 @@ def summarise(
     values: Sequence[bytes], *, level: int, ladder: Ladder, compaction_no: int
 ) -> list[bytes]:
     """The summaries at `level` of packed records (raw readings or summaries one level finer)."""
-    # Stand-in until the real one lands (exact stats, no name collisions handled).
-    from gateway.points.lineparse import parse_lines  # noqa: PLC0415
-    from gateway.points.lineproto import encode_fields  # noqa: PLC0415
-    from gateway.points.record import HEADER, split  # noqa: PLC0415
-
-    step = ladder.step(level)
-    windows: dict[tuple[bytes, int], dict[str, Stats | FieldValue]] = {}
-    for value in values:
-        series, ts, fields = read_stats(value, level - 1)
-        key = (series, ts - ts % step)
-        merged = windows.setdefault(key, {})
-        for name, got in fields.items():
-            old = merged.get(name)
-            if isinstance(got, Stats) and isinstance(old, Stats):
-                merged[name] = Stats(
-                    old.count + got.count,
-                    old.total + got.total,
-                    min(old.low, got.low),
-                    max(old.high, got.high),
-                )
-            else:
-                merged[name] = got
-    del parse_lines, split
-    out = []
-    offset = level + LEVEL_BITS * (compaction_no % (ladder.steps_ns[0] // 16))
-    for (series, window), merged in windows.items():
-        fields: list[tuple[str, FieldValue]] = []
-        for name, got in sorted(merged.items()):
-            if isinstance(got, Stats):
-                mean = (
-                    round(got.total / got.count)
-                    if isinstance(got.total, int)
-                    else got.total / got.count
-                )
-                fields += [
-                    (name, mean),
-                    (f"{name}_count", got.count),
-                    (f"{name}_max", got.high),
-                    (f"{name}_min", got.low),
-                    (f"{name}_sum", got.total),
-                ]
-            else:
-                fields.append((name, got))
-        encoded = encode_fields(tuple(fields)).encode()
-        out.append(HEADER.pack(window + offset, len(series)) + series + encoded)
-    return out
+    raise NotImplementedError
 
 
 def read_stats(value: bytes, level: int) -> tuple[bytes, int, dict[str, Stats | FieldValue]]:
     """The series, timestamp and per-field statistics (or plain value) of a packed record."""
-    from gateway.points.lineparse import parse_lines  # noqa: PLC0415
-    from gateway.points.record import split  # noqa: PLC0415
-
-    stored = split(value)
-    ((_, _, fields, _),) = parse_lines("m " + stored.fields.decode())
-    plain = dict(fields)
-    found: dict[str, Stats | FieldValue] = {}
-    for name, got in plain.items():
-        if level and f"{name}_count" in plain:
-            found[name] = Stats(
-                int(plain[f"{name}_count"]),
-                plain[f"{name}_sum"],
-                plain[f"{name}_min"],
-                plain[f"{name}_max"],
-            )  # type: ignore[arg-type]
-        elif (
-            level
-            and name.rpartition("_")[0] in plain
-            and name.rpartition("_")[2] in ("count", "sum", "min", "max")
-        ):
-            continue
-        elif isinstance(got, (int, float)) and not isinstance(got, bool):
-            found[name] = Stats(1, got, got, got)
-        else:
-            found[name] = got
-    return stored.series, stored.ts_ns, found
+    raise NotImplementedError
