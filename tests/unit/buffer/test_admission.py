@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from gateway.buffer.core.admission import (
     DEVICE_SHARE,
     MAX_DEVICES,
+    PAUSE,
     SHED,
     Candidate,
     Decision,
@@ -28,6 +29,9 @@ DROP = Lane("d", Policy.DROP_OLDEST)
 LOW = Lane("low", Policy.SHED, priority=1)
 MID = Lane("mid", Policy.SHED, priority=5)
 ALARM = Lane("alarm", Policy.SHED, priority=9, critical=True)
+STEPS_NS = (60 * 10**9, 600 * 10**9)
+COMPACT = Lane("c", Policy.COMPACT, steps_ns=STEPS_NS)
+KEPT = Lane("kept", Policy.COMPACT, critical=True, steps_ns=STEPS_NS)
 RULES = Rules(budget_bytes=10_000, high=0.9, low=0.8, device_share=0.25, max_devices=3)
 OLD = Fifo(nbytes=100, droppable_bytes=100, is_new=False)
 
@@ -133,7 +137,53 @@ def test_shed_takes_the_lowest_priority_first_and_never_critical() -> None:
     assert victim(ALARM, [Candidate("alarm", ALARM, 9000)]) is None
 
 
-lanes = st.sampled_from([REJECT, DROP, LOW, MID, ALARM])
+def test_a_compact_lane_is_never_a_victim_nor_takes_one() -> None:
+    """Compact lanes give up readings to summaries only: no drop policy takes theirs."""
+    candidates = [
+        Candidate("compact-large", COMPACT, 9000),
+        Candidate("drop-small", DROP, 10),
+        Candidate("shed-small", LOW, 10),
+    ]
+    assert victim(COMPACT, candidates) is None
+    assert victim(KEPT, candidates) is None
+    for lane, name in [(DROP, "drop-small"), (MID, "shed-small"), (ALARM, "shed-small")]:
+        chosen = victim(lane, candidates)
+        assert chosen is not None
+        assert chosen.name == name
+    assert victim(DROP, [Candidate("compact-large", COMPACT, 9000)]) is None
+    assert victim(ALARM, [Candidate("compact-large", COMPACT, 9000)]) is None
+
+
+def test_a_compact_lane_is_compactable_unless_critical_and_never_droppable() -> None:
+    """Only a non-critical compact lane with its steps may be summarised; none is dropped."""
+    assert COMPACT.is_compactable
+    assert not COMPACT.is_droppable
+    assert not KEPT.is_compactable
+    assert not KEPT.is_droppable
+    assert not Lane("no-steps", Policy.COMPACT).is_compactable
+    for lane in (REJECT, DROP, LOW, ALARM):
+        assert not lane.is_compactable
+
+
+def test_a_compact_lane_without_room_pauses() -> None:
+    """At the high watermark a compact reading asks for room; with none made, it waits."""
+    decision = decide(COMPACT, 50, fifo=OLD, used=8990, active=1, rules=RULES)
+    assert decision.verdict is Verdict.STORE
+    assert decision.make_room_bytes >= 40
+    assert victim(COMPACT, [Candidate("c", COMPACT, 9000)]) is None
+    assert when_no_room(COMPACT) == PAUSE
+    assert when_no_room(KEPT) == PAUSE
+
+
+def test_a_compact_lane_over_its_share_is_refused_as_under_reject() -> None:
+    """Nothing of a compact device is dropped to keep its share: the reading is refused."""
+    full = Fifo(nbytes=2490, droppable_bytes=2490, is_new=False)
+    assert decide(COMPACT, 50, fifo=full, used=2490, active=1, rules=RULES) == Decision(
+        Verdict.REFUSE, DEVICE_SHARE
+    )
+
+
+lanes = st.sampled_from([REJECT, DROP, LOW, MID, ALARM, COMPACT, KEPT])
 
 
 @given(
@@ -148,7 +198,7 @@ def test_a_victim_is_never_critical_rejecting_or_of_another_policy(
     if chosen is None:
         return
     assert not chosen.lane.critical
-    assert chosen.lane.policy is lane.policy is not Policy.REJECT
+    assert chosen.lane.policy is lane.policy not in {Policy.REJECT, Policy.COMPACT}
     assert chosen.droppable_bytes > 0
     if lane.policy is Policy.SHED and not lane.critical:
         assert chosen.lane.priority <= lane.priority

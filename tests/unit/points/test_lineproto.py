@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.errors import DecodeError
-from gateway.points.lineparse import parse_lines
+from gateway.points.lineparse import parse_fields, parse_lines
+from gateway.points.lineproto import encode_fields
 from gateway.points.model import Reading
 from tests.points import check_reading, encode_batch, encode_point
 from tests.strategies import readings
@@ -87,3 +89,30 @@ def test_encoded_points_parse_back_unchanged(
         reading.fields,
         reading.ts_ns,
     )
+
+
+@given(**readings)
+def test_encoded_fields_parse_back_unchanged(
+    measurement: str, tags: dict[str, str], fields: dict[str, object], ts: int
+) -> None:
+    """A stored reading's field part parses back to the same typed fields."""
+    reading = Reading("d", measurement, tuple(sorted(tags.items())), tuple(fields.items()), ts)  # type: ignore[arg-type]
+    try:
+        check_reading(reading)
+    except DecodeError:
+        return
+    assert tuple(parse_fields(encode_fields(reading.fields))) == reading.fields
+
+
+@given(st.text(alphabet="ab_=,.0123456789+-eEiutrfalsTF", max_size=30))
+def test_field_parts_read_as_in_a_line(text: str) -> None:
+    """`parse_fields` reads a field part as the line parser does, or refuses it as it does."""
+    try:
+        ((_, _, want, _),) = parse_lines("m " + text)
+    except DecodeError as exc:
+        if exc.reason == "duplicate_field":
+            return
+        with pytest.raises(DecodeError):
+            parse_fields(text)
+        return
+    assert parse_fields(text) == want
