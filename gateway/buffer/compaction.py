@@ -22,26 +22,27 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING
 
+from gateway.buffer.candidates import Candidates
 from gateway.buffer.core.chunk import reading_bytes
-from gateway.buffer.core.compaction import Choice, Group, choose
+from gateway.buffer.core.compaction import Choice, choose
 from gateway.buffer.core.ledger import (
     U64,
     Compacted,
     fifo_class,
-    fifo_level,
     level_fifo,
-    raw_fifo,
 )
 from gateway.buffer.core.summary import Ladder, summarise
 from gateway.buffer.reads import lease_of
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
     from gateway.buffer.core.admission import Lane, Rules
+    from gateway.buffer.core.ledger import DeviceState
     from gateway.buffer.reads import Reads
     from gateway.buffer.transaction import FifoTransaction
 
@@ -53,9 +54,11 @@ NEXT_NOTE = b"compact/next"
 # alone, and one that had nothing to give (all in flight, or a live stream).
 SPENT_NS = 60_000_000_000
 EMPTY_NS = 1_000_000_000
-# A step gives up looking after this many FIFO levels that had nothing to give, and the store
-# after this many runs not worth summarising (each was read: a step's cost).
+# A step gives up after this many FIFO levels that had nothing to give, or this many devices
+# looked at; the store after this many runs not worth summarising (each was read: a step's
+# cost).
 TRIES = 4
+LOOKS = 64
 RETRIES = 2
 FAULT_ENV = "GATEWAY_FAULT_COMPACT"
 FAULT_POINTS = ("before_commit", "after_commit")
@@ -64,13 +67,14 @@ FAULT_POINTS = ("before_commit", "after_commit")
 class NoStep(Exception):
     """Nothing to take, or nothing worth taking: the caller aborts the journal transaction.
 
-    `retry`: another FIFO may be worth it, in a new transaction.
+    `retry`: another FIFO may be worth it, in a new transaction. `busy`: the step looked for
+    candidates and is to be called again.
     """
 
-    def __init__(self, *, retry: bool = False) -> None:
+    def __init__(self, *, retry: bool = False, busy: bool = False) -> None:
         """Say whether trying again may find something."""
-        super().__init__("retry" if retry else "nothing")
-        self.retry = retry
+        super().__init__("retry" if retry else "busy" if busy else "nothing")
+        self.retry, self.busy = retry, busy
 
 
 @dataclass(slots=True)
@@ -95,6 +99,7 @@ class Compactor:
         # (raw FIFO, level) -> monotonic ns until which it is not chosen.
         self.spent: dict[tuple[str, int], int] = {}
         self._fault = fault_from_environment()
+        self._candidates = Candidates()
         self._rules: Rules | None = None
         self._any_lane = False
 
@@ -117,8 +122,15 @@ class Compactor:
             self.compacting = False
         return self.compacting
 
-    def step(self, w: FifoTransaction, rules: Rules, reads: Reads, now_ns: int) -> Step:
-        """Take one run into `w` and append its summaries.
+    def step(
+        self,
+        w: FifoTransaction,
+        states: Mapping[str, DeviceState],
+        rules: Rules,
+        reads: Reads,
+        now_ns: int,
+    ) -> Step:
+        """Take one run into `w` and append its summaries; `states`: the committed ones.
 
         Raises:
             NoStep: nothing could be taken, or the summaries would take as many bytes as the
@@ -126,18 +138,36 @@ class Compactor:
                 the caller must abort.
         """
         self.spent = {k: t for k, t in self.spent.items() if t > now_ns}
-        groups, lanes = _groups(w, rules, reads)
-        skipped: set[tuple[str, int]] = set()
-        for _ in range(TRIES):
-            choice = choose(groups, _share(lanes), self.spent.keys() | skipped)
-            if choice is None:
-                raise NoStep
-            found = self._take(w, choice, lanes[choice.fifo], reads, now_ns)
-            if found is not None:
-                return found
-            skipped.add((choice.fifo, choice.level))
-            self.spent[choice.fifo, choice.level] = now_ns + EMPTY_NS
-        raise NoStep
+        candidates = self._candidates
+        if not candidates.renew(states, rules, reads):
+            raise NoStep(busy=True)
+        looked: list[str] = []
+        found: Step | None = None
+        empties = 0
+        try:
+            for group, lane in islice(candidates.largest(), LOOKS):
+                looked.append(group.fifo)
+                choice = choose([group], lane.level_share, self.spent.keys())
+                if choice is None:
+                    continue
+                found = self._take(w, choice, lane, reads, now_ns)
+                if found is not None:
+                    return found
+                self.spent[choice.fifo, choice.level] = now_ns + EMPTY_NS
+                empties += 1
+                if empties >= TRIES:
+                    break
+            raise NoStep
+        finally:
+            changed = w.changed
+
+            def state_of(name: str) -> DeviceState | None:
+                if found is not None and name in changed:
+                    return changed[name]
+                return states.get(name)
+
+            for raw in looked:
+                candidates.look_again(raw, state_of, reads)
 
     def _take(
         self, w: FifoTransaction, choice: Choice, lane: Lane, reads: Reads, now_ns: int
@@ -184,39 +214,6 @@ class Compactor:
         """The fault hook at `point` of a step's commit, if one is set."""
         if self._fault is not None:
             self._fault(point, step.level)
-
-
-def _groups(w: FifoTransaction, rules: Rules, reads: Reads) -> tuple[list[Group], dict[str, Lane]]:
-    """The FIFOs of compact lanes holding records, by device, with their droppable bytes."""
-    by_class: dict[str, Lane] = {}
-    sizes: dict[str, tuple[list[int], list[int]]] = {}
-    lanes: dict[str, Lane] = {}
-    for name, state in w.active_states():
-        device_class = fifo_class(name)
-        lane = by_class.get(device_class)
-        if lane is None:
-            lane = by_class[device_class] = rules.lane(device_class)
-        if not lane.is_compactable:
-            continue
-        level = fifo_level(name)
-        top = len(lane.steps_ns)
-        if level > top:
-            continue  # a level a longer ladder made before a reload: delivered as it is
-        raw = raw_fifo(name)
-        found = sizes.get(raw)
-        if found is None:
-            found = sizes[raw] = ([0] * (top + 1), [0] * (top + 1))
-            lanes[raw] = lane
-        _, leased = lease_of(name, reads.leases, reads.live_leases, reads.live_from)
-        found[0][level] = state.nbytes
-        found[1][level] = max(0, state.nbytes - leased)
-    groups = [Group(raw, tuple(n), tuple(d)) for raw, (n, d) in sizes.items()]
-    return groups, lanes
-
-
-def _share(lanes: dict[str, Lane]) -> float:
-    """The level share: one per buffer in practice (a [buffer] key)."""
-    return next(iter(lanes.values())).level_share if lanes else 0.25
 
 
 def fault_from_environment() -> Callable[[str, int], None] | None:

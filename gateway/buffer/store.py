@@ -770,7 +770,9 @@ class Buffer:
 
         Runs when the fill is past the start of compaction (or with `force`), on the largest
         backlog of a compact lane: its oldest readings (or summaries) become summaries one step
-        coarser, in one transaction (gateway/buffer/compaction.py).
+        coarser, in one transaction (gateway/buffer/compaction.py). A step that only looked
+        for candidates (the first ones, over many FIFOs) returns an empty `Compacted`: call
+        again.
 
         Raises:
             CapacityError: the disk budget has no room for the step; nothing changed.
@@ -789,6 +791,8 @@ class Buffer:
                     w, step = self._compact_step(journal, rules)
                     break
                 except compaction.NoStep as nothing:
+                    if nothing.busy:
+                        return Compacted()
                     if not nothing.retry:
                         return None
             else:
@@ -815,7 +819,9 @@ class Buffer:
         try:
             with journal.begin(write=True) as txn, self._walker(txn) as walker:
                 w = FifoTransaction(self._ledger, walker)
-                step = compactor.step(w, rules, self._reads, time.monotonic_ns())
+                step = compactor.step(
+                    w, self._ledger.states, rules, self._reads, time.monotonic_ns()
+                )
                 w.finish(txn, step.notes, self._moved, self._damage.unsettled)
                 self._guard.check(txn)
                 compactor.fault("before_commit", step)

@@ -54,6 +54,7 @@ from gateway.buffer.core.admission import Lane, Policy, Rules
 from gateway.buffer.core.ledger import (
     DEFAULT_CLASS,
     U64,
+    Compacted,
     fifo_device,
     fifo_level,
     level_fifo,
@@ -542,7 +543,7 @@ class BufferMachine(RuleBasedStateMachine):
         finally:
             self.faults.disarm()
         after = {d: s.readings for d, s in self.buffer.devices().items()}
-        if done is None:
+        if done is None or done == Compacted():  # nothing done, or candidates looked for
             assert {d: n for d, n in after.items() if n} == {d: n for d, n in before.items() if n}
             return
         step = self.buffer.last_compaction

@@ -363,3 +363,17 @@ def test_the_fault_hook_is_absent_unless_asked_for(monkeypatch: pytest.MonkeyPat
         hook("before_commit", level)
         hook("after_commit", level)
     assert kills == [signal.SIGKILL]
+
+
+def test_the_coarsest_summaries_are_dropped_last_and_counted(tmp_path: Path) -> None:
+    """With raw and finer levels spent, the coarsest level's oldest summaries go, counted."""
+    with Buffer(tmp_path, CAPACITY) as buffer:
+        fill(buffer, ["a"], 3000)
+        dropped: Counter[int] = Counter()
+        made: Counter[int] = Counter()
+        while (done := buffer.compact(FORCED, force=True)) is not None:
+            dropped += done.dropped_summaries
+            made += done.made
+        assert set(dropped) == {LADDER.levels}
+        assert buffer.level_counts() == {0: (0, 0)}
+        assert made[LADDER.levels] == dropped[LADDER.levels]
