@@ -46,8 +46,9 @@ if TYPE_CHECKING:
     from gateway.buffer.reads import Reads
     from gateway.buffer.transaction import FifoTransaction
 
-# Bytes of records one step reads at most (and one record more): about 800 readings of 75 B.
-STEP_BYTES = 64 << 10
+# Bytes of records one step reads at most (and a few records more): about 400 readings of
+# 75 B, a few milliseconds of parsing and summarising.
+STEP_BYTES = 32 << 10
 # The journal note holding the next compaction number.
 NEXT_NOTE = b"compact/next"
 # How long a FIFO level whose run was not worth summarising (no fewer bytes after) is left

@@ -165,6 +165,9 @@ class BufferMachine(RuleBasedStateMachine):
         self.live_leased: dict[str, tuple[int, int]] = {}
         # Split devices (a live-first drain): how many of their oldest readings are backlog.
         self.backlog: dict[str, int] = {}
+        # Split summary FIFOs whose live read stopped at a summary not newer than their
+        # backlog: the record it stopped at (held while it is the first of the live stream).
+        self.live_held: dict[str, bytes] = {}
         self.clock = 0
         # Devices a step changed: the invariant reads these back whole.
         self.touched: set[str] = set()
@@ -194,6 +197,7 @@ class BufferMachine(RuleBasedStateMachine):
         self.faults = Faults(self.buffer)
         self.checkpoints_seen = self.buffer.checkpoints
         self.leased, self.live_leased, self.backlog = {}, {}, {}
+        self.live_held = {}
         self.touched = set(self.model)
 
     def teardown(self) -> None:
@@ -252,6 +256,7 @@ class BufferMachine(RuleBasedStateMachine):
             self.backlog[device] -= count
             if self.backlog[device] <= 0:
                 del self.backlog[device]
+                self.live_held.pop(device, None)
                 # The split is over: a live batch in flight is now the FIFO's oldest readings,
                 # leased like a batch read from the head.
                 if device in self.live_leased:
@@ -411,7 +416,14 @@ class BufferMachine(RuleBasedStateMachine):
             return 0, []
         queue, first = list(self.model[device]), self.backlog[device]
         got = [v for s in spans for v in s.values]
-        assert got == queue[first : first + n]
+        if fifo_level(device):
+            # Summaries appended after the split stand for old readings: a live read stops
+            # at the first not newer than the backlog, until the backlog is delivered.
+            assert got == queue[first : first + len(got)]
+            if len(got) < n and first + len(got) < len(queue):
+                self.live_held[device] = queue[first + len(got)]
+        else:
+            assert got == queue[first : first + n]
         return (spans[0].first_seq if spans else 0), got
 
     @rule(data=st.data(), n=st.integers(1, 10))
@@ -453,8 +465,8 @@ class BufferMachine(RuleBasedStateMachine):
         """A reading past its device's share drops about `extra` bytes more of the device's
         oldest readings not in flight (behind a lease, if it has one)."""
         device = self._pick(data, free=False)
-        if device is None:
-            return
+        if device is None or fifo_level(device):
+            return  # readings are admitted to raw FIFOs only
         held = self.buffer.devices()[device].nbytes
         budget = 4 * self.buffer.totals().nbytes + 1000  # far from the watermark
         share = max(held - extra, 0) / budget or 1e-9
@@ -710,7 +722,9 @@ class BufferMachine(RuleBasedStateMachine):
             d: self.backlog.get(d, len(q)) for d, q in self.model.items() if q
         }
         assert self.buffer.live_backlog() == {
-            d: len(self.model[d]) - n for d, n in self.backlog.items() if len(self.model[d]) > n
+            d: len(self.model[d]) - n
+            for d, n in self.backlog.items()
+            if len(self.model[d]) > n and self.live_held.get(d) != self.model[d][n]
         }
         for device, state in self.buffer.devices().items():
             queue = self.model[device]

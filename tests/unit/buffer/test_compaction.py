@@ -253,16 +253,19 @@ def test_a_step_reads_at_most_its_bytes(
 
 
 def test_summaries_never_become_latest_values(tmp_path: Path) -> None:
-    """The latest-value table holds raw readings only, after a compaction and after a replay."""
-    with Buffer(tmp_path, CAPACITY) as buffer:
+    """The latest-value table holds raw readings only, after a compaction and after a replay,
+    also for a series the table's bound had evicted."""
+    with Buffer(tmp_path, CAPACITY, latest_series=1) as buffer:
         fill(buffer, ["a"], 3000)
-        compact_all(buffer)
-        latest = [(found.ts_ns, found.fields) for found in buffer.latest_of("a")]
+        buffer.append([("b", reading("b", 1))])  # evicts a's series from the table
+        buffer.checkpoint()  # the raw readings' latest values are stored, not replayed
+        compact_all(buffer, limit=6)
+        latest = {d: buffer.latest_of(d) for d in "ab"}
         buffer.abandon()
-    buffer = Buffer(tmp_path, CAPACITY)
+    buffer = Buffer(tmp_path, CAPACITY, latest_series=1)
     try:
-        assert [(found.ts_ns, found.fields) for found in buffer.latest_of("a")] == latest
-        assert all(ts % 8 == 0 for ts, _ in latest)
+        assert {d: buffer.latest_of(d) for d in "ab"} == latest
+        assert latest["a"] == []
     finally:
         buffer.close()
 
