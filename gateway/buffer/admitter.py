@@ -25,14 +25,13 @@ from gateway.buffer.core.admission import (
 )
 from gateway.buffer.core.chunk import READING_OVERHEAD, reading_bytes
 from gateway.buffer.core.ledger import Admitted, fifo_class
+from gateway.buffer.reads import lease_of
 from gateway.errors import CapacityError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from gateway.buffer.transaction import FifoTransaction
-
-NO_LEASE = (0, 0)
 
 
 class Admitter:
@@ -62,14 +61,7 @@ class Admitter:
 
     def _lease(self, fifo: str) -> tuple[int, int]:
         """(first sequence a drop may take, bytes in flight) of a FIFO, both reads counted."""
-        end, nbytes = self._leases.get(fifo, NO_LEASE)
-        live = self._live_leases.get(fifo)
-        if live is not None:
-            nbytes += live[1]
-            # While split, the live stream lies past `live_from`, where drops stop anyway.
-            if fifo not in self._live_from:
-                end = max(end, live[0])
-        return end, nbytes
+        return lease_of(fifo, self._leases, self._live_leases, self._live_from)
 
     def admit(self, items: Sequence[tuple[str, bytes, Lane]]) -> Admitted:
         """Admit (FIFO, packed record, lane) triples in order; returns what was done.

@@ -51,6 +51,7 @@ from gateway.buffer.core.chunk import (
 from gateway.buffer.core.damage import JOURNAL_KIND, take_range
 from gateway.buffer.core.journalindex import JournalIndex
 from gateway.buffer.core.ledger import (
+    LEVEL_SEPARATOR,
     NEWEST_NONE,
     NO_SEAL,
     SEALED_KEY,
@@ -528,8 +529,10 @@ class _Replay:
 def _placed(
     segments: list[Segment], groups: list[list[bytes]], names: dict[int, str]
 ) -> list[tuple[str, int, int, bytes]]:
+    # Summaries (gateway/buffer/compaction.py) are not readings a device sent: never latest.
     return [
         (names[segment.number], segment.number, segment.first + offset, record)
         for segment, records in zip(segments, groups, strict=True)
+        if LEVEL_SEPARATOR not in names[segment.number]
         for offset, record in enumerate(records)
     ]

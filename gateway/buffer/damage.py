@@ -41,6 +41,7 @@ from gateway.buffer.core.ledger import (
     Ledger,
     LedgerChange,
     fifo_class,
+    fifo_level,
 )
 from gateway.buffer.fiforead import sealed_chunks
 from gateway.errors import StorageError
@@ -70,20 +71,31 @@ class Damage:
     unsettled: set[str] = field(default_factory=set)
     chunks: int = 0
     readings: int = 0
-    # Readings lost by (reason, device class), for the accounting of a service opening now.
+    # Raw readings lost by (reason, device class), for the accounting of a service opening
+    # now; summaries lost by level (they stand for readings counted as summarised already).
     by_class: Counter[tuple[str, str]] = field(default_factory=Counter)
-    # Told of every loss counted; the service points it at its metrics and accounting.
+    summaries: Counter[int] = field(default_factory=Counter)
+    # Told of every loss counted; the service points them at its metrics and accounting.
     on_damaged: Callable[[int, Counter[tuple[str, str]]], None] | None = None
+    on_damaged_summaries: Callable[[Counter[int]], None] | None = None
 
     def count(self, chunks: int, lost: dict[str, int]) -> None:
-        """Count `chunks` set aside and the readings lost with them, by FIFO."""
+        """Count `chunks` set aside and the records lost with them, by FIFO."""
         by_class: Counter[tuple[str, str]] = Counter()
+        by_level: Counter[int] = Counter()
         for fifo, readings in lost.items():
-            by_class[DAMAGED, fifo_class(fifo)] += readings
-        by_class = +by_class
+            level = fifo_level(fifo)
+            if level:
+                by_level[level] += readings
+            else:
+                by_class[DAMAGED, fifo_class(fifo)] += readings
+        by_class, by_level = +by_class, +by_level
         self.chunks += chunks
         self.readings += sum(by_class.values())
         self.by_class.update(by_class)
+        self.summaries.update(by_level)
+        if by_level and self.on_damaged_summaries is not None:
+            self.on_damaged_summaries(by_level)
         if self.on_damaged is not None:
             self.on_damaged(chunks, by_class)
 

@@ -28,6 +28,28 @@ if TYPE_CHECKING:
 
 # (first sequence after the leased readings, their bytes) of one FIFO's lease.
 Lease = tuple[int, int]
+NO_LEASE: Lease = (0, 0)
+
+
+def lease_of(
+    fifo: str,
+    leases: Mapping[str, Lease],
+    live_leases: Mapping[str, Lease],
+    live_from: Mapping[str, int],
+) -> Lease:
+    """(first sequence a drop may take, bytes in flight) of a FIFO, both kinds of read counted.
+
+    A live batch stays in flight after its split ended (its backlog delivered), and then its
+    readings are the FIFO's oldest: the drop starts after them.
+    """
+    end, nbytes = leases.get(fifo, NO_LEASE)
+    live = live_leases.get(fifo)
+    if live is not None:
+        nbytes += live[1]
+        # While split, the live stream lies past `live_from`, where drops stop anyway.
+        if fifo not in live_from:
+            end = max(end, live[0])
+    return end, nbytes
 
 
 class Reads:

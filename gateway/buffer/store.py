@@ -65,12 +65,23 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Self, TypeVar
 
 import lmdb
 
-from gateway.buffer import capacity, checkpoint, damage, deadletters, environment, integrity, live
+from gateway.buffer import (
+    capacity,
+    checkpoint,
+    compaction,
+    damage,
+    deadletters,
+    environment,
+    integrity,
+    live,
+)
 from gateway.buffer.admitter import Admitter
 from gateway.buffer.checkpointer import Checkpointer, unreachable
 from gateway.buffer.core.admission import Lane, Rules
 from gateway.buffer.core.damage import JOURNAL_KIND
 from gateway.buffer.core.ledger import (
+    LEVEL_SEPARATOR,
+    U64,
     Admitted,
     Compacted,
     DeadLetter,
@@ -79,6 +90,7 @@ from gateway.buffer.core.ledger import (
     Span,
     Totals,
     fifo_device,
+    fifo_level,
     fifo_name,
 )
 from gateway.buffer.core.verify import Report, is_plausible
@@ -238,6 +250,10 @@ class Buffer:
             self._checkpoint_if_due()
         if not readonly:
             self._trim_metadata()
+        number = self.notes(compaction.NEXT_NOTE).get(compaction.NEXT_NOTE)
+        self._compactor = compaction.Compactor(U64.unpack(number)[0] if number else 0)
+        # The last compaction step committed (tests follow what it took).
+        self.last_compaction: compaction.Step | None = None
 
     def _trim_metadata(self) -> None:
         """Evict latest values past a bound lowered since they were kept, as a checkpoint does.
@@ -321,8 +337,20 @@ class Buffer:
     def on_damaged(self, callback: Callable[[int, Counter[tuple[str, str]]], None] | None) -> None:
         self._damage.on_damaged = callback
 
+    @property
+    def on_damaged_summaries(self) -> Callable[[Counter[int]], None] | None:
+        """Told of the summaries lost with each damaged chunk set aside, by level."""
+        return self._damage.on_damaged_summaries
+
+    @on_damaged_summaries.setter
+    def on_damaged_summaries(self, callback: Callable[[Counter[int]], None] | None) -> None:
+        self._damage.on_damaged_summaries = callback
+
     def damaged(self) -> tuple[int, Counter[tuple[str, str]]]:
-        """Damaged chunks set aside since opening, and their readings by (reason, class)."""
+        """Damaged chunks set aside since opening, and their raw readings by (reason, class).
+
+        Summaries lost with them are counted apart, by level (`damaged_summaries`).
+        """
         with self._lock:
             return self._damage.chunks, Counter(self._damage.by_class)
 
@@ -736,24 +764,102 @@ class Buffer:
         with self._lock:
             return self._checkpoint_if_due()
 
-    def compact(self, rules: Rules, *, force: bool = False) -> Compacted | None:  # noqa: ARG002
+    @_surviving_damage
+    def compact(self, rules: Rules, *, force: bool = False) -> Compacted | None:
         """One bounded step of the compact policy; None when there was nothing to do.
 
         Runs when the fill is past the start of compaction (or with `force`), on the largest
         backlog of a compact lane: its oldest readings (or summaries) become summaries one step
-        coarser, in one transaction (gateway/buffer/compaction.py).
+        coarser, in one transaction (gateway/buffer/compaction.py). A step that only looked
+        for candidates (the first ones, over many FIFOs) returns an empty `Compacted`: call
+        again.
+
+        Raises:
+            CapacityError: the disk budget has no room for the step; nothing changed.
+            StorageError: any other LMDB failure; nothing changed. Or, once committed, the
+                accounting could not take the change: the buffer must be reopened.
         """
-        return None
+        if self.readonly:
+            return None
+        journal = self._writable_journal()
+        compactor = self._compactor
+        with self._lock:
+            if not compactor.due(rules, self._ledger.nbytes) and not force:
+                return None
+            for _ in range(compaction.RETRIES):
+                try:
+                    w, step = self._compact_step(journal, rules)
+                    break
+                except compaction.NoStep as nothing:
+                    if nothing.busy:
+                        return Compacted()
+                    if not nothing.retry:
+                        return None
+            else:
+                return None
+            compactor.committed()
+            compactor.fault("after_commit", step)
+            try:
+                self._moved |= w.taken()
+                self._adopt(w.change(), w.chunk_bytes)
+                if w.written is not None:
+                    self._moved &= self._damage.unsettled
+            except Exception as exc:
+                raise StorageError(f"a committed compaction could not be accounted: {exc}") from exc
+            self._unwritten_notes.update(step.notes)
+            self._after_commit(w, Admitted())
+            self.last_compaction = step
+        return step.compacted
+
+    def _compact_step(
+        self, journal: lmdb.Environment, rules: Rules
+    ) -> tuple[FifoTransaction, compaction.Step]:
+        """Commit one compaction step (lock held); raises `NoStep` when there is none."""
+        compactor = self._compactor
+        try:
+            with journal.begin(write=True) as txn, self._walker(txn) as walker:
+                w = FifoTransaction(self._ledger, walker)
+                step = compactor.step(
+                    w, self._ledger.states, rules, self._reads, time.monotonic_ns()
+                )
+                w.finish(txn, step.notes, self._moved, self._damage.unsettled)
+                self._guard.check(txn)
+                compactor.fault("before_commit", step)
+        except lmdb.MapFullError as exc:
+            self._checkpointer.seal_wanted = True
+            raise capacity.translate(exc, self.path, self.capacity_bytes) from exc
+        except lmdb.Error as exc:
+            raise capacity.translate(exc, self.path, self.capacity_bytes) from exc
+        except CapacityError:
+            self._checkpointer.seal_wanted |= self._guard.journal_full
+            raise
+        return w, step
 
     def level_counts(self) -> dict[int, tuple[int, int]]:
-        """Buffered (records, bytes) by level: 0 for raw readings, 1 and up for summaries."""
+        """Buffered (records, bytes) by level: 0 for raw readings, 1 and up for summaries.
+
+        One pass over the FIFOs holding records, looking at the names of summary FIFOs only.
+        """
         with self._lock:
-            totals = self._ledger.totals()
-            return {0: (totals.readings, totals.nbytes)}
+            ledger = self._ledger
+            counts: dict[int, list[int]] = {}
+            for name, state in ledger.states.items():
+                if state.readings and LEVEL_SEPARATOR in name:
+                    found = counts.setdefault(fifo_level(name), [0, 0])
+                    found[0] += state.readings
+                    found[1] += state.nbytes
+            readings, nbytes = ledger.readings, ledger.nbytes
+            for level_readings, level_bytes in counts.values():
+                readings -= level_readings
+                nbytes -= level_bytes
+            result = {0: (readings, nbytes)}
+            result.update((level, (r, b)) for level, (r, b) in sorted(counts.items()))
+            return result
 
     def damaged_summaries(self) -> Counter[int]:
         """Summaries lost with damaged chunks since opening, by level."""
-        return Counter()
+        with self._lock:
+            return Counter(self._damage.summaries)
 
     def _checkpoint_if_due(self) -> bool:
         now = time.monotonic()

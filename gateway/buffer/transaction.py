@@ -221,6 +221,7 @@ class FifoTransaction:
         need_bytes: int = 0,
         count: int | None = None,
         limit: int | None = None,
+        taken: list[bytes] | None = None,
     ) -> tuple[int, int]:
         """Take readings of `fifo` out of the buffer from its first one at or after `lease_end`.
 
@@ -233,6 +234,7 @@ class FifoTransaction:
         `limit`: where a live-first drain's live stream begins; nothing from there on is taken,
         and nothing at all while the readings before it are in flight (that would need a second
         gap).
+        `taken`: given, it receives the readings taken, in order (a compaction summarises them).
         """
         state = self.state(fifo)
         if state is None or not state.readings:
@@ -243,11 +245,12 @@ class FifoTransaction:
             return 0, 0
         has_gap = state.gap_end > state.gap_start
         if has_gap and count is None and start < state.gap_start:
-            before_gap = self._drop_before_gap(state, start, need_bytes)
+            before_gap = self._drop_before_gap(state, start, need_bytes, taken)
             if before_gap is not None:
                 return before_gap
         dropped = freed = 0
         last = start - 1
+        sink = [] if taken is None else taken
         for seq, value in self._readings(state, start):
             if limit is not None and seq >= limit:
                 break
@@ -257,6 +260,7 @@ class FifoTransaction:
             freed += reading_bytes(value)
             dropped += 1
             last = seq
+            sink.append(value)
         if not dropped:
             return 0, 0
         self._count_out(state, dropped, freed)
@@ -274,7 +278,7 @@ class FifoTransaction:
         self.nbytes -= nbytes
 
     def _drop_before_gap(
-        self, state: DeviceState, start: int, need_bytes: int
+        self, state: DeviceState, start: int, need_bytes: int, taken: list[bytes] | None
     ) -> tuple[int, int] | None:
         """Take the run just before the gap that frees `need_bytes`; None if all of it is needed.
 
@@ -289,18 +293,18 @@ class FifoTransaction:
         while True:
             low = state.gap_start - span
             found = [
-                (seq, reading_bytes(value))
-                for seq, value in self._readings(state, low)
-                if seq < state.gap_start
+                (seq, value) for seq, value in self._readings(state, low) if seq < state.gap_start
             ]
             freed = 0
-            for dropped, (seq, size) in enumerate(reversed(found), 1):
-                freed += size
+            for dropped, (seq, value) in enumerate(reversed(found), 1):
+                freed += reading_bytes(value)
                 if freed >= need_bytes:
                     if seq == start:
                         return None  # the whole run: joined by the caller's walk
                     state.gap_start = seq
                     self._count_out(state, dropped, freed)
+                    if taken is not None:
+                        taken.extend(value for _, value in found[len(found) - dropped :])
                     return dropped, freed
             if low <= start:
                 return None

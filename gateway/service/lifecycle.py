@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -41,7 +41,7 @@ from gateway.service.sdnotify import Notifier
 from gateway.sparkplug.core.session import NOTE_PREFIX
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable
     from pathlib import Path
 
     from gateway.config.sections import BufferSettings
@@ -333,15 +333,9 @@ def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
     metrics.buffer_damaged(chunks, lost, summaries_lost)
     buffer.on_damaged = metrics.buffer_damaged
     # The buffer tells of summaries lost later apart, by level, before the chunk's readings.
-    cast("_SummaryDamage", buffer).on_damaged_summaries = metrics.summaries_damaged
+    buffer.on_damaged_summaries = metrics.summaries_damaged
     metrics.observe_buffer(totals)
     return buffer
-
-
-class _SummaryDamage(Protocol):
-    """The buffer's callback for summaries lost with a damaged chunk, by level."""
-
-    on_damaged_summaries: Callable[[Counter[int]], None] | None
 
 
 class _ReadyOnce:

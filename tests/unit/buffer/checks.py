@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.buffer.core.chunk import reading_bytes
+from gateway.buffer.core.summary import Stats, read_stats
 from gateway.points.model import Reading
 from gateway.points.record import pack
 
@@ -29,3 +30,36 @@ def reading(device: str, ts: int, size: int = 40) -> bytes:
     pad = max(0, size - 30)
     fields = (("v", ts), ("p", "x" * pad)) if pad else (("v", ts),)
     return pack(Reading(device, "m", (("d", device),), fields, ts))
+
+
+# (count, sum, min, max) of a numeric field over a window.
+WindowStats = tuple[int, int | float, int | float, int | float]
+
+
+def window_stats(
+    records: list[tuple[int, bytes]], step_ns: int
+) -> dict[tuple[bytes, int, str], WindowStats]:
+    """Per series, window of `step_ns` and numeric field, the statistics of (level, record)s.
+
+    Raw readings (level 0) count as one sample of each numeric field, summaries with theirs:
+    what a compaction did to the records must leave these as they were.
+    """
+    found: dict[tuple[bytes, int, str], WindowStats] = {}
+    for level, value in records:
+        series, ts, fields = read_stats(value, level)
+        for name, plain in fields.items():
+            if isinstance(plain, Stats):
+                stats = plain
+            elif isinstance(plain, (int, float)) and not isinstance(plain, bool):
+                stats = Stats(1, plain, plain, plain)
+            else:
+                continue
+            key = (series, ts - ts % step_ns, name)
+            count, total, low, high = found.get(key, (0, 0, stats.low, stats.high))
+            found[key] = (
+                count + stats.count,
+                total + stats.total,
+                min(low, stats.low),
+                max(high, stats.high),
+            )
+    return found

@@ -20,7 +20,14 @@ What the model allows:
   nothing); after any failure the next checkpoint succeeds (`save`, `seal`, `reopen`);
 - kill -9 (`crash`) brings back every appended reading not delivered, and the deliveries and
   drops not yet saved: since the last checkpoint, or, with `DELIVERIES_IN_JOURNAL`, since the
-  last group commit that wrote a journal record.
+  last group commit that wrote a journal record;
+- a compaction step (the `compact` policy) takes one run of a FIFO the way a drop does (after
+  the lease, before the live stream) and appends to the FIFO one level up exactly what
+  `summarise` makes of it with the buffer's next compaction number, or drops the coarsest
+  level's oldest summaries; a step whose commit fails changes nothing. Whatever happens,
+  the statistics of every device's readings per coarsest window are those of the records
+  buffered, delivered and dropped (raw readings and summaries), and no two of those share a
+  series and timestamp (DESIGN invariant 10).
 
 Two configurations: a 1 MiB buffer, and one of the same smallest allowed capacity whose page
 guard and maps run full with hundreds of devices of big readings.
@@ -32,7 +39,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -42,9 +49,18 @@ from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from gateway.buffer import checkpoint
+from gateway.buffer import checkpoint, compaction
 from gateway.buffer.core.admission import Lane, Policy, Rules
-from gateway.buffer.core.ledger import DEFAULT_CLASS
+from gateway.buffer.core.ledger import (
+    DEFAULT_CLASS,
+    U64,
+    Compacted,
+    fifo_device,
+    fifo_level,
+    level_fifo,
+    raw_fifo,
+)
+from gateway.buffer.core.summary import Ladder, read_stats, summarise
 from gateway.buffer.fiforead import MAX_DECODED_BYTES
 from gateway.buffer.sealing import PENDING_MAX_BYTES
 from gateway.buffer.store import DEFAULT_LATEST_SERIES, Buffer
@@ -52,6 +68,7 @@ from gateway.errors import CapacityError, StorageError
 from gateway.points.model import Reading
 from gateway.points.record import pack
 from tests.points import unpack
+from tests.unit.buffer.checks import window_stats
 from tests.unit.buffer.faults import Fault, Faults
 
 if TYPE_CHECKING:
@@ -63,6 +80,14 @@ DEVICES = ("a", "b", "c", "d-with-a-longer-name")
 POOL_SIZE = 600
 KEY_BYTES = 12
 DROPPING = Lane(policy=Policy.DROP_OLDEST)
+# Readings are 2 ms apart in reading time (whole microseconds, as raw readings are): a 1 s
+# step summarises up to 500 readings; runs of the model span a few seconds.
+TS_STEP_NS = 2_000_000
+LADDER = Ladder((1_000_000_000, 2_000_000_000, 4_000_000_000))
+COMPACTING = Lane(policy=Policy.COMPACT, steps_ns=LADDER.steps_ns)
+COARSEST = LADDER.step(LADDER.levels)
+# Sizes of the string field of single big readings: from the smallest record to hundreds of KiB.
+BIG_SIZES = st.sampled_from([0, 1, 100, 3_000, 40_000])
 # How a crash treats deliveries and drops: False, those since the last checkpoint come back;
 # True, only those since the last group commit that wrote a journal record (the journal
 # records them with its next record).
@@ -140,9 +165,21 @@ class BufferMachine(RuleBasedStateMachine):
         self.live_leased: dict[str, tuple[int, int]] = {}
         # Split devices (a live-first drain): how many of their oldest readings are backlog.
         self.backlog: dict[str, int] = {}
+        # Split summary FIFOs whose live read stopped at a summary not newer than their
+        # backlog: the record it stopped at (held while it is the first of the live stream).
+        self.live_held: dict[str, bytes] = {}
         self.clock = 0
         # Devices a step changed: the invariant reads these back whole.
         self.touched: set[str] = set()
+        # Every record's place in the order of appends (readings, then summaries), so that
+        # a crash puts what it brings back where it was.
+        self.order: dict[tuple[str, bytes], int] = {}
+        # Readings ever appended, by device; records taken out (delivered, dropped) and not
+        # brought back by a crash, by FIFO; whether a compaction or a crash ran since the
+        # summaries were last checked.
+        self.appended: defaultdict[str, list[bytes]] = defaultdict(list)
+        self.out: defaultdict[str, Counter[bytes]] = defaultdict(Counter)
+        self.compacted = False
         self._open()
 
     def _open(self) -> None:
@@ -160,6 +197,7 @@ class BufferMachine(RuleBasedStateMachine):
         self.faults = Faults(self.buffer)
         self.checkpoints_seen = self.buffer.checkpoints
         self.leased, self.live_leased, self.backlog = {}, {}, {}
+        self.live_held = {}
         self.touched = set(self.model)
 
     def teardown(self) -> None:
@@ -179,9 +217,20 @@ class BufferMachine(RuleBasedStateMachine):
         for device in devices:
             self.clock += 1
             tags = (("device", device), ("site", "s" * tag)) if tag else (("device", device),)
-            fields = (("v", self.clock), *((f"f{i}", "x" * length) for i in range(extra)))
-            items.append((device, pack(Reading(device, "m", tags, fields, self.clock))))
+            fields = (
+                ("v", self.clock),
+                ("w", self.clock / 4),
+                *((f"f{i}", "x" * length) for i in range(extra)),
+            )
+            ts = self.clock * TS_STEP_NS
+            items.append((device, pack(Reading(device, "m", tags, fields, ts))))
         return items
+
+    def _add(self, fifo: str, value: bytes) -> None:
+        """A record appended to a FIFO, in the model."""
+        self.model[fifo].append(value)
+        self.order[fifo, value] = len(self.order)
+        self.touched.add(fifo)
 
     def _dropped_run(self, device: str, lost: int) -> int:
         """Where in the model the `lost` readings a drop took lie: one run, nothing else gone."""
@@ -199,6 +248,7 @@ class BufferMachine(RuleBasedStateMachine):
         for _ in range(count):
             del queue[start]
         self.unsaved[device].extend(taken)
+        self.out[device].update(taken)
         self.touched.add(device)
 
     def _took_backlog(self, device: str, count: int) -> None:
@@ -206,6 +256,7 @@ class BufferMachine(RuleBasedStateMachine):
             self.backlog[device] -= count
             if self.backlog[device] <= 0:
                 del self.backlog[device]
+                self.live_held.pop(device, None)
                 # The split is over: a live batch in flight is now the FIFO's oldest readings,
                 # leased like a batch read from the head.
                 if device in self.live_leased:
@@ -233,9 +284,11 @@ class BufferMachine(RuleBasedStateMachine):
 
     def _restore(self, taken_out: dict[str, list[bytes]]) -> None:
         for device, taken in taken_out.items():
+            self.out[device].subtract(taken)
             self.model[device] = deque(
-                sorted([*taken, *self.model[device]], key=lambda v: unpack(device, v).ts_ns)
+                sorted([*taken, *self.model[device]], key=lambda v: self.order[device, v])
             )
+        self.compacted = True
 
     def _is_leased(self, device: str) -> bool:
         return device in self.leased or device in self.live_leased
@@ -256,8 +309,8 @@ class BufferMachine(RuleBasedStateMachine):
             assert refusable or before, "an empty buffer refused a few readings"
             return
         for device, value in items:
-            self.model[device].append(value)
-            self.touched.add(device)
+            self._add(device, value)
+            self.appended[device].append(value)
         self._committed(len(items))
         self._after()
 
@@ -363,7 +416,14 @@ class BufferMachine(RuleBasedStateMachine):
             return 0, []
         queue, first = list(self.model[device]), self.backlog[device]
         got = [v for s in spans for v in s.values]
-        assert got == queue[first : first + n]
+        if fifo_level(device):
+            # Summaries appended after the split stand for old readings: a live read stops
+            # at the first not newer than the backlog, until the backlog is delivered.
+            assert got == queue[first : first + len(got)]
+            if len(got) < n and first + len(got) < len(queue):
+                self.live_held[device] = queue[first + len(got)]
+        else:
+            assert got == queue[first : first + n]
         return (spans[0].first_seq if spans else 0), got
 
     @rule(data=st.data(), n=st.integers(1, 10))
@@ -405,8 +465,8 @@ class BufferMachine(RuleBasedStateMachine):
         """A reading past its device's share drops about `extra` bytes more of the device's
         oldest readings not in flight (behind a lease, if it has one)."""
         device = self._pick(data, free=False)
-        if device is None:
-            return
+        if device is None or fifo_level(device):
+            return  # readings are admitted to raw FIFOs only
         held = self.buffer.devices()[device].nbytes
         budget = 4 * self.buffer.totals().nbytes + 1000  # far from the watermark
         share = max(held - extra, 0) / budget or 1e-9
@@ -433,8 +493,8 @@ class BufferMachine(RuleBasedStateMachine):
         assert admitted.stored + sum(admitted.refused.values()) == len(items)
         placed: defaultdict[str, int] = defaultdict(int)
         for device, _, _, value in admitted.placed:
-            self.model[device].append(value)
-            self.touched.add(device)
+            self._add(device, value)
+            self.appended[device].append(value)
             placed[device] += 1
         after = {d: s.readings for d, s in self.buffer.devices().items()}
         dropped = {}
@@ -456,6 +516,101 @@ class BufferMachine(RuleBasedStateMachine):
             self._took_backlog(device, lost)
         self._committed(admitted.stored)
         self._after()
+
+    # Compaction.
+
+    @rule(devices=st.lists(DEVICE, min_size=1, max_size=4), count=st.integers(1, 200))
+    def append_series(self, devices: list[str], count: int) -> None:
+        """A long group commit of small readings of one series per device: what summarises."""
+        self._append(self._readings(devices * count, (0, 0, 0)), refusable=True)
+
+    @rule(data=st.data(), device=st.sampled_from(DEVICES), size=BIG_SIZES)
+    def append_big(self, data: st.DataObject, device: str, size: int) -> None:
+        """One reading of any size alone in its group commit; the page guard may refuse it."""
+        del data
+        self.clock += 1
+        fields = (("v", self.clock), ("s", "y" * size))
+        value = pack(Reading(device, "m", (("device", device),), fields, self.clock * TS_STEP_NS))
+        self._append([(device, value)], refusable=True)
+
+    def _compact(self, fault: Fault | None = None) -> None:
+        """One forced compaction step, checked against the model.
+
+        With `fault` armed, its journal transaction fails and nothing changes, unless the
+        step committed in a transaction the fault did not name (one not worth it came first).
+        """
+        number = self.buffer.notes(compaction.NEXT_NOTE).get(compaction.NEXT_NOTE)
+        no = U64.unpack(number)[0] if number else 0
+        before = {d: s.readings for d, s in self.buffer.devices().items()}
+        rules = Rules(budget_bytes=1 << 40, default_lane=COMPACTING)
+        if fault is not None:
+            self.faults.arm(fault)
+        try:
+            done = self.buffer.compact(rules, force=True)
+        except CapacityError:
+            done = None  # the page guard refused its journal record
+        except StorageError:
+            assert fault is not None
+            done = None
+        finally:
+            self.faults.disarm()
+        after = {d: s.readings for d, s in self.buffer.devices().items()}
+        if done is None or done == Compacted():  # nothing done, or candidates looked for
+            assert {d: n for d, n in after.items() if n} == {d: n for d, n in before.items() if n}
+            return
+        step = self.buffer.last_compaction
+        assert step is not None
+        source = step.source
+        run = self._compacted_run(source, before[source] - after.get(source, 0))
+        level = fifo_level(source)
+        if step.level == 0:
+            # The coarsest level's oldest summaries: dropped, as the accounting counts them.
+            assert level == LADDER.levels
+            assert done.dropped_summaries == Counter({level: len(run)})
+            self.out[source].update(run)
+        else:
+            assert step.level == level + 1
+            made = summarise(run, level=step.level, ladder=LADDER, compaction_no=no)
+            assert done.appended == len(made)
+            assert done.made == Counter({step.level: len(made)})
+            if level:
+                assert done.resummarised == Counter({level: len(run)})
+            else:
+                assert done.summarised == Counter({DEFAULT_CLASS: len(run)})
+            target = level_fifo(source, step.level)
+            for value in made:
+                self._add(target, value)
+            assert after[target] - before.get(target, 0) == len(made)
+        assert self.buffer.notes(compaction.NEXT_NOTE)[compaction.NEXT_NOTE] == U64.pack(no + 1)
+        self.compacted = True
+        self._committed(1)
+        self._after()
+
+    def _compacted_run(self, source: str, lost: int) -> list[bytes]:
+        """Take out of the model the run a compaction step took: one run after the lease."""
+        assert lost > 0
+        protected = self.leased.get(source, (0, 0))[1]
+        limit = self.backlog.get(source, len(self.model[source]))
+        start = self._dropped_run(source, lost)
+        assert start >= protected, f"{source}: a compaction reached readings in flight"
+        assert start + lost <= limit, f"{source}: a compaction reached its live stream"
+        run = list(self.model[source])[start : start + lost]
+        for _ in range(lost):
+            del self.model[source][start]
+        self.touched.add(source)
+        self._took_backlog(source, lost)
+        return run
+
+    @rule(steps=st.integers(1, 20))
+    def compact(self, steps: int) -> None:
+        """Compaction steps: each a run summarised one level up, or the coarsest dropped."""
+        for _ in range(steps):
+            self._compact()
+
+    @rule(txn=st.integers(0, 1), write=FAULT_WRITES, error=ERRORS)
+    def fail_compact(self, txn: int, write: int | None, error: type) -> None:
+        """A compaction step whose journal transaction fails changes nothing."""
+        self._compact(Fault("journal", txn, write, error))
 
     # Checkpoints, restarts, failures.
 
@@ -567,7 +722,9 @@ class BufferMachine(RuleBasedStateMachine):
             d: self.backlog.get(d, len(q)) for d, q in self.model.items() if q
         }
         assert self.buffer.live_backlog() == {
-            d: len(self.model[d]) - n for d, n in self.backlog.items() if len(self.model[d]) > n
+            d: len(self.model[d]) - n
+            for d, n in self.backlog.items()
+            if len(self.model[d]) > n and self.live_held.get(d) != self.model[d][n]
         }
         for device, state in self.buffer.devices().items():
             queue = self.model[device]
@@ -578,18 +735,52 @@ class BufferMachine(RuleBasedStateMachine):
         self.touched.clear()
 
     @invariant()
+    def summaries_are_exact(self) -> None:
+        # Per device, series, coarsest window and numeric field: what was appended, against
+        # the records buffered and taken out (raw readings and summaries together).
+        if not self.compacted:
+            return
+        self.compacted = False
+        kept: defaultdict[str, list[tuple[int, bytes]]] = defaultdict(list)
+        for fifo, queue in self.model.items():
+            kept[raw_fifo(fifo)] += [(fifo_level(fifo), v) for v in queue]
+        for fifo, taken in self.out.items():
+            kept[raw_fifo(fifo)] += [(fifo_level(fifo), v) for v in +taken for _ in range(taken[v])]
+        for device, records in kept.items():
+            if not any(level for level, _ in records):
+                continue
+            raw = [(0, v) for v in self.appended[device]]
+            assert window_stats(records, COARSEST) == window_stats(raw, COARSEST), device
+            places = [read_stats(v, level)[:2] for level, v in records]
+            assert len(places) == len(set(places)), f"{device}: a series and timestamp twice"
+            assert all(ts % 8 == level for (_, ts), (level, _) in zip(places, records, strict=True))
+
+    @invariant()
+    def level_counts_agree(self) -> None:
+        counts: Counter[int] = Counter()
+        for fifo, queue in self.model.items():
+            counts[fifo_level(fifo)] += len(queue)
+        found = self.buffer.level_counts()
+        assert {level: n for level, (n, _) in found.items() if n} == +counts
+        assert sum(b for _, b in found.values()) == self.buffer.totals().nbytes
+
+    @invariant()
     def device_list_agrees(self) -> None:
         # The read API's pages: every device holding readings is listed once, in name order,
-        # with the model's count, and the miss cache may not call it unknown.
-        buffered = self._buffered()
+        # with the model's count (its summaries included), and the miss cache may not call it
+        # unknown.
+        buffered = sorted({fifo_device(f) for f in self._buffered()})
         index = self.buffer.device_index()
         assert index.names == sorted(set(index.names))
         assert set(buffered) <= set(index.names)
         accounting, _ = self.buffer.device_details(buffered, index)
+        held: Counter[str] = Counter()
+        for fifo, queue in self.model.items():
+            held[fifo_device(fifo)] += len(queue)
         assert {d: sum(s.readings for s in accounting[d]) for d in buffered} == {
-            d: len(self.model[d]) for d in buffered
+            d: held[d] for d in buffered
         }
-        assert all(self.buffer.holds(d, [DEFAULT_CLASS]) for d in buffered)
+        assert all(self.buffer.holds(d, [DEFAULT_CLASS]) for d in buffered if self.model[d])
 
     @invariant()
     def full_scan_agrees(self) -> None:

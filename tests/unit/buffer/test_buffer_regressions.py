@@ -54,6 +54,8 @@ class Replay:
             step(**kwargs)
             self.machine.accounting_matches_model()
             self.machine.full_scan_agrees()
+            self.machine.summaries_are_exact()
+            self.machine.level_counts_agree()
 
         return run
 
@@ -272,3 +274,45 @@ def test_finding_1_the_issue_s_own_case() -> None:
         state.over_share(data=draws("a"), extra=0, shape=(0, 0, 0))
         state.reread(data=draws("a"), n=10)
         state.over_share(data=draws("a"), extra=0, shape=(0, 0, 0))
+
+
+# Findings of the compact rule (issue 33).
+
+
+def test_a_split_summary_fifo_holds_summaries_appended_after_the_split() -> None:
+    """Summaries a compaction appends to a level FIFO split by a live-first drain stand for
+    old readings: a live read holds them until the backlog is delivered."""
+    with replaying() as state:
+        state.append_series(count=3, devices=["a"])
+        state.compact(steps=1)
+        state.append(
+            devices=["a", "a", "a", "a", "a", "c", "d-with-a-longer-name"], shape=(0, 0, 0)
+        )
+        state.over_budget(devices=["b"], shape=(0, 0, 0), slack=0)
+        state.fail_dead_letters(
+            data=draws("d-with-a-longer-name"), error=lmdb.Error, n=1, write=None
+        )
+        state.over_share(data=draws("a"), extra=0, shape=(0, 0, 17))
+        state.append_series(count=173, devices=["a", "c", "c"])
+        state.read(data=draws("a"), n=1)
+        state.append_series(count=100, devices=["b", "d-with-a-longer-name"])
+        state.compact(steps=8)
+        state.reread(data=draws("d-with-a-longer-name"), n=1)
+        state.over_budget(devices=["a", "a", "c"], shape=(0, 0, 0), slack=0)
+        state.finish(data=draws("a"), dead=False)
+        state.split()
+        state.append_series(count=4, devices=["a", "a", "d-with-a-longer-name"])
+        state.deliver(data=draws("a"), dead=False, n=1)
+        state.append_series(count=1, devices=["b"])
+        state.fail_compact(error=lmdb.Error, txn=0, write=0)
+        state.deliver_live(data=draws("d-with-a-longer-name\x1e1"), n=1)
+
+
+def test_readings_are_never_admitted_to_a_summary_fifo() -> None:
+    """The model admits readings to raw FIFOs only, as ingest does; a crash after a step
+    keeps the statistics exact."""
+    with replaying() as state:
+        state.append_series(count=3, devices=["a"])
+        state.compact(steps=1)
+        state.over_share(data=draws("a\x1e1"), extra=0, shape=(0, 0, 0))
+        state.crash()
