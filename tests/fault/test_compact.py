@@ -123,7 +123,9 @@ def test_kill_during_compaction_keeps_every_reading_in_summaries_or_raw(
     wait_for(lambda: gw.process.poll() is not None, 90, "the fault hook to kill the gateway")
     assert gw.process.returncode == -9, gw.log()
     gw.extra_env = {}
-    gw.start()
+    # Not waiting for its connection: a restart on a full 1 MiB buffer may find its pages at the
+    # guard, pause intake at once and wait for the database to free some.
+    gw.start(wait_connected=False)
     db = backends.start_influxd(db.workdir, port=db.port)
     try:
         published = DEVICES * PER_DEVICE
@@ -138,6 +140,10 @@ def test_kill_during_compaction_keeps_every_reading_in_summaries_or_raw(
         wait_for(drained, 90, f"all {published:,} readings in the database")
         points = _points(influx)
         _assert_points(points)
+        # The hook fired at a step into 5-s summaries, so two steps happened; one that committed
+        # left 5-s summaries, or 20-s ones made of them.
+        if moment == "after_commit":
+            assert {p["time"] % 8 for p in points} & {2, 3}
     finally:
         db.stop()
 
@@ -157,8 +163,7 @@ def _assert_points(points: list[dict[str, Any]]) -> None:
         else:
             assert p["v_count"] is not None, p
         windows.setdefault((k, ts // WINDOW_NS), []).append(p)
-    # Raw points, 1-s summaries and 5-s summaries: two steps of compaction happened.
-    assert {0, 1, 2} <= levels, levels
+    assert {0, 1} <= levels, levels
     first = START_MS * NS_PER_MS // WINDOW_NS
     per_window = WINDOW_NS // NS_PER_MS // STEP_MS
     expected = {(k, first + w) for k in range(DEVICES) for w in range(PER_DEVICE // per_window)}
