@@ -377,3 +377,20 @@ def test_the_coarsest_summaries_are_dropped_last_and_counted(tmp_path: Path) -> 
         assert set(dropped) == {LADDER.levels}
         assert buffer.level_counts() == {0: (0, 0)}
         assert made[LADDER.levels] == dropped[LADDER.levels]
+
+
+def test_a_step_before_the_gap_reads_no_further_than_the_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused batch retried shorter, then a step: it reads about its bytes, not to the end."""
+    with Buffer(tmp_path, CAPACITY) as buffer:
+        fill(buffer, ["a"], 30_000)
+        buffer.read([("a", 2000)])
+        assert buffer.compact(FORCED, force=True) is not None  # the gap, behind the batch
+        buffer.release(["a"])
+        (span,) = buffer.read([("a", 100)])
+        counting = CountingWalker(monkeypatch)
+        assert buffer.compact(FORCED, force=True) is not None
+        assert counting.nbytes <= 2 * compaction.STEP_BYTES
+        assert buffer.delete([("a", span.first_seq, 100)]) == 100
+        assert buffer.verify().is_consistent
