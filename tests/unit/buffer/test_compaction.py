@@ -427,3 +427,23 @@ def test_pages_near_the_guard_start_compaction_below_the_watermarks(tmp_path: Pa
         assert steps > 0
         assert buffer.totals().nbytes < rules.high_bytes
         assert buffer.verify().is_consistent
+
+
+def test_summary_fifos_take_no_place_of_max_devices(tmp_path: Path) -> None:
+    """A fleet as large as `max_devices` keeps every reading once its readings are summarised.
+
+    Compaction moved each device's readings into summary FIFOs; they held places of the limit,
+    so a device whose raw FIFO was emptied, or a device new to the buffer, was refused.
+    """
+    rules = Rules(1 << 40, max_devices=3, default_lane=COMPACTING)
+    with Buffer(tmp_path, CAPACITY) as buffer:
+        for device in "ab":
+            buffer.admit([(device, reading(device, i), COMPACTING) for i in range(3000)], rules)
+        while buffer.level_counts()[0][0]:
+            assert buffer.compact(rules, force=True) is not None
+        assert buffer.totals().devices >= 2
+        admitted = buffer.admit([(d, reading(d, 5000), COMPACTING) for d in ("a", "b", "c")], rules)
+        assert (admitted.stored, admitted.refused) == (3, Counter())
+        # The limit still holds for devices.
+        refused = buffer.admit([("d", reading("d", 1), COMPACTING)], rules).refused
+        assert refused == Counter({("max_devices", "default"): 1})
