@@ -24,7 +24,7 @@ from gateway.buffer.core.admission import (
     when_no_room,
 )
 from gateway.buffer.core.chunk import READING_OVERHEAD, reading_bytes
-from gateway.buffer.core.ledger import Admitted, fifo_class
+from gateway.buffer.core.ledger import LEVEL_SEPARATOR, Admitted, fifo_class
 from gateway.buffer.reads import lease_of
 from gateway.errors import CapacityError
 
@@ -58,6 +58,20 @@ class Admitter:
         self._live_from = live_from or {}
         self._live_leases = live_leases or {}
         self._admitted = Admitted()
+        self._levels: int | None = None
+
+    def _summary_fifos(self) -> int:
+        """FIFOs holding summaries (gateway/buffer/compaction.py): not devices of `max_devices`.
+
+        A compact device's summary levels would otherwise take up to as many places as its
+        ladder has steps, refusing readings of a fleet no larger than the limit, even of a
+        device whose raw readings were all summarised. Memory stays bounded: at most one per
+        step of the ladder per device. Counted only at the limit (a pass over the FIFOs), once
+        per admission, which never stores to them.
+        """
+        if self._levels is None:
+            self._levels = sum(1 for name, _ in self._w.active_states() if LEVEL_SEPARATOR in name)
+        return self._levels
 
     def _lease(self, fifo: str) -> tuple[int, int]:
         """(first sequence a drop may take, bytes in flight) of a FIFO, both reads counted."""
@@ -116,7 +130,10 @@ class Admitter:
             view = Fifo(0, 0, is_new=True)
         else:
             view = Fifo(state.nbytes, state.nbytes - leased_bytes, is_new=False)
-        decision = decide(lane, size, fifo=view, used=w.nbytes, active=w.active, rules=self._rules)
+        active = w.active
+        if view.is_new and active >= self._rules.max_devices:
+            active -= self._summary_fifos()
+        decision = decide(lane, size, fifo=view, used=w.nbytes, active=active, rules=self._rules)
         if decision.drop_own_bytes:
             count, _ = w.drop(
                 fifo,

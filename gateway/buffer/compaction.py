@@ -104,10 +104,13 @@ class Compactor:
         self._rules: Rules | None = None
         self._any_lane = False
 
-    def due(self, rules: Rules, used_bytes: int) -> bool:
-        """Whether to compact at fill `used_bytes`.
+    def due(self, rules: Rules, used_bytes: int, *, pressed: bool = False) -> bool:
+        """Whether to compact at fill `used_bytes`; `pressed`: the map's pages near the guard.
 
-        From midway between the watermarks on, until below the low watermark.
+        From midway between the watermarks on, until below the low watermark. Readings that
+        compress less than the budget assumes fill the map's pages first: the page guard would
+        then pause intake, and refuse the steps too, long before the fill reaches the
+        watermarks. So pages near the guard (`PageGuard.under_pressure`) start compaction too.
         """
         if rules is not self._rules:
             self._rules = rules
@@ -117,7 +120,7 @@ class Compactor:
             self.compacting = False
             return False
         start = (rules.high_bytes + rules.low_bytes) // 2
-        if used_bytes >= start:
+        if used_bytes >= start or pressed:
             self.compacting = True
         elif used_bytes < rules.low_bytes:
             self.compacting = False

@@ -784,7 +784,8 @@ class Buffer:
         journal = self._writable_journal()
         compactor = self._compactor
         with self._lock:
-            if not compactor.due(rules, self._ledger.nbytes) and not force:
+            pressed = self._guard.under_pressure
+            if not compactor.due(rules, self._ledger.nbytes, pressed=pressed) and not force:
                 return None
             for _ in range(compaction.RETRIES):
                 try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, takewhile
 from typing import TYPE_CHECKING, Any
 
 from gateway.buffer.core.chunk import (
@@ -290,11 +290,11 @@ class FifoTransaction:
         """
         mean = max(1, state.nbytes // max(1, state.readings))
         span = min(state.gap_start - start, 2 * (need_bytes // mean) + 8)
+        gap_start = state.gap_start
         while True:
             low = state.gap_start - span
-            found = [
-                (seq, value) for seq, value in self._readings(state, low) if seq < state.gap_start
-            ]
+            # The walk goes on past the gap to the FIFO's end: stop it at the gap.
+            found = list(takewhile(lambda at: at[0] < gap_start, self._readings(state, low)))
             freed = 0
             for dropped, (seq, value) in enumerate(reversed(found), 1):
                 freed += reading_bytes(value)

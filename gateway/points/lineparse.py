@@ -127,20 +127,38 @@ def _scan_name(line: str, pos: int, stops: str) -> tuple[str, int]:
 
 def _scan_value(line: str, pos: int) -> tuple[FieldValue, int]:
     if pos < len(line) and line[pos] == '"':
-        out = []
-        pos += 1
-        while pos < len(line) and line[pos] != '"':
-            if line[pos] == "\\" and pos + 1 < len(line) and line[pos + 1] in '"\\':
-                pos += 1
-            out.append(line[pos])
-            pos += 1
-        if pos >= len(line):
-            raise DecodeError("bad_line", "unterminated string value")
-        return "".join(out), pos + 1
+        return _scan_string(line, pos + 1)
     end = pos
     while end < len(line) and line[end] not in ", ":
         end += 1
     return _typed(line[pos:end]), end
+
+
+def _scan_string(line: str, pos: int) -> tuple[str, int]:
+    """A quoted string value from just after its opening quote: (value, position after it).
+
+    By runs between backslashes and quotes, not one character at a time: a string of hundreds
+    of KiB is read in a few milliseconds (a compaction step parses stored readings in the event
+    loop). A backslash escapes a quote or a backslash; before anything else it stands for itself.
+    """
+    out = []
+    quote = -1
+    while True:
+        if quote < pos:
+            quote = line.find('"', pos)
+            if quote < 0:
+                raise DecodeError("bad_line", "unterminated string value")
+        slash = line.find("\\", pos, quote)
+        if slash < 0:
+            out.append(line[pos:quote])
+            return "".join(out), quote + 1
+        out.append(line[pos:slash])
+        if line[slash + 1] in '"\\':
+            out.append(line[slash + 1])
+            pos = slash + 2
+        else:
+            out.append("\\")
+            pos = slash + 1
 
 
 def _typed(token: str) -> FieldValue:

@@ -7,6 +7,7 @@ The pure choice (gateway/buffer/core/compaction.py) has table tests; the step it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections import Counter
@@ -16,6 +17,7 @@ import lmdb
 import pytest
 
 from gateway.buffer import compaction
+from gateway.buffer.capacity import readings_budget
 from gateway.buffer.core.admission import Lane, Policy, Rules
 from gateway.buffer.core.compaction import Choice, Group, choose
 from gateway.buffer.core.ledger import level_fifo
@@ -23,7 +25,7 @@ from gateway.buffer.core.summary import Ladder, read_stats
 from gateway.buffer.damage import Damage
 from gateway.buffer.fiforead import FifoWalker
 from gateway.buffer.store import Buffer
-from gateway.errors import ConfigError, StorageError
+from gateway.errors import CapacityError, ConfigError, StorageError
 from gateway.points.model import Reading
 from gateway.points.record import pack
 from tests.unit.buffer.checks import WindowStats, window_stats
@@ -380,3 +382,71 @@ def test_the_coarsest_summaries_are_dropped_last_and_counted(tmp_path: Path) -> 
         assert set(dropped) == {LADDER.levels}
         assert buffer.level_counts() == {0: (0, 0)}
         assert made[LADDER.levels] == dropped[LADDER.levels]
+
+
+def test_a_step_before_the_gap_reads_no_further_than_the_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused batch retried shorter, then a step: it reads about its bytes, not to the end."""
+    with Buffer(tmp_path, CAPACITY) as buffer:
+        fill(buffer, ["a"], 30_000)
+        buffer.read([("a", 2000)])
+        assert buffer.compact(FORCED, force=True) is not None  # the gap, behind the batch
+        buffer.release(["a"])
+        (span,) = buffer.read([("a", 100)])
+        counting = CountingWalker(monkeypatch)
+        assert buffer.compact(FORCED, force=True) is not None
+        assert counting.nbytes <= 2 * compaction.STEP_BYTES
+        assert buffer.delete([("a", span.first_seq, 100)]) == 100
+        assert buffer.verify().is_consistent
+
+
+def test_pages_near_the_guard_start_compaction_below_the_watermarks(tmp_path: Path) -> None:
+    """Readings that fill the pages before the budget: compaction starts, the guard never stops it.
+
+    With the default watermarks a 1 MiB buffer of these readings met the page guard at a third
+    of its budget, and the guard refused intake and every later compaction step alike.
+    """
+    capacity = 1 << 20
+    rules = Rules(readings_budget(capacity), high=0.9, low=0.8, default_lane=COMPACTING)
+    with Buffer(tmp_path, capacity) as buffer:
+        steps = 0
+        for i in range(0, 1500, 10):
+            for device in (f"dev-{k:02}" for k in range(20)):
+                batch = [
+                    (device, reading(device, j, step_ns=100_000_000), COMPACTING)
+                    for j in range(i, i + 10)
+                ]
+                try:
+                    buffer.admit(batch, rules)
+                except CapacityError:
+                    pytest.fail(
+                        f"intake paused at fill {buffer.totals().nbytes / rules.budget_bytes:.2f}"
+                    )
+                buffer.maintain()
+                # As the service does: a step without room is tried again later.
+                with contextlib.suppress(CapacityError):
+                    steps += buffer.compact(rules) is not None
+        assert steps > 0
+        assert buffer.totals().nbytes < rules.high_bytes
+        assert buffer.verify().is_consistent
+
+
+def test_summary_fifos_take_no_place_of_max_devices(tmp_path: Path) -> None:
+    """A fleet as large as `max_devices` keeps every reading once its readings are summarised.
+
+    Compaction moved each device's readings into summary FIFOs; they held places of the limit,
+    so a device whose raw FIFO was emptied, or a device new to the buffer, was refused.
+    """
+    rules = Rules(1 << 40, max_devices=3, default_lane=COMPACTING)
+    with Buffer(tmp_path, CAPACITY) as buffer:
+        for device in "ab":
+            buffer.admit([(device, reading(device, i), COMPACTING) for i in range(3000)], rules)
+        while buffer.level_counts()[0][0]:
+            assert buffer.compact(rules, force=True) is not None
+        assert buffer.totals().devices >= 2
+        admitted = buffer.admit([(d, reading(d, 5000), COMPACTING) for d in ("a", "b", "c")], rules)
+        assert (admitted.stored, admitted.refused) == (3, Counter())
+        # The limit still holds for devices.
+        refused = buffer.admit([("d", reading("d", 1), COMPACTING)], rules).refused
+        assert refused == Counter({("max_devices", "default"): 1})
