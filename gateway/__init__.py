@@ -1,3 +1,3 @@
 """Edge IoT telemetry gateway: MQTT in, durable LMDB write-behind buffer, InfluxDB out."""
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
