@@ -36,8 +36,11 @@ DECODED_CACHE_FRACTION = 1 / 64
 DECODED_CACHE_FLOOR_BYTES = 256 << 10
 DECODED_CACHE_CEILING_BYTES = 16 << 20
 # Readings a seal holds before writing them as sealed chunks (gateway/buffer/sealing.py); less
-# means shorter chunks when many devices interleave.
-SEAL_PENDING_FRACTION = 1 / 128
+# means shorter chunks when many devices interleave. At capacity/128 a 16 MiB buffer of 100
+# devices sealed chunks of about 30 readings (320 B): they compress poorly and sit in the map's
+# leaf pages, which the page guard counts twice (a checkpoint's deletes rewrite them), so the
+# pages met the guard at half the readings budget and `compact` could commit no step.
+SEAL_PENDING_FRACTION = 1 / 4
 SEAL_PENDING_FLOOR_BYTES = 128 << 10
 SEAL_PENDING_CEILING_BYTES = 8 << 20
 # An explicit bound: at least a chunk of small readings, at most a gibibyte.
@@ -118,7 +121,7 @@ class BufferSettings(Section):
 
     @property
     def seal_pending_max_bytes(self) -> int:
-        """The readings a seal holds: as set, or capacity/128 within 128 KiB to 8 MiB."""
+        """The readings a seal holds: as set, or capacity/4 within 128 KiB to 8 MiB."""
         return self._bound(
             self.seal_pending_bytes,
             SEAL_PENDING_FRACTION,

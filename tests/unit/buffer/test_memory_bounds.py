@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from gateway.buffer import fiforead, sealing
 from gateway.buffer.fiforead import DecodedChunks
 from gateway.buffer.store import Buffer
+from gateway.config.sections import BufferSettings
 from tests.unit.buffer.checks import reading
 
 if TYPE_CHECKING:
@@ -127,4 +128,34 @@ def test_a_chunk_bigger_than_the_bound_is_decoded_once_per_read(
     buf.delete([(span.device, span.first_seq, len(span.values)) for span in spans])
     assert decodes <= 2
     assert buf.totals().readings == 0
+    buf.close()
+
+
+def test_a_small_buffer_of_many_devices_seals_chunks_of_hundreds_of_readings(
+    tmp_path: Path,
+) -> None:
+    """At the default bound, 100 interleaved devices in 16 MiB seal long chunks, not ~30 readings.
+
+    Chunks of 30 readings compressed poorly and filled the map's leaf pages, which the page
+    guard counts twice: a 16 MiB `compact` buffer met the guard at half its readings budget.
+    """
+    capacity = 16 * MIB
+    settings = BufferSettings(path=tmp_path, capacity=capacity)  # type: ignore[arg-type]
+    pending = settings.seal_pending_max_bytes
+    buf = Buffer(tmp_path / "buffer", capacity, seal_pending_bytes=pending)
+    devices, per_commit = 100, 10
+    for commit in range(60):
+        buf.append(
+            [
+                (f"dev-{d:03d}", reading(f"dev-{d:03d}", commit * per_commit + i, 60))
+                for d in range(devices)
+                for i in range(per_commit)
+            ]
+        )
+    buf._checkpointer.seal_wanted = True
+    buf.checkpoint()
+    with buf._env.begin() as txn:
+        chunks = txn.stat(buf._tables.sealed)["entries"]
+    assert chunks, "a seal ran"
+    assert 60 * per_commit * devices / chunks >= 300
     buf.close()

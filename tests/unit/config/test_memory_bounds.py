@@ -32,15 +32,17 @@ def test_the_bounds_sized_from_the_default_capacity_are_the_former_fixed_ones(
 @pytest.mark.parametrize(
     ("capacity", "decoded", "pending"),
     [
-        (1 * MIB, 256 * KIB, 128 * KIB),  # the floors
-        (256 * MIB, 4 * MIB, 2 * MIB),
+        (1 * MIB, 256 * KIB, 256 * KIB),  # the decoded cache's floor
+        # 100 devices interleaving in 16 MiB seal chunks of hundreds of readings, not 30.
+        (16 * MIB, 256 * KIB, 4 * MIB),
+        (256 * MIB, 4 * MIB, 8 * MIB),
         (64 << 30, 16 * MIB, 8 * MIB),  # the ceilings: a bigger disk takes no more memory
     ],
 )
 def test_unset_bounds_follow_the_capacity_between_floor_and_ceiling(
     capacity: int, decoded: int, pending: int
 ) -> None:
-    """capacity/64 and capacity/128, kept between a useful floor and the former fixed value."""
+    """capacity/64 and capacity/4, kept between a useful floor and the former fixed value."""
     buffer = BufferSettings(path="/var/lib/gateway", capacity=capacity)  # type: ignore[arg-type]
     assert buffer.decoded_cache_max_bytes == decoded
     assert buffer.seal_pending_max_bytes == pending
