@@ -96,12 +96,17 @@ class PageGuard:
             copied += _tree_pages(txn.stat(self._databases[0]))
         self._store_pages = in_use + copied
 
-    def check(self, journal_txn: lmdb.Transaction) -> None:
+    def check(self, journal_txn: lmdb.Transaction, *, freeing: bool = False) -> None:
         """Count the pages this journal transaction leaves in use, with the store's.
 
         The journal's pages count in the store too: a seal copies its readings there before the
         journal records are deleted. And the journal keeps room in its own map for the
         transaction that deletes them.
+
+        `freeing`: the transaction takes out more than it adds (a compaction step). It writes
+        nothing to the store, and the pages it frees there come back at the next checkpoint:
+        only the journal's own map may refuse it. Refused at the store's guard, it would leave
+        a buffer whose database is down no way ever to make room.
 
         Raises:
             CapacityError: more than the guard allows.
@@ -111,7 +116,7 @@ class PageGuard:
         self.journal_full = bool(self._most_journal_pages) and (
             journal_pages > self._most_journal_pages
         )
-        if pages > self._most_pages or self.journal_full:
+        if (pages > self._most_pages and not freeing) or self.journal_full:
             raise CapacityError(
                 f"the disk budget of {self._capacity_bytes} bytes is nearly full "
                 f"({pages} pages in use)"

@@ -824,7 +824,7 @@ class Buffer:
                     w, self._ledger.states, rules, self._reads, time.monotonic_ns()
                 )
                 w.finish(txn, step.notes, self._moved, self._damage.unsettled)
-                self._guard.check(txn)
+                self._guard.check(txn, freeing=True)
                 compactor.fault("before_commit", step)
         except lmdb.MapFullError as exc:
             self._checkpointer.seal_wanted = True

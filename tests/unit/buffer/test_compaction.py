@@ -450,3 +450,42 @@ def test_summary_fifos_take_no_place_of_max_devices(tmp_path: Path) -> None:
         # The limit still holds for devices.
         refused = buffer.admit([("d", reading("d", 1), COMPACTING)], rules).refused
         assert refused == Counter({("max_devices", "default"): 1})
+
+
+def test_a_step_commits_at_the_page_guard_and_intake_resumes(tmp_path: Path) -> None:
+    """At the page guard a step still commits (it writes nothing to the store), then intake goes on.
+
+    The guard refused every step as it refused intake: with the database down, nothing could
+    ever free a page again.
+    """
+    capacity = 1 << 20
+    budget = readings_budget(capacity)
+    holding = Rules(budget, high=0.9, low=0.8, default_lane=Lane())
+    rules = Rules(budget, high=0.9, low=0.8, default_lane=COMPACTING)
+    devices = [f"dev-{k:02}" for k in range(20)]
+
+    def batch(device: str, i: int) -> list[tuple[str, bytes, Lane]]:
+        return [
+            (device, reading(device, j, step_ns=100_000_000), COMPACTING) for j in range(i, i + 10)
+        ]
+
+    with Buffer(tmp_path, capacity) as buffer:
+
+        def fill_to_the_guard() -> None:
+            i = 0
+            while True:
+                for device in devices:
+                    buffer.admit(batch(device, i), holding)
+                buffer.maintain()
+                i += 10
+
+        with pytest.raises(CapacityError, match="nearly full"):
+            fill_to_the_guard()
+        assert buffer.totals().nbytes < rules.low_bytes  # the pages, not the budget, are full
+        steps = 0
+        while buffer.compact(rules) is not None:
+            steps += 1
+            buffer.maintain()
+        assert steps > 0
+        buffer.admit(batch(devices[0], 100_000), rules)
+        assert buffer.verify().is_consistent
