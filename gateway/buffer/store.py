@@ -55,6 +55,7 @@ chunk; a damaged one is set aside and counted (gateway/buffer/damage.py), never 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -102,7 +103,7 @@ from gateway.config.sections import ApiSettings, SyncMode
 from gateway.errors import CapacityError, DamagedChunkError, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from pathlib import Path
 
     from gateway.buffer.latest import Latest
@@ -498,27 +499,21 @@ class Buffer:
         """
         journal = self._writable_journal()
         with self._lock:
-            try:
-                with journal.begin(write=True) as txn, self._walker(txn) as walker:
-                    w = FifoTransaction(self._ledger, walker)
-                    admitted = Admitter(
-                        w, rules, self._reads.leases, self._reads.live_from, self._reads.live_leases
-                    ).admit(items)
-                    # Drops of a commit that stored nothing need their record too, or a restart
-                    # would bring the dropped readings back.
-                    if admitted.stored or notes or any(admitted.dropped.values()):
-                        unsettled = self._damage.unsettled
-                        w.finish(txn, list(notes.items()) if notes else (), self._moved, unsettled)
-                        self._guard.check(txn)
-            except lmdb.MapFullError as exc:
-                # The journal's map has no run of free pages for the record: a seal empties it.
-                self._checkpointer.seal_wanted = True
-                raise capacity.translate(exc, self.path, self.capacity_bytes) from exc
-            except lmdb.Error as exc:
-                raise capacity.translate(exc, self.path, self.capacity_bytes) from exc
-            except CapacityError:
-                self._checkpointer.seal_wanted |= self._guard.journal_full
-                raise
+            with (
+                self._journal_write_errors(),
+                journal.begin(write=True) as txn,
+                self._walker(txn) as walker,
+            ):
+                w = FifoTransaction(self._ledger, walker)
+                admitted = Admitter(
+                    w, rules, self._reads.leases, self._reads.live_from, self._reads.live_leases
+                ).admit(items)
+                # Drops of a commit that stored nothing need their record too, or a restart
+                # would bring the dropped readings back.
+                if admitted.stored or notes or any(admitted.dropped.values()):
+                    unsettled = self._damage.unsettled
+                    w.finish(txn, list(notes.items()) if notes else (), self._moved, unsettled)
+                    self._guard.check(txn)
             # Committed. Nothing from here on may raise out of `admit`: a caller that saw an
             # exception would take the stored readings for unstored ones and store them again.
             try:
@@ -817,16 +812,28 @@ class Buffer:
     ) -> tuple[FifoTransaction, compaction.Step]:
         """Commit one compaction step (lock held); raises `NoStep` when there is none."""
         compactor = self._compactor
+        with (
+            self._journal_write_errors(),
+            journal.begin(write=True) as txn,
+            self._walker(txn) as walker,
+        ):
+            w = FifoTransaction(self._ledger, walker)
+            step = compactor.step(w, self._ledger.states, rules, self._reads, time.monotonic_ns())
+            w.finish(txn, step.notes, self._moved, self._damage.unsettled)
+            self._guard.check(txn, freeing=True)
+            compactor.fault("before_commit", step)
+        return w, step
+
+    @contextlib.contextmanager
+    def _journal_write_errors(self) -> Iterator[None]:
+        """LMDB's errors of a journal write as the gateway's, and a seal asked for when it is full.
+
+        Around the transaction, so that the commit's own failure is translated too.
+        """
         try:
-            with journal.begin(write=True) as txn, self._walker(txn) as walker:
-                w = FifoTransaction(self._ledger, walker)
-                step = compactor.step(
-                    w, self._ledger.states, rules, self._reads, time.monotonic_ns()
-                )
-                w.finish(txn, step.notes, self._moved, self._damage.unsettled)
-                self._guard.check(txn, freeing=True)
-                compactor.fault("before_commit", step)
+            yield
         except lmdb.MapFullError as exc:
+            # The journal's map has no run of free pages for the record: a seal empties it.
             self._checkpointer.seal_wanted = True
             raise capacity.translate(exc, self.path, self.capacity_bytes) from exc
         except lmdb.Error as exc:
@@ -834,7 +841,6 @@ class Buffer:
         except CapacityError:
             self._checkpointer.seal_wanted |= self._guard.journal_full
             raise
-        return w, step
 
     def level_counts(self) -> dict[int, tuple[int, int]]:
         """Buffered (records, bytes) by level: 0 for raw readings, 1 and up for summaries.
