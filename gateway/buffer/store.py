@@ -516,16 +516,7 @@ class Buffer:
                     self._guard.check(txn)
             # Committed. Nothing from here on may raise out of `admit`: a caller that saw an
             # exception would take the stored readings for unstored ones and store them again.
-            try:
-                # Before the ledger adopts the states the transaction compares with.
-                self._moved |= w.taken()
-                self._adopt(w.change(), w.chunk_bytes)
-                if w.written is not None:
-                    # Carried by the chunk, but for FIFOs whose loss to damage is not written.
-                    self._moved &= self._damage.unsettled
-            except Exception as exc:
-                # The ledger no longer matches the journal; a restart rebuilds it from there.
-                raise StorageError(f"a committed change could not be accounted: {exc}") from exc
+            self._adopt_committed(w, "change")
             if notes:
                 self._unwritten_notes.update(notes)
             self._after_commit(w, admitted)
@@ -795,13 +786,7 @@ class Buffer:
                 return None
             compactor.committed()
             compactor.fault("after_commit", step)
-            try:
-                self._moved |= w.taken()
-                self._adopt(w.change(), w.chunk_bytes)
-                if w.written is not None:
-                    self._moved &= self._damage.unsettled
-            except Exception as exc:
-                raise StorageError(f"a committed compaction could not be accounted: {exc}") from exc
+            self._adopt_committed(w, "compaction")
             self._unwritten_notes.update(step.notes)
             self._after_commit(w, Admitted())
             self.last_compaction = step
@@ -823,6 +808,22 @@ class Buffer:
             self._guard.check(txn, freeing=True)
             compactor.fault("before_commit", step)
         return w, step
+
+    def _adopt_committed(self, w: FifoTransaction, what: str) -> None:
+        """Take a committed journal write into the ledger.
+
+        Raises:
+            StorageError: the ledger no longer matches the journal; a restart rebuilds it.
+        """
+        try:
+            # Before the ledger adopts the states the transaction compares with.
+            self._moved |= w.taken()
+            self._adopt(w.change(), w.chunk_bytes)
+            if w.written is not None:
+                # Carried by the chunk, but for FIFOs whose loss to damage is not written.
+                self._moved &= self._damage.unsettled
+        except Exception as exc:
+            raise StorageError(f"a committed {what} could not be accounted: {exc}") from exc
 
     @contextlib.contextmanager
     def _journal_write_errors(self) -> Iterator[None]:
