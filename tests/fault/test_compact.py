@@ -132,14 +132,20 @@ def test_kill_during_compaction_keeps_every_reading_in_summaries_or_raw(
     try:
         published = DEVICES * PER_DEVICE
 
+        seen: dict[str, object] = {}
+
         def drained() -> bool:
             m = assert_identities(gw)
             left = m["gateway_buffer_readings"] + sum(
                 v for k, v in m.items() if k.startswith("gateway_buffer_summaries{")
             )
-            return left == 0 and stored_sum(influx) == published
+            seen.update(left=left, stored=stored_sum(influx), metrics=m)
+            return left == 0 and seen["stored"] == published
 
-        wait_for(drained, 180, f"all {published:,} readings in the database")
+        try:
+            wait_for(drained, 180, f"all {published:,} readings in the database")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last seen {seen}\n{gw.log()}") from None
         points = _points(influx)
         _assert_points(points)
         # The hook fired at a step into 5-s summaries, so two steps happened; one that committed
