@@ -60,6 +60,7 @@ from gateway.buffer.core.ledger import (
     U64,
     DeviceState,
     Ledger,
+    fifo_level,
 )
 from gateway.buffer.transaction import PRUNE_FLOOR_ENTRIES, read_ledger
 from gateway.points.record import timestamp_of
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
 
     import lmdb
 
+    from gateway.buffer.core.fence import Fence
     from gateway.buffer.latest import LatestTable
     from gateway.buffer.sealing import Sealing
     from gateway.buffer.transaction import Tables
@@ -301,6 +303,8 @@ def recover(
     tables: Tables,
     latest: LatestTable | None,
     found: Recovered | None = None,
+    *,
+    fence: Fence | None = None,
 ) -> tuple[Ledger, JournalIndex, dict[bytes, bytes]]:
     """The accounting and journal index: the checkpoint with the journal after it replayed.
 
@@ -308,6 +312,7 @@ def recover(
     replayed record sets the states it carries after its appends, and the index forgets the
     segments those states' heads have passed. A damaged record is listed in `found`; it holds
     nothing readable any more, and the readings later records show missing are counted lost.
+    `fence` learns the admission records found (gateway/buffer/core/fence.py).
     """
     found = found if found is not None else Recovered()
     unwritten: dict[bytes, bytes] = {}
@@ -315,7 +320,7 @@ def recover(
         stored = read_ledger(txn, tables)
         damaged_keys = _damaged_journal_keys(txn, tables)
     index = JournalIndex()
-    replay = _Replay(stored.states, latest)
+    replay = _Replay(stored.states, latest, fence)
     last = -1
     if journal is not None:
         with journal.begin() as jtxn:
@@ -336,6 +341,7 @@ def recover(
                         found.needs_scan |= record <= stored.applied
                     continue
                 index.add(record, replay.live(header), len(value))
+                replay.fence_admitted(header)
                 for number in replay.forgotten:
                     index.forget(number)
                 for number in replay.moved:
@@ -388,8 +394,14 @@ def read_notes(txn: lmdb.Transaction, tables: Tables, prefix: bytes) -> dict[byt
 class _Replay:
     """Journal records past the checkpoint, applied to its accounting."""
 
-    def __init__(self, states: dict[str, DeviceState], latest: LatestTable | None) -> None:
+    def __init__(
+        self,
+        states: dict[str, DeviceState],
+        latest: LatestTable | None,
+        fence: Fence | None = None,
+    ) -> None:
         self.states = states
+        self.fence = fence
         self.names = {state.number: name for name, state in states.items()}
         self.latest = latest
         self.readings = self.nbytes = 0
@@ -490,6 +502,14 @@ class _Replay:
                     lost[name] = lost.get(name, 0) + taken
                     self.replayed.add(name)
         return lost
+
+    def fence_admitted(self, header: JournalHeader) -> None:
+        """Show the fence a record's appends to devices' own FIFOs (a compaction's are none)."""
+        if self.fence is not None:
+            names = self.names
+            self.fence.add(
+                s for s in header.segments if s.number in names and not fifo_level(names[s.number])
+            )
 
     def live(self, header: JournalHeader) -> list[Segment]:
         """The record's segments holding a buffered reading."""

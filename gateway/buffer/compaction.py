@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from gateway.buffer.core.admission import Lane, Rules
+    from gateway.buffer.core.fence import Fence
     from gateway.buffer.core.ledger import DeviceState
     from gateway.buffer.reads import Reads
     from gateway.buffer.transaction import FifoTransaction
@@ -133,8 +134,12 @@ class Compactor:
         rules: Rules,
         reads: Reads,
         now_ns: int,
+        *,
+        fence: Fence | None = None,
     ) -> Step:
         """Take one run into `w` and append its summaries; `states`: the committed ones.
+
+        `fence`: readings the broker may deliver again stay raw (gateway/buffer/core/fence.py).
 
         Raises:
             NoStep: nothing could be taken, or the summaries would take as many bytes as the
@@ -154,7 +159,7 @@ class Compactor:
                 choice = choose([group], lane.level_share, self.spent.keys())
                 if choice is None:
                     continue
-                found = self._take(w, choice, lane, reads, now_ns)
+                found = self._take(w, choice, (lane, reads), now_ns, fence)
                 if found is not None:
                     return found
                 self.spent[choice.fifo, choice.level] = now_ns + EMPTY_NS
@@ -174,11 +179,21 @@ class Compactor:
                 candidates.look_again(raw, state_of, reads)
 
     def _take(
-        self, w: FifoTransaction, choice: Choice, lane: Lane, reads: Reads, now_ns: int
+        self,
+        w: FifoTransaction,
+        choice: Choice,
+        where: tuple[Lane, Reads],
+        now_ns: int,
+        fence: Fence | None,
     ) -> Step | None:
+        lane, reads = where
         source = level_fifo(choice.fifo, choice.level)
         lease_end, _ = lease_of(source, reads.leases, reads.live_leases, reads.live_from)
         limit = reads.live_from.get(source)
+        state = w.state(source)
+        stop = None
+        if fence is not None and state is not None and not choice.level:
+            stop = fence.limit(state.number)
         done = Compacted()
         notes = [(NEXT_NOTE, U64.pack(self.next_no + 1))]
         if choice.drop:
@@ -188,7 +203,9 @@ class Compactor:
             done.dropped_summaries[choice.level] = count
             return Step(done, notes, 0, source)
         values: list[bytes] = []
-        count, freed = w.drop(source, lease_end, need_bytes=STEP_BYTES, limit=limit, taken=values)
+        count, freed = w.drop(
+            source, lease_end, need_bytes=STEP_BYTES, limit=limit, stop=stop, taken=values
+        )
         if not count:
             return None
         level = choice.level + 1

@@ -80,6 +80,8 @@ from gateway.buffer.admitter import Admitter
 from gateway.buffer.checkpointer import Checkpointer, unreachable
 from gateway.buffer.core.admission import Lane, Rules
 from gateway.buffer.core.damage import JOURNAL_KIND
+from gateway.buffer.core.fence import START as FENCE_START
+from gateway.buffer.core.fence import Fence
 from gateway.buffer.core.ledger import (
     LEVEL_SEPARATOR,
     U64,
@@ -103,7 +105,7 @@ from gateway.config.sections import ApiSettings, SyncMode
 from gateway.errors import CapacityError, DamagedChunkError, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
     from pathlib import Path
 
     from gateway.buffer.latest import Latest
@@ -165,12 +167,16 @@ class Buffer:
         latest_series: int = DEFAULT_LATEST_SERIES,
         decoded_cache_bytes: int = MAX_DECODED_BYTES,
         seal_pending_bytes: int = PENDING_MAX_BYTES,
+        redelivery_fence: bool = False,
     ) -> None:
         """Open (creating if needed) the buffer under `path`, its files bounded by `capacity_bytes`.
 
         `latest_series`: the most series whose latest reading is kept (gateway/buffer/latest.py).
         `decoded_cache_bytes`: decompressed chunks kept between reads (gateway/buffer/fiforead.py);
         `seal_pending_bytes`: readings a seal holds before writing (gateway/buffer/sealing.py).
+        `redelivery_fence`: its readings come from messages acknowledged after their commit,
+        which a broker may deliver again: compaction leaves the newest raw
+        (gateway/buffer/core/fence.py).
 
         Raises:
             StorageError: when LMDB cannot open it.
@@ -210,9 +216,13 @@ class Buffer:
         # Notes committed to the journal and not yet written to the store by a checkpoint.
         self._unwritten_notes: dict[bytes, bytes]
         found = checkpoint.Recovered()
+        # What compaction leaves raw while the broker may deliver it again
+        # (gateway/buffer/core/fence.py); the last run's newest records are fenced from start-up.
+        self._fence = Fence() if redelivery_fence else Fence(records=0)
         self._ledger, self._index, self._unwritten_notes = checkpoint.recover(
-            self._env, self._journal, self._tables, self.latest, found
+            self._env, self._journal, self._tables, self.latest, found, fence=self._fence
         )
+        self._fence.hold(FENCE_START)
         self._damage = damage.Damage()
         self._note_recovered_damage(found)
         # FIFOs whose readings were delivered or dropped since the last journal chunk: the next
@@ -600,6 +610,8 @@ class Buffer:
             self._index.forget(number)
         if change.segments is not None:
             self._index.add(record, change.segments, chunk_bytes)
+            raw = {s.number for f, s in change.changed.items() if not fifo_level(f)}
+            self._fence.add(s for s in change.segments if s.number in raw)
         self._index_follow(change)
 
     def _index_follow(self, change: LedgerChange) -> None:
@@ -649,6 +661,38 @@ class Buffer:
             if state is None or not state.readings:
                 return []
             return [value for _, value in walker.readings(state, state.head)]
+
+    @_surviving_damage
+    def fenced_readings(self, fifo: str) -> set[bytes]:
+        """The FIFO's readings the broker may still deliver again (gateway/buffer/core/fence.py).
+
+        Bounded by the newest admission records' share of the FIFO, and by what a connection
+        that has not yet seen something new committed.
+        """
+        with self._lock, self._walker() as walker:
+            state = self._ledger.states.get(fifo)
+            start = None if state is None else self._fence.limit(state.number)
+            if state is None or start is None or not state.readings:
+                return set()
+            return {value for _, value in walker.readings(state, start)}
+
+    def hold_fence(self, holder: Hashable) -> None:
+        """A connection ended or begins: what it committed last stays raw until `lift_fence`."""
+        with self._lock:
+            self._fence.hold(holder)
+
+    def lift_fence(self, holder: Hashable) -> bool:
+        """`holder`'s connection delivered something new; True if the fence was held."""
+        with self._lock:
+            held = self._fence.holding
+            self._fence.lift(holder)
+            self._fence.lift(FENCE_START)
+            return held
+
+    def settle_fence(self, holder: Hashable) -> None:
+        """`holder`'s connection ended with every acknowledgement read by the broker."""
+        with self._lock:
+            self._fence.settle(holder)
 
     def release(self, fifos: Iterable[str]) -> None:
         """End the leases of `read` for FIFOs whose readings were not delivered."""
@@ -803,7 +847,9 @@ class Buffer:
             self._walker(txn) as walker,
         ):
             w = FifoTransaction(self._ledger, walker)
-            step = compactor.step(w, self._ledger.states, rules, self._reads, time.monotonic_ns())
+            step = compactor.step(
+                w, self._ledger.states, rules, self._reads, time.monotonic_ns(), fence=self._fence
+            )
             w.finish(txn, step.notes, self._moved, self._damage.unsettled)
             self._guard.check(txn, freeing=True)
             compactor.fault("before_commit", step)

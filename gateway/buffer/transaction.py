@@ -100,6 +100,23 @@ def _join_before(state: DeviceState, start: int, limit: int | None) -> int | Non
     return state.gap_start if start <= state.gap_end else None
 
 
+def _stopped_short(state: DeviceState, start: int, join_before: int, stop: int | None) -> bool:
+    """Whether a drop from `start` must take a reading at or after `stop` to take any.
+
+    It must reach `join_before`; and behind a lease with a gap further on, the run it takes may
+    be the one just before the gap: a gap covers only readings taken.
+    """
+    if stop is None:
+        return False
+    return join_before > stop or (start != state.head and state.gap_start > max(start, stop))
+
+
+def _before_gap(state: DeviceState, start: int, stop: int | None) -> bool:
+    """Whether a drop from `start` may take the run just before the FIFO's gap."""
+    has_gap = state.gap_end > state.gap_start
+    return has_gap and start < state.gap_start and (stop is None or stop >= state.gap_start)
+
+
 def _open_gap(state: DeviceState, start: int, end: int) -> None:
     """Sequences `start` to `end` - 1 went behind a lease: the FIFO's one gap takes them in.
 
@@ -221,6 +238,7 @@ class FifoTransaction:
         need_bytes: int = 0,
         count: int | None = None,
         limit: int | None = None,
+        stop: int | None = None,
         taken: list[bytes] | None = None,
     ) -> tuple[int, int]:
         """Take readings of `fifo` out of the buffer from its first one at or after `lease_end`.
@@ -234,6 +252,8 @@ class FifoTransaction:
         `limit`: where a live-first drain's live stream begins; nothing from there on is taken,
         and nothing at all while the readings before it are in flight (that would need a second
         gap).
+        `stop`: nothing from there on is taken either, but a gap behind a lease may still
+        open or widen before it (a compaction keeps readings the broker may send again raw).
         `taken`: given, it receives the readings taken, in order (a compaction summarises them).
         """
         state = self.state(fifo)
@@ -241,18 +261,18 @@ class FifoTransaction:
             return 0, 0
         start = max(state.head, lease_end)
         join_before = _join_before(state, start, limit)
-        if join_before is None:
+        if join_before is None or _stopped_short(state, start, join_before, stop):
             return 0, 0
-        has_gap = state.gap_end > state.gap_start
-        if has_gap and count is None and start < state.gap_start:
+        if count is None and _before_gap(state, start, stop):
             before_gap = self._drop_before_gap(state, start, need_bytes, taken)
             if before_gap is not None:
                 return before_gap
         dropped = freed = 0
         last = start - 1
         sink = [] if taken is None else taken
+        until = min((at for at in (limit, stop) if at is not None), default=None)
         for seq, value in self._readings(state, start):
-            if limit is not None and seq >= limit:
+            if until is not None and seq >= until:
                 break
             met = (dropped >= count) if count is not None else (freed >= need_bytes)
             if met and seq >= join_before:

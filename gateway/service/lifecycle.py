@@ -302,6 +302,7 @@ def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
         latest_series=latest_series,
         decoded_cache_bytes=b.decoded_cache_max_bytes,
         seal_pending_bytes=b.seal_pending_max_bytes,
+        redelivery_fence=True,
     )
     totals = buffer.totals()
     levels = buffer.level_counts()

@@ -27,7 +27,13 @@ What the model allows:
   level's oldest summaries; a step whose commit fails changes nothing. Whatever happens,
   the statistics of every device's readings per coarsest window are those of the records
   buffered, delivered and dropped (raw readings and summaries), and no two of those share a
-  series and timestamp (DESIGN invariant 10).
+  series and timestamp (DESIGN invariant 10);
+- the buffer is opened as the service opens it, with its redelivery fence
+  (gateway/buffer/core/fence.py): a compaction step never takes a raw reading of the newest
+  `RECENT_RECORDS` admission records, nor of those a broken connection held (`connection_ends`)
+  until a fresh message lifts the hold or a clean end settles it; and every reading of the last
+  admission still buffered raw is among the FIFO's fenced readings, so a redelivered copy of it
+  is recognised (`redeliver`).
 
 Two configurations: a 1 MiB buffer, and one of the same smallest allowed capacity whose page
 guard and maps run full with hundreds of devices of big readings.
@@ -51,6 +57,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from gateway.buffer import checkpoint, compaction
 from gateway.buffer.core.admission import Lane, Policy, Rules
+from gateway.buffer.core.fence import RECENT_RECORDS
+from gateway.buffer.core.fence import START as FENCE_START
 from gateway.buffer.core.ledger import (
     DEFAULT_CLASS,
     U64,
@@ -99,6 +107,8 @@ SEAL_READINGS, SEAL_RECORDS = 24, 6
 # readings from about 25 to about 400 bytes.
 SHAPES = st.tuples(st.integers(0, 12), st.integers(0, 24), st.integers(0, 30))
 DEVICE = st.sampled_from(DEVICES)
+# The intake holding the redelivery fence in the model.
+HOLDER = "intake"
 FAULT_WRITES = st.one_of(st.none(), st.integers(0, 12))
 ERRORS = st.sampled_from([lmdb.Error, lmdb.MapFullError])
 
@@ -190,7 +200,14 @@ class BufferMachine(RuleBasedStateMachine):
             latest_series=self.LATEST_SERIES,
             decoded_cache_bytes=self.DECODED_CACHE_BYTES,
             seal_pending_bytes=self.SEAL_PENDING_BYTES,
+            redelivery_fence=True,
         )
+        # The fence as far as the model knows it: the raw readings of each admission since the
+        # open (what the last run committed is held too, but which of its records the journal
+        # still had is the buffer's to know), those a broken connection held, and the holders.
+        self.recent: deque[list[tuple[str, bytes]]] = deque(maxlen=RECENT_RECORDS)
+        self.fenced: set[tuple[str, bytes]] = set()
+        self.holders = {FENCE_START}
         assert not self.errors.records, "the accounting on disk was wrong: " + "; ".join(
             r.getMessage() for r in self.errors.records
         )
@@ -311,6 +328,7 @@ class BufferMachine(RuleBasedStateMachine):
         for device, value in items:
             self._add(device, value)
             self.appended[device].append(value)
+        self.recent.append(items)
         self._committed(len(items))
         self._after()
 
@@ -496,6 +514,8 @@ class BufferMachine(RuleBasedStateMachine):
             self._add(device, value)
             self.appended[device].append(value)
             placed[device] += 1
+        if admitted.placed:
+            self.recent.append([(device, value) for device, _, _, value in admitted.placed])
         after = {d: s.readings for d, s in self.buffer.devices().items()}
         dropped = {}
         for device in {*before, *after, *placed}:
@@ -562,6 +582,10 @@ class BufferMachine(RuleBasedStateMachine):
         assert step is not None
         source = step.source
         run = self._compacted_run(source, before[source] - after.get(source, 0))
+        must_stay = self.fenced.union(*self.recent)
+        assert not {(source, value) for value in run} & must_stay, (
+            f"{source}: a compaction took a reading the broker may deliver again"
+        )
         level = fifo_level(source)
         if step.level == 0:
             # The coarsest level's oldest summaries: dropped, as the accounting counts them.
@@ -611,6 +635,40 @@ class BufferMachine(RuleBasedStateMachine):
     def fail_compact(self, txn: int, write: int | None, error: type) -> None:
         """A compaction step whose journal transaction fails changes nothing."""
         self._compact(Fault("journal", txn, write, error))
+
+    # The redelivery fence.
+
+    @rule(clean=st.booleans())
+    def connection_ends(self, clean: bool) -> None:
+        """An intake's connection ends: cleanly (every PUBACK read) it settles the fence,
+        broken it holds the newest admissions until a fresh message."""
+        if clean:
+            self.buffer.settle_fence(HOLDER)
+            self.holders -= {HOLDER, FENCE_START}
+            if not self.holders:
+                self.recent.clear()
+                self.fenced.clear()
+        else:
+            self.buffer.hold_fence(HOLDER)
+            self.holders.add(HOLDER)
+            self.fenced.update(*self.recent)
+
+    @rule()
+    def fresh_message(self) -> None:
+        """A message sent for the first time: the broker redelivered all it will."""
+        assert self.buffer.lift_fence(HOLDER) == bool(self.holders)
+        self.holders -= {HOLDER, FENCE_START}
+        self.fenced.clear()
+
+    @precondition(lambda self: self.recent)
+    @rule()
+    def redeliver(self) -> None:
+        """The last admission's messages come again: each reading still raw is recognised."""
+        last = self.recent[-1]
+        for device in {device for device, _ in last}:
+            held = self.buffer.fenced_readings(device)
+            raw = set(self.model[device])
+            assert {v for d, v in last if d == device and v in raw} <= held, device
 
     # Checkpoints, restarts, failures.
 

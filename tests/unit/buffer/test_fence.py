@@ -1,0 +1,144 @@
+"""Readings the broker may deliver again stay raw: the fence, pure and in a real buffer.
+
+After kill -9 the broker sends again the messages whose PUBACKs it had not read; a first copy
+already in a summary would, with its raw second copy, be counted twice in the database. The
+model (test_buffer_model.py) redelivers after its crashes; these are the fence's own cases.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.buffer import compaction
+from gateway.buffer.core.chunk import Segment
+from gateway.buffer.core.fence import RECENT_RECORDS, START, Fence
+from gateway.buffer.store import Buffer
+from tests.unit.buffer.test_compaction import FORCED, reading
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pytest
+
+
+def segment(number: int, first: int, count: int = 10) -> Segment:
+    return Segment(number, first, count, count * 50, 0)
+
+
+def test_the_newest_records_are_fenced_and_older_ones_are_not() -> None:
+    """A FIFO's fence starts at its first reading in the newest `RECENT_RECORDS` records."""
+    fence = Fence()
+    for i in range(RECENT_RECORDS + 3):
+        fence.add([segment(1, 10 * i)])
+    assert fence.limit(1) == 30
+    assert fence.limit(2) is None
+
+
+def test_a_hold_keeps_its_records_fenced_until_every_holder_lifts() -> None:
+    """Records held at a connection's end stay fenced past newer ones until the last lift."""
+    fence = Fence(records=2)
+    fence.add([segment(1, 0), segment(2, 0)])
+    fence.hold("a")
+    fence.hold("b")
+    for i in range(1, 5):
+        fence.add([segment(1, 10 * i)])
+    assert (fence.limit(1), fence.limit(2)) == (0, 0)
+    fence.lift("a")
+    assert (fence.limit(1), fence.limit(2)) == (0, 0)
+    fence.lift("b")
+    assert (fence.limit(1), fence.limit(2)) == (30, None)
+
+
+def test_a_clean_end_settles_what_was_acknowledged() -> None:
+    """A connection that ended with every PUBACK read leaves nothing fenced, start-up included."""
+    fence = Fence()
+    fence.add([segment(1, 0)])
+    fence.hold(START)
+    fence.hold("a")
+    fence.settle("a")
+    assert not fence.holding
+    assert fence.limit(1) is None
+
+
+@given(
+    records=st.lists(
+        st.dictionaries(st.integers(0, 4), st.integers(1, 5), min_size=1), max_size=40
+    ),
+    hold_at=st.integers(0, 40),
+)
+def test_the_limit_is_the_first_reading_of_the_newest_records_or_the_held(
+    records: list[dict[int, int]], hold_at: int
+) -> None:
+    """Against a plain replay: the limit is the smallest first sequence in the recent or held."""
+    fence = Fence(records=4)
+    nexts: dict[int, int] = {}
+    firsts: list[dict[int, int]] = []
+    held: dict[int, int] = {}
+    for i, counts in enumerate(records):
+        if i == hold_at:
+            fence.hold("a")
+            for record in firsts[-4:]:
+                for number, first in record.items():
+                    held[number] = min(held.get(number, first), first)
+        record = {}
+        for number, count in counts.items():
+            record[number] = nexts.get(number, 0)
+            nexts[number] = record[number] + count
+        firsts.append(record)
+        fence.add([segment(n, first, counts[n]) for n, first in record.items()])
+    for number in range(5):
+        seen = [r[number] for r in firsts[-4:] if number in r]
+        if number in held:
+            seen.append(held[number])
+        assert fence.limit(number) == (min(seen) if seen else None)
+
+
+def _fill(buffer: Buffer, device: str, records: int, first: int = 0, per: int = 200) -> None:
+    for r in range(records):
+        buffer.append([(device, reading(device, first + r * per + i)) for i in range(per)])
+
+
+def _compact_all(buffer: Buffer) -> None:
+    for _ in range(200):
+        if buffer.compact(FORCED, force=True) is None:
+            return
+
+
+def test_compaction_leaves_the_newest_records_raw_across_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compaction stops at the newest records; after a reopen they stay raw until a lift, and
+    a clean connection end lets it take them."""
+    # A FIFO that had nothing to give is looked at again at once, not a second later.
+    monkeypatch.setattr(compaction, "EMPTY_NS", 0)
+    newest = {reading("a", i) for i in range(30 * 200 - RECENT_RECORDS * 200, 30 * 200)}
+    with Buffer(tmp_path, 64 << 20, redelivery_fence=True) as buffer:
+        _fill(buffer, "a", 30)
+        _compact_all(buffer)
+        assert set(buffer.readings_of("a")) == newest
+        assert buffer.fenced_readings("a") == newest
+    with Buffer(tmp_path, 64 << 20, redelivery_fence=True) as buffer:
+        _compact_all(buffer)
+        assert set(buffer.readings_of("a")) == newest
+        buffer.hold_fence("intake")
+        _fill(buffer, "a", RECENT_RECORDS + 1, first=30 * 200)
+        assert buffer.lift_fence("intake")
+        _compact_all(buffer)
+        # The start-up hold went with the lift: only the newest records of now stay raw.
+        assert not set(buffer.readings_of("a")) & newest
+        buffer.hold_fence("intake")
+        buffer.settle_fence("intake")
+        _compact_all(buffer)
+        assert buffer.readings_of("a") == []
+        assert buffer.fenced_readings("a") == set()
+
+
+def test_without_the_fence_compaction_takes_every_reading(tmp_path: Path) -> None:
+    """A buffer not fed by acknowledged messages (tools, benchmarks) has no fence."""
+    with Buffer(tmp_path, 64 << 20) as buffer:
+        _fill(buffer, "a", 5)
+        _compact_all(buffer)
+        assert buffer.readings_of("a") == []
