@@ -28,6 +28,7 @@ from gateway.ingest.commit import Committer, IntakePaused
 from gateway.ingest.core.deadband import Deadbands
 from gateway.ingest.core.pausing import Cause, Pauses
 from gateway.ingest.mqtt import Connection, end_session
+from gateway.ingest.redelivery import Redelivery
 from gateway.ingest.taking import Taker
 from gateway.observe.brokerstats import BROKER_TOPICS
 from gateway.sparkplug.core.host import HostState, state_topic
@@ -122,6 +123,7 @@ class Ingest:
             fault=fault,
             host_topic=state_topic(sparkplug_host_id) if sparkplug_host_id else None,
             deadbands=self.deadbands,
+            redelivery=Redelivery(buffer),
         )
         self.committer = Committer(
             buffer=buffer,
@@ -177,7 +179,7 @@ class Ingest:
                             await self._consume_until_quiet(connection, retire_quiet_s)
                     finally:
                         with anyio.CancelScope(shield=True):
-                            await connection.leave()
+                            self.taker.connection_ended(clean=await connection.leave())
             except IntakePaused as paused:
                 self._set_connected(False)
                 await self._pause(paused)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from gateway.ingest.core.deadband import Deadbands, Mark
     from gateway.ingest.core.decode import Decoder
     from gateway.ingest.core.packets import Incoming
+    from gateway.ingest.redelivery import Redelivery
     from gateway.observe.brokerstats import BrokerStats
     from gateway.observe.metrics import Metrics
     from gateway.sparkplug.core.session import Sessions
@@ -71,13 +72,16 @@ class Taker:
         fault: Callable[[bytes], None] | None,
         host_topic: str | None = None,
         deadbands: Deadbands | None = None,
+        redelivery: Redelivery | None = None,
     ) -> None:
         """`fault`: a hook called with each payload, for the fault tests (ingest/faults.py).
 
         `host_topic`: the gateway's own Sparkplug B STATE topic, when it is a host application.
         `deadbands`: report by exception (gateway/ingest/core/deadband.py), settled by the
-        committer.
+        committer. `redelivery`: recognises redelivered readings the buffer holds
+        (gateway/ingest/redelivery.py).
         """
+        self.redelivery = redelivery
         self._host_topic = host_topic
         self.deadbands = deadbands
         self.rules = rules
@@ -94,9 +98,19 @@ class Taker:
         return reader.sessions if reader is not None else None
 
     def new_connection(self) -> None:
-        """A new broker connection: Sparkplug B sequence numbers start over."""
+        """A new broker connection: Sparkplug B sequence numbers start over.
+
+        And what the connection before it committed last may come again.
+        """
         if self._decoder.sparkplug is not None:
             self._decoder.sparkplug.sessions.forget_sequences()
+        if self.redelivery is not None:
+            self.redelivery.connection_began()
+
+    def connection_ended(self, *, clean: bool) -> None:
+        """The broker connection ended; `clean`: the broker read every acknowledgement."""
+        if self.redelivery is not None:
+            self.redelivery.connection_ended(clean=clean)
 
     def take(self, message: Incoming) -> Pending:
         """Decode, map and encode one message; whatever it raises stays with it."""
@@ -123,20 +137,36 @@ class Taker:
             self._fault(payload)
         decoded = self._decoder.decode(topic, payload, time.time_ns(), dup=message.dup)
         pending = Pending(message.mid, message.qos, decoded, (topic, payload))
+        redelivery = self.redelivery
+        if redelivery is not None and message.qos and not message.dup:
+            redelivery.fresh()
         readings = decoded.readings
         if readings:
             lane = self.rules.lane(decoded.device_class)
             # One topic, one device: every reading of a message goes to the same FIFO.
             fifo = fifo_name(readings[0].device, lane.device_class)
+            records = None
+            if redelivery is not None and message.dup:
+                held = redelivery.held(fifo)
+                records = [pack(r) for r in readings]
+                if held:
+                    kept = [(r, p) for r, p in zip(readings, records, strict=True) if p not in held]
+                    pending.suppressed = len(readings) - len(kept)
+                    readings = [r for r, _ in kept]
+                    records = [p for _, p in kept]
             deadbands = self.deadbands
             if deadbands is None or deadbands.rule_for(decoded.device_class) is None:
-                pending.items = [(fifo, pack(r), lane) for r in readings]
+                packed = records if records is not None else map(pack, readings)
+                pending.items = [(fifo, p, lane) for p in packed]
                 return pending
             judged = deadbands.judge(decoded.device_class, readings)
+            # Packed only when kept, unless packed already to be compared.
             pending.items = [
-                (fifo, pack(r), lane) for r, j in zip(readings, judged, strict=True) if j.keep
+                (fifo, records[i] if records is not None else pack(r), lane)
+                for i, (r, j) in enumerate(zip(readings, judged, strict=True))
+                if j.keep
             ]
-            pending.suppressed = len(readings) - len(pending.items)
+            pending.suppressed += len(readings) - len(pending.items)
             pending.marks = [j.mark for j in judged if j.mark is not None]
             # Last: a message that raised before here is invalid and must stand for nothing.
             deadbands.stage(pending.marks)

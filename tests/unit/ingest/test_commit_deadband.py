@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from gateway.ingest.redelivery import Redelivery
+
 SLOW = Subscription(
     topic="slow/{device}/{measurement}",
     device_class="slow",
@@ -41,7 +43,9 @@ T0_MS = 1_700_000_000_000
 class Line:
     """A taker and a committer sharing one deadband state, on a real buffer."""
 
-    def __init__(self, buffer: Buffer, rejects: RejectLog, rules: Rules) -> None:
+    def __init__(
+        self, buffer: Buffer, rejects: RejectLog, rules: Rules, redelivery: Redelivery | None = None
+    ) -> None:
         subs = [SLOW, FAST]
         self.buffer, self.metrics = buffer, Metrics()
         self.deadbands = Deadbands.of(subs)
@@ -53,6 +57,7 @@ class Line:
             rejects=rejects,
             fault=None,
             deadbands=self.deadbands,
+            redelivery=redelivery,
         )
         self.committer = Committer(
             buffer=buffer,
@@ -65,11 +70,11 @@ class Line:
         )
         self.mid = 0
 
-    def take(self, topic: str, *values: tuple[int, float]) -> Pending:
-        """One message of (seconds after T0, v) readings."""
+    def take(self, topic: str, *values: tuple[int, float], dup: bool = False) -> Pending:
+        """One message of (seconds after T0, v) readings; `dup`: the broker sends it again."""
         self.mid += 1
         payload = json.dumps([{"ts": T0_MS + 1000 * s, "v": v} for s, v in values]).encode()
-        return self.taker.take(Incoming(topic.encode(), payload, self.mid, 1, False, 0.0))
+        return self.taker.take(Incoming(topic.encode(), payload, self.mid, 1, dup, 0.0))
 
     async def commit(self, *batch: Pending) -> list[int]:
         """Commit a batch; the message ids acknowledged."""
