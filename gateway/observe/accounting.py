@@ -8,8 +8,9 @@ snapshot (a Prometheus scrape) satisfies the three identities exactly:
     summaries_made + summaries_recovered == summaries_delivered + summaries_dead_lettered
         + summaries_resummarised + summaries_dropped + summaries_buffered
 
-`suppressed` readings were within their deadband (gateway/ingest/core/deadband.py) and
-acknowledged unstored; `summarised` ones were stored, then replaced by summaries under the
+`suppressed` readings were within their deadband (gateway/ingest/core/deadband.py), or were
+redelivered copies of readings the buffer held (gateway/ingest/redelivery.py), and acknowledged
+unstored; `summarised` ones were stored, then replaced by summaries under the
 `compact` policy. Summaries are points of their own, counted by level (1: the finest step): made
 by a compaction, then delivered, dead-lettered, summarised again at the next level, or dropped
 (the coarsest level has nowhere to go, or a damaged chunk held them).
