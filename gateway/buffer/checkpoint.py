@@ -49,6 +49,7 @@ from gateway.buffer.core.chunk import (
     sealed_count,
 )
 from gateway.buffer.core.damage import JOURNAL_KIND, take_range
+from gateway.buffer.core.fence import NOTE as FENCE_NOTE
 from gateway.buffer.core.journalindex import JournalIndex
 from gateway.buffer.core.ledger import (
     LEVEL_SEPARATOR,
@@ -312,13 +313,15 @@ def recover(
     replayed record sets the states it carries after its appends, and the index forgets the
     segments those states' heads have passed. A damaged record is listed in `found`; it holds
     nothing readable any more, and the readings later records show missing are counted lost.
-    `fence` learns the admission records found (gateway/buffer/core/fence.py).
+    `fence` learns the limits the checkpoint noted, then the admission records found
+    (gateway/buffer/core/fence.py).
     """
     found = found if found is not None else Recovered()
     unwritten: dict[bytes, bytes] = {}
     with env.begin() as txn:
         stored = read_ledger(txn, tables)
         damaged_keys = _damaged_journal_keys(txn, tables)
+        _fence_noted(txn, tables, fence)
     index = JournalIndex()
     replay = _Replay(stored.states, latest, fence)
     last = -1
@@ -361,6 +364,15 @@ def recover(
     ledger.next_record = max(last, stored.applied, stored.sealed_through) + 1
     ledger.dirty = replay.replayed
     return ledger, index, unwritten
+
+
+def _fence_noted(txn: lmdb.Transaction, tables: Tables, fence: Fence | None) -> None:
+    """Show `fence` the limits the checkpoint noted, before the journal's records.
+
+    A seal takes records out of the journal, the newest too: their fence is in the note.
+    """
+    if fence is not None:
+        fence.add_packed(read_notes(txn, tables, FENCE_NOTE).get(FENCE_NOTE, b""))
 
 
 def _damaged_journal_keys(txn: lmdb.Transaction, tables: Tables) -> set[bytes]:

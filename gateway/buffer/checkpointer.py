@@ -37,7 +37,7 @@ from gateway.buffer.sealing import PENDING_MAX_BYTES, Sealing, discard_seals_fro
 from gateway.errors import CapacityError, DamagedChunkError, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from gateway.buffer.capacity import PageGuard
     from gateway.buffer.core.journalindex import JournalIndex
@@ -79,6 +79,8 @@ class Checkpointer:
         `seal_pending_bytes`: readings a seal holds before writing (gateway/buffer/sealing.py).
         """
         self._seal_pending_bytes = seal_pending_bytes
+        # Notes made for each checkpoint as it is written (the redelivery fence's limits).
+        self.extra_notes: Callable[[], dict[bytes, bytes]] | None = None
         self._env, self._journal, self._tables, self._latest = env, journal, tables, latest
         self._decoded = decoded
         self._damage = damage
@@ -212,6 +214,8 @@ class Checkpointer:
         """
         # Chunks of a seal under way are its own until a checkpoint completes it.
         in_progress = self.sealing.seal if self.sealing is not None and sealing is None else NO_SEAL
+        if self.extra_notes is not None:
+            notes.update(self.extra_notes())
         try:
             if self._flushes and self._journal is not None:
                 self._journal.sync(True)

@@ -80,6 +80,7 @@ from gateway.buffer.admitter import Admitter
 from gateway.buffer.checkpointer import Checkpointer, unreachable
 from gateway.buffer.core.admission import Lane, Rules
 from gateway.buffer.core.damage import JOURNAL_KIND
+from gateway.buffer.core.fence import NOTE as FENCE_NOTE
 from gateway.buffer.core.fence import START as FENCE_START
 from gateway.buffer.core.fence import Fence
 from gateway.buffer.core.ledger import (
@@ -241,6 +242,9 @@ class Buffer:
             damage=self._damage,
             seal_pending_bytes=seal_pending_bytes,
         )
+        if redelivery_fence:
+            # A seal takes the newest records out of the journal: each checkpoint notes the fence.
+            self._checkpointer.extra_notes = lambda: {FENCE_NOTE: self._fence.packed()}
         if not readonly:
             self._checkpointer.discard_unfinished_seal(self._ledger)
         if not readonly and (

@@ -12,13 +12,17 @@ redelivered reading the buffer already holds, among the readings fenced here, an
 it again (gateway/ingest/redelivery.py).
 
 The fence is kept as each FIFO's first sequence in each of the newest `RECENT_RECORDS`
-admission records: a compaction takes a FIFO's readings only before it. A connection that
-ends cleanly, the broker having read every PUBACK, settles the fence (`settle`): what it
-committed cannot come again.
+admission records: a compaction takes a FIFO's readings only before it. Each checkpoint writes
+the limits as a note (`packed`): a seal takes the newest records out of the journal, and the
+start-up after a crash learns their fence from it (`add_packed`), then from the journal.
+
+A connection that ends cleanly, the broker having read every PUBACK, settles the fence
+(`settle`): what it committed cannot come again.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -32,6 +36,9 @@ if TYPE_CHECKING:
 RECENT_RECORDS = 16
 # The holder that start-up installs: the records the last run committed before it stopped.
 START = "start"
+# The checkpoint note holding every fenced FIFO's limit: (FIFO number, first sequence) pairs.
+NOTE = b"fence/limits"
+_LIMIT = struct.Struct(">IQ")
 
 
 class Fence:
@@ -75,6 +82,18 @@ class Fence:
         self.lift(START)
         if not self._holders:
             self._recent.clear()
+
+    def packed(self) -> bytes:
+        """Every fenced FIFO's limit, for the checkpoint's note."""
+        numbers = set(self._held).union(*self._recent)
+        limits = ((n, self.limit(n)) for n in numbers)
+        return b"".join(_LIMIT.pack(n, limit) for n, limit in limits if limit is not None)
+
+    def add_packed(self, raw: bytes) -> None:
+        """The limits a checkpoint noted, as one record older than the journal's."""
+        firsts = dict(_LIMIT.iter_unpack(raw))
+        if firsts:
+            self._recent.append(firsts)
 
     @property
     def holding(self) -> bool:

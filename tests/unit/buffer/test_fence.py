@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.buffer import compaction
+from gateway.buffer import checkpoint, compaction
 from gateway.buffer.core.chunk import Segment
 from gateway.buffer.core.fence import RECENT_RECORDS, START, Fence
 from gateway.buffer.store import Buffer
@@ -142,3 +142,22 @@ def test_without_the_fence_compaction_takes_every_reading(tmp_path: Path) -> Non
         _fill(buffer, "a", 5)
         _compact_all(buffer)
         assert buffer.readings_of("a") == []
+
+
+def test_sealed_records_stay_fenced_across_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seal moves the newest records out of the journal: the checkpoint keeps their fence."""
+    monkeypatch.setattr(checkpoint, "SEAL_READINGS", 24)
+    monkeypatch.setattr(checkpoint, "SEAL_RECORDS", 6)
+    newest = {reading("a", i) for i in range(30 * 200 - RECENT_RECORDS * 200, 30 * 200)}
+    buffer = Buffer(tmp_path, 64 << 20, redelivery_fence=True)
+    for r in range(30):
+        _fill(buffer, "a", 1, first=r * 200)
+        buffer.checkpoint()  # completes the seal due: the record leaves the journal
+    assert buffer.fenced_readings("a") == newest
+    buffer.abandon()  # kill -9
+    with Buffer(tmp_path, 64 << 20, redelivery_fence=True) as buffer:
+        assert buffer.fenced_readings("a") == newest
+        _compact_all(buffer)
+        assert newest <= set(buffer.readings_of("a"))
