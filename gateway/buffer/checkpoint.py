@@ -520,7 +520,11 @@ class _Replay:
         if self.fence is not None:
             names = self.names
             self.fence.add(
-                s for s in header.segments if s.number in names and not fifo_level(names[s.number])
+                {
+                    s.number: s.first
+                    for s in header.segments
+                    if s.count and s.number in names and not fifo_level(names[s.number])
+                }
             )
 
     def live(self, header: JournalHeader) -> list[Segment]:

@@ -116,6 +116,9 @@ logger = logging.getLogger(__name__)
 # Without a configuration (tools, tests), the read API's default.
 DEFAULT_LATEST_SERIES: int = ApiSettings.model_fields["latest_series"].default
 DEFAULT_LANE = Lane()
+# The most bytes of readings the redelivery fence keeps (and pins against compaction), besides
+# a sixteenth of the readings budget: a few commits' worth at any rate.
+FENCE_MAX_BYTES = 2 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +222,11 @@ class Buffer:
         found = checkpoint.Recovered()
         # What compaction leaves raw while the broker may deliver it again
         # (gateway/buffer/core/fence.py); the last run's newest records are fenced from start-up.
-        self._fence = Fence() if redelivery_fence else Fence(records=0)
+        self._fence = (
+            Fence(max_bytes=min(self.budget_bytes // 16, FENCE_MAX_BYTES))
+            if redelivery_fence
+            else Fence(records=0)
+        )
         self._ledger, self._index, self._unwritten_notes = checkpoint.recover(
             self._env, self._journal, self._tables, self.latest, found, fence=self._fence
         )
@@ -267,8 +274,36 @@ class Buffer:
             self._trim_metadata()
         number = self.notes(compaction.NEXT_NOTE).get(compaction.NEXT_NOTE)
         self._compactor = compaction.Compactor(U64.unpack(number)[0] if number else 0)
+        self._remember_fenced()
         # The last compaction step committed (tests follow what it took).
         self.last_compaction: compaction.Step | None = None
+
+    @_surviving_damage
+    def _remember_fenced(self) -> None:
+        """Read back the readings the last run's fence held, so copies of them are recognised.
+
+        Bounded: the limits are those of the newest records, which took at most the fence's
+        bytes; the walk stops at twice that whatever the limits say.
+        """
+        limits = self._fence.held_limits()
+        if not limits:
+            return
+        names = {state.number: fifo for fifo, state in self._ledger.states.items()}
+        left = 2 * self._fence.max_bytes
+        with self._lock, self._walker() as walker:
+            for number, first in limits.items():
+                state = self._ledger.states.get(names.get(number, ""))
+                if state is None or not state.readings:
+                    continue
+                found = []
+                for _, value in walker.readings(state, first):
+                    found.append(value)
+                    left -= len(value)
+                    if left <= 0:
+                        break
+                self._fence.remember(found)
+                if left <= 0:
+                    return
 
     def _trim_metadata(self) -> None:
         """Evict latest values past a bound lowered since they were kept, as a checkpoint does.
@@ -531,6 +566,11 @@ class Buffer:
             # Committed. Nothing from here on may raise out of `admit`: a caller that saw an
             # exception would take the stored readings for unstored ones and store them again.
             self._adopt_committed(w, "change")
+            if self._fence.enabled and admitted.placed:
+                firsts: dict[int, int] = {}
+                for _, number, seq, _ in admitted.placed:
+                    firsts.setdefault(number, seq)
+                self._fence.add(firsts, (value for *_, value in admitted.placed))
             if notes:
                 self._unwritten_notes.update(notes)
             self._after_commit(w, admitted)
@@ -614,8 +654,6 @@ class Buffer:
             self._index.forget(number)
         if change.segments is not None:
             self._index.add(record, change.segments, chunk_bytes)
-            raw = {s.number for f, s in change.changed.items() if not fifo_level(f)}
-            self._fence.add(s for s in change.segments if s.number in raw)
         self._index_follow(change)
 
     def _index_follow(self, change: LedgerChange) -> None:
@@ -666,19 +704,14 @@ class Buffer:
                 return []
             return [value for _, value in walker.readings(state, state.head)]
 
-    @_surviving_damage
-    def fenced_readings(self, fifo: str) -> set[bytes]:
-        """The FIFO's readings the broker may still deliver again (gateway/buffer/core/fence.py).
+    def redelivered(self, readings: Sequence[bytes]) -> list[bool]:
+        """Which readings equal one the fence holds: copies the broker sent again, most likely.
 
-        Bounded by the newest admission records' share of the FIFO, and by what a connection
-        that has not yet seen something new committed.
+        Equal bytes are the same series, timestamp and values (gateway/buffer/core/fence.py).
         """
-        with self._lock, self._walker() as walker:
-            state = self._ledger.states.get(fifo)
-            start = None if state is None else self._fence.limit(state.number)
-            if state is None or start is None or not state.readings:
-                return set()
-            return {value for _, value in walker.readings(state, start)}
+        with self._lock:
+            knows = self._fence.knows
+            return [knows(value) for value in readings]
 
     def hold_fence(self, holder: Hashable) -> None:
         """A connection ended or begins: what it committed last stays raw until `lift_fence`."""
@@ -692,11 +725,6 @@ class Buffer:
             self._fence.lift(holder)
             self._fence.lift(FENCE_START)
             return held
-
-    def settle_fence(self, holder: Hashable) -> None:
-        """`holder`'s connection ended with every acknowledgement read by the broker."""
-        with self._lock:
-            self._fence.settle(holder)
 
     def release(self, fifos: Iterable[str]) -> None:
         """End the leases of `read` for FIFOs whose readings were not delivered."""

@@ -179,7 +179,8 @@ class Ingest:
                             await self._consume_until_quiet(connection, retire_quiet_s)
                     finally:
                         with anyio.CancelScope(shield=True):
-                            self.taker.connection_ended(clean=await connection.leave())
+                            await connection.leave()
+                        self.taker.connection_ended()
             except IntakePaused as paused:
                 self._set_connected(False)
                 await self._pause(paused)

@@ -251,7 +251,7 @@ class Connection:
         for topic, payload in messages:
             self._paho.publish(topic, payload, qos=0)
 
-    async def leave(self, timeout_s: float = LEAVE_TIMEOUT_S) -> bool:
+    async def leave(self, timeout_s: float = LEAVE_TIMEOUT_S) -> None:
         """Write the queued PUBACKs and a DISCONNECT, then wait until the broker has closed.
 
         paho closes the socket as soon as its DISCONNECT is written; messages the broker sent
@@ -260,13 +260,10 @@ class Connection:
         each pause of intake). The broker closes the connection only after reading all of
         them (MQTT 3.14.4), and the socket is read until then. Without the socket reader,
         only the queued PUBACKs are waited for.
-
-        Returns whether the broker read them all: then it delivers none of the messages
-        acknowledged so far again.
         """
         disconnected = self.client._disconnected  # noqa: SLF001
         if disconnected.done() or self._paho._sock is None:  # noqa: SLF001
-            return False
+            return
         if self._host_state is not None:
             # A clean DISCONNECT discards the will: the offline STATE goes out before it.
             state = self._host_state
@@ -277,13 +274,11 @@ class Connection:
             self._paho._state = _DISCONNECTING  # noqa: SLF001
             self._paho._packet_queue(PUBACK, DISCONNECT_PACKET, 0, 0)  # noqa: SLF001
             await asyncio.wait((disconnected,), timeout=timeout_s)
-            return disconnected.done()
+            return
         with anyio.move_on_after(timeout_s):
             # paho offers no event for an empty outgoing queue, so it is polled.
             while self._paho.want_write():  # noqa: ASYNC110
                 await anyio.sleep(ACK_DRAIN_POLL_S)
-        # Written, not known read: the broker may still send them again.
-        return False
 
 
 # PUBACK: the packet type, a remaining length of 2, then the packet id (big-endian).

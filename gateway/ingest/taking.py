@@ -105,12 +105,12 @@ class Taker:
         if self._decoder.sparkplug is not None:
             self._decoder.sparkplug.sessions.forget_sequences()
         if self.redelivery is not None:
-            self.redelivery.connection_began()
+            self.redelivery.connection_changed()
 
-    def connection_ended(self, *, clean: bool) -> None:
-        """The broker connection ended; `clean`: the broker read every acknowledgement."""
+    def connection_ended(self) -> None:
+        """The broker connection ended: what it committed last may come again."""
         if self.redelivery is not None:
-            self.redelivery.connection_ended(clean=clean)
+            self.redelivery.connection_changed()
 
     def take(self, message: Incoming) -> Pending:
         """Decode, map and encode one message; whatever it raises stays with it."""
@@ -120,6 +120,9 @@ class Taker:
             return Pending(message.mid, message.qos, internal_error(exc), raw_message(message))
 
     def _take_unguarded(self, message: Incoming) -> Pending:
+        redelivery = self.redelivery
+        if redelivery is not None and not message.dup:
+            redelivery.fresh()
         try:
             topic = message.topic
         except UnicodeDecodeError:
@@ -137,23 +140,19 @@ class Taker:
             self._fault(payload)
         decoded = self._decoder.decode(topic, payload, time.time_ns(), dup=message.dup)
         pending = Pending(message.mid, message.qos, decoded, (topic, payload))
-        redelivery = self.redelivery
-        if redelivery is not None and message.qos and not message.dup:
-            redelivery.fresh()
         readings = decoded.readings
         if readings:
             lane = self.rules.lane(decoded.device_class)
             # One topic, one device: every reading of a message goes to the same FIFO.
             fifo = fifo_name(readings[0].device, lane.device_class)
             records = None
-            if redelivery is not None and message.dup:
-                held = redelivery.held(fifo)
+            if redelivery is not None and message.dup and message.qos:
                 records = [pack(r) for r in readings]
-                if held:
-                    kept = [(r, p) for r, p in zip(readings, records, strict=True) if p not in held]
-                    pending.suppressed = len(readings) - len(kept)
-                    readings = [r for r, _ in kept]
-                    records = [p for _, p in kept]
+                known = redelivery.known(records)
+                if any(known):
+                    pending.suppressed = sum(known)
+                    readings = [r for r, k in zip(readings, known, strict=True) if not k]
+                    records = [p for p, k in zip(records, known, strict=True) if not k]
             deadbands = self.deadbands
             if deadbands is None or deadbands.rule_for(decoded.device_class) is None:
                 packed = records if records is not None else map(pack, readings)

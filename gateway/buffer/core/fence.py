@@ -5,35 +5,34 @@ connection ended (kill -9, a reset, a lost link) comes again on the next connect
 before anything new. A raw reading stored twice is harmless, the database keeps one point for a
 series and timestamp; but a first copy already inside a summary would, with its raw second copy,
 be counted twice in the database. So the readings of the newest admission records, whose
-acknowledgements may still be on their way, are not compacted; when a connection ends (and at
-start-up, for what the last run committed), those of the newest records up to then stay so until
-every holder has seen the broker send something new (`lift`). Meanwhile the intake recognises a
-redelivered reading the buffer already holds, among the readings fenced here, and does not store
-it again (gateway/ingest/redelivery.py).
+acknowledgements may still be on their way, are not compacted; when a connection begins or
+breaks (and at start-up, for what the last run committed), those of the newest records up to
+then stay so until every holder has seen the broker send something new (`lift`). Meanwhile the
+intake recognises a redelivered reading the buffer already holds, among the readings fenced
+here (`knows`), and does not store it again (gateway/ingest/redelivery.py).
 
 The fence is kept as each FIFO's first sequence in each of the newest `RECENT_RECORDS`
-admission records: a compaction takes a FIFO's readings only before it. Each checkpoint writes
-the limits as a note (`packed`): a seal takes the newest records out of the journal, and the
-start-up after a crash learns their fence from it (`add_packed`), then from the journal.
-
-A connection that ends cleanly, the broker having read every PUBACK, settles the fence
-(`settle`): what it committed cannot come again.
+admission records, with those records' readings: a compaction takes a FIFO's readings only
+before its first sequence. The records kept take at most `max_bytes` of readings (the newest one
+always stays): the fence bounds what it pins of a small buffer, and the memory it takes. Each
+checkpoint writes the limits as a note (`packed`): a seal takes the newest records out of the
+journal, and the start-up after a crash learns their fence from it (`add_packed`), then from
+the journal; the buffer then reads the readings from the limits on (`remember`).
 """
 
 from __future__ import annotations
 
 import struct
 from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Hashable, Iterable
 
-    from gateway.buffer.core.chunk import Segment
-
 # Admission records whose PUBACKs may not have reached the broker: the acknowledgements of a
 # commit go out right after it, so a kill or a reset finds at most the last few unread.
-RECENT_RECORDS = 16
+RECENT_RECORDS = 8
 # The holder that start-up installs: the records the last run committed before it stopped.
 START = "start"
 # The checkpoint note holding every fenced FIFO's limit: (FIFO number, first sequence) pairs.
@@ -41,70 +40,97 @@ NOTE = b"fence/limits"
 _LIMIT = struct.Struct(">IQ")
 
 
+@dataclass(slots=True)
+class _Record:
+    """One admission record: each FIFO's first sequence in it, and its readings."""
+
+    firsts: dict[int, int]
+    readings: set[bytes] = field(default_factory=set)
+    nbytes: int = 0
+
+
 class Fence:
-    """The first fenced sequence of each FIFO number; see the module docstring."""
+    """The first fenced sequence of each FIFO number, and the readings fenced; see the module."""
 
-    __slots__ = ("_held", "_holders", "_recent")
+    __slots__ = ("_held", "_held_readings", "_holders", "_recent", "_recent_bytes", "max_bytes")
 
-    def __init__(self, records: int = RECENT_RECORDS) -> None:
-        """No record yet, nothing held."""
-        self._recent: deque[dict[int, int]] = deque(maxlen=records)
+    def __init__(self, records: int = RECENT_RECORDS, max_bytes: int = 1 << 62) -> None:
+        """No record yet, nothing held; `records` 0 is no fence at all."""
+        self.max_bytes = max_bytes
+        self._recent: deque[_Record] = deque(maxlen=records)
+        self._recent_bytes = 0
         self._held: dict[int, int] = {}
+        self._held_readings: set[bytes] = set()
         self._holders: set[Hashable] = set()
 
-    def add(self, segments: Iterable[Segment]) -> None:
-        """An admission record committed with these segments (FIFO number, first sequence)."""
-        firsts = {s.number: s.first for s in segments if s.count}
-        if firsts:
-            self._recent.append(firsts)
+    @property
+    def enabled(self) -> bool:
+        """Whether it keeps any record."""
+        return self._recent.maxlen != 0
+
+    def add(self, firsts: dict[int, int], readings: Iterable[bytes] = ()) -> None:
+        """An admission record committed: each FIFO's first sequence in it, and its readings."""
+        if not firsts or not self.enabled:
+            return
+        kept = set(readings)
+        record = _Record(firsts, kept, sum(map(len, kept)))
+        recent = self._recent
+        if len(recent) == recent.maxlen:
+            self._recent_bytes -= recent[0].nbytes
+        recent.append(record)
+        self._recent_bytes += record.nbytes
+        while len(recent) > 1 and self._recent_bytes > self.max_bytes:
+            self._recent_bytes -= recent.popleft().nbytes
 
     def hold(self, holder: Hashable) -> None:
         """Keep the newest records fenced until `holder`, and every other holder, lifts."""
         self._holders.add(holder)
         held = self._held
-        for firsts in self._recent:
-            for number, first in firsts.items():
+        for record in self._recent:
+            for number, first in record.firsts.items():
                 if first < held.get(number, first + 1):
                     held[number] = first
+            self._held_readings |= record.readings
 
     def lift(self, holder: Hashable) -> None:
         """`holder` has seen what the broker delivers again; the last holder ends the hold."""
         self._holders.discard(holder)
         if not self._holders:
             self._held.clear()
+            self._held_readings = set()
 
-    def settle(self, holder: Hashable) -> None:
-        """`holder`'s connection ended with every PUBACK read: none of its commits comes again.
+    def remember(self, readings: Iterable[bytes]) -> None:
+        """Readings at or after the held limits, read back at start-up."""
+        self._held_readings.update(readings)
 
-        The records of other holders' connections, if any still hold, stay fenced.
-        """
-        self.lift(holder)
-        self.lift(START)
-        if not self._holders:
-            self._recent.clear()
+    def knows(self, reading: bytes) -> bool:
+        """Whether a reading equal to this one is fenced: a redelivered copy, most likely."""
+        return reading in self._held_readings or any(reading in r.readings for r in self._recent)
 
     def packed(self) -> bytes:
         """Every fenced FIFO's limit, for the checkpoint's note."""
-        numbers = set(self._held).union(*self._recent)
+        numbers = set(self._held).union(*(r.firsts for r in self._recent))
         limits = ((n, self.limit(n)) for n in numbers)
         return b"".join(_LIMIT.pack(n, limit) for n, limit in limits if limit is not None)
 
     def add_packed(self, raw: bytes) -> None:
         """The limits a checkpoint noted, as one record older than the journal's."""
-        firsts = dict(_LIMIT.iter_unpack(raw))
-        if firsts:
-            self._recent.append(firsts)
+        self.add(dict(_LIMIT.iter_unpack(raw)))
 
     @property
     def holding(self) -> bool:
         """Whether some holder has not lifted yet."""
         return bool(self._holders)
 
+    def held_limits(self) -> dict[int, int]:
+        """The held limits by FIFO number (a copy)."""
+        return dict(self._held)
+
     def limit(self, number: int) -> int | None:
         """The FIFO's first fenced sequence; None when none of its readings is fenced."""
         found = self._held.get(number)
-        for firsts in self._recent:
-            first = firsts.get(number)
+        for record in self._recent:
+            first = record.firsts.get(number)
             if first is not None:
                 return first if found is None else min(found, first)
         return found

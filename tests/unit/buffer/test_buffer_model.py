@@ -30,10 +30,10 @@ What the model allows:
   series and timestamp (DESIGN invariant 10);
 - the buffer is opened as the service opens it, with its redelivery fence
   (gateway/buffer/core/fence.py): a compaction step never takes a raw reading of the newest
-  `RECENT_RECORDS` admission records, nor of those a broken connection held (`connection_ends`)
-  until a fresh message lifts the hold or a clean end settles it; and every reading of the last
-  admission still buffered raw is among the FIFO's fenced readings, so a redelivered copy of it
-  is recognised (`redeliver`).
+  `RECENT_RECORDS` admission records that fit in its bytes (the newest always does), nor of those
+  a connection held when it began or ended (`connection_changes`) until a fresh message lifts
+  the hold; and every reading of the last admission is recognised as a copy, so a redelivered
+  one is not stored again (`redeliver`).
 
 Two configurations: a 1 MiB buffer, and one of the same smallest allowed capacity whose page
 guard and maps run full with hundreds of devices of big readings.
@@ -71,7 +71,7 @@ from gateway.buffer.core.ledger import (
 from gateway.buffer.core.summary import Ladder, read_stats, summarise
 from gateway.buffer.fiforead import MAX_DECODED_BYTES
 from gateway.buffer.sealing import PENDING_MAX_BYTES
-from gateway.buffer.store import DEFAULT_LATEST_SERIES, Buffer
+from gateway.buffer.store import DEFAULT_LATEST_SERIES, FENCE_MAX_BYTES, Buffer
 from gateway.errors import CapacityError, StorageError
 from gateway.points.model import Reading
 from gateway.points.record import pack
@@ -205,9 +205,10 @@ class BufferMachine(RuleBasedStateMachine):
         # The fence as far as the model knows it: the raw readings of each admission since the
         # open (what the last run committed is held too, but which of its records the journal
         # still had is the buffer's to know), those a broken connection held, and the holders.
-        self.recent: deque[list[tuple[str, bytes]]] = deque(maxlen=RECENT_RECORDS)
+        self.recent: deque[tuple[set[tuple[str, bytes]], int]] = deque(maxlen=RECENT_RECORDS)
         self.fenced: set[tuple[str, bytes]] = set()
         self.holders = {FENCE_START}
+        self.fence_bytes = min(self.buffer.budget_bytes // 16, FENCE_MAX_BYTES)
         assert not self.errors.records, "the accounting on disk was wrong: " + "; ".join(
             r.getMessage() for r in self.errors.records
         )
@@ -328,7 +329,7 @@ class BufferMachine(RuleBasedStateMachine):
         for device, value in items:
             self._add(device, value)
             self.appended[device].append(value)
-        self.recent.append(items)
+        self._fence_admitted(items)
         self._committed(len(items))
         self._after()
 
@@ -515,7 +516,7 @@ class BufferMachine(RuleBasedStateMachine):
             self.appended[device].append(value)
             placed[device] += 1
         if admitted.placed:
-            self.recent.append([(device, value) for device, _, _, value in admitted.placed])
+            self._fence_admitted([(device, value) for device, _, _, value in admitted.placed])
         after = {d: s.readings for d, s in self.buffer.devices().items()}
         dropped = {}
         for device in {*before, *after, *placed}:
@@ -582,7 +583,7 @@ class BufferMachine(RuleBasedStateMachine):
         assert step is not None
         source = step.source
         run = self._compacted_run(source, before[source] - after.get(source, 0))
-        must_stay = self.fenced.union(*self.recent)
+        must_stay = self.fenced.union(*(items for items, _ in self.recent))
         assert not {(source, value) for value in run} & must_stay, (
             f"{source}: a compaction took a reading the broker may deliver again"
         )
@@ -638,20 +639,19 @@ class BufferMachine(RuleBasedStateMachine):
 
     # The redelivery fence.
 
-    @rule(clean=st.booleans())
-    def connection_ends(self, clean: bool) -> None:
-        """An intake's connection ends: cleanly (every PUBACK read) it settles the fence,
-        broken it holds the newest admissions until a fresh message."""
-        if clean:
-            self.buffer.settle_fence(HOLDER)
-            self.holders -= {HOLDER, FENCE_START}
-            if not self.holders:
-                self.recent.clear()
-                self.fenced.clear()
-        else:
-            self.buffer.hold_fence(HOLDER)
-            self.holders.add(HOLDER)
-            self.fenced.update(*self.recent)
+    def _fence_admitted(self, items: list[tuple[str, bytes]]) -> None:
+        """An admission record: the newest kept, older ones while they fit the fence's bytes."""
+        record = set(items)
+        self.recent.append((record, sum(len(v) for v in {v for _, v in record})))
+        while len(self.recent) > 1 and sum(n for _, n in self.recent) > self.fence_bytes:
+            self.recent.popleft()
+
+    @rule()
+    def connection_changes(self) -> None:
+        """An intake's connection begins or ends: the newest admissions are held."""
+        self.buffer.hold_fence(HOLDER)
+        self.holders.add(HOLDER)
+        self.fenced.update(*(items for items, _ in self.recent))
 
     @rule()
     def fresh_message(self) -> None:
@@ -663,12 +663,9 @@ class BufferMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.recent)
     @rule()
     def redeliver(self) -> None:
-        """The last admission's messages come again: each reading still raw is recognised."""
-        last = self.recent[-1]
-        for device in {device for device, _ in last}:
-            held = self.buffer.fenced_readings(device)
-            raw = set(self.model[device])
-            assert {v for d, v in last if d == device and v in raw} <= held, device
+        """The last admission's messages come again: every reading is known as a copy."""
+        last = sorted(v for _, v in self.recent[-1][0])
+        assert all(self.buffer.redelivered(last))
 
     # Checkpoints, restarts, failures.
 

@@ -13,7 +13,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.buffer import checkpoint, compaction
-from gateway.buffer.core.chunk import Segment
 from gateway.buffer.core.fence import RECENT_RECORDS, START, Fence
 from gateway.buffer.store import Buffer
 from tests.unit.buffer.test_compaction import FORCED, reading
@@ -24,43 +23,52 @@ if TYPE_CHECKING:
     import pytest
 
 
-def segment(number: int, first: int, count: int = 10) -> Segment:
-    return Segment(number, first, count, count * 50, 0)
-
-
 def test_the_newest_records_are_fenced_and_older_ones_are_not() -> None:
     """A FIFO's fence starts at its first reading in the newest `RECENT_RECORDS` records."""
     fence = Fence()
     for i in range(RECENT_RECORDS + 3):
-        fence.add([segment(1, 10 * i)])
+        fence.add({1: 10 * i}, [b"r%d" % i])
     assert fence.limit(1) == 30
     assert fence.limit(2) is None
+    assert fence.knows(b"r3")
+    assert not fence.knows(b"r2")
+
+
+def test_the_records_kept_take_at_most_the_bytes_allowed_but_the_newest_stays() -> None:
+    """Older records leave once the readings pass `max_bytes`; one record alone always stays."""
+    fence = Fence(max_bytes=250)
+    fence.add({1: 0}, [b"a" * 100])
+    fence.add({1: 1}, [b"b" * 100])
+    fence.add({1: 2}, [b"c" * 100])
+    assert (fence.limit(1), fence.knows(b"a" * 100)) == (1, False)
+    fence.add({2: 0}, [b"d" * 1000])
+    assert (fence.limit(1), fence.limit(2)) == (None, 0)
 
 
 def test_a_hold_keeps_its_records_fenced_until_every_holder_lifts() -> None:
     """Records held at a connection's end stay fenced past newer ones until the last lift."""
     fence = Fence(records=2)
-    fence.add([segment(1, 0), segment(2, 0)])
+    fence.add({1: 0, 2: 0}, [b"first"])
     fence.hold("a")
     fence.hold("b")
     for i in range(1, 5):
-        fence.add([segment(1, 10 * i)])
-    assert (fence.limit(1), fence.limit(2)) == (0, 0)
+        fence.add({1: 10 * i})
+    assert (fence.limit(1), fence.limit(2), fence.knows(b"first")) == (0, 0, True)
     fence.lift("a")
     assert (fence.limit(1), fence.limit(2)) == (0, 0)
     fence.lift("b")
-    assert (fence.limit(1), fence.limit(2)) == (30, None)
+    assert (fence.limit(1), fence.limit(2), fence.knows(b"first")) == (30, None, False)
 
 
-def test_a_clean_end_settles_what_was_acknowledged() -> None:
-    """A connection that ended with every PUBACK read leaves nothing fenced, start-up included."""
+def test_the_noted_limits_come_back_as_the_oldest_record() -> None:
+    """What a checkpoint notes is what start-up learns first."""
     fence = Fence()
-    fence.add([segment(1, 0)])
+    fence.add({1: 5, 7: 9})
     fence.hold(START)
-    fence.hold("a")
-    fence.settle("a")
-    assert not fence.holding
-    assert fence.limit(1) is None
+    fence.add({1: 8, 3: 2})
+    again = Fence()
+    again.add_packed(fence.packed())
+    assert {n: again.limit(n) for n in (1, 3, 7)} == {1: 5, 3: 2, 7: 9}
 
 
 @given(
@@ -88,7 +96,7 @@ def test_the_limit_is_the_first_reading_of_the_newest_records_or_the_held(
             record[number] = nexts.get(number, 0)
             nexts[number] = record[number] + count
         firsts.append(record)
-        fence.add([segment(n, first, counts[n]) for n, first in record.items()])
+        fence.add(record)
     for number in range(5):
         seen = [r[number] for r in firsts[-4:] if number in r]
         if number in held:
@@ -119,21 +127,34 @@ def test_compaction_leaves_the_newest_records_raw_across_a_crash(
         _fill(buffer, "a", 30)
         _compact_all(buffer)
         assert set(buffer.readings_of("a")) == newest
-        assert buffer.fenced_readings("a") == newest
+        assert all(buffer.redelivered(sorted(newest)))
     with Buffer(tmp_path, 64 << 20, redelivery_fence=True) as buffer:
         _compact_all(buffer)
         assert set(buffer.readings_of("a")) == newest
+        assert all(buffer.redelivered(sorted(newest)))
         buffer.hold_fence("intake")
         _fill(buffer, "a", RECENT_RECORDS + 1, first=30 * 200)
         assert buffer.lift_fence("intake")
         _compact_all(buffer)
         # The start-up hold went with the lift: only the newest records of now stay raw.
         assert not set(buffer.readings_of("a")) & newest
-        buffer.hold_fence("intake")
-        buffer.settle_fence("intake")
+        assert not any(buffer.redelivered(sorted(newest)))
+        assert len(buffer.readings_of("a")) == RECENT_RECORDS * 200
+
+
+def test_the_fence_pins_at_most_a_sixteenth_of_a_small_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the smallest buffer, big commits are fenced only up to a sixteenth of the budget."""
+    monkeypatch.setattr(compaction, "EMPTY_NS", 0)
+    with Buffer(tmp_path, 1 << 20, redelivery_fence=True) as buffer:
+        buffer.lift_fence("intake")
+        _fill(buffer, "a", RECENT_RECORDS, per=1000)
         _compact_all(buffer)
-        assert buffer.readings_of("a") == []
-        assert buffer.fenced_readings("a") == set()
+        kept = buffer.readings_of("a")
+        one_record = sum(map(len, kept[-1000:]))
+        assert 0 < sum(map(len, kept)) <= buffer.budget_bytes // 16 + one_record
+        assert len(kept) < RECENT_RECORDS * 1000
 
 
 def test_without_the_fence_compaction_takes_every_reading(tmp_path: Path) -> None:
@@ -155,9 +176,9 @@ def test_sealed_records_stay_fenced_across_a_crash(
     for r in range(30):
         _fill(buffer, "a", 1, first=r * 200)
         buffer.checkpoint()  # completes the seal due: the record leaves the journal
-    assert buffer.fenced_readings("a") == newest
+    assert all(buffer.redelivered(sorted(newest)))
     buffer.abandon()  # kill -9
     with Buffer(tmp_path, 64 << 20, redelivery_fence=True) as buffer:
-        assert buffer.fenced_readings("a") == newest
+        assert all(buffer.redelivered(sorted(newest)))
         _compact_all(buffer)
         assert newest <= set(buffer.readings_of("a"))

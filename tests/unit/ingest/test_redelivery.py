@@ -14,6 +14,7 @@ import pytest
 from gateway.buffer.core.admission import Rules
 from gateway.buffer.rejects import RejectLog
 from gateway.buffer.store import Buffer
+from gateway.ingest.core.packets import Incoming
 from gateway.ingest.redelivery import Redelivery
 from tests.unit.ingest.test_commit_deadband import Line
 
@@ -30,7 +31,7 @@ def line(tmp_path: Path) -> Iterator[Line]:
         RejectLog(tmp_path / "b") as rejects,
     ):
         redelivery = Redelivery(buffer)
-        redelivery.connection_began()
+        redelivery.connection_changed()
         yield Line(buffer, rejects, Rules(budget_bytes=buffer.budget_bytes), redelivery)
 
 
@@ -41,11 +42,10 @@ def _redelivery(line: Line) -> Redelivery:
 
 @pytest.mark.anyio
 async def test_a_redelivered_copy_of_a_committed_message_is_not_stored_again(line: Line) -> None:
-    """The connection ends uncleanly; the broker's DUP copy is acknowledged, counted
+    """The connection breaks; the broker's DUP copy is acknowledged, counted
     suppressed, and the buffer holds each reading once."""
     assert await line.commit(line.take("fast/d/m", (0, 1.0), (1, 2.0))) == [1]
-    _redelivery(line).connection_ended(clean=False)
-    _redelivery(line).connection_began()
+    _redelivery(line).connection_changed()  # broken, and the next one begins
     again = line.take("fast/d/m", (0, 1.0), (1, 2.0), dup=True)
     assert (again.suppressed, again.items) == (2, [])
     assert await line.commit(again) == [2]
@@ -78,3 +78,11 @@ async def test_a_fresh_message_lifts_the_hold_and_a_reading_with_new_values_is_k
     line.take("fast/d/m", (5, 1.0))  # sent for the first time: the broker is done redelivering
     assert not line.buffer.lift_fence(_redelivery(line))
     assert line.buffer.totals().readings == 2
+
+
+@pytest.mark.anyio
+async def test_a_qos0_message_lifts_the_hold_too(line: Line) -> None:
+    """Anything sent for the first time comes after the redeliveries: a QoS 0 message lifts."""
+    await line.commit(line.take("fast/d/m", (0, 1.0)))
+    line.taker.take(Incoming(b"fast/d/m", b'{"v": 1}', 0, 0, False, 0.0))
+    assert not line.buffer.lift_fence(_redelivery(line))
