@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.buffer.core.chunk import (
     DECODE_ERRORS,
+    READING_OVERHEAD,
     JournalHeader,
     Segment,
     State,
@@ -519,13 +520,15 @@ class _Replay:
         """Show the fence a record's appends to devices' own FIFOs (a compaction's are none)."""
         if self.fence is not None:
             names = self.names
-            self.fence.add(
-                {
-                    s.number: s.first
-                    for s in header.segments
-                    if s.count and s.number in names and not fifo_level(names[s.number])
-                }
-            )
+            raw = [
+                s
+                for s in header.segments
+                if s.count and s.number in names and not fifo_level(names[s.number])
+            ]
+            # Sized as live records are (the readings' own bytes): a start-up fences the records
+            # the run before it fenced, no more.
+            nbytes = sum(s.nbytes - READING_OVERHEAD * s.count for s in raw)
+            self.fence.add({s.number: s.first for s in raw}, nbytes=nbytes)
 
     def live(self, header: JournalHeader) -> list[Segment]:
         """The record's segments holding a buffered reading."""

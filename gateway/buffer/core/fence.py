@@ -68,12 +68,16 @@ class Fence:
         """Whether it keeps any record."""
         return self._recent.maxlen != 0
 
-    def add(self, firsts: dict[int, int], readings: Iterable[bytes] = ()) -> None:
-        """An admission record committed: each FIFO's first sequence in it, and its readings."""
+    def add(self, firsts: dict[int, int], readings: Iterable[bytes] = (), nbytes: int = 0) -> None:
+        """An admission record committed: each FIFO's first sequence in it, and its readings.
+
+        `nbytes`: the readings' bytes when they are not given (a record the journal replays),
+        so that the bound holds for those records too.
+        """
         if not firsts or not self.enabled:
             return
         kept = set(readings)
-        record = _Record(firsts, kept, sum(map(len, kept)))
+        record = _Record(firsts, kept, sum(map(len, kept)) or nbytes)
         recent = self._recent
         if len(recent) == recent.maxlen:
             self._recent_bytes -= recent[0].nbytes

@@ -157,6 +157,23 @@ def test_the_fence_pins_at_most_a_sixteenth_of_a_small_budget(
         assert len(kept) < RECENT_RECORDS * 1000
 
 
+def test_the_fence_pins_at_most_a_sixteenth_of_a_small_budget_after_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records a start-up reads back from the journal are bounded by bytes as live ones."""
+    monkeypatch.setattr(compaction, "EMPTY_NS", 0)
+    buffer = Buffer(tmp_path, 1 << 20, redelivery_fence=True)
+    buffer.lift_fence("intake")
+    _fill(buffer, "a", RECENT_RECORDS, per=1000)
+    buffer.abandon()  # kill -9
+    with Buffer(tmp_path, 1 << 20, redelivery_fence=True) as buffer:
+        _compact_all(buffer)
+        kept = buffer.readings_of("a")
+        one_record = sum(map(len, kept[-1000:]))
+        assert 0 < sum(map(len, kept)) <= buffer.budget_bytes // 16 + one_record
+        assert len(kept) < RECENT_RECORDS * 1000
+
+
 def test_without_the_fence_compaction_takes_every_reading(tmp_path: Path) -> None:
     """A buffer not fed by acknowledged messages (tools, benchmarks) has no fence."""
     with Buffer(tmp_path, 64 << 20) as buffer:
