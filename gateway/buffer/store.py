@@ -711,7 +711,10 @@ class Buffer:
         """
         with self._lock:
             knows = self._fence.knows
-            return [knows(value) for value in readings]
+            found = [knows(value) for value in readings]
+            if any(found):
+                self._fence.acknowledged_again()
+            return found
 
     def hold_fence(self, holder: Hashable) -> None:
         """A connection ended or begins: what it committed last stays raw until `lift_fence`."""

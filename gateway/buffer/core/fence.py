@@ -9,7 +9,9 @@ acknowledgements may still be on their way, are not compacted; when a connection
 breaks (and at start-up, for what the last run committed), those of the newest records up to
 then stay so until every holder has seen the broker send something new (`lift`). Meanwhile the
 intake recognises a redelivered reading the buffer already holds, among the readings fenced
-here (`knows`), and does not store it again (gateway/ingest/redelivery.py).
+here (`knows`), and does not store it again (gateway/ingest/redelivery.py). Its PUBACK goes
+out after the next commit, like that commit's own: what is held then goes into that commit's
+record (`acknowledged_again`), so a reset right after it still finds the first copies raw.
 
 The fence is kept as each FIFO's first sequence in each of the newest `RECENT_RECORDS`
 admission records, with those records' readings: a compaction takes a FIFO's readings only
@@ -52,7 +54,15 @@ class _Record:
 class Fence:
     """The first fenced sequence of each FIFO number, and the readings fenced; see the module."""
 
-    __slots__ = ("_held", "_held_readings", "_holders", "_recent", "_recent_bytes", "max_bytes")
+    __slots__ = (
+        "_carry",
+        "_held",
+        "_held_readings",
+        "_holders",
+        "_recent",
+        "_recent_bytes",
+        "max_bytes",
+    )
 
     def __init__(self, records: int = RECENT_RECORDS, max_bytes: int = 1 << 62) -> None:
         """No record yet, nothing held; `records` 0 is no fence at all."""
@@ -62,6 +72,10 @@ class Fence:
         self._held: dict[int, int] = {}
         self._held_readings: set[bytes] = set()
         self._holders: set[Hashable] = set()
+        # Copies were recognised while held: their PUBACKs go out after the next commit, so
+        # what is held goes into that commit's record, to stay fenced as long as it; a lift
+        # before that commit keeps the hold until it.
+        self._carry = False
 
     @property
     def enabled(self) -> bool:
@@ -78,6 +92,16 @@ class Fence:
             return
         kept = set(readings)
         record = _Record(firsts, kept, sum(map(len, kept)) or nbytes)
+        if self._carry:
+            self._carry = False
+            for number, first in self._held.items():
+                if first < firsts.get(number, first + 1):
+                    firsts[number] = first
+            record.nbytes += sum(map(len, self._held_readings - kept))
+            kept |= self._held_readings
+            if not self._holders:
+                self._held.clear()
+                self._held_readings = set()
         recent = self._recent
         if len(recent) == recent.maxlen:
             self._recent_bytes -= recent[0].nbytes
@@ -99,13 +123,18 @@ class Fence:
     def lift(self, holder: Hashable) -> None:
         """`holder` has seen what the broker delivers again; the last holder ends the hold."""
         self._holders.discard(holder)
-        if not self._holders:
+        if not self._holders and not self._carry:
             self._held.clear()
             self._held_readings = set()
 
     def remember(self, readings: Iterable[bytes]) -> None:
         """Readings at or after the held limits, read back at start-up."""
         self._held_readings.update(readings)
+
+    def acknowledged_again(self) -> None:
+        """Copies of fenced readings came and are acknowledged with the next commit."""
+        if self._holders:
+            self._carry = True
 
     def knows(self, reading: bytes) -> bool:
         """Whether a reading equal to this one is fenced: a redelivered copy, most likely."""
@@ -133,8 +162,9 @@ class Fence:
     def limit(self, number: int) -> int | None:
         """The FIFO's first fenced sequence; None when none of its readings is fenced."""
         found = self._held.get(number)
+        # Not the oldest record's: a record that took a carried hold may start earlier.
         for record in self._recent:
             first = record.firsts.get(number)
-            if first is not None:
-                return first if found is None else min(found, first)
+            if first is not None and (found is None or first < found):
+                found = first
         return found

@@ -174,6 +174,28 @@ def test_the_fence_pins_at_most_a_sixteenth_of_a_small_budget_after_a_crash(
         assert len(kept) < RECENT_RECORDS * 1000
 
 
+def test_copies_recognised_stay_fenced_as_long_as_the_commit_that_acknowledged_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PUBACKs of recognised copies go out with the next commit: a reset right after it
+    brings the copies again, and their first copies must still be raw and known."""
+    monkeypatch.setattr(compaction, "EMPTY_NS", 0)
+    with Buffer(tmp_path, 64 << 20, redelivery_fence=True) as buffer:
+        buffer.lift_fence("intake")
+        _fill(
+            buffer, "a", RECENT_RECORDS
+        )  # acknowledged, but a reset came before the broker read it
+        sent = buffer.readings_of("a")
+        buffer.hold_fence("intake")
+        assert all(buffer.redelivered(sent))  # all sent again, recognised, acknowledged again
+        buffer.lift_fence("intake")  # a fresh message
+        _fill(buffer, "b", 1)  # its commit; the acknowledgements go out after it
+        buffer.hold_fence("intake")  # a reset before the broker read them
+        _compact_all(buffer)
+        assert buffer.readings_of("a") == sent
+        assert all(buffer.redelivered(sent))
+
+
 def test_without_the_fence_compaction_takes_every_reading(tmp_path: Path) -> None:
     """A buffer not fed by acknowledged messages (tools, benchmarks) has no fence."""
     with Buffer(tmp_path, 64 << 20) as buffer:
