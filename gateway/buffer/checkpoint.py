@@ -528,7 +528,7 @@ class _Replay:
             # Sized as live records are (the readings' own bytes): a start-up fences the records
             # the run before it fenced, no more.
             nbytes = sum(s.nbytes - READING_OVERHEAD * s.count for s in raw)
-            self.fence.add({s.number: s.first for s in raw}, nbytes=nbytes)
+            self.fence.add_replayed(((s.number, s.first, s.count) for s in raw), nbytes)
 
     def live(self, header: JournalHeader) -> list[Segment]:
         """The record's segments holding a buffered reading."""

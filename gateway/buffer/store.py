@@ -567,10 +567,7 @@ class Buffer:
             # exception would take the stored readings for unstored ones and store them again.
             self._adopt_committed(w, "change")
             if self._fence.enabled and admitted.placed:
-                firsts: dict[int, int] = {}
-                for _, number, seq, _ in admitted.placed:
-                    firsts.setdefault(number, seq)
-                self._fence.add(firsts, (value for *_, value in admitted.placed))
+                self._fence.add_placed(admitted.placed)
             if notes:
                 self._unwritten_notes.update(notes)
             self._after_commit(w, admitted)

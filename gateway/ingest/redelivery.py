@@ -12,8 +12,12 @@ lost even when the copy came from another message; a reading stamped at receipt 
 since its stamp is new.
 
 An intake holds the fence when its connection begins and when it ends, and lifts it at the
-first message that is not a redelivery: the broker sends again what was in flight before
-anything else (gateway/ingest/breaker.py relies on the same order).
+first message that is not a redelivery, or at the first redelivered one whose readings are not
+all held: the broker sends again what was in flight before anything else
+(gateway/ingest/breaker.py relies on the same order), in the order it first sent it, which was
+the order of our commits, so the copies of committed messages come first. Waiting for a fresh
+message alone could wait forever: the redelivered burst can be more than the buffer has room
+for, so intake pauses again before it ends, and every pause holds the fence once more.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class Redelivery:
         self._holding = True
 
     def fresh(self) -> None:
-        """A message came that the broker sent for the first time: it sent again all it will."""
+        """The broker sent again all the copies it will: something new, or not a copy, came."""
         if self._holding:
             self._holding = False
             self._buffer.lift_fence(self)

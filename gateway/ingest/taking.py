@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from gateway.ingest.redelivery import Redelivery
     from gateway.observe.brokerstats import BrokerStats
     from gateway.observe.metrics import Metrics
+    from gateway.points.model import Reading
     from gateway.sparkplug.core.session import Sessions
 
 logger = logging.getLogger(__name__)
@@ -147,12 +148,8 @@ class Taker:
             fifo = fifo_name(readings[0].device, lane.device_class)
             records = None
             if redelivery is not None and message.dup and message.qos:
-                records = [pack(r) for r in readings]
-                known = redelivery.known(records)
-                if any(known):
-                    pending.suppressed = sum(known)
-                    readings = [r for r, k in zip(readings, known, strict=True) if not k]
-                    records = [p for p, k in zip(records, known, strict=True) if not k]
+                readings, records = _without_copies(redelivery, readings)
+                pending.suppressed = len(decoded.readings) - len(readings)
             deadbands = self.deadbands
             if deadbands is None or deadbands.rule_for(decoded.device_class) is None:
                 packed = records if records is not None else map(pack, readings)
@@ -188,6 +185,24 @@ class Taker:
         # Written now, not with the rate-limited samples: this is the message's only record.
         self._rejects.add([Reject.of(topic, payload, error.reason, error.detail)])
         return Pending(message.mid, message.qos, Decoded(errors=[error]))
+
+
+def _without_copies(
+    redelivery: Redelivery, readings: list[Reading]
+) -> tuple[list[Reading], list[bytes]]:
+    """A redelivered message's readings that the buffer does not hold yet, and their records."""
+    records = [pack(r) for r in readings]
+    known = redelivery.known(records)
+    if not all(known):
+        # The broker sends again in its order, which was the order of our commits: past the
+        # first message not wholly committed, no copy of one comes.
+        redelivery.fresh()
+    if not any(known):
+        return readings, records
+    return (
+        [r for r, k in zip(readings, known, strict=True) if not k],
+        [p for p, k in zip(records, known, strict=True) if not k],
+    )
 
 
 def internal_error(exc: Exception, readings: int = 1) -> Decoded:

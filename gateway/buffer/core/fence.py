@@ -15,8 +15,10 @@ record (`acknowledged_again`), so a reset right after it still finds the first c
 
 The fence is kept as each FIFO's first sequence in each of the newest `RECENT_RECORDS`
 admission records, with those records' readings: a compaction takes a FIFO's readings only
-before its first sequence. The records kept take at most `max_bytes` of readings (the newest one
-always stays): the fence bounds what it pins of a small buffer, and the memory it takes. Each
+before its first sequence. The records kept take at most `max_bytes` of readings, a commit
+bigger than that only its newest readings: the fence bounds what it pins of a small buffer (it
+could otherwise hold one above its low watermark for a whole outage), and the memory it takes.
+The price is the narrow case of a commit bigger than the bound whose PUBACKs were lost. Each
 checkpoint writes the limits as a note (`packed`): a seal takes the newest records out of the
 journal, and the start-up after a crash learns their fence from it (`add_packed`), then from
 the journal; the buffer then reads the readings from the limits on (`remember`).
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Iterable
+    from collections.abc import Hashable, Iterable, Sequence
 
 # Admission records whose PUBACKs may not have reached the broker: the acknowledgements of a
 # commit go out right after it, so a kill or a reset finds at most the last few unread.
@@ -94,11 +96,15 @@ class Fence:
         record = _Record(firsts, kept, sum(map(len, kept)) or nbytes)
         if self._carry:
             self._carry = False
-            for number, first in self._held.items():
-                if first < firsts.get(number, first + 1):
-                    firsts[number] = first
-            record.nbytes += sum(map(len, self._held_readings - kept))
-            kept |= self._held_readings
+            extra = sum(map(len, self._held_readings - kept))
+            # Within the bound only: a fence that kept more could hold a small buffer above
+            # its low watermark for the whole outage.
+            if record.nbytes + extra <= self.max_bytes:
+                for number, first in self._held.items():
+                    if first < firsts.get(number, first + 1):
+                        firsts[number] = first
+                record.nbytes += extra
+                kept |= self._held_readings
             if not self._holders:
                 self._held.clear()
                 self._held_readings = set()
@@ -109,6 +115,36 @@ class Fence:
         self._recent_bytes += record.nbytes
         while len(recent) > 1 and self._recent_bytes > self.max_bytes:
             self._recent_bytes -= recent.popleft().nbytes
+
+    def add_placed(self, placed: Sequence[tuple[str, int, int, bytes]]) -> None:
+        """An admission committed these (FIFO, number, sequence, reading).
+
+        Its newest readings up to the bound, at least one, are the record: the older ones of a
+        commit bigger than the bound are left to compaction.
+        """
+        left = self.max_bytes
+        start = len(placed) - 1
+        left -= len(placed[start][3])
+        while start > 0 and left >= len(placed[start - 1][3]):
+            start -= 1
+            left -= len(placed[start][3])
+        firsts: dict[int, int] = {}
+        for _, number, seq, _ in placed[start:]:
+            if seq < firsts.get(number, seq + 1):
+                firsts[number] = seq
+        self.add(firsts, (value for *_, value in placed[start:]))
+
+    def add_replayed(self, segments: Iterable[tuple[int, int, int]], nbytes: int) -> None:
+        """A record the journal replays: (number, first, count) of its segments.
+
+        `nbytes` of readings; of a record bigger than the bound, the newest share of each
+        segment is fenced.
+        """
+        share = min(1.0, self.max_bytes / nbytes) if nbytes else 1.0
+        firsts = {
+            number: first + count - max(1, int(count * share)) for number, first, count in segments
+        }
+        self.add(firsts, nbytes=min(nbytes, self.max_bytes))
 
     def hold(self, holder: Hashable) -> None:
         """Keep the newest records fenced until `holder`, and every other holder, lifts."""

@@ -640,8 +640,13 @@ class BufferMachine(RuleBasedStateMachine):
     # The redelivery fence.
 
     def _fence_admitted(self, items: list[tuple[str, bytes]]) -> None:
-        """An admission record: the newest kept, older ones while they fit the fence's bytes."""
-        record = set(items)
+        """An admission record: its newest readings within the fence's bytes (one at least),
+        and older records while they fit too."""
+        left, start = self.fence_bytes - len(items[-1][1]), len(items) - 1
+        while start > 0 and left >= len(items[start - 1][1]):
+            start -= 1
+            left -= len(items[start][1])
+        record = set(items[start:])
         self.recent.append((record, sum(len(v) for v in {v for _, v in record})))
         while len(self.recent) > 1 and sum(n for _, n in self.recent) > self.fence_bytes:
             self.recent.popleft()

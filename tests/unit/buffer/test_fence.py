@@ -221,3 +221,20 @@ def test_sealed_records_stay_fenced_across_a_crash(
         assert all(buffer.redelivered(sorted(newest)))
         _compact_all(buffer)
         assert newest <= set(buffer.readings_of("a"))
+
+
+def test_one_commit_bigger_than_the_bound_is_fenced_only_in_its_newest_readings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit of big readings past a sixteenth of a small budget cannot keep the buffer above
+    its low watermark: compaction takes all but its newest readings within the bound."""
+    monkeypatch.setattr(compaction, "EMPTY_NS", 0)
+    big = [reading("a", i, series="x" * 600) for i in range(500)]
+    with Buffer(tmp_path, 1 << 20, redelivery_fence=True) as buffer:
+        buffer.lift_fence("intake")
+        buffer.append([("a", value) for value in big])
+        _compact_all(buffer)
+        kept = buffer.readings_of("a")
+        assert kept == big[-len(kept) :]
+        assert 0 < sum(map(len, kept)) <= buffer.budget_bytes // 16
+        assert all(buffer.redelivered(kept))

@@ -86,3 +86,18 @@ async def test_a_qos0_message_lifts_the_hold_too(line: Line) -> None:
     await line.commit(line.take("fast/d/m", (0, 1.0)))
     line.taker.take(Incoming(b"fast/d/m", b'{"v": 1}', 0, 0, False, 0.0))
     assert not line.buffer.lift_fence(_redelivery(line))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("then_new", [False, True])
+async def test_the_first_redelivered_message_not_stored_before_lifts_the_hold(
+    line: Line, *, then_new: bool
+) -> None:
+    """Copies come first, in commit order: a DUP message the buffer lacks ends the hold (a
+    redelivered burst bigger than the buffer's room must not keep it held); a copy does not."""
+    await line.commit(line.take("fast/d/m", (0, 1.0)))
+    _redelivery(line).connection_changed()
+    assert line.take("fast/d/m", (0, 1.0), dup=True).suppressed == 1
+    if then_new:
+        assert line.take("fast/d/m", (1, 2.0), dup=True).suppressed == 0
+    assert line.buffer.lift_fence(_redelivery(line)) is not then_new
