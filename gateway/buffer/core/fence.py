@@ -140,9 +140,22 @@ class Fence:
         `nbytes` of readings; of a record bigger than the bound, the newest share of each
         segment is fenced.
         """
+        segments = list(segments)
         share = min(1.0, self.max_bytes / nbytes) if nbytes else 1.0
+        keep = [int(count * share) for _, _, count in segments]
+        # The share of the whole record, one reading at least: one reading kept in each
+        # segment would fence all of a record over many devices, a few readings each.
+        left = max(1, int(sum(count for *_, count in segments) * share)) - sum(keep)
+        for i in reversed(range(len(segments))):
+            if left <= 0:
+                break
+            if keep[i] < segments[i][2]:
+                keep[i] += 1
+                left -= 1
         firsts = {
-            number: first + count - max(1, int(count * share)) for number, first, count in segments
+            number: first + count - k
+            for (number, first, count), k in zip(segments, keep, strict=True)
+            if k
         }
         self.add(firsts, nbytes=min(nbytes, self.max_bytes))
 

@@ -238,3 +238,28 @@ def test_one_commit_bigger_than_the_bound_is_fenced_only_in_its_newest_readings(
         assert kept == big[-len(kept) :]
         assert 0 < sum(map(len, kept)) <= buffer.budget_bytes // 16
         assert all(buffer.redelivered(kept))
+
+
+@given(
+    counts=st.lists(st.integers(1, 30), min_size=1, max_size=60),
+    size=st.integers(1, 700),
+    max_bytes=st.integers(1, 20_000),
+)
+def test_a_replayed_record_is_fenced_within_the_bound_however_many_devices_it_spans(
+    counts: list[int], size: int, max_bytes: int
+) -> None:
+    """A start-up fences of a journal record the share within the bound (one reading at
+    least) across all its devices, each limit inside its segment, not one reading per device."""
+    fence = Fence(max_bytes=max_bytes)
+    segments = [(number, 10 * number, count) for number, count in enumerate(counts)]
+    fence.add_replayed(segments, size * sum(counts))
+    fenced = 0
+    for number, first, count in segments:
+        limit = fence.limit(number)
+        if limit is not None:
+            assert first <= limit < first + count
+            fenced += first + count - limit
+    assert fenced >= 1
+    assert fenced * size <= max(max_bytes, size)
+    if size * sum(counts) <= max_bytes:
+        assert fenced == sum(counts)
