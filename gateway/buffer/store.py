@@ -718,6 +718,12 @@ class Buffer:
         with self._lock:
             self._fence.hold(holder)
 
+    def unpin_fence(self, holder: Hashable) -> None:
+        """`holder`'s connection brought a redelivered message not held: its copies came."""
+        with self._lock:
+            self._fence.unpin(holder)
+            self._fence.unpin(FENCE_START)
+
     def lift_fence(self, holder: Hashable) -> bool:
         """`holder`'s connection delivered something new; True if the fence was held."""
         with self._lock:

@@ -12,12 +12,15 @@ lost even when the copy came from another message; a reading stamped at receipt 
 since its stamp is new.
 
 An intake holds the fence when its connection begins and when it ends, and lifts it at the
-first message that is not a redelivery, or at the first redelivered one whose readings are not
-all held: the broker sends again what was in flight before anything else
-(gateway/ingest/breaker.py relies on the same order), in the order it first sent it, which was
-the order of our commits, so the copies of committed messages come first. Waiting for a fresh
-message alone could wait forever: the redelivered burst can be more than the buffer has room
-for, so intake pauses again before it ends, and every pause holds the fence once more.
+first message that is not a redelivery: the broker sends again what was in flight before
+anything else (gateway/ingest/breaker.py relies on the same order). The first redelivered
+message whose readings are not all held releases the held limits already: the broker sends
+again in the order it first sent, which was the order of our commits, so the copies of
+committed messages came before it; waiting for a fresh message could wait forever, since the
+redelivered burst can be more than the buffer has room for, and every pause holds the fence
+once more. The held readings are still recognised until the lift, since a copy can follow one
+not held (a reading stamped at receipt is never held; of a commit bigger than the bound only
+the newest readings are).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class Redelivery:
     def __init__(self, buffer: Buffer) -> None:
         """Not holding yet: the buffer holds what the last run committed from its start-up."""
         self._buffer = buffer
-        self._holding = False
+        self._holding = self._recognising = False
 
     def connection_changed(self) -> None:
         """A connection begins or ends: what was committed last may come again."""
@@ -44,10 +47,21 @@ class Redelivery:
         self._holding = True
 
     def fresh(self) -> None:
-        """The broker sent again all the copies it will: something new, or not a copy, came."""
+        """A message came that the broker sent for the first time: it sent again all it will."""
+        if self._holding or self._recognising:
+            self._holding = self._recognising = False
+            self._buffer.lift_fence(self)
+
+    def not_held(self) -> None:
+        """A redelivered message not wholly held came: the copies before it came too.
+
+        Its limits are released, so a redelivered burst bigger than the room cannot keep the
+        fence held pause after pause; copies that still follow are recognised until `fresh`.
+        """
         if self._holding:
             self._holding = False
-            self._buffer.lift_fence(self)
+            self._recognising = True
+            self._buffer.unpin_fence(self)
 
     def known(self, readings: Sequence[bytes]) -> list[bool]:
         """Which readings of a redelivered message the buffer holds already."""

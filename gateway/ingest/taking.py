@@ -194,9 +194,9 @@ def _without_copies(
     records = [pack(r) for r in readings]
     known = redelivery.known(records)
     if not all(known):
-        # The broker sends again in its order, which was the order of our commits: past the
-        # first message not wholly committed, no copy of one comes.
-        redelivery.fresh()
+        # The broker sends again in its order, which was the order of our commits: the
+        # copies before this one came (gateway/ingest/redelivery.py).
+        redelivery.not_held()
     if not any(known):
         return readings, records
     return (

@@ -63,6 +63,7 @@ class Fence:
         "_holders",
         "_recent",
         "_recent_bytes",
+        "_recognising",
         "max_bytes",
     )
 
@@ -73,6 +74,11 @@ class Fence:
         self._recent_bytes = 0
         self._held: dict[int, int] = {}
         self._held_readings: set[bytes] = set()
+        # Holders whose broker has sent a redelivered message not held: the copies before it
+        # came, so their limits are released, but a copy can still follow one not held (a
+        # reading stamped at receipt, a commit bigger than the bound): its readings are still
+        # recognised until a message sent for the first time lifts the hold.
+        self._recognising: set[Hashable] = set()
         self._holders: set[Hashable] = set()
         # Copies were recognised while held: their PUBACKs go out after the next commit, so
         # what is held goes into that commit's record, to stay fenced as long as it; a lift
@@ -107,7 +113,8 @@ class Fence:
                 kept |= self._held_readings
             if not self._holders:
                 self._held.clear()
-                self._held_readings = set()
+                if not self._recognising:
+                    self._held_readings = set()
         recent = self._recent
         if len(recent) == recent.maxlen:
             self._recent_bytes -= recent[0].nbytes
@@ -162,6 +169,11 @@ class Fence:
     def hold(self, holder: Hashable) -> None:
         """Keep the newest records fenced until `holder`, and every other holder, lifts."""
         self._holders.add(holder)
+        if sum(map(len, self._held_readings)) > 2 * self.max_bytes:
+            # Holds that were never lifted (a redelivered burst bigger than the room, pause
+            # after pause) would otherwise gather the newest records of each: recognised are
+            # those of the holds since the bound was passed.
+            self._held_readings = set()
         held = self._held
         for record in self._recent:
             for number, first in record.firsts.items():
@@ -172,9 +184,22 @@ class Fence:
     def lift(self, holder: Hashable) -> None:
         """`holder` has seen what the broker delivers again; the last holder ends the hold."""
         self._holders.discard(holder)
+        self._recognising.discard(holder)
         if not self._holders and not self._carry:
             self._held.clear()
-            self._held_readings = set()
+            if not self._recognising:
+                self._held_readings = set()
+
+    def unpin(self, holder: Hashable) -> None:
+        """`holder`'s broker sent a redelivered message not held: the copies before it came.
+
+        The held limits go (compaction may take those readings again), but the held readings
+        are still recognised until `lift`.
+        """
+        self._holders.discard(holder)
+        self._recognising.add(holder)
+        if not self._holders and not self._carry:
+            self._held.clear()
 
     def remember(self, readings: Iterable[bytes]) -> None:
         """Readings at or after the held limits, read back at start-up."""
@@ -182,7 +207,7 @@ class Fence:
 
     def acknowledged_again(self) -> None:
         """Copies of fenced readings came and are acknowledged with the next commit."""
-        if self._holders:
+        if self._holders or self._recognising:
             self._carry = True
 
     def knows(self, reading: bytes) -> bool:

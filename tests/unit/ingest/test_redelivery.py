@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.buffer.core.admission import Rules
+from gateway.buffer.core.fence import RECENT_RECORDS
 from gateway.buffer.rejects import RejectLog
 from gateway.buffer.store import Buffer
 from gateway.ingest.core.packets import Incoming
@@ -101,3 +102,18 @@ async def test_the_first_redelivered_message_not_stored_before_lifts_the_hold(
     if then_new:
         assert line.take("fast/d/m", (1, 2.0), dup=True).suppressed == 0
     assert line.buffer.lift_fence(_redelivery(line)) is not then_new
+
+
+@pytest.mark.anyio
+async def test_a_copy_after_a_message_not_held_is_still_recognised(line: Line) -> None:
+    """A message not held releases the limits but not the recognition: a copy that follows it
+    (behind a reading stamped at receipt, say) is not stored twice, even once the commits since
+    have pushed its record out of the newest."""
+    await line.commit(line.take("fast/d/m", (1, 2.0)))
+    for i in range(RECENT_RECORDS - 1):
+        await line.commit(line.take("fast/d/m", (100 + i, 3.0)))
+    _redelivery(line).connection_changed()
+    not_held = line.take("fast/d/m", (9, 3.0), dup=True)
+    assert not_held.suppressed == 0
+    await line.commit(not_held)  # the newest record now: the first one left the newest
+    assert line.take("fast/d/m", (1, 2.0), dup=True).suppressed == 1
