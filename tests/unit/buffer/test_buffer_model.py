@@ -71,7 +71,12 @@ from gateway.buffer.core.ledger import (
 from gateway.buffer.core.summary import Ladder, read_stats, summarise
 from gateway.buffer.fiforead import MAX_DECODED_BYTES
 from gateway.buffer.sealing import PENDING_MAX_BYTES
-from gateway.buffer.store import DEFAULT_LATEST_SERIES, FENCE_MAX_BYTES, Buffer
+from gateway.buffer.store import (
+    DEFAULT_LATEST_SERIES,
+    FENCE_BUDGET_SHARE,
+    FENCE_MAX_BYTES,
+    Buffer,
+)
 from gateway.errors import CapacityError, StorageError
 from gateway.points.model import Reading
 from gateway.points.record import pack
@@ -208,7 +213,7 @@ class BufferMachine(RuleBasedStateMachine):
         self.recent: deque[tuple[set[tuple[str, bytes]], int]] = deque(maxlen=RECENT_RECORDS)
         self.fenced: set[tuple[str, bytes]] = set()
         self.holders = {FENCE_START}
-        self.fence_bytes = min(self.buffer.budget_bytes // 16, FENCE_MAX_BYTES)
+        self.fence_bytes = min(self.buffer.budget_bytes // FENCE_BUDGET_SHARE, FENCE_MAX_BYTES)
         assert not self.errors.records, "the accounting on disk was wrong: " + "; ".join(
             r.getMessage() for r in self.errors.records
         )

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.buffer import checkpoint, compaction
 from gateway.buffer.core.fence import RECENT_RECORDS, START, Fence
-from gateway.buffer.store import Buffer
+from gateway.buffer.store import FENCE_BUDGET_SHARE, Buffer
 from tests.unit.buffer.test_compaction import FORCED, reading
 
 if TYPE_CHECKING:
@@ -145,16 +145,16 @@ def test_compaction_leaves_the_newest_records_raw_across_a_crash(
 def test_the_fence_pins_at_most_a_sixteenth_of_a_small_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On the smallest buffer, big commits are fenced only up to a sixteenth of the budget."""
+    """On the smallest buffer, big commits are fenced only up to their share of the budget."""
     monkeypatch.setattr(compaction, "EMPTY_NS", 0)
     with Buffer(tmp_path, 1 << 20, redelivery_fence=True) as buffer:
         buffer.lift_fence("intake")
-        _fill(buffer, "a", RECENT_RECORDS, per=1000)
+        _fill(buffer, "a", RECENT_RECORDS, per=2000)
         _compact_all(buffer)
         kept = buffer.readings_of("a")
-        one_record = sum(map(len, kept[-1000:]))
-        assert 0 < sum(map(len, kept)) <= buffer.budget_bytes // 16 + one_record
-        assert len(kept) < RECENT_RECORDS * 1000
+        one_record = sum(map(len, kept[-2000:]))
+        assert 0 < sum(map(len, kept)) <= buffer.budget_bytes // FENCE_BUDGET_SHARE + one_record
+        assert len(kept) < RECENT_RECORDS * 2000
 
 
 def test_the_fence_pins_at_most_a_sixteenth_of_a_small_budget_after_a_crash(
@@ -169,9 +169,9 @@ def test_the_fence_pins_at_most_a_sixteenth_of_a_small_budget_after_a_crash(
     with Buffer(tmp_path, 1 << 20, redelivery_fence=True) as buffer:
         _compact_all(buffer)
         kept = buffer.readings_of("a")
-        one_record = sum(map(len, kept[-1000:]))
-        assert 0 < sum(map(len, kept)) <= buffer.budget_bytes // 16 + one_record
-        assert len(kept) < RECENT_RECORDS * 1000
+        one_record = sum(map(len, kept[-2000:]))
+        assert 0 < sum(map(len, kept)) <= buffer.budget_bytes // FENCE_BUDGET_SHARE + one_record
+        assert len(kept) < RECENT_RECORDS * 2000
 
 
 def test_copies_recognised_stay_fenced_as_long_as_the_commit_that_acknowledged_them(
@@ -226,17 +226,17 @@ def test_sealed_records_stay_fenced_across_a_crash(
 def test_one_commit_bigger_than_the_bound_is_fenced_only_in_its_newest_readings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A commit of big readings past a sixteenth of a small budget cannot keep the buffer above
-    its low watermark: compaction takes all but its newest readings within the bound."""
+    """A commit of big readings past the fence's share of a small budget cannot keep the buffer
+    above its low watermark: compaction takes all but its newest readings within the bound."""
     monkeypatch.setattr(compaction, "EMPTY_NS", 0)
-    big = [reading("a", i, series="x" * 600) for i in range(500)]
+    big = [reading("a", i, series="x" * 600) for i in range(1200)]
     with Buffer(tmp_path, 1 << 20, redelivery_fence=True) as buffer:
         buffer.lift_fence("intake")
         buffer.append([("a", value) for value in big])
         _compact_all(buffer)
         kept = buffer.readings_of("a")
         assert kept == big[-len(kept) :]
-        assert 0 < sum(map(len, kept)) <= buffer.budget_bytes // 16
+        assert 0 < sum(map(len, kept)) <= buffer.budget_bytes // FENCE_BUDGET_SHARE
         assert all(buffer.redelivered(kept))
 
 
