@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,8 +20,6 @@ from tests.unit.buffer.test_compaction import FORCED, reading
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    import pytest
 
 
 def test_the_newest_records_are_fenced_and_older_ones_are_not() -> None:
@@ -142,31 +141,20 @@ def test_compaction_leaves_the_newest_records_raw_across_a_crash(
         assert len(buffer.readings_of("a")) == RECENT_RECORDS * 200
 
 
-def test_the_fence_pins_at_most_a_sixteenth_of_a_small_budget(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("crash", [False, True])
+def test_the_fence_pins_at_most_its_share_of_a_small_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, crash: bool
 ) -> None:
-    """On the smallest buffer, big commits are fenced only up to their share of the budget."""
-    monkeypatch.setattr(compaction, "EMPTY_NS", 0)
-    with Buffer(tmp_path, 1 << 20, redelivery_fence=True) as buffer:
-        buffer.lift_fence("intake")
-        _fill(buffer, "a", RECENT_RECORDS, per=2000)
-        _compact_all(buffer)
-        kept = buffer.readings_of("a")
-        one_record = sum(map(len, kept[-2000:]))
-        assert 0 < sum(map(len, kept)) <= buffer.budget_bytes // FENCE_BUDGET_SHARE + one_record
-        assert len(kept) < RECENT_RECORDS * 2000
-
-
-def test_the_fence_pins_at_most_a_sixteenth_of_a_small_budget_after_a_crash(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The records a start-up reads back from the journal are bounded by bytes as live ones."""
+    """On the smallest buffer, commits are fenced only up to the fence's share of the budget,
+    live and as a start-up reads them back from the journal after kill -9."""
     monkeypatch.setattr(compaction, "EMPTY_NS", 0)
     buffer = Buffer(tmp_path, 1 << 20, redelivery_fence=True)
     buffer.lift_fence("intake")
-    _fill(buffer, "a", RECENT_RECORDS, per=1000)
-    buffer.abandon()  # kill -9
-    with Buffer(tmp_path, 1 << 20, redelivery_fence=True) as buffer:
+    _fill(buffer, "a", RECENT_RECORDS, per=2000)
+    if crash:
+        buffer.abandon()
+        buffer = Buffer(tmp_path, 1 << 20, redelivery_fence=True)
+    with buffer:
         _compact_all(buffer)
         kept = buffer.readings_of("a")
         one_record = sum(map(len, kept[-2000:]))
