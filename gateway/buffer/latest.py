@@ -12,6 +12,10 @@ is exactly what was acknowledged without a write per series and commit. Two data
 
 A reading is still buffered while its FIFO (by number) has not moved its head past its
 sequence; values read back from the database (source `database`) are delivered by definition.
+
+A device and series whose key is longer than LMDB allows (`max_key`, 511 bytes) are not kept:
+valid names can reach that length, and a key LMDB refuses would fail every checkpoint. Their
+readings are buffered and delivered as any other; only the read API has no latest value for them.
 """
 
 from __future__ import annotations
@@ -58,11 +62,15 @@ Noted = tuple[int, tuple[int, int, int, int], bytes]
 class LatestTable:
     """Reads and writes the two databases inside the caller's transactions."""
 
-    def __init__(self, latest: Any, lru: Any, bound: int) -> None:  # noqa: ANN401 - LMDB handles
-        """`latest` and `lru`: the opened LMDB databases; `bound`: the most series kept."""
+    def __init__(self, latest: Any, lru: Any, bound: int, max_key: int) -> None:  # noqa: ANN401
+        """`latest` and `lru`: the opened LMDB databases; `bound`: the most series kept.
+
+        `max_key`: the longest key the environment stores.
+        """
         self._latest = latest
         self._lru = lru
         self.bound = bound
+        self.max_key = max_key
         self.noted: dict[bytes, Noted] = {}
 
     @property
@@ -93,6 +101,8 @@ class LatestTable:
             if device is None:
                 device = devices[fifo] = fifo_device(fifo).encode() + SEPARATOR
             name = device + series
+            if len(name) > self.max_key:
+                continue
             kept_noted = self.noted.get(name)
             if kept_noted is None or ts_ns >= kept_noted[0]:
                 # Re-inserted, so that `write` updates series in the order they were updated.
@@ -113,6 +123,8 @@ class LatestTable:
         prefix = device.encode() + SEPARATOR
         for line in lines:
             series, fields, ts = line.rsplit(b" ", 2)
+            if len(prefix) + len(series) > self.max_key:
+                continue
             self._put(txn, prefix + series, int(ts), (0, 0, now_ns, FROM_DATABASE), fields)
 
     def _put(
@@ -159,7 +171,7 @@ class LatestTable:
         prefix = device.encode() + SEPARATOR
         cursor = txn.cursor(db=self._latest)
         entries: dict[bytes, bytes] = {}
-        if cursor.set_range(prefix):
+        if len(prefix) < self.max_key and cursor.set_range(prefix):
             for key, value in cursor:
                 name = bytes(key)
                 if not name.startswith(prefix):
@@ -189,7 +201,9 @@ class LatestTable:
         """
         found: dict[str, int] = {}
         cursor = txn.cursor(db=self._latest)
-        if count <= 0 or not cursor.set_range(start.encode()):
+        # Cut to what LMDB can seek to: keys it holds are no longer, and the names before
+        # `start` that this lets through are skipped below.
+        if count <= 0 or not cursor.set_range(start.encode()[: self.max_key]):
             return found
         for key, value in cursor:
             device = bytes(key).partition(SEPARATOR)[0].decode()

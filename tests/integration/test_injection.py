@@ -207,3 +207,32 @@ def test_a_stream_of_hostile_messages_never_stops_the_gateway(
     assert {row[0] for row in fields["values"]} == {"temp", "round"}
     assert "Traceback" not in gw.log()
     assert gw.stop() == 0
+
+
+def test_names_as_long_as_the_limits_allow_are_stored_and_checkpointed(
+    gateway: Callable[..., GatewayProcess], mosquitto: object, influx: InfluxV1, run_id: str
+) -> None:
+    """A device name of 400 bytes and a series past LMDB's 511-byte keys are taken, delivered
+    and checkpointed; a device name one character longer is refused, and the gateway lives.
+    """
+    gw = gateway(influx.config, SUBSCRIPTIONS.format(run=run_id))
+    longest = "\U0001f321" * 100
+    site = "s" * 256
+    messages = [
+        (f"{run_id}/v/{longest}", b"1.5"),
+        (f"{run_id}/l/{site}/{longest}", b"m," + b"t" * 200 + b"=" + b"v" * 256 + b" x=2"),
+        (f"{run_id}/v/{longest}\U0001f321", b"3.5"),
+        (f"{run_id}/v/dev-after", b"4.5"),
+    ]
+    publish_messages(mosquitto.port, messages)  # type: ignore[attr-defined]
+    wait_for(lambda: gw.readings("delivered") >= 3, 60, "the three valid readings delivered")
+    assert (gw.readings("accepted"), gw.readings("invalid")) == (3, 1)
+    levels = influx.query('SELECT "value" FROM "level" GROUP BY "device"')
+    assert {s["tags"]["device"]: s["values"][0][1] for s in levels} == {
+        longest: 1.5,
+        "dev-after": 4.5,
+    }
+    (m,) = influx.query('SELECT "x" FROM "m"')
+    assert m["values"][0][1] == 2
+    assert gw.stop() == 0
+    assert "checkpoint" not in gw.log()

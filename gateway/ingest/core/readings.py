@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
+from gateway.buffer.core.ledger import MAX_DEVICE_BYTES
 from gateway.config.mqtt import DEFAULT_DEVICE_CLASS
 from gateway.errors import DecodeError
 from gateway.points.model import Reading
@@ -49,6 +50,19 @@ class Route:
     topic_tags: dict[str, str]
     sorted_tags: tuple[tuple[str, str], ...]
     tag_keys: frozenset[str]
+
+    def __post_init__(self) -> None:
+        """Refuse a device the buffer cannot name a FIFO after: every format's routes come here.
+
+        Raises:
+            DecodeError: the device's name is too long.
+        """
+        size = len(self.device.encode())
+        if size > MAX_DEVICE_BYTES:
+            raise DecodeError(
+                "device_too_long",
+                f"device name is {size} bytes in UTF-8, more than {MAX_DEVICE_BYTES}",
+            )
 
 
 class Bounds(NamedTuple):

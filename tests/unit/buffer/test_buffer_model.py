@@ -87,7 +87,9 @@ from tests.unit.buffer.faults import Fault, Faults
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-DEVICES = ("a", "b", "c", "d-with-a-longer-name")
+# The last: as long as a device name may be, so that its FIFO's key is near LMDB's limit and
+# its series' last-value keys are past it.
+DEVICES = ("a", "b", "c", "d" + "\U0001f321" * 99 + "xxx")
 # Devices seen once in a while: enough of them that idle entries and the last-value table
 # weigh on a small buffer's pages.
 POOL_SIZE = 600

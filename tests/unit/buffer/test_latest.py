@@ -77,3 +77,29 @@ def test_no_table_is_kept_when_turned_off(tmp_path: Path) -> None:
         assert buffer.latest is None
         assert buffer.latest_of("d1") == []
         assert buffer.totals().readings == 1
+
+
+def test_a_series_too_long_for_a_key_is_buffered_without_a_latest_value(tmp_path: Path) -> None:
+    # Valid names reach LMDB's 511-byte key limit: 4-byte characters, or several long tags.
+    device = "\U0001f321" * 100  # as long as a device name may be (MAX_DEVICE_BYTES)
+    long_tags = (("device", device), ("room", "x" * 256))
+    readings = [
+        (device, pack(Reading(device, "m", long_tags, (("v", 1.0),), 5))),
+        rec("d1", 10, 1.0),
+        (device, pack(Reading(device, "m", (("device", "d2"),), (("v", 2.0),), 6))),
+    ]
+    with Buffer(tmp_path, 16 * MIB) as buffer:
+        buffer.append(readings)
+        buffer.remember(device, [b"m,room=" + b"y" * 600 + b" v=4.5 1700000000000000000"])
+        buffer.checkpoint()
+        assert values(buffer, "d1") == {"a": (1.0, 10, True)}
+        assert [latest.tags for latest in buffer.latest_of(device)] == [{"device": "d2"}]
+        assert buffer.latest_of("z" * 600) == []
+        index = buffer.device_index()
+        assert index.names == sorted([device, "d1"])
+        accounting, seen = buffer.device_details(index.names, index)
+        assert len(accounting[device]) == 1
+        assert set(seen) == {device, "d1"}
+    with Buffer(tmp_path, 16 * MIB) as buffer:
+        assert buffer.totals().readings == 3
+        assert values(buffer, "d1") == {"a": (1.0, 10, True)}

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.buffer.core.ledger import fifo_name
+from gateway.buffer.core.ledger import MAX_DEVICE_BYTES, fifo_name
 from gateway.buffer.store import Buffer
 from gateway.config.sections import LimitSettings
 from gateway.ingest.core.decode import Decoder
@@ -41,7 +41,16 @@ hostile_text = st.text(
     ),
     max_size=40,
 )
-levels = st.one_of(hostile_text, st.sampled_from(["", "+", "#", "dev-1", "a b", "x=y", "a,b"]))
+# Valid names as long as [limits] allows, in characters of every UTF-8 length: a device or a
+# series can be longer in bytes than a key of the buffer's store.
+long_names = st.builds(
+    lambda char, length: char * length,
+    st.sampled_from(["x", "\u00e9", "\u20ac", "\U0001f321"]),
+    st.integers(90, LIMITS.max_identifier_len),
+)
+levels = st.one_of(
+    hostile_text, long_names, st.sampled_from(["", "+", "#", "dev-1", "a b", "x=y", "a,b"])
+)
 topics = st.builds(
     lambda prefix, parts: "/".join([prefix, *parts]),
     st.sampled_from(["j", "l", "v", "other", ""]),
@@ -179,6 +188,15 @@ def test_each_limit_refuses_with_its_reason() -> None:
     assert len(ok.readings) == 1
 
 
+def test_a_device_name_longer_than_the_buffer_can_key_is_refused() -> None:
+    decoder = Decoder(SUBSCRIPTIONS, LIMITS)
+    (reading,) = decoder.decode("v/" + "\U0001f321" * 100, b"1", NOW_NS).readings
+    assert len(reading.device.encode()) == MAX_DEVICE_BYTES
+    for topic in ("v/" + "\U0001f321" * 101, "j/" + "\u20ac" * 134 + "/m"):
+        refused = decoder.decode(topic, b"1", NOW_NS)
+        assert (refused.readings, [e.reason for e in refused.errors]) == ([], ["device_too_long"])
+
+
 def test_a_field_named_like_a_tag_is_refused_or_renamed() -> None:
     payload = json.dumps({"device": "spoofed", "v": 1}).encode()
     refused = Decoder(SUBSCRIPTIONS, LIMITS).decode("j/d1/m", payload, NOW_NS)
@@ -228,19 +246,30 @@ def buffer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Buffer]:
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(topic=topics, payload=payloads)
+@example(topic="v/" + "\U0001f321" * 100, payload=b"1")
+@example(
+    topic="l/" + "s" * 256 + "/" + "\u20ac" * 133,
+    payload=b"m," + b"t" * 200 + b"=" + b"v" * 256 + b" x=1",
+)
 def test_the_whole_path_through_a_real_buffer_is_exact(
     topic: str, payload: bytes, buffer: Buffer
 ) -> None:
-    """Decode, store in LMDB, read back, coalesce, encode, parse: the readings, exactly."""
-    fifo = fifo_name("d", "default")
+    """Decode, store in LMDB, read back, coalesce, encode, parse: the readings, exactly.
+
+    Under the device's own FIFO, and through a checkpoint, which writes its name and series.
+    """
+    decoder = Decoder(SUBSCRIPTIONS, LIMITS)
+    readings = decoder.decode(topic, payload, NOW_NS).readings
+    fifo = fifo_name(readings[0].device if readings else "d", "default")
 
     def through_lmdb(packed: list[bytes]) -> list[bytes]:
         buffer.append([(fifo, value) for value in packed])
         (span,) = buffer.read([(fifo, len(packed))])
         buffer.delete([(fifo, span.first_seq, len(span.values))], [])
+        buffer.checkpoint()
         return [bytes(v) for v in span.values]
 
-    check_message(Decoder(SUBSCRIPTIONS, LIMITS), topic.encode(), payload, through_lmdb)
+    check_message(decoder, topic.encode(), payload, through_lmdb)
 
 
 @pytest.mark.parametrize("seed", sorted(p.name for p in CORPUS.iterdir()))
