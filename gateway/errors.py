@@ -106,6 +106,24 @@ class SinkRejected(SinkError):
     result = "rejected"
 
 
+class SinkPartial(SinkRejected):
+    """The database stored the batch but the lines it lists (InfluxDB 3's partial write).
+
+    `lines`: (line number in the body, from 1; the database's reason, naming the database) of
+    each line refused, as the database listed them.
+    The database lists at most `listed_max` of them; when the list is that long, lines after
+    the last one listed may have been refused unlisted.
+    """
+
+    result = "partial"
+
+    def __init__(self, message: str, lines: list[tuple[int, str]], listed_max: int) -> None:
+        """Keep the refused lines; `message` names the database."""
+        super().__init__(message)
+        self.lines = lines
+        self.listed_max = listed_max
+
+
 class SinkAuthError(SinkError):
     """The database refused our credentials (401/403); the operator must act.
 

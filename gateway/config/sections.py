@@ -190,7 +190,7 @@ class InfluxSettings(Section):
     """`[influx]`: the database the buffer drains into."""
 
     url: str = "http://127.0.0.1:8086"
-    api: Literal["v1", "v2"] = "v2"
+    api: Literal["v1", "v2", "v3"] = "v2"
     org: str | None = None
     bucket: str | None = None
     token_file: Path | None = None
@@ -201,6 +201,9 @@ class InfluxSettings(Section):
     password_file: Path | None = None
     password: SecretStr | None = None
     timeout_s: float = Field(default=10.0, gt=0)
+    # api v3: the database answers before its write-ahead log is on disk (faster, and a crash
+    # of the database loses what it had acknowledged).
+    no_sync: bool = False
     # For an https:// url: the CA to trust (default: the system's) and a client certificate.
     tls: TlsSettings | None = None
 
@@ -237,19 +240,35 @@ class InfluxSettings(Section):
 
     @model_validator(mode="after")
     def _api_has_its_target(self) -> InfluxSettings:
-        if self.api == "v1":
-            if not self.database:
-                raise ValueError("api 'v1' needs database")
-            stray = [k for k in ("org", "bucket") if getattr(self, k) is not None]
-            if stray:
-                raise ValueError(f"{', '.join(stray)} only apply to api 'v2'")
-        else:
-            if not self.bucket:
-                raise ValueError("api 'v2' needs bucket")
-            stray = [k for k in ("database", "retention_policy") if getattr(self, k) is not None]
-            if stray:
-                raise ValueError(f"{', '.join(stray)} only apply to api 'v1'")
+        target = "bucket" if self.api == "v2" else "database"
+        if not getattr(self, target):
+            raise ValueError(f"api {self.api!r} needs {target}")
+        stray = [
+            key
+            for key, apis in _API_KEYS.items()
+            if self.api not in apis and getattr(self, key) not in (None, False)
+        ]
+        if stray:
+            owners = sorted({api for key in stray for api in _API_KEYS[key]})
+            verb = "applies" if len(stray) == 1 else "apply"
+            raise ValueError(
+                f"{', '.join(stray)} {verb} only to api {' and '.join(map(repr, owners))}, "
+                f"not {self.api!r}"
+            )
         return self
+
+
+# The keys of [influx] that only some APIs use; the rest apply to all.
+_API_KEYS = {
+    "org": ("v2",),
+    "bucket": ("v2",),
+    "database": ("v1", "v3"),
+    "retention_policy": ("v1",),
+    "username": ("v1", "v2"),
+    "password": ("v1", "v2"),
+    "password_file": ("v1", "v2"),
+    "no_sync": ("v3",),
+}
 
 
 class FlushSettings(Section):
@@ -375,7 +394,8 @@ class ApiSettings(Section):
     enabled: bool = True
     # The last-value table keeps this many series (least recently updated evicted).
     latest_series: int = Field(default=10_000, ge=1, le=1_000_000)
-    # How a miss reads the database: "auto" is InfluxQL for api "v1" and Flux for api "v2";
+    # How a miss reads the database: "auto" is Flux for api "v2", InfluxQL (`/query`) for "v1"
+    # and "v3";
     # "prometheus" is VictoriaMetrics' query API (which has no Flux).
     database_query: Literal["auto", "influxql", "flux", "prometheus"] = "auto"
     # How far back a miss looks for a device's last value.
@@ -392,7 +412,7 @@ class ApiSettings(Section):
         """The query language a miss uses with the configured database API."""
         if self.database_query != "auto":
             return self.database_query
-        return "influxql" if api == "v1" else "flux"
+        return "flux" if api == "v2" else "influxql"
 
 
 class LimitSettings(Section):

@@ -4,8 +4,8 @@ Each of `max_in_flight` workers builds a batch from devices that no other worker
 device's readings reach the database in order, DESIGN invariant 3), picking devices round-robin so a
 large backlog does not starve a small one. A batch goes out when it is full or its oldest reading
 has waited `linger_s`. On success the batch is deleted from the buffer (invariant 2); on a
-retryable error it stays and is retried with capped full-jitter backoff; a refused batch is split
-until the refused points are isolated and moved to the dead-letter store.
+retryable error it stays and is retried with capped full-jitter backoff; the points a database
+refuses are found (gateway/flush/refusals.py) and moved to the dead-letter store.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from gateway.flush.core.coalesce import coalesce
 from gateway.flush.core.controller import BatchSizer
 from gateway.flush.core.uplink import UplinkBudget
 from gateway.flush.core.waiting import Waiting
+from gateway.flush.refusals import write_isolating
 from gateway.points.record import split
 
 if TYPE_CHECKING:
@@ -315,7 +316,7 @@ class Flusher:
         devices = [span.device for span in spans for _ in span.values]
         lines, sources = coalesce(stored)
         try:
-            refused = await self._deliver(lines)
+            refused = await write_isolating(self._write, lines)
         except SinkError as exc:
             self._back_off(exc)
             return False
@@ -412,37 +413,6 @@ class Flusher:
         self._metrics.accounting.removed(raw_delivered, raw_dead, +delivered, +summaries_dead)
         self._metrics.observe_buffer(self._buffer.totals())
         return deleted
-
-    async def _deliver(self, lines: list[bytes]) -> list[tuple[int, str]]:
-        """Write the lines; returns (index, the database's reason) of each refused line.
-
-        A refused write is split in halves until the refused lines are isolated; the rest is
-        delivered (rewriting a point the database already took is harmless).
-
-        Raises:
-            SinkError: a retryable failure; nothing may be deleted.
-        """
-        refused: list[tuple[int, str]] = []
-        pending = [(0, len(lines))]
-        while pending:
-            lo, hi = pending.pop()
-            try:
-                await self._write(b"\n".join(lines[lo:hi]), hi - lo)
-            except SinkError as exc:
-                if exc.retryable:
-                    raise
-                if hi - lo == 1:
-                    logger.error(  # noqa: TRY400 - the refusal is expected, not a bug
-                        "database refused a point; moved to the dead-letter store: %s "
-                        "(point: %.300s)",
-                        exc,
-                        lines[lo],
-                    )
-                    refused.append((lo, str(exc)))
-                else:
-                    mid = (lo + hi) // 2
-                    pending += [(mid, hi), (lo, mid)]
-        return sorted(refused)
 
     async def _write(self, body: bytes, points: int) -> None:
         encoding = None

@@ -1,5 +1,7 @@
 """Writes to InfluxDB: the v2 API through influxdb-client, the v1 `/write` endpoint through aiohttp.
 
+InfluxDB 3's native write is gateway/flush/sinkv3.py.
+
 `classify` is the pure rule that turns a response into an outcome; the rest translates library
 exceptions into `SinkError`s in one place, so the flusher sees only our own errors.
 """
@@ -281,4 +283,8 @@ async def ping(session: aiohttp.ClientSession, url: str, headers: Mapping[str, s
 
 def make_sink(settings: InfluxSettings) -> Sink:
     """The sink for the configured API."""
+    if settings.api == "v3":
+        from gateway.flush.sinkv3 import V3Sink  # noqa: PLC0415 - it builds on this module
+
+        return V3Sink(settings)
     return V1Sink(settings) if settings.api == "v1" else V2Sink(settings)

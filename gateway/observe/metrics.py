@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 # `*_created` series double the exposition and no dashboard or alert uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-WRITE_RESULTS = ("ok", "retry", "rejected", "auth")
+WRITE_RESULTS = ("ok", "retry", "rejected", "partial", "auth")
 PAUSE_CAUSES = ("watermark", "disk_budget", "disk_full")
 # From a timer's resolution (1 ms) to past the systemd watchdog (30 s); 0.1 s is the most any
 # seal or scan may hold the loop, 5 s the default limit of /healthz.

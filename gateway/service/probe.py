@@ -81,9 +81,8 @@ async def _subscribe(client: aiomqtt.Client, topic_filter: str, qos: int) -> int
 async def check_database(settings: Settings) -> list[Check]:
     """Ping the database, then write nothing to see the write is allowed."""
     i = settings.influx
-    target = f"database {public_url(i.url)}" + (
-        f" (v1, database {i.database!r})" if i.api == "v1" else f" (v2, bucket {i.bucket!r})"
-    )
+    where = f"bucket {i.bucket!r}" if i.api == "v2" else f"database {i.database!r}"
+    target = f"database {public_url(i.url)} ({i.api}, {where})"
     sink = make_sink(i)
     try:
         if not await sink.ready():

@@ -1,4 +1,5 @@
-"""The v2 write API into each database that serves it, with a real org, bucket and token.
+"""The v2 write API into each database that serves it, with a real org, bucket and token, and
+InfluxDB 3's own write API.
 
 VictoriaMetrics runs on every backend; InfluxDB 2.7 and InfluxDB 3 Core only as containers
 (GATEWAY_TEST_SERVERS=docker): Debian packages neither.
@@ -15,7 +16,7 @@ import pytest
 
 from gateway.tools import servers
 from tests import backends
-from tests.gatewayproc import publish_simulated, wait_for
+from tests.gatewayproc import publish_messages, publish_simulated, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -115,3 +116,35 @@ def test_every_reading_lands_through_the_v2_api(
     wait_for(lambda: gw.readings("delivered") == READINGS, 60, "every reading delivered")
     wait_for(lambda: count(run_id) == READINGS, 30, "every point readable in the database")
     assert gw.readings("dead_lettered") == 0
+
+
+def test_api_v3_stores_the_batch_and_dead_letters_only_the_refused_line(
+    gateway: Callable[..., GatewayProcess], mosquitto: Endpoint, run_id: str, tmp_path: Path
+) -> None:
+    """A reading whose field changes type is refused alone, with InfluxDB 3's reason; the
+    readings around it in the same batch land, in one partial write."""
+    if backends.BACKEND != "docker":
+        pytest.skip(f"InfluxDB 3 Core runs only as a container ({backends.BACKEND_ENV}=docker)")
+    port = servers.free_port()
+    spec = backends.influxdb3_spec(tmp_path / "db", port)
+    ready = servers.http_ok(f"http://127.0.0.1:{port}/ping")
+    db = backends.run_container("influxdb-3-core", spec, port, tmp_path / "db", ready)
+    try:
+        gw = gateway(f'url = "{db.url}"\napi = "v3"\ndatabase = "{BUCKET}"')
+        topic = f"{run_id}/dev-1/telemetry"
+        publish_messages(mosquitto.port, [(topic, json.dumps({"temp": 1.5}))])
+        wait_for(lambda: count_influxdb3(db.url, run_id) == 1, 60, "the first reading stored")
+        readings = [json.dumps({"temp": 2.5 + n}) for n in range(READINGS)]
+        readings[READINGS // 2] = json.dumps({"temp": "a string now"})
+        publish_messages(mosquitto.port, [(topic, r) for r in readings])
+        wait_for(
+            lambda: gw.readings("delivered") + gw.readings("dead_lettered") == READINGS + 1,
+            60,
+            "every reading delivered or dead-lettered",
+        )
+        assert gw.readings("dead_lettered") == 1
+        assert count_influxdb3(db.url, run_id) == READINGS
+        assert gw.metrics().get("gateway_writes_total{result=partial}", 0) >= 1
+        assert "invalid column type" in gw.log()
+    finally:
+        db.stop()

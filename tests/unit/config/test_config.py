@@ -252,7 +252,23 @@ def test_v2_needs_bucket_and_refuses_v1_keys(tmp_path: Path) -> None:
     text = MINIMAL.replace('api = "v1"', 'api = "v2"')
     assert problems(tmp_path, text) == ["influx: api 'v2' needs bucket"]
     text = text.replace('database = "telemetry"', 'bucket = "b"\ndatabase = "x"')
-    assert problems(tmp_path, text) == ["influx: database only apply to api 'v1'"]
+    assert problems(tmp_path, text) == [
+        "influx: database applies only to api 'v1' and 'v3', not 'v2'"
+    ]
+
+
+def test_v3_needs_database_and_refuses_other_apis_keys(tmp_path: Path) -> None:
+    """api v3 writes into a database; no_sync is its own, org and bucket are v2's."""
+    text = MINIMAL.replace('api = "v1"', 'api = "v3"\nno_sync = true')
+    assert config.load(write(tmp_path, text), {}).influx.no_sync
+    assert problems(tmp_path, text.replace('database = "telemetry"', "")) == [
+        "influx: api 'v3' needs database"
+    ]
+    assert problems(tmp_path, text.replace("no_sync", 'org = "o"\nbucket = "b"\nno_sync')) == [
+        "influx: org, bucket apply only to api 'v2', not 'v3'"
+    ]
+    v1 = MINIMAL.replace('api = "v1"', 'api = "v1"\nno_sync = true')
+    assert problems(tmp_path, v1) == ["influx: no_sync applies only to api 'v3', not 'v1'"]
 
 
 def test_measurement_source_is_checked(tmp_path: Path) -> None:

@@ -1,0 +1,126 @@
+"""InfluxDB 3's native write, `POST /api/v3/write_lp`, with partial writes reconciled by line.
+
+With `accept_partial=true` the database stores every line it can and answers 400 with the
+lines it refused, each with its number in the body (from 1) and its reason:
+
+    {"error": "partial write of line protocol occurred",
+     "data": [{"original_line": "...", "line_number": 2, "error_message": "..."}]}
+
+It lists at most `PARTIAL_LINES_LISTED` of them. `partial_lines` reads that answer into a
+`SinkPartial`; the flusher (gateway/flush/refusals.py) moves the listed lines to the dead
+letters and writes again whatever a full list may have left unlisted. Any other answer is
+classified as for the other APIs (`classify`): 413 splits the batch, 503 honours Retry-After.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from gateway.errors import SinkError, SinkPartial
+from gateway.flush.sink import classify, http_session, ping, public_url, unreachable
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from gateway.config.sections import InfluxSettings
+
+PARTIAL_ERROR = "partial write of line protocol occurred"
+# The most refused lines one answer lists (InfluxDB 3 Core's documented bound).
+PARTIAL_LINES_LISTED = 100
+HTTP_BAD_REQUEST = 400
+
+
+def partial_lines(status: int, body: str, where: str) -> SinkPartial | None:
+    """The refused lines of a partial write's answer; None for any other answer."""
+    data = _partial_data(body) if status == HTTP_BAD_REQUEST else None
+    if not data:
+        return None
+    lines: list[tuple[int, str]] = []
+    for item in data:
+        if not isinstance(item, dict):
+            return None
+        number = item.get("line_number")
+        # bool is an int to Python; a line number of true is no line number.
+        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+            return None
+        reason = item.get("error_message")
+        said = reason[:300] if isinstance(reason, str) else "refused, no reason given"
+        lines.append((number, f"{where}: HTTP 400: {said}"))
+    return SinkPartial(
+        f"{where}: HTTP 400: {len(lines)} line(s) refused, the rest stored",
+        lines,
+        PARTIAL_LINES_LISTED,
+    )
+
+
+def _partial_data(body: str) -> list[object] | None:
+    """The list of refused lines of a partial write's JSON answer, if `body` is one."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict) or answer.get("error") != PARTIAL_ERROR:
+        return None
+    data = answer.get("data")
+    return data if isinstance(data, list) else None
+
+
+def v3_outcome(status: int, headers: Mapping[str, str], body: str, where: str) -> SinkError | None:
+    """The error a write_lp answer stands for; None when every line was stored."""
+    partial = partial_lines(status, body, where)
+    if partial is not None:
+        return partial
+    outcome = classify(status, headers, body, where)
+    return outcome if isinstance(outcome, SinkError) else None
+
+
+class V3Sink:
+    """InfluxDB 3 Core and Enterprise: `/api/v3/write_lp` into `database`."""
+
+    def __init__(self, settings: InfluxSettings) -> None:
+        """Prepare the endpoint; connections open on the first write."""
+        self._settings = settings
+        self._url = f"{settings.url}/api/v3/write_lp"
+        self._params = {
+            "db": settings.database or "",
+            "precision": "nanosecond",
+            "accept_partial": "true",
+            "no_sync": "true" if settings.no_sync else "false",
+        }
+        token = settings.token.get_secret_value() if settings.token else ""
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._where = f"database at {public_url(settings.url)}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = http_session(self._settings)
+        return self._session
+
+    async def write(self, body: bytes, *, encoding: str | None = None) -> None:
+        """POST the body; a partial write raises `SinkPartial` naming the refused lines."""
+        headers = dict(self._headers)
+        if encoding:
+            headers["Content-Encoding"] = encoding
+        try:
+            async with self._http().post(
+                self._url, params=self._params, data=body, headers=headers
+            ) as response:
+                text = await response.text(errors="replace")
+                outcome = v3_outcome(response.status, response.headers, text, self._where)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise unreachable(exc, self._where) from exc
+        if outcome is not None:
+            raise outcome
+
+    async def ready(self) -> bool:
+        """GET /ping with the token (InfluxDB 3 asks for it unless started without auth)."""
+        return await ping(self._http(), f"{self._settings.url}/ping", self._headers)
+
+    async def aclose(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,127 @@
+"""The v3 sink's requests and its reading of answers, against a local HTTP server that records
+each request and replays an answer InfluxDB 3 Core's documentation records."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from gateway.config.sections import InfluxSettings
+from gateway.errors import SinkPartial, SinkRejected, SinkUnavailable
+from gateway.flush.sink import make_sink
+from gateway.flush.sinkv3 import V3Sink
+from gateway.tools.servers import free_port
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+PARTIAL = {
+    "error": "partial write of line protocol occurred",
+    "data": [
+        {
+            "original_line": "cpu,host=a val= 123",
+            "line_number": 2,
+            "error_message": "No fields were provided",
+        }
+    ],
+}
+
+
+class Replay:
+    """Answers each request with the next (status, headers, body); records what came."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, dict[str, str], str]] = []
+        self.requests: list[tuple[str, dict[str, str], dict[str, str], bytes]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()  # aiohttp undoes a Content-Encoding: gzip
+        self.requests.append((request.path, dict(request.query), dict(request.headers), body))
+        status, headers, text = self.answers.pop(0) if self.answers else (204, {}, "")
+        return web.Response(status=status, headers=headers, text=text)
+
+
+@pytest.fixture
+async def replay() -> AsyncIterator[tuple[Replay, int]]:
+    server = Replay()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield server, port
+    finally:
+        await runner.cleanup()
+
+
+def settings(port: int, **extra: object) -> InfluxSettings:
+    return InfluxSettings(
+        url=f"http://127.0.0.1:{port}",
+        api="v3",
+        database="plant",
+        token=SecretStr("t0ken"),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.anyio
+async def test_a_write_posts_to_write_lp_with_its_parameters_and_token(
+    replay: tuple[Replay, int],
+) -> None:
+    server, port = replay
+    sink = make_sink(settings(port, no_sync=True))
+    assert isinstance(sink, V3Sink)
+    try:
+        await sink.write(gzip.compress(b"m v=1 5\nm v=2 6"), encoding="gzip")
+        assert await sink.ready()
+    finally:
+        await sink.aclose()
+    (path, query, headers, body), (ping_path, _, ping_headers, _) = server.requests
+    assert path == "/api/v3/write_lp"
+    assert query == {
+        "db": "plant",
+        "precision": "nanosecond",
+        "accept_partial": "true",
+        "no_sync": "true",
+    }
+    assert (headers["Authorization"], headers["Content-Encoding"]) == ("Bearer t0ken", "gzip")
+    assert body == b"m v=1 5\nm v=2 6"
+    assert (ping_path, ping_headers["Authorization"]) == ("/ping", "Bearer t0ken")
+
+
+@pytest.mark.anyio
+async def test_each_recorded_answer_raises_what_it_stands_for(
+    replay: tuple[Replay, int],
+) -> None:
+    server, port = replay
+    server.answers = [
+        (400, {"Content-Type": "application/json"}, json.dumps(PARTIAL)),
+        (400, {}, '{"error": "parsing failed for write_lp endpoint", "data": {}}'),
+        (413, {}, "request body too large"),
+        (503, {"Retry-After": "12"}, "busy"),
+    ]
+    sink = make_sink(settings(port))
+    try:
+        with pytest.raises(SinkPartial) as partial:
+            await sink.write(b"cpu,host=b val=2 155\ncpu,host=a val= 123\ncpu,host=b val=5 199")
+        with pytest.raises(SinkRejected) as whole:
+            await sink.write(b"x")
+        with pytest.raises(SinkRejected):
+            await sink.write(b"x")
+        with pytest.raises(SinkUnavailable) as busy:
+            await sink.write(b"x")
+    finally:
+        await sink.aclose()
+    assert [(n, reason.rsplit(": ", 1)[-1]) for n, reason in partial.value.lines] == [
+        (2, "No fields were provided")
+    ]
+    assert not isinstance(whole.value, SinkPartial)
+    assert busy.value.retry_after_s == 12
+    assert server.requests[0][1]["no_sync"] == "false"
