@@ -151,6 +151,7 @@ class V1Sink:
         self._settings = settings
         self._where = f"database at {public_url(settings.url)}"
         self._ping_url = f"{settings.url}/ping"
+        self._headers: dict[str, str] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -158,23 +159,28 @@ class V1Sink:
             self._session = http_session(self._settings, self._auth)
         return self._session
 
+    def _outcome(self, status: int, headers: Mapping[str, str], body: str) -> SinkError | None:
+        """The error an answer stands for; None when the database stored the batch."""
+        outcome = classify(status, headers, body, self._where)
+        return outcome if isinstance(outcome, SinkError) else None
+
     async def write(self, body: bytes, *, encoding: str | None = None) -> None:
-        """POST the body; see `classify` for the outcomes."""
-        headers = {"Content-Encoding": encoding} if encoding else None
+        """POST the body; see `_outcome` for the outcomes."""
+        headers = {**self._headers, "Content-Encoding": encoding} if encoding else self._headers
         try:
             async with self._http().post(
                 self._url, params=self._params, data=body, headers=headers
             ) as response:
                 text = await response.text(errors="replace")
-                outcome = classify(response.status, response.headers, text, self._where)
+                outcome = self._outcome(response.status, response.headers, text)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise unreachable(exc, self._where) from exc
-        if isinstance(outcome, SinkError):
+        if outcome is not None:
             raise outcome
 
     async def ready(self) -> bool:
-        """GET /ping (InfluxDB 1.x, 2.x and VictoriaMetrics answer 204)."""
-        return await ping(self._http(), self._ping_url, {})
+        """GET /ping (InfluxDB 1.x, 2.x, 3.x and VictoriaMetrics answer 2xx)."""
+        return await ping(self._http(), self._ping_url, self._headers)
 
     async def aclose(self) -> None:
         """Close the HTTP session."""

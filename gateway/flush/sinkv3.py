@@ -17,10 +17,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from gateway.errors import SinkError, SinkPartial
-from gateway.flush.sink import classify, http_session, ping, public_url, unreachable
+from gateway.flush.sink import V1Sink, classify
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -68,21 +66,16 @@ def _partial_data(body: str) -> list[object] | None:
     return data if isinstance(data, list) else None
 
 
-def v3_outcome(status: int, headers: Mapping[str, str], body: str, where: str) -> SinkError | None:
-    """The error a write_lp answer stands for; None when every line was stored."""
-    partial = partial_lines(status, body, where)
-    if partial is not None:
-        return partial
-    outcome = classify(status, headers, body, where)
-    return outcome if isinstance(outcome, SinkError) else None
+class V3Sink(V1Sink):
+    """InfluxDB 3 Core and Enterprise: `/api/v3/write_lp` into `database`.
 
-
-class V3Sink:
-    """InfluxDB 3 Core and Enterprise: `/api/v3/write_lp` into `database`."""
+    A POST and a ping as for `/write`; the endpoint, its parameters, the token and the reading
+    of a partial write are its own. A partial write raises `SinkPartial`.
+    """
 
     def __init__(self, settings: InfluxSettings) -> None:
         """Prepare the endpoint; connections open on the first write."""
-        self._settings = settings
+        super().__init__(settings)
         self._url = f"{settings.url}/api/v3/write_lp"
         self._params = {
             "db": settings.database or "",
@@ -90,37 +83,19 @@ class V3Sink:
             "accept_partial": "true",
             "no_sync": "true" if settings.no_sync else "false",
         }
+        self._auth = None
         token = settings.token.get_secret_value() if settings.token else ""
+        # InfluxDB 3 asks for the token on /ping too, unless started without auth.
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._where = f"database at {public_url(settings.url)}"
-        self._session: aiohttp.ClientSession | None = None
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = http_session(self._settings)
-        return self._session
+    def _outcome(self, status: int, headers: Mapping[str, str], body: str) -> SinkError | None:
+        return v3_outcome(status, headers, body, self._where)
 
-    async def write(self, body: bytes, *, encoding: str | None = None) -> None:
-        """POST the body; a partial write raises `SinkPartial` naming the refused lines."""
-        headers = dict(self._headers)
-        if encoding:
-            headers["Content-Encoding"] = encoding
-        try:
-            async with self._http().post(
-                self._url, params=self._params, data=body, headers=headers
-            ) as response:
-                text = await response.text(errors="replace")
-                outcome = v3_outcome(response.status, response.headers, text, self._where)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise unreachable(exc, self._where) from exc
-        if outcome is not None:
-            raise outcome
 
-    async def ready(self) -> bool:
-        """GET /ping with the token (InfluxDB 3 asks for it unless started without auth)."""
-        return await ping(self._http(), f"{self._settings.url}/ping", self._headers)
-
-    async def aclose(self) -> None:
-        """Close the HTTP session."""
-        if self._session is not None:
-            await self._session.close()
+def v3_outcome(status: int, headers: Mapping[str, str], body: str, where: str) -> SinkError | None:
+    """The error a write_lp answer stands for; None when every line was stored."""
+    partial = partial_lines(status, body, where)
+    if partial is not None:
+        return partial
+    outcome = classify(status, headers, body, where)
+    return outcome if isinstance(outcome, SinkError) else None
