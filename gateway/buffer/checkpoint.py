@@ -50,6 +50,7 @@ from gateway.buffer.core.chunk import (
     sealed_count,
 )
 from gateway.buffer.core.damage import JOURNAL_KIND, take_range
+from gateway.buffer.core.devicekeys import device_entry, device_key
 from gateway.buffer.core.fence import NOTE as FENCE_NOTE
 from gateway.buffer.core.journalindex import JournalIndex
 from gateway.buffer.core.ledger import (
@@ -134,9 +135,9 @@ def write(
         rewritten.update(_first_sealed(ledger, sealing, written))
     for fifo, state in rewritten.items():
         moved = written.sealed_from.get(fifo, state.sealed_from)
-        txn.put(fifo.encode(), replace(state, sealed_from=moved).pack(), db=tables.devices)
+        txn.put(*device_entry(fifo, replace(state, sealed_from=moved)), db=tables.devices)
     for fifo in ledger.forgotten:
-        txn.delete(fifo.encode(), db=tables.devices)
+        txn.delete(device_key(fifo), db=tables.devices)
     # Stored as the record after the last one, so that "none" needs no special value.
     if sealing is not None:
         txn.put(b"sealed_through", U64.pack(sealing.cut + 1), db=tables.meta)

@@ -25,6 +25,7 @@ from gateway.buffer.core.chunk import (
     reading_bytes,
 )
 from gateway.buffer.core.damage import settle_empty
+from gateway.buffer.core.devicekeys import read_entry
 from gateway.buffer.core.ledger import (
     NEWEST_NONE,
     TOTALS,
@@ -68,10 +69,9 @@ class Tables:
 
 def read_ledger(txn: lmdb.Transaction, tables: Tables) -> Ledger:
     """The accounting as the last checkpoint wrote it (gateway/buffer/checkpoint.py)."""
-    states = {
-        bytes(name).decode(): DeviceState.unpack(bytes(value))
-        for name, value in txn.cursor(db=tables.devices)
-    }
+    states = dict(
+        read_entry(bytes(key), bytes(value)) for key, value in txn.cursor(db=tables.devices)
+    )
     raw = txn.get(b"totals", db=tables.meta)
     readings, nbytes = TOTALS.unpack(raw) if raw else (0, 0)
     ledger = Ledger(states, readings, nbytes)

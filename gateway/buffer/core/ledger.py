@@ -41,9 +41,10 @@ _CLASS_SEPARATOR = "\x1f"
 # The summaries of a FIFO's readings at one compaction level live in a sibling FIFO: the raw
 # FIFO's name, this separator, the level (1 = the finest step). Level 0 is the raw FIFO.
 LEVEL_SEPARATOR = "\x1e"
-# The longest device name in UTF-8. A FIFO's name is a key of the store's `devices` table, and
-# LMDB refuses keys over 511 bytes: a longer one would fail every checkpoint. This leaves room
-# for the separators, a device class (at most 32) and a compaction level.
+# The longest device name ingest takes, in UTF-8. No real device needs more, and it keeps a
+# FIFO's name, with a device class (at most 32) and a compaction level, and most of its series'
+# last-value keys within LMDB's 511-byte keys (longer ones take a detour: gateway/buffer/core/
+# devicekeys.py, gateway/buffer/latest.py).
 MAX_DEVICE_BYTES = 400
 
 

@@ -87,9 +87,9 @@ from tests.unit.buffer.faults import Fault, Faults
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-# The last: as long as a device name may be, so that its FIFO's key is near LMDB's limit and
-# its series' last-value keys are past it.
-DEVICES = ("a", "b", "c", "d" + "\U0001f321" * 99 + "xxx")
+# The last: longer than ingest takes (a buffer written before that limit may hold one), so that
+# its FIFOs' states need keys longer than LMDB's and so do its series' last values.
+DEVICES = ("a", "b", "c", "d" + "\U0001f321" * 149 + "xxx")
 # Devices seen once in a while: enough of them that idle entries and the last-value table
 # weigh on a small buffer's pages.
 POOL_SIZE = 600
