@@ -20,6 +20,7 @@ readings are buffered and delivered as any other; only the read API has no lates
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 ENTRY = struct.Struct(">qQIQqB")
 SEPARATOR = b"\x1f"
+# A line's series: measurement and tags, where a backslash escapes the next byte (a space too).
+_SERIES = re.compile(rb"(?:[^ \\]|\\.)*")
 FROM_INGEST, FROM_DATABASE = 0, 1
 # (FIFO name, FIFO number, sequence, packed record) of each reading a commit stored.
 Placed = tuple[str, int, int, bytes]
@@ -122,7 +125,9 @@ class LatestTable:
         """Keep values read back from the database (line protocol, one reading per line)."""
         prefix = device.encode() + SEPARATOR
         for line in lines:
-            series, fields, ts = line.rsplit(b" ", 2)
+            # The series ends at its first unescaped space; a string field may hold spaces.
+            series = _SERIES.match(line).group()  # type: ignore[union-attr]
+            fields, ts = line[len(series) + 1 :].rsplit(b" ", 1)
             if len(prefix) + len(series) > self.max_key:
                 continue
             self._put(txn, prefix + series, int(ts), (0, 0, now_ns, FROM_DATABASE), fields)

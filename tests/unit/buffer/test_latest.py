@@ -71,6 +71,22 @@ def test_values_from_the_database_are_kept_and_survive_a_restart(tmp_path: Path)
         )
 
 
+def test_a_value_read_back_with_spaces_in_names_and_strings_keeps_its_series(
+    tmp_path: Path,
+) -> None:
+    with Buffer(tmp_path, 16 * MIB) as buffer:
+        buffer.remember(
+            "d9",
+            [
+                b'm,device=d9,room=a\\ b s="x y",v=1 100',
+                b'm,device=d9,room=a\\ b s="z w",v=2 200',
+            ],
+        )
+        buffer.append([rec("d9", 300, 3.0, room="a b")])
+        (latest,) = buffer.latest_of("d9")
+        assert (latest.tags["room"], latest.fields["v"], latest.ts_ns) == ("a b", 3.0, 300)
+
+
 def test_no_table_is_kept_when_turned_off(tmp_path: Path) -> None:
     with Buffer(tmp_path, 16 * MIB, latest_series=0) as buffer:
         buffer.append([rec("d1", 10, 1.0)])
