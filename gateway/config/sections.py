@@ -220,7 +220,7 @@ class InfluxSettings(Section):
             # Never echoed: the part before "@" may be a password, and this message is printed.
             raise ValueError(
                 "holds a user name or password (user:password@host); give them as [influx] "
-                "username and password_file (api v1) or token_file (api v2) instead "
+                "username and password_file (api v1) or token_file (api v2, v3) instead "
                 '(an "@" in the path is written %40)'
             )
         # None of these echo the URL either: its path or query may still hold a secret.
@@ -249,12 +249,10 @@ class InfluxSettings(Section):
             if self.api not in apis and getattr(self, key) not in (None, False)
         ]
         if stray:
-            owners = sorted({api for key in stray for api in _API_KEYS[key]})
-            verb = "applies" if len(stray) == 1 else "apply"
-            raise ValueError(
-                f"{', '.join(stray)} {verb} only to api {' and '.join(map(repr, owners))}, "
-                f"not {self.api!r}"
+            each = "; ".join(
+                f"{key} only to api {' and '.join(map(repr, _API_KEYS[key]))}" for key in stray
             )
+            raise ValueError(f"with api {self.api!r}, these do not apply: {each}")
         return self
 
 

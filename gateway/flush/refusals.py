@@ -35,6 +35,8 @@ async def write_isolating(
     isolation = _Isolation(lines)
     while isolation.pending:
         lo, hi = isolation.pending.pop()
+        if lo >= hi:
+            continue  # nothing to write: a database may refuse an empty body
         try:
             await write(b"\n".join(lines[lo:hi]), hi - lo)
         except SinkPartial as exc:
@@ -58,7 +60,7 @@ class _Isolation:
     def reconciled(self, exc: SinkPartial, lo: int, hi: int) -> bool:
         """Take a partial refusal's lines; False when it names a line the body does not have."""
         numbers = [number for number, _ in exc.lines]
-        if max(numbers) > hi - lo:
+        if not numbers or min(numbers) < 1 or max(numbers) > hi - lo:
             return False
         for number, reason in exc.lines:
             self.refused[lo + number - 1] = reason

@@ -1,7 +1,7 @@
 """InfluxDB 3's native write, `POST /api/v3/write_lp`, with partial writes reconciled by line.
 
-With `accept_partial=true` the database stores every line it can and answers 400 with the
-lines it refused, each with its number in the body (from 1) and its reason:
+With `accept_partial=true` the database stores every line it can and answers 400 (422 past a
+schema limit) with the lines it refused, each with its number in the body (from 1) and its reason:
 
     {"error": "partial write of line protocol occurred",
      "data": [{"original_line": "...", "line_number": 2, "error_message": "..."}]}
@@ -28,12 +28,14 @@ if TYPE_CHECKING:
 PARTIAL_ERROR = "partial write of line protocol occurred"
 # The most refused lines one answer lists (InfluxDB 3 Core's documented bound).
 PARTIAL_LINES_LISTED = 100
-HTTP_BAD_REQUEST = 400
+# 400 for lines it could not parse or store; 422 when a line would pass a schema limit (more
+# tables or columns than the server allows), with the same list.
+PARTIAL_STATUSES = frozenset({400, 422})
 
 
 def partial_lines(status: int, body: str, where: str) -> SinkPartial | None:
     """The refused lines of a partial write's answer; None for any other answer."""
-    data = _partial_data(body) if status == HTTP_BAD_REQUEST else None
+    data = _partial_data(body) if status in PARTIAL_STATUSES else None
     if not data:
         return None
     lines: list[tuple[int, str]] = []
@@ -46,9 +48,9 @@ def partial_lines(status: int, body: str, where: str) -> SinkPartial | None:
             return None
         reason = item.get("error_message")
         said = reason[:300] if isinstance(reason, str) else "refused, no reason given"
-        lines.append((number, f"{where}: HTTP 400: {said}"))
+        lines.append((number, f"{where}: HTTP {status}: {said}"))
     return SinkPartial(
-        f"{where}: HTTP 400: {len(lines)} line(s) refused, the rest stored",
+        f"{where}: HTTP {status}: {len(lines)} line(s) refused, the rest stored",
         lines,
         PARTIAL_LINES_LISTED,
     )

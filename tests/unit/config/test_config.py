@@ -253,7 +253,7 @@ def test_v2_needs_bucket_and_refuses_v1_keys(tmp_path: Path) -> None:
     assert problems(tmp_path, text) == ["influx: api 'v2' needs bucket"]
     text = text.replace('database = "telemetry"', 'bucket = "b"\ndatabase = "x"')
     assert problems(tmp_path, text) == [
-        "influx: database applies only to api 'v1' and 'v3', not 'v2'"
+        "influx: with api 'v2', these do not apply: database only to api 'v1' and 'v3'"
     ]
 
 
@@ -265,10 +265,12 @@ def test_v3_needs_database_and_refuses_other_apis_keys(tmp_path: Path) -> None:
         "influx: api 'v3' needs database"
     ]
     assert problems(tmp_path, text.replace("no_sync", 'org = "o"\nbucket = "b"\nno_sync')) == [
-        "influx: org, bucket apply only to api 'v2', not 'v3'"
+        "influx: with api 'v3', these do not apply: org only to api 'v2'; bucket only to api 'v2'"
     ]
     v1 = MINIMAL.replace('api = "v1"', 'api = "v1"\nno_sync = true')
-    assert problems(tmp_path, v1) == ["influx: no_sync applies only to api 'v3', not 'v1'"]
+    assert problems(tmp_path, v1) == [
+        "influx: with api 'v1', these do not apply: no_sync only to api 'v3'"
+    ]
 
 
 def test_measurement_source_is_checked(tmp_path: Path) -> None:

@@ -53,13 +53,15 @@ DOCUMENTED_WHOLE = json.dumps(
 )
 
 
-def test_the_documented_partial_answer_names_its_line_and_reason() -> None:
-    partial = v3_outcome(400, {}, DOCUMENTED_PARTIAL, WHERE)
+@pytest.mark.parametrize("status", [400, 422])
+def test_the_documented_partial_answer_names_its_line_and_reason(status: int) -> None:
+    """400 for lines refused; 422, with the same list, for lines past a schema limit."""
+    partial = v3_outcome(status, {}, DOCUMENTED_PARTIAL, WHERE)
     assert isinstance(partial, SinkPartial)
     assert not partial.retryable
     ((number, reason),) = partial.lines
     assert number == 2
-    assert reason.startswith(f"{WHERE}: HTTP 400: invalid column type for column 'temp'")
+    assert reason.startswith(f"{WHERE}: HTTP {status}: invalid column type for column 'temp'")
     assert partial.listed_max == PARTIAL_LINES_LISTED
 
 
@@ -191,3 +193,9 @@ def test_a_retryable_failure_leaves_everything_buffered() -> None:
 
     with pytest.raises(SinkError):
         anyio.run(write_isolating, write, batch(3, set()))
+
+
+def test_an_empty_batch_writes_nothing() -> None:
+    database = PartialDatabase()
+    assert anyio.run(write_isolating, database.write, []) == []
+    assert database.writes == 0

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
+from gateway.config import loader as config
 from gateway.config.sections import InfluxSettings
 from gateway.errors import SinkPartial, SinkRejected, SinkUnavailable
 from gateway.flush.sink import make_sink
 from gateway.flush.sinkv3 import V3Sink
+from gateway.service.probe import check_database
 from gateway.tools.servers import free_port
 
 if TYPE_CHECKING:
@@ -125,3 +128,26 @@ async def test_each_recorded_answer_raises_what_it_stands_for(
     assert not isinstance(whole.value, SinkPartial)
     assert busy.value.retry_after_s == 12
     assert server.requests[0][1]["no_sync"] == "false"
+
+
+@pytest.mark.anyio
+async def test_check_connect_reads_influxdb3s_refusal_of_an_empty_write_as_allowed(
+    replay: tuple[Replay, int], tmp_path: Path
+) -> None:
+    """InfluxDB 3 answers an empty write 400 once the token may write; a 401 is a refusal."""
+    server, port = replay
+    minimal = (Path(__file__).parents[3] / "config" / "minimal.toml").read_text()
+    text = minimal.replace('url = "http://127.0.0.1:8086"', f'url = "http://127.0.0.1:{port}"')
+    path = tmp_path / "gateway.toml"
+    path.write_text(text.replace('api = "v1"', 'api = "v3"'))
+    settings = config.load(path, {})
+    server.answers = [(204, {}, ""), (400, {}, '{"error": "incoming write was empty"}')]
+    checks = await check_database(settings)
+    assert [(c.ok, c.detail) for c in checks][1] == (
+        True,
+        "the token may write (the empty write was refused as empty)",
+    )
+    server.answers = [(204, {}, ""), (401, {}, '{"error": "unauthorized"}')]
+    (_, write) = await check_database(settings)
+    assert not write.ok
+    assert "not allowed" in write.detail
