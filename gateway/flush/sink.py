@@ -285,12 +285,3 @@ async def ping(session: aiohttp.ClientSession, url: str, headers: Mapping[str, s
             return HTTP_OK_MIN <= response.status <= HTTP_OK_MAX
     except (aiohttp.ClientError, OSError, ValueError):
         return False
-
-
-def make_sink(settings: InfluxSettings) -> Sink:
-    """The sink for the configured API."""
-    if settings.api == "v3":
-        from gateway.flush.sinkv3 import V3Sink  # noqa: PLC0415 - it builds on this module
-
-        return V3Sink(settings)
-    return V1Sink(settings) if settings.api == "v1" else V2Sink(settings)

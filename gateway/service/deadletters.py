@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import anyio
 
 from gateway.buffer.deadletters import DeadLetterStore
-from gateway.errors import SinkError, SinkRejected
-from gateway.flush.sink import make_sink
+from gateway.errors import SinkError, SinkPartial, SinkRejected
+from gateway.flush.sinks import make_sink
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,6 +44,8 @@ async def replay(store: DeadLetterStore, settings: Settings, ids: list[int] | No
                 continue
             try:
                 await sink.write(letter.line.encode())
+            except SinkPartial as exc:  # one line: the database's reason for it is the news
+                refused.append(f"#{letter.id}: {exc.lines[0][1]}")
             except SinkRejected as exc:
                 refused.append(f"#{letter.id}: {exc}")
             else:

@@ -25,7 +25,7 @@ from gateway.buffer.rejects import RejectLog
 from gateway.buffer.store import Buffer
 from gateway.config import advice
 from gateway.flush.flusher import Flusher
-from gateway.flush.sink import make_sink
+from gateway.flush.sinks import make_sink
 from gateway.ingest import faults, mqtt
 from gateway.ingest.breaker import Breaker
 from gateway.ingest.core.decode import Decoder

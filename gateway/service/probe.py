@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import aiomqtt
 
 from gateway.errors import SinkAuthError, SinkError, SinkRejected
-from gateway.flush.sink import make_sink, public_url
+from gateway.flush.sink import public_url
+from gateway.flush.sinks import make_sink
 from gateway.ingest.mqtt import make_client
 from gateway.tls import describe as describe_tls_failure
 

@@ -12,16 +12,23 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
+from gateway.buffer.deadletters import DeadLetterStore
+from gateway.buffer.store import Buffer
 from gateway.config import loader as config
 from gateway.config.sections import InfluxSettings
 from gateway.errors import SinkPartial, SinkRejected, SinkUnavailable
-from gateway.flush.sink import make_sink
+from gateway.flush.sinks import make_sink
 from gateway.flush.sinkv3 import V3Sink
+from gateway.points.model import Reading
+from gateway.points.record import pack
+from gateway.service import deadletters
 from gateway.service.probe import check_database
 from gateway.tools.servers import free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from gateway.config.settings import Settings
 
 PARTIAL = {
     "error": "partial write of line protocol occurred",
@@ -72,6 +79,15 @@ def settings(port: int, **extra: object) -> InfluxSettings:
         token=SecretStr("t0ken"),
         **extra,  # type: ignore[arg-type]
     )
+
+
+def gateway_settings(tmp_path: Path, port: int) -> Settings:
+    """config/minimal.toml with api v3 at the replaying server."""
+    minimal = (Path(__file__).parents[3] / "config" / "minimal.toml").read_text()
+    text = minimal.replace('url = "http://127.0.0.1:8086"', f'url = "http://127.0.0.1:{port}"')
+    path = tmp_path / "gateway.toml"
+    path.write_text(text.replace('api = "v1"', 'api = "v3"'))
+    return config.load(path, {})
 
 
 @pytest.mark.anyio
@@ -136,11 +152,7 @@ async def test_check_connect_reads_influxdb3s_refusal_of_an_empty_write_as_allow
 ) -> None:
     """InfluxDB 3 answers an empty write 400 once the token may write; a 401 is a refusal."""
     server, port = replay
-    minimal = (Path(__file__).parents[3] / "config" / "minimal.toml").read_text()
-    text = minimal.replace('url = "http://127.0.0.1:8086"', f'url = "http://127.0.0.1:{port}"')
-    path = tmp_path / "gateway.toml"
-    path.write_text(text.replace('api = "v1"', 'api = "v3"'))
-    settings = config.load(path, {})
+    settings = gateway_settings(tmp_path, port)
     server.answers = [(204, {}, ""), (400, {}, '{"error": "incoming write was empty"}')]
     checks = await check_database(settings)
     assert [(c.ok, c.detail) for c in checks][1] == (
@@ -151,3 +163,26 @@ async def test_check_connect_reads_influxdb3s_refusal_of_an_empty_write_as_allow
     (_, write) = await check_database(settings)
     assert not write.ok
     assert "not allowed" in write.detail
+
+
+@pytest.mark.anyio
+async def test_a_dead_letter_replayed_into_influxdb3_shows_the_databases_reason(
+    replay: tuple[Replay, int], tmp_path: Path
+) -> None:
+    server, port = replay
+    buffer_dir = tmp_path / "buffer"
+    with Buffer(buffer_dir, 16 << 20) as buffer:
+        buffer.append([("d1", pack(Reading("d1", "m", (), (("v", "hot"),), 5)))])
+        (span,) = buffer.read([("d1", 1)])
+        buffer.delete([("d1", span.first_seq, 1)], [("d1", "earlier reason", 'm v="hot" 5')])
+    settings = gateway_settings(tmp_path, port)
+    server.answers = [
+        (400, {}, json.dumps(PARTIAL).replace('"line_number": 2', '"line_number": 1'))
+    ]
+    store = DeadLetterStore.open(buffer_dir, 16 << 20)
+    try:
+        report = await deadletters.replay(store, settings, None)
+        assert [letter.reason for letter in store] == ["earlier reason"]
+    finally:
+        store.close()
+    assert report.splitlines()[1].endswith("HTTP 400: No fields were provided")
