@@ -79,6 +79,10 @@ async def _subscribe(client: aiomqtt.Client, topic_filter: str, qos: int) -> int
     return first if isinstance(first, int) else int(first.value)
 
 
+# InfluxDB 3's answer to a write with no line, after the token and database were accepted.
+EMPTY_WRITE = "incoming write was empty"
+
+
 async def check_database(settings: Settings) -> list[Check]:
     """Ping the database, then write nothing to see the write is allowed."""
     i = settings.influx
@@ -95,8 +99,9 @@ async def check_database(settings: Settings) -> list[Check]:
             checks.append(Check("database write", False, f"not allowed: {exc}"))
         except SinkRejected as exc:
             # InfluxDB 3 refuses an empty body ("incoming write was empty") once it has let the
-            # token write; the other databases take it.
-            allowed = i.api == "v3"
+            # token write; the other databases take it. Any other refusal (a database name it
+            # does not allow, say) would refuse every batch too.
+            allowed = i.api == "v3" and EMPTY_WRITE in str(exc)
             detail = "the token may write (the empty write was refused as empty)"
             checks.append(Check("database write", allowed, detail if allowed else str(exc)))
         except SinkError as exc:

@@ -150,7 +150,8 @@ async def test_each_recorded_answer_raises_what_it_stands_for(
 async def test_check_connect_reads_influxdb3s_refusal_of_an_empty_write_as_allowed(
     replay: tuple[Replay, int], tmp_path: Path
 ) -> None:
-    """InfluxDB 3 answers an empty write 400 once the token may write; a 401 is a refusal."""
+    """InfluxDB 3 answers an empty write 400 once the token may write; any other refusal, or
+    a 401, is a failure."""
     server, port = replay
     settings = gateway_settings(tmp_path, port)
     server.answers = [(204, {}, ""), (400, {}, '{"error": "incoming write was empty"}')]
@@ -159,6 +160,10 @@ async def test_check_connect_reads_influxdb3s_refusal_of_an_empty_write_as_allow
         True,
         "the token may write (the empty write was refused as empty)",
     )
+    server.answers = [(204, {}, ""), (400, {}, '{"error": "invalid database name"}')]
+    (_, write) = await check_database(settings)
+    assert not write.ok
+    assert "invalid database name" in write.detail
     server.answers = [(204, {}, ""), (401, {}, '{"error": "unauthorized"}')]
     (_, write) = await check_database(settings)
     assert not write.ok
