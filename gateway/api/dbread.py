@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from gateway.api.core import querytext
-from gateway.errors import GatewayError
+from gateway.errors import DecodeError, GatewayError
 from gateway.flush.sink import import_client
 from gateway.points.lineproto import encode_fields, encode_series
+from gateway.points.names import Names
 from gateway.tls import client_context
 
 if TYPE_CHECKING:
@@ -52,7 +53,30 @@ async def latest_lines(influx: InfluxSettings, api: ApiSettings, device: str) ->
     except (aiohttp.ClientError, TimeoutError, KeyError, IndexError, TypeError, ValueError) as exc:
         # TypeError: an answer of another shape than the query API's (a list for an object).
         raise DatabaseReadError(f"{language} query failed: {type(exc).__name__}: {exc}") from exc
-    return [_line(point) for point in points]
+    return [_line(point) for point in points if _storable(point)]
+
+
+# Names read back have not passed ingest's checks: held to the same (any length), so that a
+# line the last-value table keeps splits and decodes as the lines of readings do.
+_NAMES = Names(max_len=2**31)
+
+
+def _storable(point: Point) -> bool:
+    """Drop a point's empty tags; False when one of its names could not come from ingest.
+
+    InfluxQL's GROUP BY * gives a series every tag key of its measurement, empty where the
+    series has none.
+    """
+    measurement, tags, fields, _ = point
+    for key in [k for k, v in tags.items() if v == ""]:
+        del tags[key]
+    try:
+        _NAMES.check_series(measurement, tuple(sorted(tags.items())))
+        for key in fields:
+            _NAMES.check("field key", key)
+    except DecodeError:
+        return False
+    return True
 
 
 def _line(point: Point) -> bytes:
