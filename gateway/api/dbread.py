@@ -18,6 +18,7 @@ from gateway.api.core import querytext
 from gateway.errors import DecodeError, GatewayError
 from gateway.flush.sink import import_client
 from gateway.points.lineproto import encode_fields, encode_series
+from gateway.points.model import Reading
 from gateway.points.names import Names
 from gateway.tls import client_context
 
@@ -53,7 +54,7 @@ async def latest_lines(influx: InfluxSettings, api: ApiSettings, device: str) ->
     except (aiohttp.ClientError, TimeoutError, KeyError, IndexError, TypeError, ValueError) as exc:
         # TypeError: an answer of another shape than the query API's (a list for an object).
         raise DatabaseReadError(f"{language} query failed: {type(exc).__name__}: {exc}") from exc
-    return [_line(point) for point in points if _storable(point)]
+    return [_line(kept) for point in points if (kept := _storable(point)) is not None]
 
 
 # Names read back have not passed ingest's checks: held to the same (any length), so that a
@@ -61,22 +62,20 @@ async def latest_lines(influx: InfluxSettings, api: ApiSettings, device: str) ->
 _NAMES = Names(max_len=2**31)
 
 
-def _storable(point: Point) -> bool:
-    """Drop a point's empty tags; False when one of its names could not come from ingest.
+def _storable(point: Point) -> Point | None:
+    """The point without its empty tags; None when it holds what ingest would refuse.
 
     InfluxQL's GROUP BY * gives a series every tag key of its measurement, empty where the
     series has none.
     """
-    measurement, tags, fields, _ = point
-    for key in [k for k, v in tags.items() if v == ""]:
-        del tags[key]
+    measurement, tags, fields, ts_ns = point
+    kept = tuple(sorted((key, value) for key, value in tags.items() if value != ""))
     try:
-        _NAMES.check_series(measurement, tuple(sorted(tags.items())))
-        for key in fields:
-            _NAMES.check("field key", key)
+        _NAMES.check_series(measurement, kept)
+        _NAMES.check_fields(Reading("", measurement, kept, tuple(fields.items()), ts_ns))
     except DecodeError:
-        return False
-    return True
+        return None
+    return measurement, dict(kept), fields, ts_ns
 
 
 def _line(point: Point) -> bytes:

@@ -168,7 +168,7 @@ def _open_latest(env: lmdb.Environment, bound: int, *, readonly: bool) -> Latest
         )
     except lmdb.NotFoundError:
         return None
-    return LatestTable(latest, lru, bound, env.max_key_size())
+    return LatestTable(latest, lru, bound)
 
 
 def lock_exclusively(path: Path) -> TextIO:

@@ -13,7 +13,7 @@ is exactly what was acknowledged without a write per series and commit. Two data
 A reading is still buffered while its FIFO (by number) has not moved its head past its
 sequence; values read back from the database (source `database`) are delivered by definition.
 
-A device and series whose key is longer than LMDB allows (`max_key`, 511 bytes) are not kept:
+A device and series whose key is longer than LMDB allows (`MAX_KEY_BYTES`, 511 bytes) are not kept:
 valid names can reach that length, and a key LMDB refuses would fail every checkpoint. Their
 readings are buffered and delivered as any other; only the read API has no latest value for them.
 """
@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.buffer.core.ledger import U64, DeviceState, fifo_device
+from gateway.buffer.core.ledger import MAX_KEY_BYTES, U64, DeviceState, fifo_device
 from gateway.points.lineparse import parse_lines
 from gateway.points.record import HEADER
 
@@ -65,15 +65,11 @@ Noted = tuple[int, tuple[int, int, int, int], bytes]
 class LatestTable:
     """Reads and writes the two databases inside the caller's transactions."""
 
-    def __init__(self, latest: Any, lru: Any, bound: int, max_key: int) -> None:  # noqa: ANN401
-        """`latest` and `lru`: the opened LMDB databases; `bound`: the most series kept.
-
-        `max_key`: the longest key the environment stores.
-        """
+    def __init__(self, latest: Any, lru: Any, bound: int) -> None:  # noqa: ANN401 - LMDB handles
+        """`latest` and `lru`: the opened LMDB databases; `bound`: the most series kept."""
         self._latest = latest
         self._lru = lru
         self.bound = bound
-        self.max_key = max_key
         self.noted: dict[bytes, Noted] = {}
 
     @property
@@ -104,7 +100,7 @@ class LatestTable:
             if device is None:
                 device = devices[fifo] = fifo_device(fifo).encode() + SEPARATOR
             name = device + series
-            if len(name) > self.max_key:
+            if len(name) > MAX_KEY_BYTES:
                 continue
             kept_noted = self.noted.get(name)
             if kept_noted is None or ts_ns >= kept_noted[0]:
@@ -128,7 +124,7 @@ class LatestTable:
             # The series ends at its first unescaped space; a string field may hold spaces.
             series = _SERIES.match(line).group()  # type: ignore[union-attr]
             fields, ts = line[len(series) + 1 :].rsplit(b" ", 1)
-            if len(prefix) + len(series) > self.max_key:
+            if len(prefix) + len(series) > MAX_KEY_BYTES:
                 continue
             self._put(txn, prefix + series, int(ts), (0, 0, now_ns, FROM_DATABASE), fields)
 
@@ -176,7 +172,7 @@ class LatestTable:
         prefix = device.encode() + SEPARATOR
         cursor = txn.cursor(db=self._latest)
         entries: dict[bytes, bytes] = {}
-        if len(prefix) < self.max_key and cursor.set_range(prefix):
+        if len(prefix) < MAX_KEY_BYTES and cursor.set_range(prefix):
             for key, value in cursor:
                 name = bytes(key)
                 if not name.startswith(prefix):
@@ -208,7 +204,7 @@ class LatestTable:
         cursor = txn.cursor(db=self._latest)
         # Cut to what LMDB can seek to: keys it holds are no longer, and the names before
         # `start` that this lets through are skipped below.
-        if count <= 0 or not cursor.set_range(start.encode()[: self.max_key]):
+        if count <= 0 or not cursor.set_range(start.encode()[:MAX_KEY_BYTES]):
             return found
         for key, value in cursor:
             device = bytes(key).partition(SEPARATOR)[0].decode()

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import hashlib
 
-from gateway.buffer.core.ledger import DEVICE, DeviceState
+from gateway.buffer.core.ledger import DEVICE, MAX_KEY_BYTES, DeviceState
 
-# LMDB's key limit as py-lmdb builds it (`lmdb.Environment.max_key_size()`).
-MAX_KEY_BYTES = 511
 _LONG = b"\x00"
 
 

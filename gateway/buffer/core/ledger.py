@@ -46,6 +46,8 @@ LEVEL_SEPARATOR = "\x1e"
 # last-value keys within LMDB's 511-byte keys (longer ones take a detour: gateway/buffer/core/
 # devicekeys.py, gateway/buffer/latest.py).
 MAX_DEVICE_BYTES = 400
+# LMDB's key limit as py-lmdb builds it (`lmdb.Environment.max_key_size()`).
+MAX_KEY_BYTES = 511
 
 
 def fifo_name(device: str, device_class: str) -> str:

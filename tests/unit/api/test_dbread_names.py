@@ -9,8 +9,7 @@ from gateway.api.dbread import _storable
 
 def test_empty_tags_of_a_group_by_star_answer_are_dropped() -> None:
     point = ("m", {"device": "d1", "room": ""}, {"v": 1.0}, 100)
-    assert _storable(point)
-    assert point[1] == {"device": "d1"}
+    assert _storable(point) == ("m", {"device": "d1"}, {"v": 1.0}, 100)
 
 
 @pytest.mark.parametrize(
@@ -21,9 +20,11 @@ def test_empty_tags_of_a_group_by_star_answer_are_dropped() -> None:
         ("#m", {"device": "d1"}, {"v": 1.0}),
         ("m", {"device": "d1"}, {"v\x00": 1.0}),
         ("", {"device": "d1"}, {"v": 1.0}),
+        ("m", {"device": "d1"}, {"s": "two\nlines"}),
+        ("m", {"device": "d1"}, {"v": float("nan")}),
     ],
 )
 def test_a_point_with_a_name_ingest_refuses_is_not_kept(
     measurement: str, tags: dict[str, str], fields: dict[str, object]
 ) -> None:
-    assert not _storable((measurement, tags, fields, 100))  # type: ignore[arg-type]
+    assert _storable((measurement, tags, fields, 100)) is None  # type: ignore[arg-type]

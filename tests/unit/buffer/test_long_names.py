@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.buffer.core.devicekeys import MAX_KEY_BYTES, device_key
-from gateway.buffer.core.ledger import fifo_name, level_fifo
+from gateway.buffer.core.devicekeys import device_key
+from gateway.buffer.core.ledger import MAX_KEY_BYTES, fifo_name, level_fifo
 from gateway.buffer.store import Buffer
 from gateway.points.model import Reading
 from gateway.points.record import pack
