@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import pytest
@@ -9,9 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.buffer import fiforead, sealing
+from gateway.buffer.core.admission import Lane, Policy, Rules
 from gateway.buffer.fiforead import DecodedChunks
 from gateway.buffer.store import Buffer
 from gateway.config.sections import BufferSettings
+from gateway.errors import CapacityError
 from tests.unit.buffer.checks import reading
 
 if TYPE_CHECKING:
@@ -103,19 +106,24 @@ def test_a_seal_holds_no_more_than_its_bound_and_one_record(
     buf.close()
 
 
-def test_a_chunk_bigger_than_the_bound_is_decoded_once_per_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A read and a delete of every device of one too-big commit decode its chunk once each."""
-    decodes = 0
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The journal records decoded by reads, drops and deletes, in order."""
+    decoded: list[bytes] = []
     real_records = fiforead.journal_records
 
     def counting(value: bytes) -> object:
-        nonlocal decodes
-        decodes += 1
+        decoded.append(value)
         return real_records(value)
 
     monkeypatch.setattr(fiforead, "journal_records", counting)
+    return decoded
+
+
+def test_a_chunk_bigger_than_the_bound_is_decoded_once_per_read(
+    tmp_path: Path, decodes: list[bytes]
+) -> None:
+    """A read and a delete of every device of one too-big commit decode its chunk once each."""
     bound = 64 << 10
     buf = Buffer(tmp_path, 64 * MIB, decoded_cache_bytes=bound)
     names = [f"dev-{i:04d}" for i in range(1000)]
@@ -124,9 +132,9 @@ def test_a_chunk_bigger_than_the_bound_is_decoded_once_per_read(
     assert sum(len(value) for _, value in items) > bound, "the chunk is too big to be held"
     spans = buf.read([(name, 1) for name in names])
     assert [span.values for span in spans] == [(value,) for _, value in items]
-    assert decodes == 1
+    assert len(decodes) == 1
     buf.delete([(span.device, span.first_seq, len(span.values)) for span in spans])
-    assert decodes <= 2
+    assert len(decodes) <= 2
     assert buf.totals().readings == 0
     buf.close()
 
@@ -159,3 +167,41 @@ def test_a_small_buffer_of_many_devices_seals_chunks_of_hundreds_of_readings(
     assert chunks, "a seal ran"
     assert 60 * per_commit * devices / chunks >= 300
     buf.close()
+
+
+def test_a_full_small_buffer_decodes_journal_records_per_commit_not_per_drop(
+    tmp_path: Path, decodes: list[bytes]
+) -> None:
+    """A 4 MiB drop_oldest buffer of 100 devices, full, with a flusher failing every other batch.
+
+    Each commit's drops walk the victims' oldest readings behind the leases, which are in the
+    journal's records, each serving every device of its commit. With a cache sized from the
+    capacity that cannot hold a few of them, each drop decoded them again: 54 decodes a commit
+    (128 at most), 80 % of its time. The floor holds them.
+    """
+    capacity = 4 * MIB
+    cache = BufferSettings(path=tmp_path, capacity=capacity).decoded_cache_max_bytes  # type: ignore[arg-type]
+    lane = Lane(policy=Policy.DROP_OLDEST)
+    devices = [f"device-{i:03d}" for i in range(100)]
+    per_commit: list[int] = []
+    message = 0
+    with Buffer(tmp_path, capacity, "none", decoded_cache_bytes=cache) as buffer:
+        rules = Rules(budget_bytes=buffer.budget_bytes, high=0.9, low=0.8, default_lane=lane)
+        for commit in range(60):
+            items = []
+            for _ in range(400):  # messages of five readings, the wide devices' of 300 B
+                device = devices[message % 100]
+                size = 300 if message % 100 < 40 else 60
+                items += [(device, reading(device, message * 5 + j, size), lane) for j in range(5)]
+                message += 1
+            decodes.clear()
+            with contextlib.suppress(CapacityError):  # the page guard: a pause, then again
+                if sum(buffer.admit(items, rules).dropped.values()):
+                    per_commit.append(len(decodes))
+            spans = buffer.read([(device, 10) for device in devices])
+            if commit % 2:
+                buffer.delete([(s.device, s.first_seq, len(s.values)) for s in spans])
+            else:
+                buffer.release([s.device for s in spans])
+    assert len(per_commit) >= 10, "the buffer was full for most of the commits"
+    assert max(per_commit) <= 8, per_commit

@@ -32,9 +32,9 @@ def test_the_bounds_sized_from_the_default_capacity_are_the_former_fixed_ones(
 @pytest.mark.parametrize(
     ("capacity", "decoded", "pending"),
     [
-        (1 * MIB, 256 * KIB, 256 * KIB),  # the decoded cache's floor
+        (1 * MIB, 4 * MIB, 256 * KIB),  # the decoded cache's floor
         # 100 devices interleaving in 16 MiB seal chunks of hundreds of readings, not 30.
-        (16 * MIB, 256 * KIB, 4 * MIB),
+        (16 * MIB, 4 * MIB, 4 * MIB),
         (256 * MIB, 4 * MIB, 8 * MIB),
         (64 << 30, 16 * MIB, 8 * MIB),  # the ceilings: a bigger disk takes no more memory
     ],
