@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import sysconfig
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -28,11 +30,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Frames of Python itself and of libraries (asyncio, anyio) left out of that line; the gateway's
+# own are kept wherever it is installed (site-packages too).
+LIBRARY_DIRS = tuple(
+    {sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
+
 # How often the watcher thread looks: a stall is logged at most this long after it passed the
 # limit, and an idle box wakes once a second for it.
 WATCH_EVERY_S = 1.0
-# Innermost frames of the stalled loop's stack named in the log line: where it is stuck.
-STACK_FRAMES = 8
+# Innermost frames of the stalled loop's stack named in the log line, those of Python and its
+# libraries left out: where it is stuck and what called it (a stall in a buffer read is a drop's
+# or a flush's).
+STACK_FRAMES = 24
 
 
 class LoopWatch:
@@ -100,7 +111,12 @@ def _where(frame: FrameType | None) -> str:
     """The innermost frames of a stack on one line, innermost last."""
     if frame is None:
         return "an unknown place"
-    summary = traceback.extract_stack(frame)[-STACK_FRAMES:]
+    own = [
+        f
+        for f in traceback.extract_stack(frame)
+        if f.filename.startswith(PACKAGE_DIR) or not f.filename.startswith((*LIBRARY_DIRS, "<"))
+    ]
+    summary = own[-STACK_FRAMES:]
     return " > ".join(
         f"{'/'.join(f.filename.rsplit('/', 2)[-2:])}:{f.lineno} {f.name}" for f in summary
     )

@@ -48,6 +48,9 @@ async def test_a_blocking_call_is_measured_and_logged_while_it_lasts(
     (during,) = [r.getMessage() for r in caplog.records if "has not turned" in r.getMessage()]
     assert "test_loopwatch.py" in during
     assert "hold_the_loop" in during
+    # The caller is named too, and the event loop's own frames are not.
+    assert "test_a_blocking_call_is_measured_and_logged_while_it_lasts" in during, during
+    assert "asyncio" not in during, during
     sample = histogram.collect()[0].samples
     over = {s.labels["le"]: s.value for s in sample if s.name.endswith("_bucket")}
     assert over["0.5"] < over["1.0"]  # one observation between 0.5 s and 1 s
