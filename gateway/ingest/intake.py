@@ -284,16 +284,21 @@ class Ingest:
                 self._committed()
 
     def _take_batch(self, connection: Connection, first: Incoming) -> list[Pending]:
-        """`first` and what is queued behind it, up to a group commit's worth of readings."""
+        """`first` and what is queued behind it, up to a group commit's worth of readings.
+
+        A message without readings (invalid, the broker's counters) counts as one: taking it
+        costs the loop as much, and a backlog of 20,000 invalid messages was otherwise one
+        batch that held the loop for 1.3 s.
+        """
         take = self.taker.take
         batch = [take(first)]
-        count = len(batch[0].decoded.readings)
+        count = max(1, len(batch[0].decoded.readings))
         while count < self._commit_max:
             queued = connection.take_queued()
             if queued is None:
                 break
             batch.append(take(queued))
-            count += len(batch[-1].decoded.readings)
+            count += max(1, len(batch[-1].decoded.readings))
         self._metrics.messages.inc(len(batch))
         return batch
 

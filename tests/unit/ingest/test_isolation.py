@@ -6,6 +6,7 @@ methods under test take paho's own message objects and never touch it.
 
 from __future__ import annotations
 
+import collections
 import json
 from typing import TYPE_CHECKING
 
@@ -291,3 +292,26 @@ def test_a_full_disk_under_the_breaker_is_capacity_not_a_crash(tmp_path: Path) -
     assert raised.value.disk_full
     breaker.stopped_cleanly()  # replaced by a real file: a clean stop still records itself
     assert not Breaker(tmp_path, careful_max=10).careful
+
+
+class Queued:
+    """A connection's inbox as `_take_batch` reads it."""
+
+    def __init__(self, messages: list[Incoming]) -> None:
+        self.inbox = collections.deque(messages)
+
+    def take_queued(self) -> Incoming | None:
+        return self.inbox.popleft() if self.inbox else None
+
+
+def test_a_group_commit_of_messages_without_readings_is_bounded_as_one_of_readings(
+    make_ingest: Callable[..., tuple[Ingest, Buffer, Metrics]],
+) -> None:
+    """1,000 invalid messages queued make batches of commit_max_readings (100), not one batch."""
+    ingest, _, _ = make_ingest()
+    queued = Queued([message(mid, b'{"v": 1,') for mid in range(2, 1001)])
+    batch = ingest._take_batch(queued, message(1, b'{"v": 1,'))  # type: ignore[arg-type]
+    assert len(batch) == 100
+    assert len(queued.inbox) == 900
+    valid = Queued([message(mid, b'{"v": 1}') for mid in range(2, 1001)])
+    assert len(ingest._take_batch(valid, message(1, b'{"v": 1}'))) == 100  # type: ignore[arg-type]
