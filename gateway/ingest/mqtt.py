@@ -170,10 +170,6 @@ class Connection:
         Raises:
             aiomqtt.MqttError: the connection was lost meanwhile, as aiomqtt's iterator does.
         """
-        # A turn of the loop even when a message is waiting: a backlog the broker hands over at
-        # once is taken a group commit at a time, and PUBACKs, writes and health answers go out
-        # between them rather than after the whole backlog.
-        await anyio.lowlevel.checkpoint()
         inbox = self.inbox
         while (message := inbox.take()) is None:
             await inbox.wait(self.client._disconnected)  # noqa: SLF001
