@@ -94,7 +94,7 @@ async def test_summaries_keep_the_age_of_the_readings_they_replace(tmp_path: Pat
         buffer.delete([("a", span.first_seq, 3)])
         buffer.append([(A1, rec("a", 9))])
         flusher.note_appended(1)
-        assert len(flusher._waiting) == buffer.totals().readings == 3
+        assert len(flusher._streams) == buffer.totals().readings == 3
         assert flusher.lag_s(time.monotonic()) >= lag_before
 
 
@@ -109,7 +109,7 @@ async def test_summaries_the_flusher_did_not_know_of_wake_it(tmp_path: Path) -> 
             await anyio.wait_all_tasks_blocked()
             buffer.append([(A1, rec("a", 9)), (A1, rec("a", 17))])
             flusher.note_appended(2)
-            assert len(flusher._waiting) == 2
+            assert len(flusher._streams) == 2
             with anyio.fail_after(2):
                 while buffer.totals().readings:
                     await database.wrote.wait()
@@ -150,7 +150,7 @@ async def test_compaction_then_delivery_keeps_the_counts_equal_to_the_buffer(
             levels = buffer.level_counts()
             assert s.buffered == levels[0][0]
             assert s.summaries_buffered == {n: c for n, (c, _) in levels.items() if n}
-            assert len(flusher._waiting) == buffer.totals().readings
+            assert len(flusher._streams) == buffer.totals().readings
         # Raw readings, summaries and summaries of summaries wait together.
         assert steps == 5
         assert sorted(buffer.level_counts()) == [0, 1, 2]
