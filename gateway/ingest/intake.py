@@ -254,8 +254,8 @@ class Ingest:
             # careful mode above: there a turn per message stretched the redelivered burst
             # under load until kill -9 after kill -9 landed in it, each setting aside a sound
             # message as poison.
-            await anyio.lowlevel.checkpoint()
             self._metrics.ack_delay_seconds.observe(time.monotonic() - started)
+            await anyio.lowlevel.checkpoint()
 
     async def _let_queue_fill(self, connection: Connection, started: float) -> None:
         """Wait until a commit's target is read behind the first message or the window ends.
