@@ -145,12 +145,20 @@ def write(
         written.sealing = sealing
     if latest is not None:
         latest.write(txn)
-    for key, value in (notes or {}).items():
-        txn.put(key, value, db=tables.notes)
+    _write_notes(txn, tables, notes or {})
     txn.put(b"totals", TOTALS.pack(ledger.readings, ledger.nbytes), db=tables.meta)
     txn.put(b"next_device", U32.pack(ledger.next_device), db=tables.meta)
     txn.put(b"applied", U64.pack(ledger.next_record), db=tables.meta)
     return written
+
+
+def _write_notes(txn: lmdb.Transaction, tables: Tables, notes: dict[bytes, bytes]) -> None:
+    for key, value in notes.items():
+        # An empty note is one that goes (a sink's position the head has reached).
+        if value:
+            txn.put(key, value, db=tables.notes)
+        else:
+            txn.delete(key, db=tables.notes)
 
 
 def _first_sealed(ledger: Ledger, sealing: Sealing, written: Written) -> dict[str, DeviceState]:

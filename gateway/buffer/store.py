@@ -43,6 +43,16 @@ A live-first drain (gateway/buffer/live.py) splits FIFOs at their tails: reads o
 stop at the split, live reads start there, and a delivered live run becomes the FIFO's one gap,
 so the layout and its recovery stay as they are; the split itself lives in memory only.
 
+Several sinks (gateway/buffer/cursors.py) share this one copy of each reading. A sink's position
+in a FIFO is the first sequence it has not had; only positions ahead of the FIFO's head are kept,
+in memory, and the head moves to the lowest of them, so a reading leaves once every sink had it.
+Positions reach the store as notes of the next checkpoint (a key per sink and FIFO that moved,
+`>IQ` FIFO number and position): a sink's deliveries add a few bytes per FIFO and checkpoint
+interval, none per reading, and the head's moves are carried by the journal as ever. After a
+kill -9, a sink resumes from its checkpointed position or the recovered head, whichever is
+later: it may be sent again what it confirmed in the last interval, never less. A live-first
+split is for one sink only; with several, drains keep acceptance order.
+
 Invariants: a reading is acknowledged only after the journal commit holding it (durable for the
 sync mode). A reading leaves only by `delete`, which the flusher calls after the database
 confirmed (or after moving it to `dead`), or by a drop that admission decided and counted;
@@ -70,6 +80,7 @@ from gateway.buffer import (
     capacity,
     checkpoint,
     compaction,
+    cursors,
     damage,
     deadletters,
     environment,
@@ -98,6 +109,7 @@ from gateway.buffer.core.ledger import (
     fifo_name,
 )
 from gateway.buffer.core.verify import Report, is_plausible
+from gateway.buffer.cursors import Cursors
 from gateway.buffer.fiforead import JOURNAL_PREFIX, MAX_DECODED_BYTES, DecodedChunks, Walking
 from gateway.buffer.reads import Reads
 from gateway.buffer.sealing import PENDING_MAX_BYTES
@@ -177,6 +189,7 @@ class Buffer:
         decoded_cache_bytes: int = MAX_DECODED_BYTES,
         seal_pending_bytes: int = PENDING_MAX_BYTES,
         redelivery_fence: bool = False,
+        sinks: Sequence[str] = (),
     ) -> None:
         """Open (creating if needed) the buffer under `path`, its files bounded by `capacity_bytes`.
 
@@ -186,6 +199,8 @@ class Buffer:
         `redelivery_fence`: its readings come from messages acknowledged after their commit,
         which a broker may deliver again: compaction leaves the newest raw
         (gateway/buffer/core/fence.py).
+        `sinks`: with two or more names, each reads at its own pace and a reading goes once all
+        had it (gateway/buffer/cursors.py); reads and deletes then name their sink.
 
         Raises:
             StorageError: when LMDB cannot open it.
@@ -277,11 +292,21 @@ class Buffer:
             self._checkpoint_if_due()
         if not readonly:
             self._trim_metadata()
+        self._cursors = self._open_cursors(sinks)
         number = self.notes(compaction.NEXT_NOTE).get(compaction.NEXT_NOTE)
         self._compactor = compaction.Compactor(U64.unpack(number)[0] if number else 0)
         self._remember_fenced()
         # The last compaction step committed (tests follow what it took).
         self.last_compaction: compaction.Step | None = None
+
+    def _open_cursors(self, sinks: Sequence[str]) -> Cursors | None:
+        """The sinks' positions as the last checkpoint left them (none with one sink)."""
+        if len(sinks) < cursors.MIN_SINKS:
+            return None
+        found = Cursors(sinks)
+        found.recover(self.notes(cursors.NOTE_PREFIX), self._ledger.states)
+        self._take_cursor_notes(found)
+        return found
 
     @_surviving_damage
     def _remember_fenced(self) -> None:
@@ -664,14 +689,53 @@ class Buffer:
             self._index.advance(state.number, state.head)
 
     @_surviving_damage
-    def read(self, wanted: Iterable[tuple[str, int]]) -> list[Span]:
+    def read(self, wanted: Iterable[tuple[str, int]], sink: str | None = None) -> list[Span]:
         """Read up to n oldest readings of each (FIFO, n) and lease them until `delete`/`release`.
 
         Nothing is removed; leased readings are never dropped by admission. A read stops at a
-        gap left by a drop, so that what is leased is one run of sequences.
+        gap left by a drop, so that what is leased is one run of sequences. With several sinks,
+        `sink` reads from its own position (ignored with one).
         """
         with self._lock, self._walker() as walker:
-            return self._reads.read(walker, self._ledger.states, wanted)
+            if self._cursors is None:
+                return self._reads.read(walker, self._ledger.states, wanted)
+            spans = self._cursors.read(self._sink(sink), walker, self._ledger.states, wanted)
+            self._follow_leases(self._cursors, (span.device for span in spans))
+            return spans
+
+    def _sink(self, sink: str | None) -> str:
+        if sink is None:
+            raise StorageError("this buffer has several sinks: a read or delete must name one")
+        return sink
+
+    def _follow_leases(self, sinks: Cursors, fifos: Iterable[str]) -> None:
+        """Give admission the FIFOs' leases of every sink as one (gateway/buffer/cursors.py)."""
+        for fifo in fifos:
+            lease = sinks.lease(fifo)
+            if lease is None:
+                self._reads.leases.pop(fifo, None)
+            else:
+                self._reads.leases[fifo] = lease
+
+    def _take_cursor_notes(self, sinks: Cursors) -> None:
+        """Hand the sinks' moved positions to the next checkpoint."""
+        if sinks.notes:
+            self._unwritten_notes.update(sinks.notes)
+            sinks.notes.clear()
+
+    def _move_heads(self, sinks: Cursors, lowest: dict[str, int]) -> None:
+        """Take out what every sink has had: each FIFO's readings before its lowest position."""
+        with self._walker() as walker:
+            w = FifoTransaction(self._ledger, walker)
+            for fifo, low in lowest.items():
+                state = w.state(fifo)
+                if state is not None and state.readings and low > state.head:
+                    w.delete_before(state, low)
+            self._adopt(w.change())
+            self._moved |= w.taken()
+        for fifo in lowest:
+            sinks.settle(fifo, self._ledger.states.get(fifo))
+        self._take_cursor_notes(sinks)
 
     def begin_live_first(self) -> dict[str, int]:
         """Split every FIFO at its tail: what is appended from now on goes ahead of its backlog.
@@ -737,16 +801,22 @@ class Buffer:
             self._fence.lift(FENCE_START)
             return held
 
-    def release(self, fifos: Iterable[str]) -> None:
+    def release(self, fifos: Iterable[str], sink: str | None = None) -> None:
         """End the leases of `read` for FIFOs whose readings were not delivered."""
         with self._lock:
-            self._reads.release(fifos)
+            if self._cursors is None:
+                self._reads.release(fifos)
+                return
+            fifos = list(fifos)
+            self._cursors.release(self._sink(sink), fifos)
+            self._follow_leases(self._cursors, fifos)
 
     @_surviving_damage
     def delete(
         self,
         spans: Iterable[tuple[str, int, int]],
         dead_lines: Sequence[tuple[str, str, str]] = (),
+        sink: str | None = None,
     ) -> int:
         """Delete (FIFO, first sequence, count) runs; returns their count.
 
@@ -759,6 +829,8 @@ class Buffer:
             CapacityError: the disk budget left no page to store dead letters with; nothing
                 was deleted.
         """
+        if self._cursors is not None:
+            return self._delete_for(self._cursors, self._sink(sink), list(spans), dead_lines)
         with self._lock:
             spans = list(spans)
             with self._walker() as walker:
@@ -813,6 +885,90 @@ class Buffer:
             self._reads.end_finished_splits(self._ledger.states)
             self._checkpoint_if_due()
             return deleted
+
+    def _delete_for(
+        self,
+        sinks: Cursors,
+        sink: str,
+        spans: list[tuple[str, int, int]],
+        dead_lines: Sequence[tuple[str, str, str]],
+    ) -> int:
+        """`delete` with several sinks: `sink` had these runs; what all had leaves."""
+        with self._lock:
+            sinks.check(sink, spans)
+            if dead_lines:
+                # Stored before the position moves: if this fails, nothing changed. A kill -9
+                # before the position's checkpoint sends the batch again, and its refused
+                # points come back as dead letters a second time.
+                self._checkpointer.write(
+                    self._ledger, self._index, self._unwritten_notes, dead_lines
+                )
+            lowest = sinks.confirm(sink, spans, self._ledger.states)
+            self._follow_leases(sinks, (fifo for fifo, _, _ in spans))
+            self._move_heads(sinks, lowest)
+            self._checkpoint_if_due()
+            return sum(count for _, _, count in spans)
+
+    def sink_backlog(self, sink: str) -> dict[str, int]:
+        """Buffered readings per FIFO that `sink` has still to have (`backlog` with one sink)."""
+        if self._cursors is None:
+            return self.backlog()
+        with self._lock:
+            return self._cursors.backlog(sink, self._ledger.states)
+
+    def sink_oldest_ns(self, sink: str) -> int | None:
+        """About the oldest timestamp `sink` has still to have; None when it has everything."""
+        with self._lock:
+            if self._cursors is not None:
+                return self._cursors.oldest_ns(sink, self._ledger.states)
+            states = [s.oldest_ts_ns for s in self._ledger.states.values() if s.readings]
+            return min(states, default=None)
+
+    def sink_backlog_bytes(self, sink: str) -> int:
+        """About the bytes of readings `sink` has still to have, as the budget counts them."""
+        with self._lock:
+            if self._cursors is None:
+                return self._ledger.nbytes
+            backlog = self._cursors.backlog(sink, self._ledger.states)
+            states = self._ledger.states
+            return sum(
+                states[fifo].nbytes * n // max(1, states[fifo].readings)
+                for fifo, n in backlog.items()
+            )
+
+    @_surviving_damage
+    def skip_older(self, sink: str, before_ns: int) -> int:
+        """Give up `sink`'s readings older than `before_ns` for it alone; returns how many.
+
+        Bounded per call (gateway/buffer/cursors.py `SKIP_WALK_MAX`): call again while it skips.
+        With one sink, nothing: its readings are what the buffer holds.
+        """
+        if self._cursors is None:
+            return 0
+        with self._lock:
+            before = self._cursors.skipped[sink]
+            with self._walker() as walker:
+                lowest = self._cursors.skip_older(sink, walker, self._ledger.states, before_ns)
+            self._move_heads(self._cursors, lowest)
+            self._checkpoint_if_due()
+            return self._cursors.skipped[sink] - before
+
+    @_surviving_damage
+    def skip_share(self, sink: str, fraction: float) -> int:
+        """Give up the oldest `fraction` of `sink`'s backlog per FIFO for it alone; how many."""
+        if self._cursors is None:
+            return 0
+        with self._lock:
+            before = self._cursors.skipped[sink]
+            lowest = self._cursors.skip_share(sink, self._ledger.states, fraction)
+            self._move_heads(self._cursors, lowest)
+            self._checkpoint_if_due()
+            return self._cursors.skipped[sink] - before
+
+    def sink_skipped(self) -> Counter[str]:
+        """Readings each sink gave up since opening (`skip_older`, `skip_share`)."""
+        with self._lock:
+            return Counter(self._cursors.skipped) if self._cursors is not None else Counter()
 
     def _delete_live(
         self, w: FifoTransaction, state: DeviceState, mark: LiveMark, span: tuple[str, int, int]

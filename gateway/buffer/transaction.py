@@ -421,6 +421,23 @@ class FifoTransaction:
         self._find_head(state)
         self._settle(state)
 
+    def delete_before(self, state: DeviceState, end: int) -> None:
+        """Take out every buffered reading before sequence `end`: every sink has had them.
+
+        Several sinks confirm at their own pace (gateway/buffer/cursors.py), so what goes may
+        span the FIFO's gap; the readings are walked for their count and bytes.
+        """
+        count = freed = 0
+        for seq, value in self._readings(state, state.head):
+            if seq >= end:
+                break
+            count += 1
+            freed += reading_bytes(value)
+        self._take(state, count, freed)
+        state.head = max(state.head, end)
+        self._find_head(state)
+        self._settle(state)
+
     def _take(self, state: DeviceState, count: int, freed: int) -> None:
         # A loss to damage counted low bytes (gateway/buffer/core/damage.py): never below 0.
         freed = min(freed, state.nbytes)

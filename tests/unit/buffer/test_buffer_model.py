@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
 import tempfile
 from collections import Counter, defaultdict, deque
@@ -872,6 +873,312 @@ class TightMemoryBufferMachine(BufferMachine):
     SEAL_PENDING_BYTES = 200
 
 
+SINKS = ("near", "far")
+
+
+class TwoSinkMachine(RuleBasedStateMachine):
+    """Two sinks reading one buffer at their own pace (gateway/buffer/cursors.py).
+
+    The model keeps every reading ever appended per device (its index is its sequence), the
+    readings drops took, and each sink's position: the first index it has not had. What the
+    buffer holds is every reading from the lowest position on that no drop took; a sink reads
+    from its own position. Each sink's deliveries, skips and the drops must together account
+    for every reading appended (none lost, whatever the order of reads, drops, skips, failed
+    checkpoints and crashes). A crash may bring back what was taken out since it was last
+    saved, and move a sink's position back to its last checkpoint, never ahead of where it was.
+    """
+
+    CAPACITY: ClassVar[int] = 1 << 20
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path = Path(tempfile.mkdtemp(prefix="sink-model-"))
+        self.saved_interval = checkpoint.CHECKPOINT_INTERVAL_S
+        checkpoint.CHECKPOINT_INTERVAL_S = 1e9
+        self.clock = 0
+        self.appended: defaultdict[str, list[bytes]] = defaultdict(list)
+        self.dropped: defaultdict[str, set[int]] = defaultdict(set)
+        self.pos: dict[str, defaultdict[str, int]] = {s: defaultdict(int) for s in SINKS}
+        self.leased: dict[str, dict[str, tuple[int, int]]] = {s: {} for s in SINKS}
+        self.had: dict[str, defaultdict[str, set[int]]] = {s: defaultdict(set) for s in SINKS}
+        self.skipped: Counter[str] = Counter()
+        # Positions as the last checkpoint saved them (None: a checkpoint failed since).
+        self.saved: dict[str, dict[str, int]] | None = {s: {} for s in SINKS}
+        self._open()
+
+    def _open(self) -> None:
+        self.buffer = Buffer(self.path, self.CAPACITY, sinks=SINKS)
+        self.faults = Faults(self.buffer)
+        self.checkpoints_seen = self.buffer.checkpoints
+        self.skipped_base = self.buffer.sink_skipped()
+
+    def teardown(self) -> None:
+        with contextlib.suppress(StorageError):
+            self.buffer.close()
+        shutil.rmtree(self.path)
+        checkpoint.CHECKPOINT_INTERVAL_S = self.saved_interval
+
+    def _lowest(self, device: str) -> int:
+        return min(self.pos[s][device] for s in SINKS)
+
+    def _buffered(self, device: str, start: int | None = None) -> list[int]:
+        low = self._lowest(device) if start is None else max(start, self._lowest(device))
+        gone = self.dropped[device]
+        return [i for i in range(low, len(self.appended[device])) if i not in gone]
+
+    def _effective(self, device: str, at: int) -> int:
+        """Where a sink at `at` reads next: past readings a drop took."""
+        waiting = self._buffered(device, at)
+        return waiting[0] if waiting else len(self.appended[device])
+
+    def _after(self) -> None:
+        if self.buffer.checkpoints != self.checkpoints_seen:
+            self.checkpoints_seen = self.buffer.checkpoints
+            self.saved = {s: dict(self.pos[s]) for s in SINKS}
+
+    def _pick(self, data: st.DataObject, sink: str) -> str | None:
+        found = sorted(d for d in self.appended if d not in self.leased[sink] and self._buffered(d))
+        return data.draw(st.sampled_from(found)) if found else None
+
+    @rule(devices=st.lists(DEVICE, min_size=1, max_size=12), shape=SHAPES)
+    def append(self, devices: list[str], shape: tuple[int, int, int]) -> None:
+        extra, length, _ = shape
+        items = []
+        for device in devices:
+            self.clock += 1
+            fields = (("v", self.clock), *((f"f{i}", "x" * length) for i in range(extra)))
+            reading = Reading(device, "m", (("device", device),), fields, self.clock * TS_STEP_NS)
+            items.append((device, pack(reading)))
+        try:
+            self.buffer.append(items)
+        except CapacityError:
+            return
+        for device, value in items:
+            self.appended[device].append(value)
+        self._after()
+
+    @rule(start=st.integers(0, POOL_SIZE - 1), count=st.integers(1, 300), size=BIG_SIZES)
+    def append_many(self, start: int, count: int, size: int) -> None:
+        """Many devices in one commit, or one reading of any size; the guard may refuse it."""
+        devices = [pool_device(start + i) for i in range(count)] if size < 3_000 else ["a"]
+        items = []
+        for device in devices:
+            self.clock += 1
+            fields = (("v", self.clock), ("s", "y" * size))
+            reading = Reading(device, "m", (("device", device),), fields, self.clock * TS_STEP_NS)
+            items.append((device, pack(reading)))
+        try:
+            self.buffer.append(items)
+        except CapacityError:
+            return
+        for device, value in items:
+            self.appended[device].append(value)
+        self._after()
+
+    @rule(data=st.data(), sink=st.sampled_from(SINKS), n=st.integers(1, 30))
+    def read(self, data: st.DataObject, sink: str, n: int) -> None:
+        """A sink reads from its own position: its next run, one run of sequences."""
+        device = self._pick(data, sink)
+        if device is None:
+            return
+        spans = self.buffer.read([(device, n)], sink=sink)
+        waiting = self._buffered(device, self.pos[sink][device])
+        if not waiting:
+            assert not spans
+            return
+        run = [waiting[0]]
+        for i in waiting[1:n]:
+            if i != run[-1] + 1:
+                break
+            run.append(i)
+        assert len(spans) == 1
+        assert spans[0].first_seq == run[0]
+        assert list(spans[0].values) == [self.appended[device][i] for i in run]
+        self.leased[sink][device] = (run[0], len(run))
+
+    @precondition(lambda self: any(self.leased.values()))
+    @rule(data=st.data(), dead=st.booleans())
+    def confirm(self, data: st.DataObject, dead: bool) -> None:
+        """A sink's batch was delivered (or dead-lettered): its position moves past it."""
+        sink = data.draw(st.sampled_from([s for s in SINKS if self.leased[s]]))
+        device = data.draw(st.sampled_from(sorted(self.leased[sink])))
+        first, count = self.leased[sink][device]
+        lines = [(device, "HTTP 400", "m v=1i 1")] if dead else []
+        try:
+            assert self.buffer.delete([(device, first, count)], lines, sink=sink) == count
+        except CapacityError:
+            assert dead
+            return
+        # Dead letters are stored, with a checkpoint, before the position moves.
+        self._after()
+        del self.leased[sink][device]
+        self.had[sink][device].update(range(first, first + count))
+        self.pos[sink][device] = first + count
+        self._after()
+
+    @precondition(lambda self: any(self.leased.values()))
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        sink = data.draw(st.sampled_from([s for s in SINKS if self.leased[s]]))
+        device = data.draw(st.sampled_from(sorted(self.leased[sink])))
+        self.buffer.release([device], sink=sink)
+        del self.leased[sink][device]
+
+    @rule(data=st.data(), sink=st.sampled_from(SINKS), n=st.integers(1, 10))
+    def wrong_delete(self, data: st.DataObject, sink: str, n: int) -> None:
+        """A delete that is not what the sink read changes nothing."""
+        device = self._pick(data, sink)
+        if device is None:
+            return
+        with pytest.raises(StorageError):
+            self.buffer.delete([(device, self.pos[sink][device], n)], sink=sink)
+
+    @rule(sink=st.sampled_from(SINKS), fraction=st.sampled_from([0.01, 0.3, 1.0]))
+    def skip_share(self, sink: str, fraction: float) -> None:
+        """A sink over its share gives up its oldest readings, for itself alone, counted."""
+        expected = 0
+        moved = {}
+        for device in self.appended:
+            if device in self.leased[sink]:
+                continue
+            waiting = self._buffered(device, self.pos[sink][device])
+            take = min(len(waiting), max(1, math.ceil(len(waiting) * fraction))) if waiting else 0
+            if take:
+                expected += take
+                moved[device] = waiting[take - 1] + 1
+        assert self.buffer.skip_share(sink, fraction) == expected
+        for device, at in moved.items():
+            self.pos[sink][device] = at
+        self.skipped[sink] += expected
+        self._after()
+
+    @rule(sink=st.sampled_from(SINKS), back=st.integers(0, 40))
+    def skip_older(self, sink: str, back: int) -> None:
+        """A sink past its lag gives up the readings older than a time, for itself alone."""
+        before_ns = (self.clock - back) * TS_STEP_NS
+        expected = 0
+        for device, values in self.appended.items():
+            if device in self.leased[sink]:
+                continue
+            for i in self._buffered(device, self.pos[sink][device]):
+                if unpack(device, values[i]).ts_ns >= before_ns:
+                    break
+                expected += 1
+                self.pos[sink][device] = i + 1
+        assert self.buffer.skip_older(sink, before_ns) == expected
+        self.skipped[sink] += expected
+        self._after()
+
+    @rule(devices=st.lists(DEVICE, min_size=1, max_size=6), slack=st.integers(0, 400))
+    def over_budget(self, devices: list[str], slack: int) -> None:
+        """Past the budget, drops take readings no sink has in flight, whoever had them."""
+        budget = max(1, self.buffer.totals().nbytes + slack)
+        rules = Rules(budget_bytes=budget, default_lane=DROPPING)
+        items = []
+        for device in devices:
+            self.clock += 1
+            reading = Reading(
+                device, "m", (("device", device),), (("v", self.clock),), self.clock * TS_STEP_NS
+            )
+            items.append((device, pack(reading), DROPPING))
+        before = {d: self.buffer.readings_of(d) for d in self.appended}
+        try:
+            admitted = self.buffer.admit(items, rules)
+        except CapacityError:
+            return
+        for device, _, _, value in admitted.placed:
+            self.appended[device].append(value)
+            before.setdefault(device, []).append(value)
+        lost = 0
+        for device, was in before.items():
+            now = set(self.buffer.readings_of(device))
+            index = {v: i for i, v in enumerate(self.appended[device])}
+            for value in was:
+                if value not in now:
+                    i = index[value]
+                    for sink in SINKS:
+                        first, count = self.leased[sink].get(device, (0, 0))
+                        assert not first <= i < first + count, f"{device}: dropped in flight"
+                    self.dropped[device].add(i)
+                    lost += 1
+        assert lost == sum(admitted.dropped.values())
+        self._after()
+
+    @rule()
+    def save(self) -> None:
+        self.buffer.checkpoint()
+        self._after()
+
+    @rule(write=FAULT_WRITES, error=ERRORS)
+    def fail_checkpoint(self, write: int | None, error: type) -> None:
+        self.faults.arm(Fault("store", 0, write, error))
+        with contextlib.suppress(StorageError):
+            self.buffer.checkpoint()
+        self.faults.disarm()
+        self.saved = None
+        self.checkpoints_seen = self.buffer.checkpoints
+
+    @rule()
+    def reopen(self) -> None:
+        """A clean restart keeps every sink's position."""
+        self.buffer.close()
+        self._after()
+        self.leased = {s: {} for s in SINKS}
+        self._open()
+
+    @rule()
+    def crash(self) -> None:
+        """kill -9: nothing a sink has not had is lost; a position may move back, not ahead."""
+        self.buffer.abandon()
+        self._open()
+        self.leased = {s: {} for s in SINKS}
+        for device, values in self.appended.items():
+            index = {v: i for i, v in enumerate(values)}
+            held = [index[v] for v in self.buffer.readings_of(device)]
+            assert held == sorted(held)
+            assert set(self._buffered(device)) <= set(held), f"{device}: lost in a crash"
+            was = {s: self._effective(device, self.pos[s][device]) for s in SINKS}
+            # Drops and deliveries not saved come back.
+            self.dropped[device] -= set(held)
+            backlog = self.buffer.sink_backlog
+            for sink in SINKS:
+                n = backlog(sink).get(device, 0)
+                at = held[len(held) - n] if n else len(values)
+                assert at <= was[sink], f"{sink} moved ahead in {device}"
+                if self.saved is not None:
+                    assert at >= min(self.saved[sink].get(device, 0), self.pos[sink][device])
+                self.pos[sink][device] = at
+        self.saved = None
+
+    @invariant()
+    def agrees(self) -> None:
+        total = 0
+        for device, values in self.appended.items():
+            buffered = self._buffered(device)
+            total += len(buffered)
+            assert self.buffer.readings_of(device) == [values[i] for i in buffered], device
+        assert self.buffer.totals().readings == total
+        for sink in SINKS:
+            expected = {
+                d: n for d in self.appended if (n := len(self._buffered(d, self.pos[sink][d])))
+            }
+            assert self.buffer.sink_backlog(sink) == expected, sink
+            skipped = self.buffer.sink_skipped()[sink] - self.skipped_base[sink]
+            assert skipped <= self.skipped[sink]
+        assert self.buffer.verify().is_consistent
+
+    @invariant()
+    def nothing_lost(self) -> None:
+        """Each reading reached each sink, or waits for it, or was dropped or skipped."""
+        for sink in SINKS:
+            for device, values in self.appended.items():
+                pending = set(self._buffered(device, self.pos[sink][device]))
+                accounted = self.had[sink][device] | self.dropped[device] | pending
+                missing = set(range(len(values))) - accounted
+                # What is neither had nor dropped nor waiting was skipped, and counted.
+                assert len(missing) <= self.skipped[sink], (sink, device)
+
+
 # Each example opens LMDB environments and walks every changed FIFO after each step: these
 # counts keep both machines near half a minute together on a 2-core box. Without the explain
 # phase (it traces every line), a failure shrinks within the test timeout.
@@ -887,4 +1194,8 @@ TestTightMemoryBufferModel.settings = settings(
 TestTinyBufferModel = TinyBufferMachine.TestCase
 TestTinyBufferModel.settings = settings(
     max_examples=30, stateful_step_count=30, deadline=None, phases=PHASES
+)
+TestTwoSinkModel = TwoSinkMachine.TestCase
+TestTwoSinkModel.settings = settings(
+    max_examples=80, stateful_step_count=40, deadline=None, phases=PHASES
 )
