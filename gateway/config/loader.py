@@ -8,7 +8,8 @@ The value is read as TOML when it parses as such (`1883`, `true`, `"text"`), els
 
 Secrets (the MQTT password, the InfluxDB token and password) are never written in the file: they
 come from a `*_file` key naming a file that holds them, or from the environment
-(`GATEWAY__MQTT__PASSWORD`, `GATEWAY__INFLUX__TOKEN`, `GATEWAY__INFLUX__PASSWORD`).
+(`GATEWAY__MQTT__PASSWORD`, `GATEWAY__INFLUX__TOKEN`, `GATEWAY__INFLUX__PASSWORD`; for a
+`[[sinks]]` table, `GATEWAY__SINKS__<N>__TOKEN` where N counts the tables from 0).
 An empty secret (a file or variable holding nothing but white space) is refused, naming the
 key and the file or variable: read as "no secret", it would turn authentication off unseen.
 
@@ -44,6 +45,11 @@ SECRET_KEYS = {
     ("influx", "password"),
     ("metrics", "token"),
 }
+# The same in each table of a list of tables: `[[sinks]]` token and password.
+LIST_SECRET_KEYS = {
+    ("sinks", "token"),
+    ("sinks", "password"),
+}
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -62,10 +68,10 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
     problems = [
-        f"{'.'.join(key)}: secrets may not be written in the config file; use "
-        f"{key[1]}_file or {ENV_PREFIX}{key[0].upper()}__{key[1].upper()}"
-        for key in sorted(SECRET_KEYS)
-        if key[1] in raw.get(key[0], {})
+        f"{'.'.join((*where, key))}: secrets may not be written in the config file; use "
+        f"{key}_file or {env_name((*where, key))}"
+        for where, key, table in _secret_places(raw)
+        if key in table
     ]
     overrides: dict[tuple[str, ...], str] = {}
     problems += _apply_environment(raw, environ, overrides)
@@ -189,23 +195,46 @@ def _is_relative(path: str) -> bool:
     return bool(path) and not Path(path).is_absolute()
 
 
+def env_name(path: tuple[str, ...]) -> str:
+    """The environment variable that sets the key at `path` (`GATEWAY__SINKS__0__TOKEN`)."""
+    return ENV_PREFIX + "__".join(part.upper() for part in path)
+
+
+def _secret_places(raw: dict[str, Any]) -> list[tuple[tuple[str, ...], str, dict[str, Any]]]:
+    """`(table path, key, table)` of every place a secret may be, in a stable order."""
+    places: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
+        ((section,), key, table)
+        for section, key in SECRET_KEYS
+        if isinstance(table := raw.get(section), dict)
+    ]
+    for section, key in LIST_SECRET_KEYS:
+        items = raw.get(section)
+        if isinstance(items, list):
+            places += [
+                ((section, str(index)), key, item)
+                for index, item in enumerate(items)
+                if isinstance(item, dict)
+            ]
+    return sorted(places, key=lambda place: (place[0], place[1]))
+
+
 def _read_secret_files(raw: dict[str, Any]) -> list[str]:
     problems = []
-    for section, key in sorted(SECRET_KEYS):
-        table = raw.get(section)
-        if not isinstance(table, dict) or not table.get(f"{key}_file") or key in table:
+    for where, key, table in _secret_places(raw):
+        if not table.get(f"{key}_file") or key in table:
             continue
+        name = ".".join((*where, key))
         file = Path(str(table[f"{key}_file"]))
         try:
             secret = file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            problems.append(f"{section}.{key}_file: cannot read {file}: {exc.strerror}")
+            problems.append(f"{name}_file: cannot read {file}: {exc.strerror}")
             continue
         if not secret:
             # Taken as "no secret", an empty file would turn authentication off unseen.
             problems.append(
-                f"{section}.{key}_file: {file} is empty or holds only white space; "
-                f"an empty {section}.{key} is refused"
+                f"{name}_file: {file} is empty or holds only white space; "
+                f"an empty {name} is refused"
             )
             continue
         table[key] = secret
@@ -215,13 +244,12 @@ def _read_secret_files(raw: dict[str, Any]) -> list[str]:
 def _empty_secrets(raw: dict[str, Any], overrides: Mapping[tuple[str, ...], str]) -> list[str]:
     """An empty secret set by the environment: refused, as an empty `*_file` is."""
     problems = []
-    for section, key in sorted(SECRET_KEYS):
-        table = raw.get(section)
-        value = table.get(key) if isinstance(table, dict) else None
+    for where, key, table in _secret_places(raw):
+        value = table.get(key)
         if isinstance(value, str) and not value.strip():
-            source = overrides.get((section, key), "the environment")
+            source = overrides.get((*where, key), "the environment")
             problems.append(
-                f"{section}.{key}: {source} is empty or holds only white space; "
+                f"{'.'.join((*where, key))}: {source} is empty or holds only white space; "
                 "an empty secret is refused"
             )
     return problems

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 if TYPE_CHECKING:
     from gateway.config.settings import Settings
 
@@ -41,14 +43,24 @@ def is_reloadable(key: str) -> bool:
 
 
 def effective(old: Settings, new: Settings) -> Settings:
-    """The settings in force after a reload: `new` where reloadable, `old` everywhere else."""
+    """The settings in force after a reload: `new` where reloadable, `old` everywhere else.
+
+    The sinks are `old`'s (a change of them needs a restart). Where their own `[flush]` keys do
+    not fit `new`'s `[flush]` (a sink's batch_floor above the new batch_initial), `[flush]`
+    stays `old`'s too: `new` was only checked against its own sinks.
+    """
     buffer = old.buffer.model_copy(
         update={
             key.split(".")[1]: getattr(new.buffer, key.split(".")[1]) for key in RELOADABLE_KEYS
         }
     )
     flush = new.flush.model_copy(update={"max_in_flight": old.flush.max_in_flight})
-    return old.model_copy(update={"log": new.log, "flush": flush, "buffer": buffer})
+    settings = old.model_copy(update={"log": new.log, "flush": flush, "buffer": buffer})
+    try:
+        settings.resolved_sinks()
+    except ValidationError:
+        return old.model_copy(update={"log": new.log, "buffer": buffer})
+    return settings
 
 
 def _leaves(value: Any, prefix: str = "") -> list[tuple[str, Any]]:  # noqa: ANN401 - JSON data

@@ -222,7 +222,7 @@ class InfluxSettings(Section):
         if "@" in url:
             # Never echoed: the part before "@" may be a password, and this message is printed.
             raise ValueError(
-                "holds a user name or password (user:password@host); give them as [influx] "
+                "holds a user name or password (user:password@host); give them as "
                 "username and password_file (api v1) or token_file (api v2, v3) instead "
                 '(an "@" in the path is written %40)'
             )

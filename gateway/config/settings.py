@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from gateway.config.mqtt import MqttSettings
 from gateway.config.section import Section
@@ -16,6 +16,14 @@ from gateway.config.sections import (
     LimitSettings,
     LogSettings,
     MetricsSettings,
+)
+from gateway.config.sinks import (
+    ResolvedSink,
+    SinkSettings,
+    influx_of,
+    located,
+    resolve,
+    sink_problems,
 )
 from gateway.config.sparkplug import SparkplugSettings
 
@@ -36,13 +44,41 @@ class Settings(Section):
 
     mqtt: MqttSettings
     buffer: BufferSettings
-    influx: InfluxSettings
+    # The database: `[influx]` for one, or a `[[sinks]]` table for each (gateway/config/sinks.py).
+    influx: InfluxSettings | None = None
+    sinks: list[SinkSettings] = Field(default_factory=list)
     flush: FlushSettings = FlushSettings()
     metrics: MetricsSettings = MetricsSettings()
     api: ApiSettings = ApiSettings()
     log: LogSettings = LogSettings()
     limits: LimitSettings = LimitSettings()
     sparkplug: SparkplugSettings = SparkplugSettings()
+
+    @model_validator(mode="after")
+    def _sinks_are_consistent(self) -> Settings:
+        problems = sink_problems(self.influx, self.sinks, self.flush)
+        if problems:
+            raise located(problems)
+        resolve(self.influx, self.sinks, self.flush)  # raises naming each sink's key
+        return self
+
+    def resolved_sinks(self) -> list[ResolvedSink]:
+        """Every database as the gateway runs it, in the order configured.
+
+        Computed on each call, so that settings changed by `model_copy` (a reload's `[flush]`)
+        resolve with what they hold now.
+
+        Raises:
+            ValidationError: only for settings changed past validation by `model_copy`, whose
+                sinks' own `[flush]` keys no longer fit `[flush]` (see `reload.effective`).
+        """
+        return resolve(self.influx, self.sinks, self.flush)
+
+    @property
+    def primary_influx(self) -> InfluxSettings:
+        """The first sink's database: the read API's misses and dead-letter replay use it."""
+        # Not through `resolved_sinks`: the read API asks on every miss, and needs no pace.
+        return self.influx if self.influx is not None else influx_of(self.sinks[0])
 
     @model_validator(mode="after")
     def _latest_values_fit(self) -> Settings:

@@ -24,7 +24,9 @@ from pydantic import BaseModel, ByteSize, SecretStr
 from pydantic_core import PydanticUndefined
 
 from gateway.config.loader import ENV_PREFIX, SECRET_KEYS
+from gateway.config.sections import FlushSettings
 from gateway.config.settings import Settings
+from gateway.config.sinks import FLUSH_OVERRIDES, SinkSettings
 
 if typing.TYPE_CHECKING:
     from pydantic.fields import FieldInfo
@@ -38,6 +40,8 @@ COMMAND = "python -m gateway.tools.configdoc"
 TABLE = re.compile(r"^(?:#\s*)?\[\[?\s*([A-Za-z0-9_.]+)\s*\]\]?\s*(?:#\s?(.*))?$")
 # A comment of its own line that continues the key above: indented under that key's comment.
 CONTINUED = re.compile(r"^\s+#\s?(.*)$")
+# "(unset: none)" in a [flush] key's words, which a sink's key of the same name does not mean.
+UNSET_NOTE = re.compile(r"\s*\(unset: [^)]*\)")
 BOUNDS = {
     annotated_types.Ge: ("ge", ">="),
     annotated_types.Gt: ("gt", ">"),
@@ -190,8 +194,21 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _env(path: str, key: str) -> str:
-    return ENV_PREFIX + "__".join(part.upper() for part in [*path.split("."), key])
+def _env(path: str, key: str, lists: set[str]) -> str:
+    """The variable that sets `key` of the table at `path`; an item of a list is `<N>`."""
+    parts = []
+    walked = ""
+    for part in path.split("."):
+        walked = f"{walked}.{part}" if walked else part
+        parts += [part.upper(), "<N>"] if walked in lists else [part.upper()]
+    return ENV_PREFIX + "__".join([*parts, key.upper()])
+
+
+def _twin(model: type[BaseModel], name: str) -> FieldInfo | None:
+    """The `[flush]` key a sink's key of the same name stands for, if it is one."""
+    if issubclass(model, SinkSettings) and name in FLUSH_OVERRIDES:
+        return FlushSettings.model_fields[name]
+    return None
 
 
 def _sections(model: type[BaseModel], path: str) -> list[tuple[str, type[BaseModel], bool]]:
@@ -216,7 +233,13 @@ def _is_table(info: FieldInfo) -> bool:
 
 
 def _rows(
-    path: str, model: type[BaseModel], notes: Notes, also: list[str], missing: list[str]
+    path: str,
+    model: type[BaseModel],
+    notes: Notes,
+    *,
+    also: list[str],
+    missing: list[str],
+    lists: set[str],
 ) -> list[str]:
     rows = ["| key | type | default | allowed | what it does |", "|---|---|---|---|---|"]
     section = path.split(".", maxsplit=1)[0]
@@ -227,18 +250,25 @@ def _rows(
         if inner is SecretStr or (section, name) in SECRET_KEYS:
             rows.append(
                 f"| `{name}` | secret | not set | - | never in the file (refused there): "
-                f"`{name}_file` names a file holding it, or `{_env(path, name)}` holds it; "
+                f"`{name}_file` names a file holding it, or `{_env(path, name, lists)}` holds it; "
                 "masked in `check-config` and never logged |"
             )
             continue
         # A table used twice ([mqtt.tls], [influx.tls]) is explained where the file explains it.
         said = [_text(notes.keys.get((where, name), [])) for where in (path, *also)]
         words = info.description or next((text for text in said if text), "")
+        twin = _twin(model, name)
+        if twin is not None:
+            # Bounds and words of [flush], whose model checks them (gateway/config/sinks.py);
+            # what [flush] does when unset is not what the sink does.
+            said_in_flush = _text(notes.keys.get(("flush", name), []))
+            what = UNSET_NOTE.sub("", said_in_flush)
+            words = f"`[flush] {name}` for this sink alone (unset: as in `[flush]`): {what}"
         if not words:
             missing.append(f"{path}.{name}")
         rows.append(
             f"| `{name}` | {_cell(_type(inner))} | {_cell(_default(info))} "
-            f"| {_cell(_bounds(info)) or '-'} | {_cell(words)} |"
+            f"| {_cell(_bounds(twin or info)) or '-'} | {_cell(words)} |"
         )
     return rows
 
@@ -267,6 +297,7 @@ def render(reference: str) -> str:
         "",
     ]
     every = _sections(Settings, "")
+    lists = {path for path, _, is_list in every if is_list}
     for path, section, is_list in every:
         heading = f"[[{path}]]" if is_list else f"[{path}]"
         out += [f"## `{heading}`", ""]
@@ -275,8 +306,14 @@ def render(reference: str) -> str:
         own = _text(notes.tables.get(path, []))
         if own:
             out += [own, ""]
-        also = [other for other, model, _ in every if model is section and other != path]
-        out += [*_rows(path, section, notes, also, missing), ""]
+        # A table used twice, or one that extends another ([[sinks]] is [influx] and more),
+        # takes the words of its twin for the keys its own example leaves out.
+        also = [
+            other
+            for other, model, _ in every
+            if other != path and (model is section or issubclass(section, model))
+        ]
+        out += [*_rows(path, section, notes, also=also, missing=missing, lists=lists), ""]
     if missing:
         raise ValueError(
             "no words for " + ", ".join(missing) + ": give each a comment in config/reference.toml"
