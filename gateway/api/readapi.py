@@ -171,7 +171,7 @@ class ReadApi:
             return busy
         self._reads_in_flight += 1
         try:
-            lines = await latest_lines(self._settings.influx, self._settings.api, device)
+            lines = await latest_lines(self._settings.primary_influx, self._settings.api, device)
         except DatabaseReadError as exc:
             logger.warning("latest values of %r: %s", device[:200], exc)
             return _error(502, f"not in the cache, and the database read failed: {exc}")

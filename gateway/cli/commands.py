@@ -127,18 +127,28 @@ def inspect(args: argparse.Namespace) -> int:
             print(json.dumps([asdict(r) for r in kept]) if args.json else rejects.render(kept))
             return 0
         if args.command == "dead-letters":
-            from gateway.service import deadletters as deadletter  # noqa: PLC0415
-
-            return max(
-                deadletter.run(settings, args.action, args.id, path)
-                for path in status.environments(settings)
-            )
+            return _dead_letters(settings, args)
         code, text = status.verify(settings, repair=args.repair, as_json=args.json)
     except (StorageError, status.ServiceAnswerError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
     print(text)
     return code
+
+
+def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    """`dead-letters` on every environment of this gateway; 2 for a `--sink` no sink is named."""
+    from gateway.service import deadletters as deadletter  # noqa: PLC0415
+    from gateway.service import status  # noqa: PLC0415
+
+    try:
+        return max(
+            deadletter.run(settings, args.action, args.id, path, args.sink)
+            for path in status.environments(settings)
+        )
+    except ConfigError as exc:
+        print(f"gateway dead-letters: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def run(args: argparse.Namespace) -> int:

@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("action", choices=("list", "replay", "purge"), help="what to do")
     add_config(dead)
     dead.add_argument("--id", type=int, action="append", help="only these (repeatable)")
+    dead.add_argument(
+        "--sink",
+        metavar="NAME",
+        help="replay into the [[sinks]] table of this name (default: the first sink)",
+    )
 
     _add_simulate(command("simulate", "publish simulated sensor readings"))
     _add_bench(command("bench", "measure buffer, ingest and drain throughput on this box"))

@@ -2,9 +2,9 @@
 
 Each check says OK or exactly why not, as one line an operator can act on. The broker is
 reached with the configured TLS and login under a client id of its own with a clean session,
-so a running gateway keeps its connection and its persistent session. The database gets a
-ping, then a write of nothing: that asks for the same permission a real write does, and
-stores no point.
+so a running gateway keeps its connection and its persistent session. Each database (every
+`[[sinks]]` table) gets a ping, then a write of nothing: that asks for the same permission a
+real write does, and stores no point. One sink that fails fails the check, under its name.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiomqtt
+import anyio
 
 from gateway.errors import SinkAuthError, SinkError, SinkRejected
 from gateway.flush.sink import public_url
@@ -22,6 +23,7 @@ from gateway.ingest.mqtt import make_client
 from gateway.tls import describe as describe_tls_failure
 
 if TYPE_CHECKING:
+    from gateway.config.sections import InfluxSettings
     from gateway.config.settings import Settings
 
 # MQTT SUBACK reason codes from 0x80 on refuse the subscription (ACL, quota, bad filter).
@@ -84,11 +86,33 @@ EMPTY_WRITE = "incoming write was empty"
 
 
 async def check_database(settings: Settings) -> list[Check]:
-    """Ping the database, then write nothing to see the write is allowed."""
-    i = settings.influx
-    where = f"bucket {i.bucket!r}" if i.api == "v2" else f"database {i.database!r}"
-    target = f"database {public_url(i.url)} ({i.api}, {where})"
-    sink = make_sink(i)
+    """Each sink's checks, in the order configured; all sinks are reached at once.
+
+    Given as `[[sinks]]`, each line names its sink; `[influx]` is one database, named as before.
+    """
+    sinks = settings.resolved_sinks()
+    named = bool(settings.sinks)
+    found: list[list[Check]] = [[] for _ in sinks]
+
+    async def check(index: int) -> None:
+        label = f"sink {sinks[index].name!r}: " if named else ""
+        found[index] = await check_sink(sinks[index].influx, label)
+
+    async with anyio.create_task_group() as tg:
+        for index, sink in enumerate(sinks):
+            tg.start_soon(check, index, name=f"gateway.probe.{sink.name}")
+    return [each for checks in found for each in checks]
+
+
+async def check_sink(influx: InfluxSettings, label: str = "") -> list[Check]:
+    """Ping one database, then write nothing to see the write is allowed.
+
+    `label` starts what each check names (`sink 'far': `).
+    """
+    where = f"bucket {influx.bucket!r}" if influx.api == "v2" else f"database {influx.database!r}"
+    target = f"{label}database {public_url(influx.url)} ({influx.api}, {where})"
+    write = f"{label}database write"
+    sink = make_sink(influx)
     try:
         if not await sink.ready():
             return [Check(target, False, "no answer to GET /ping (down, wrong url or port)")]
@@ -96,18 +120,18 @@ async def check_database(settings: Settings) -> list[Check]:
         try:
             await sink.write(b"")
         except SinkAuthError as exc:
-            checks.append(Check("database write", False, f"not allowed: {exc}"))
+            checks.append(Check(write, False, f"not allowed: {exc}"))
         except SinkRejected as exc:
             # InfluxDB 3 refuses an empty body ("incoming write was empty") once it has let the
             # token write; the other databases take it. Any other refusal (a database name it
             # does not allow, say) would refuse every batch too.
-            allowed = i.api == "v3" and EMPTY_WRITE in str(exc)
+            allowed = influx.api == "v3" and EMPTY_WRITE in str(exc)
             detail = "the token may write (the empty write was refused as empty)"
-            checks.append(Check("database write", allowed, detail if allowed else str(exc)))
+            checks.append(Check(write, allowed, detail if allowed else str(exc)))
         except SinkError as exc:
-            checks.append(Check("database write", False, str(exc)))
+            checks.append(Check(write, False, str(exc)))
         else:
-            checks.append(Check("database write", True, "an empty write was accepted"))
+            checks.append(Check(write, True, "an empty write was accepted"))
         return checks
     finally:
         await sink.aclose()
