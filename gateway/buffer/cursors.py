@@ -19,7 +19,7 @@ cannot place a new FIFO of the same name.
 Drops, compaction and the page guard stay as they are: a sink's lease joins the FIFO's one lease
 that they respect (its end the furthest of the sinks' ends, its bytes their sum), and a gap that
 a drop opens moves any position inside it to its end. A sink may also give up its oldest
-readings (`skip`): its position moves on and the count is its own.
+readings (`share_targets`, `skips`): its position moves on and the count is its own.
 
 Pure but for the walker it is given; the store holds the lock.
 """
@@ -27,6 +27,7 @@ Pure but for the walker it is given; the store holds the lock.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -35,7 +36,6 @@ from typing import TYPE_CHECKING
 from gateway.buffer.core.chunk import reading_bytes
 from gateway.buffer.core.ledger import Span
 from gateway.errors import StorageError
-from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -48,8 +48,6 @@ POSITION = struct.Struct(">IQ")
 # With fewer sinks, the FIFO's head is the one position (gateway/buffer/reads.py).
 MIN_SINKS = 2
 _DIGEST_BYTES = 16
-# The most readings one `skip` call walks for timestamps, so that it holds the loop briefly.
-SKIP_WALK_MAX = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +57,6 @@ class SinkLease:
     start: int
     end: int
     nbytes: int
-    last_ts_ns: int
 
 
 def note_key(sink: str, fifo: str) -> bytes:
@@ -99,9 +96,6 @@ class Cursors:
         # sink -> FIFO -> (FIFO number, first sequence the sink has not had), when ahead.
         self.ahead: dict[str, dict[str, tuple[int, int]]] = {s: {} for s in sinks}
         self.leases: dict[str, dict[str, SinkLease]] = {s: {} for s in sinks}
-        # The timestamp of the newest reading each sink confirmed per FIFO it is ahead in: its
-        # lag is measured from there without reading the next one.
-        self.confirmed_ts: dict[str, dict[str, int]] = {s: {} for s in sinks}
         self.skipped: Counter[str] = Counter()
         # Notes for the next checkpoint (b"": the key goes); the store hands them over.
         self.notes: dict[bytes, bytes] = {}
@@ -114,17 +108,12 @@ class Cursors:
         """Where `sink` reads `fifo`."""
         return position(self.ahead[sink].get(fifo), state)
 
-    def lowest(self, fifo: str, state: DeviceState) -> int:
-        """The lowest position of any sink in `fifo`: where its head may move to."""
-        return min(self.at(sink, fifo, state) for sink in self.sinks)
-
     def _place(self, sink: str, fifo: str, state: DeviceState, at: int) -> None:
         """Keep `sink`'s position in `fifo` (none at the head) and note it for the checkpoint."""
         key = note_key(sink, fifo)
         if at <= state.head:
             if self.ahead[sink].pop(fifo, None) is not None:
                 self.notes[key] = b""
-            self.confirmed_ts[sink].pop(fifo, None)
             return
         self.ahead[sink][fifo] = (state.number, at)
         self.notes[key] = POSITION.pack(state.number, at)
@@ -137,7 +126,6 @@ class Cursors:
                 continue
             if state is None or kept[0] != state.number:
                 del self.ahead[sink][fifo]
-                self.confirmed_ts[sink].pop(fifo, None)
                 self.notes[note_key(sink, fifo)] = b""
             elif kept[1] <= state.head:
                 self._place(sink, fifo, state, state.head)
@@ -176,9 +164,7 @@ class Cursors:
                 last = seq
             if values:
                 nbytes = sum(reading_bytes(v) for v in values)
-                self.leases[sink][fifo] = SinkLease(
-                    first, last + 1, nbytes, timestamp_of(values[-1])
-                )
+                self.leases[sink][fifo] = SinkLease(first, last + 1, nbytes)
                 spans.append(Span(fifo, first, tuple(values)))
         return spans
 
@@ -193,30 +179,44 @@ class Cursors:
                     f"sink {sink!r}: delete of {fifo!r} from {first} does not match its read"
                 )
 
-    def confirm(
-        self, sink: str, spans: Iterable[tuple[str, int, int]], states: Mapping[str, DeviceState]
-    ) -> dict[str, int]:
-        """`sink` delivered these (FIFO, first sequence, count) runs, each as it was read.
-
-        Returns each FIFO's lowest position now, for the store to move its head to.
+    def confirmed(self, sink: str, spans: Iterable[tuple[str, int, int]]) -> dict[str, int]:
+        """Where `sink` is once these runs it read are confirmed: the moves for `move`.
 
         Raises:
-            StorageError: a run is not what `sink` has leased; nothing was confirmed.
+            StorageError: a run is not what `sink` has leased.
         """
         spans = list(spans)
         self.check(sink, spans)
-        leases = self.leases[sink]
+        return {fifo: first + count for fifo, first, count in spans}
+
+    def lowest_after(
+        self, sink: str, moves: Mapping[str, int], states: Mapping[str, DeviceState]
+    ) -> dict[str, int]:
+        """Each moved FIFO's lowest position were `sink` moved there: where its head may go."""
         lowest = {}
-        for fifo, first, count in spans:
-            lease = leases.pop(fifo)
+        for fifo, at in moves.items():
             state = states.get(fifo)
             if state is None:
                 continue
-            self._place(sink, fifo, state, first + count)
-            if fifo in self.ahead[sink]:
-                self.confirmed_ts[sink][fifo] = lease.last_ts_ns
-            lowest[fifo] = self.lowest(fifo, state)
+            others = (self.at(other, fifo, state) for other in self.sinks if other != sink)
+            lowest[fifo] = min(at, *others)
         return lowest
+
+    def leased_bytes(self, sink: str, fifo: str, start: int, end: int) -> int | None:
+        """The bytes of `sink`'s lease of `fifo` if it is exactly `start` to `end` - 1."""
+        lease = self.leases[sink].get(fifo)
+        if lease is None or lease.start != start or lease.end != end:
+            return None
+        return lease.nbytes
+
+    def move(self, sink: str, moves: Mapping[str, int], states: Mapping[str, DeviceState]) -> None:
+        """Move `sink` to these positions; its leases of those FIFOs end."""
+        leases = self.leases[sink]
+        for fifo, at in moves.items():
+            leases.pop(fifo, None)
+            state = states.get(fifo)
+            if state is not None:
+                self._place(sink, fifo, state, at)
 
     def release(self, sink: str, fifos: Iterable[str]) -> None:
         """End `sink`'s leases of these FIFOs: their readings were not delivered."""
@@ -229,101 +229,58 @@ class Cursors:
         self._check(sink)
         ahead = self.ahead[sink]
         counts = {}
+        # Called for every batch: a FIFO the sink is not ahead in costs one lookup.
         for fifo, state in states.items():
-            if not state.readings:
+            n = state.readings
+            if not n:
                 continue
-            n = waiting(position(ahead.get(fifo), state), state)
-            if n:
-                counts[fifo] = n
+            kept = ahead.get(fifo)
+            if kept is not None and kept[0] == state.number and kept[1] > state.head:
+                n = waiting(position(kept, state), state)
+                if not n:
+                    continue
+            counts[fifo] = n
         return counts
 
-    def oldest_ns(self, sink: str, states: Mapping[str, DeviceState]) -> int | None:
-        """About the oldest timestamp `sink` has still to have (None: it has everything).
-
-        Where the sink is ahead of the head, the newest reading it confirmed stands for the
-        next one, which is no older as a rule: a lag measured from it is never too low by more
-        than the time between two readings.
-        """
-        self._check(sink)
-        ahead, confirmed = self.ahead[sink], self.confirmed_ts[sink]
-        oldest: int | None = None
-        for fifo, state in states.items():
-            if not state.readings:
-                continue
-            at = position(ahead.get(fifo), state)
-            if at <= state.head:
-                ts = state.oldest_ts_ns
-            elif waiting(at, state):
-                ts = confirmed.get(fifo, state.oldest_ts_ns)
-            else:
-                continue
-            oldest = ts if oldest is None else min(oldest, ts)
-        return oldest
-
-    def skip_older(
-        self,
-        sink: str,
-        walker: FifoWalker,
-        states: Mapping[str, DeviceState],
-        before_ns: int,
-    ) -> dict[str, int]:
-        """Give up `sink`'s readings older than `before_ns`, oldest first, for it alone.
-
-        A FIFO the sink has a lease in is left for now. Walks at most `SKIP_WALK_MAX` readings
-        (call again while it skips). Returns each touched FIFO's lowest position now.
-        """
-        self._check(sink)
-        lowest: dict[str, int] = {}
-        budget = SKIP_WALK_MAX
-        for fifo, state in states.items():
-            if budget <= 0:
-                break
-            if not state.readings or fifo in self.leases[sink]:
-                continue
-            start = self.at(sink, fifo, state)
-            if not waiting(start, state):
-                continue
-            at, skipped, newest = start, 0, None
-            for seq, value in walker.readings(state, start):
-                ts = timestamp_of(value)
-                if ts >= before_ns or budget <= 0:
-                    break
-                at, skipped, newest = seq + 1, skipped + 1, ts
-                budget -= 1
-            if skipped:
-                self.skipped[sink] += skipped
-                self._place(sink, fifo, state, at)
-                if newest is not None and fifo in self.ahead[sink]:
-                    self.confirmed_ts[sink][fifo] = newest
-                lowest[fifo] = self.lowest(fifo, state)
-        return lowest
-
-    def skip_share(
+    def share_targets(
         self, sink: str, states: Mapping[str, DeviceState], fraction: float
     ) -> dict[str, int]:
-        """Give up the oldest `fraction` of `sink`'s backlog in every FIFO, for it alone.
+        """Where `sink` would be, giving up the oldest `fraction` of its backlog in each FIFO.
 
-        Counted by sequence (a run's gap left out), so nothing is read. A FIFO the sink has a
-        lease in is left for now. Returns each touched FIFO's lowest position now.
+        Counted by sequence (a gap left out), so nothing is read. A FIFO the sink has a lease
+        in is left for now.
         """
         self._check(sink)
-        lowest: dict[str, int] = {}
+        targets = {}
         for fifo, state in states.items():
             if not state.readings or fifo in self.leases[sink]:
                 continue
             start = self.at(sink, fifo, state)
             n = waiting(start, state)
-            take = min(n, max(1, int(n * fraction + 0.999))) if n else 0
-            if not take:
+            if not n:
                 continue
-            at = start + take
+            at = start + min(n, max(1, math.ceil(n * fraction)))
             if state.gap_end > state.gap_start and start < state.gap_start < at:
                 at += state.gap_end - state.gap_start
-            at = min(at, state.next)
-            self.skipped[sink] += take
-            self._place(sink, fifo, state, at)
-            lowest[fifo] = self.lowest(fifo, state)
-        return lowest
+            targets[fifo] = min(at, state.next)
+        return targets
+
+    def skips(
+        self, sink: str, targets: Mapping[str, int], states: Mapping[str, DeviceState]
+    ) -> tuple[dict[str, int], int]:
+        """The moves of `targets` still ahead of `sink` and free of its leases, and their count."""
+        self._check(sink)
+        moves, count = {}, 0
+        for fifo, at in targets.items():
+            state = states.get(fifo)
+            if state is None or fifo in self.leases[sink]:
+                continue
+            start = self.at(sink, fifo, state)
+            taken = waiting(start, state) - waiting(at, state)
+            if at > start and taken > 0:
+                moves[fifo] = at
+                count += taken
+        return moves, count
 
     def recover(self, notes: Mapping[bytes, bytes], states: Mapping[str, DeviceState]) -> None:
         """Take the positions a checkpoint noted; forget notes of sinks or FIFOs gone."""

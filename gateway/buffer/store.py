@@ -173,6 +173,8 @@ def _surviving_damage(
 class Buffer:
     """Per-device FIFOs in two LMDB environments; see the module docstring."""
 
+    # What the last confirmation or skip of a sink took out of a shared buffer, by level.
+    last_removed: Counter[int]
     # Failures after an admission's journal commit since opening (`_after_commit`), and the
     # count at the first of the failures running now, if any.
     after_commit_failures: int = 0
@@ -301,6 +303,7 @@ class Buffer:
 
     def _open_cursors(self, sinks: Sequence[str]) -> Cursors | None:
         """The sinks' positions as the last checkpoint left them (none with one sink)."""
+        self.last_removed = Counter()
         if len(sinks) < cursors.MIN_SINKS:
             return None
         found = Cursors(sinks)
@@ -703,6 +706,11 @@ class Buffer:
             self._follow_leases(self._cursors, (span.device for span in spans))
             return spans
 
+    @property
+    def shared(self) -> bool:
+        """Whether several sinks read this buffer, each from its own positions."""
+        return self._cursors is not None
+
     def _sink(self, sink: str | None) -> str:
         if sink is None:
             raise StorageError("this buffer has several sinks: a read or delete must name one")
@@ -723,16 +731,44 @@ class Buffer:
             self._unwritten_notes.update(sinks.notes)
             sinks.notes.clear()
 
-    def _move_heads(self, sinks: Cursors, lowest: dict[str, int]) -> None:
-        """Take out what every sink has had: each FIFO's readings before its lowest position."""
+    def _move_sink(
+        self,
+        sinks: Cursors,
+        sink: str,
+        moves: dict[str, int],
+        before: Callable[[], None] | None = None,
+    ) -> None:
+        """Move `sink` to these positions and take out what every sink has now had.
+
+        The heads' walk (it counts the readings and bytes that go) runs first and may find a
+        damaged chunk, and `before` (the dead letters' checkpoint) may fail: either leaves
+        everything as it was, so the call can be made again. `last_removed` says how many left,
+        by compaction level.
+        """
+        lowest = sinks.lowest_after(sink, moves, self._ledger.states)
+        removed: Counter[int] = Counter()
         with self._walker() as walker:
             w = FifoTransaction(self._ledger, walker)
             for fifo, low in lowest.items():
                 state = w.state(fifo)
-                if state is not None and state.readings and low > state.head:
+                if state is None or not state.readings or low <= state.head:
+                    continue
+                had = state.readings
+                nbytes = sinks.leased_bytes(sink, fifo, state.head, low)
+                if nbytes is not None and state.read_limit >= low:
+                    # The run this sink read from the head: its lease knows its bytes.
+                    w.delete_head(state, low - state.head, nbytes)
+                else:
                     w.delete_before(state, low)
-            self._adopt(w.change())
-            self._moved |= w.taken()
+                removed[fifo_level(fifo)] += had - state.readings
+            change, taken = w.change(), w.taken()
+        if before is not None:
+            before()
+        sinks.move(sink, moves, self._ledger.states)
+        self._adopt(change)
+        self._moved |= taken
+        self.last_removed = removed
+        self._follow_leases(sinks, moves)
         for fifo in lowest:
             sinks.settle(fifo, self._ledger.states.get(fifo))
         self._take_cursor_notes(sinks)
@@ -741,9 +777,12 @@ class Buffer:
         """Split every FIFO at its tail: what is appended from now on goes ahead of its backlog.
 
         Returns each FIFO's next sequence now, where its live stream begins (readings from
-        there on were accepted after this call). A FIFO split before stays as it was.
+        there on were accepted after this call). A FIFO split before stays as it was. With
+        several sinks there is no split: one sink's live readings are another's backlog.
         """
         with self._lock:
+            if self._cursors is not None:
+                return {}
             return self._reads.begin_live_first(self._ledger.states)
 
     def live_backlog(self) -> dict[str, int]:
@@ -895,17 +934,17 @@ class Buffer:
     ) -> int:
         """`delete` with several sinks: `sink` had these runs; what all had leaves."""
         with self._lock:
-            sinks.check(sink, spans)
-            if dead_lines:
-                # Stored before the position moves: if this fails, nothing changed. A kill -9
-                # before the position's checkpoint sends the batch again, and its refused
-                # points come back as dead letters a second time.
+            moves = sinks.confirmed(sink, spans)
+
+            def store_dead_letters() -> None:
+                # Before the position moves: if this fails, nothing changed. A kill -9 before
+                # the position's checkpoint sends the batch again, and its refused points come
+                # back as dead letters a second time.
                 self._checkpointer.write(
                     self._ledger, self._index, self._unwritten_notes, dead_lines
                 )
-            lowest = sinks.confirm(sink, spans, self._ledger.states)
-            self._follow_leases(sinks, (fifo for fifo, _, _ in spans))
-            self._move_heads(sinks, lowest)
+
+            self._move_sink(sinks, sink, moves, store_dead_letters if dead_lines else None)
             self._checkpoint_if_due()
             return sum(count for _, _, count in spans)
 
@@ -916,57 +955,52 @@ class Buffer:
         with self._lock:
             return self._cursors.backlog(sink, self._ledger.states)
 
-    def sink_oldest_ns(self, sink: str) -> int | None:
-        """About the oldest timestamp `sink` has still to have; None when it has everything."""
+    def sink_totals(self, sink: str) -> tuple[int, int]:
+        """(readings, about their bytes as the budget counts them) that `sink` has still to have."""
         with self._lock:
-            if self._cursors is not None:
-                return self._cursors.oldest_ns(sink, self._ledger.states)
-            states = [s.oldest_ts_ns for s in self._ledger.states.values() if s.readings]
-            return min(states, default=None)
-
-    def sink_backlog_bytes(self, sink: str) -> int:
-        """About the bytes of readings `sink` has still to have, as the budget counts them."""
-        with self._lock:
-            if self._cursors is None:
-                return self._ledger.nbytes
-            backlog = self._cursors.backlog(sink, self._ledger.states)
             states = self._ledger.states
-            return sum(
+            if self._cursors is None:
+                return self._ledger.readings, self._ledger.nbytes
+            backlog = self._cursors.backlog(sink, states)
+            nbytes = sum(
                 states[fifo].nbytes * n // max(1, states[fifo].readings)
                 for fifo, n in backlog.items()
             )
+            return sum(backlog.values()), nbytes
+
+    def fifo_nexts(self) -> dict[str, int]:
+        """The sequence each FIFO holding readings gives its next reading."""
+        with self._lock:
+            return {fifo: s.next for fifo, s in self._ledger.states.items() if s.readings}
+
+    def share_targets(self, sink: str, fraction: float) -> dict[str, int]:
+        """Where `sink` would be, giving up the oldest `fraction` of its backlog in each FIFO.
+
+        For `skip_to`, in parts small enough to hold the loop briefly. Empty with one sink.
+        """
+        with self._lock:
+            if self._cursors is None:
+                return {}
+            return self._cursors.share_targets(sink, self._ledger.states, fraction)
 
     @_surviving_damage
-    def skip_older(self, sink: str, before_ns: int) -> int:
-        """Give up `sink`'s readings older than `before_ns` for it alone; returns how many.
+    def skip_to(self, sink: str, targets: dict[str, int]) -> int:
+        """Give up `sink`'s readings before these positions, for it alone; returns how many.
 
-        Bounded per call (gateway/buffer/cursors.py `SKIP_WALK_MAX`): call again while it skips.
-        With one sink, nothing: its readings are what the buffer holds.
+        A target the sink has passed since, or in a FIFO it now has a lease in, is left out.
         """
         if self._cursors is None:
             return 0
         with self._lock:
-            before = self._cursors.skipped[sink]
-            with self._walker() as walker:
-                lowest = self._cursors.skip_older(sink, walker, self._ledger.states, before_ns)
-            self._move_heads(self._cursors, lowest)
-            self._checkpoint_if_due()
-            return self._cursors.skipped[sink] - before
-
-    @_surviving_damage
-    def skip_share(self, sink: str, fraction: float) -> int:
-        """Give up the oldest `fraction` of `sink`'s backlog per FIFO for it alone; how many."""
-        if self._cursors is None:
-            return 0
-        with self._lock:
-            before = self._cursors.skipped[sink]
-            lowest = self._cursors.skip_share(sink, self._ledger.states, fraction)
-            self._move_heads(self._cursors, lowest)
-            self._checkpoint_if_due()
-            return self._cursors.skipped[sink] - before
+            moves, count = self._cursors.skips(sink, targets, self._ledger.states)
+            if moves:
+                self._move_sink(self._cursors, sink, moves)
+                self._cursors.skipped[sink] += count
+                self._checkpoint_if_due()
+            return count
 
     def sink_skipped(self) -> Counter[str]:
-        """Readings each sink gave up since opening (`skip_older`, `skip_share`)."""
+        """Readings each sink gave up since opening (`skip_to`)."""
         with self._lock:
             return Counter(self._cursors.skipped) if self._cursors is not None else Counter()
 
@@ -1062,11 +1096,17 @@ class Buffer:
         """
         try:
             # Before the ledger adopts the states the transaction compares with.
-            self._moved |= w.taken()
+            taken = w.taken()
+            self._moved |= taken
             self._adopt(w.change(), w.chunk_bytes)
             if w.written is not None:
                 # Carried by the chunk, but for FIFOs whose loss to damage is not written.
                 self._moved &= self._damage.unsettled
+            if self._cursors is not None:
+                # A drop moved heads past sinks' positions (or emptied a FIFO): forget those.
+                for fifo in taken:
+                    self._cursors.settle(fifo, self._ledger.states.get(fifo))
+                self._take_cursor_notes(self._cursors)
         except Exception as exc:
             raise StorageError(f"a committed {what} could not be accounted: {exc}") from exc
 

@@ -1033,9 +1033,14 @@ class TwoSinkMachine(RuleBasedStateMachine):
         with pytest.raises(StorageError):
             self.buffer.delete([(device, self.pos[sink][device], n)], sink=sink)
 
-    @rule(sink=st.sampled_from(SINKS), fraction=st.sampled_from([0.01, 0.3, 1.0]))
-    def skip_share(self, sink: str, fraction: float) -> None:
-        """A sink over its share gives up its oldest readings, for itself alone, counted."""
+    @rule(
+        sink=st.sampled_from(SINKS),
+        fraction=st.sampled_from([0.01, 0.3, 1.0]),
+        parts=st.integers(1, 3),
+    )
+    def skip_share(self, sink: str, fraction: float, parts: int) -> None:
+        """A sink over its share gives up its oldest readings, for itself alone, counted; the
+        targets are taken in parts, as the flusher takes them between turns of the loop."""
         expected = 0
         moved = {}
         for device in self.appended:
@@ -1046,26 +1051,12 @@ class TwoSinkMachine(RuleBasedStateMachine):
             if take:
                 expected += take
                 moved[device] = waiting[take - 1] + 1
-        assert self.buffer.skip_share(sink, fraction) == expected
+        targets = list(self.buffer.share_targets(sink, fraction).items())
+        taken = sum(self.buffer.skip_to(sink, dict(targets[i::parts])) for i in range(parts))
+        assert taken == expected
+        assert self.buffer.skip_to(sink, dict(targets)) == 0, "a target given up twice"
         for device, at in moved.items():
             self.pos[sink][device] = at
-        self.skipped[sink] += expected
-        self._after()
-
-    @rule(sink=st.sampled_from(SINKS), back=st.integers(0, 40))
-    def skip_older(self, sink: str, back: int) -> None:
-        """A sink past its lag gives up the readings older than a time, for itself alone."""
-        before_ns = (self.clock - back) * TS_STEP_NS
-        expected = 0
-        for device, values in self.appended.items():
-            if device in self.leased[sink]:
-                continue
-            for i in self._buffered(device, self.pos[sink][device]):
-                if unpack(device, values[i]).ts_ns >= before_ns:
-                    break
-                expected += 1
-                self.pos[sink][device] = i + 1
-        assert self.buffer.skip_older(sink, before_ns) == expected
         self.skipped[sink] += expected
         self._after()
 
