@@ -430,6 +430,28 @@ DOCUMENT: dict[str, Any] = {
                                     "failed_writes_in_a_row": {"type": "integer", "minimum": 0},
                                 },
                             },
+                            "sinks": {
+                                "type": "array",
+                                "description": "Each database the buffer drains into, in the "
+                                "configured order ([influx] is one sink named influx)",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["name", "state", "lag_s", "backlog_readings"],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "state": {"type": "string", "enum": ["ok", "failing"]},
+                                        "failed_writes_in_a_row": {
+                                            "type": "integer",
+                                            "minimum": 0,
+                                        },
+                                        "lag_s": {"type": "number", "minimum": 0},
+                                        "batch_size": {"type": "integer", "minimum": 1},
+                                        "last_write_s": {"type": "number", "minimum": 0},
+                                        "backlog_readings": {"type": "integer", "minimum": 0},
+                                        "skipped_readings": {"type": "integer", "minimum": 0},
+                                    },
+                                },
+                            },
                             "admission": {"type": "object"},
                             "mqtt_connected": {"type": "boolean"},
                             "loop_lag_max_s": {

@@ -27,6 +27,7 @@ from gateway.api.devicelist import DeviceList, iso_time
 from gateway.buffer import view as buffer_view
 from gateway.config.mqtt import DEFAULT_DEVICE_CLASS
 from gateway.errors import DecodeError, StorageError
+from gateway.flush.fanout import sink_states
 from gateway.points.names import Names
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from gateway.buffer.rejects import RejectLog
     from gateway.buffer.store import Buffer
     from gateway.config.settings import Settings
+    from gateway.flush.fanout import Fanout
     from gateway.flush.flusher import Flusher
     from gateway.observe.health import Health
     from gateway.observe.metrics import Metrics
@@ -56,7 +58,7 @@ class ReadApi:
         settings: Settings,
         *,
         buffer: Buffer,
-        flusher: Flusher,
+        flusher: Flusher | Fanout,
         metrics: Metrics,
         health: Health,
         rejects: RejectLog,
@@ -214,6 +216,8 @@ class ReadApi:
                 "state": "failing" if self._flusher.failing_writes else "ok",
                 "failed_writes_in_a_row": self._flusher.failing_writes,
             },
+            # Each database on its own (one, "influx", for an [influx] configuration).
+            "sinks": sink_states(self._flusher, self._buffer, now),
             "admission": {
                 "policy": b.policy,
                 "paused": self._health.paused,

@@ -112,6 +112,21 @@ class ResolvedSink:
     flush: FlushSettings
     max_lag_s: float | None = None
     max_share: float | None = None
+    # The [flush] keys the sink sets itself, to apply again over a reloaded [flush].
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def is_limited(self) -> bool:
+        """Whether the sink gives up readings past a lag or a share of the buffer."""
+        return self.max_lag_s is not None or self.max_share is not None
+
+    def with_flush(self, flush: FlushSettings) -> FlushSettings:
+        """`flush` (a reloaded `[flush]`) under this sink's own keys, as `resolve` made it."""
+        if not self.overrides and flush.live_first == self.flush.live_first:
+            return flush
+        values = {**flush.model_dump(exclude_unset=True), **dict(self.overrides)}
+        values["live_first"] = self.flush.live_first
+        return FlushSettings.model_validate(values)
 
 
 def influx_of(sink: SinkSettings) -> InfluxSettings:
@@ -151,7 +166,14 @@ def resolve(
             problems += _details(exc.errors(), ("sinks", index), flush, overrides)
             continue
         found.append(
-            ResolvedSink(sink.name, influx_of(sink), resolved, sink.max_lag_s, sink.max_share)
+            ResolvedSink(
+                sink.name,
+                influx_of(sink),
+                resolved,
+                sink.max_lag_s,
+                sink.max_share,
+                tuple(sink.flush_overrides().items()),
+            )
         )
     if problems:
         raise ValidationError.from_exception_data("Settings", problems)

@@ -33,6 +33,8 @@ from gateway.flush.writer import Writer
 from gateway.points.record import split
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gateway.buffer.core.ledger import Span
     from gateway.buffer.store import Buffer
     from gateway.config.sections import FlushSettings
@@ -52,14 +54,25 @@ class Flusher:
         sink: Sink,
         settings: FlushSettings,
         metrics: Metrics,
+        name: str = "influx",
     ) -> None:
-        """Wire the flusher; `run` starts it."""
+        """Wire the flusher of the sink called `name`; `run` starts it.
+
+        With several sinks (the buffer opened with their names), it reads and confirms from
+        its sink's own positions (gateway/buffer/cursors.py), and readings count as delivered
+        once they leave the buffer, when every sink had them.
+        """
         self._buffer = buffer
+        self.name = name
+        self._shared = buffer.shared
         self._settings = settings
         self._metrics = metrics
-        self._writer = Writer(sink, settings, metrics)
+        self._writer = Writer(sink, settings, metrics, name)
+        metrics.sinks.failing_writes.labels(name).set_function(lambda: self._outage.failures)
         self._outage = Outage(settings)
-        self._streams = Streams(recovered=buffer.totals().readings)
+        # What this sink has still to have at start: with several sinks, not what the others
+        # hold for themselves, or this sink's lag would count their backlog.
+        self._streams = Streams(recovered=buffer.sink_totals(name)[0])
         self._busy: set[str] = set()
         self._next_device = 0
         self._wake = anyio.Event()
@@ -68,6 +81,8 @@ class Flusher:
         self._split_at_next_landing = True
         self._draining = False
         self.space_freed = anyio.Event()
+        # Called after each delivery too (gateway/flush/fanout.py waits on any sink's).
+        self.on_freed: Callable[[], None] | None = None
 
     def notify(self, readings: int) -> None:
         """Called by ingest after a commit of `readings` readings."""
@@ -136,6 +151,20 @@ class Flusher:
         self._outage.settings = settings
         self._wake.set()
 
+    def account_removed(self, removed: Counter[int]) -> None:
+        """Count readings that left a shared buffer as delivered, raw and summaries apart."""
+        removed = Counter(removed)
+        raw = removed.pop(0, 0)
+        if raw or removed:
+            self._metrics.accounting.removed(raw, 0, +removed, Counter())
+        self._metrics.observe_buffer(self._buffer.totals())
+
+    def skipped(self, readings: int) -> None:
+        """This sink gave up `readings` readings (its max_lag_s or max_share)."""
+        self._metrics.sinks.skipped.labels(self.name).inc(readings)
+        self._streams.dropped(readings)
+        self._settle()
+
     def forget(self, readings: int) -> None:
         """Called by ingest when admission dropped `readings` buffered readings."""
         self._streams.dropped(readings)
@@ -162,9 +191,15 @@ class Flusher:
         """Flush everything without waiting for linger; returns once the buffer is empty."""
         self._draining = True
         self._wake.set()
-        while self._buffer.totals().readings:
+        while self._waiting():
             with anyio.move_on_after(0.1):
                 await self.space_freed.wait()
+
+    def _waiting(self) -> bool:
+        """Whether the buffer holds readings this sink has still to have."""
+        if self._shared:
+            return bool(self._buffer.sink_backlog(self.name))
+        return bool(self._buffer.totals().readings)
 
     async def _worker(self) -> None:
         outage = self._outage
@@ -211,7 +246,8 @@ class Flusher:
             wanted, live_wait = self._choose(self._buffer.live_backlog(), streams.live)
             if wanted:
                 return wanted, 0.0, True
-        wanted, wait_s = self._choose(self._buffer.backlog(), streams.oldest)
+        backlog = self._buffer.sink_backlog(self.name) if self._shared else self._buffer.backlog()
+        wanted, wait_s = self._choose(backlog, streams.oldest)
         return wanted, min(wait_s, live_wait), False
 
     def _choose(
@@ -244,7 +280,7 @@ class Flusher:
 
     async def _flush(self, wanted: list[tuple[str, int]], *, live: bool) -> bool:
         """Read, write and delete one batch; False when nothing could be read."""
-        spans = self._buffer.read_live(wanted) if live else self._buffer.read(wanted)
+        spans = self._buffer.read_live(wanted) if live else self._buffer.read(wanted, self.name)
         if not spans:
             return False
         deleted = False
@@ -253,7 +289,7 @@ class Flusher:
         finally:
             if not deleted:
                 # Not delivered: admission may drop these readings again if it must.
-                self._buffer.release([s.device for s in spans])
+                self._buffer.release([s.device for s in spans], self.name)
         return True
 
     async def _deliver_spans(self, spans: list[Span]) -> bool:
@@ -284,11 +320,13 @@ class Flusher:
             self._begin_live_first()
         self.space_freed.set()
         self.space_freed = anyio.Event()
+        if self.on_freed is not None:
+            self.on_freed()
         return True
 
     def _begin_live_first(self) -> None:
         """After an outage (or at start): what arrives from now on goes ahead of the backlog."""
-        if not self._settings.live_first or self._streams.split is not None:
+        if not self._settings.live_first or self._streams.split is not None or self._shared:
             return
         buffered = self._buffer.totals().readings
         if buffered:
@@ -301,7 +339,14 @@ class Flusher:
     def _delete(
         self, spans: list[Span], dead: list[tuple[str, str, str]], dead_by_level: Counter[int]
     ) -> int:
-        deleted = self._buffer.delete([(s.device, s.first_seq, len(s.values)) for s in spans], dead)
+        deleted = self._buffer.delete(
+            [(s.device, s.first_seq, len(s.values)) for s in spans], dead, self.name
+        )
+        if self._shared:
+            # What left the buffer (every sink had it) counts as delivered; a sink's dead
+            # letters are its own, counted apart.
+            self.account_removed(self._buffer.last_removed)
+            return deleted
         # Raw readings and summaries are accounted apart (gateway/observe/accounting.py).
         delivered: Counter[int] = Counter()
         for span in spans:

@@ -33,9 +33,12 @@ GZIP_WBITS = 31
 class Writer:
     """Writes line-protocol bodies to one sink; `batch_size` is what the next batch should hold."""
 
-    def __init__(self, sink: Sink, settings: FlushSettings, metrics: Metrics) -> None:
-        """Start at `batch_initial`, within the settings' floor and ceiling."""
+    def __init__(
+        self, sink: Sink, settings: FlushSettings, metrics: Metrics, name: str = "influx"
+    ) -> None:
+        """Start at `batch_initial`, within the settings' floor and ceiling; `name`: the sink's."""
         self.sink = sink
+        self.name = name
         self._settings = settings
         self._metrics = metrics
         self._sizer = BatchSizer(
@@ -48,7 +51,7 @@ class Writer:
         # The duration of the last write the database accepted, for the status page.
         self.last_write_s = 0.0
         self._uplink = UplinkBudget(settings.max_bytes_per_s)
-        metrics.batch_size.set(self.batch_size)
+        self._resize(self.batch_size)
 
     def reconfigure(self, settings: FlushSettings) -> None:
         """Take new tuning (SIGHUP); the batch size in use is kept within the new bounds."""
@@ -77,12 +80,15 @@ class Writer:
                 await self.sink.write(body, encoding=encoding)
         except SinkError as exc:
             self._metrics.writes.labels(exc.result).inc()
+            self._metrics.sinks.writes.labels(self.name, exc.result).inc()
             if exc.overloaded:
                 self._resize(self._sizer.on_overload(time.monotonic()))
             raise
         now = time.monotonic()
         self.last_write_s = now - started
         self._metrics.writes.labels("ok").inc()
+        self._metrics.sinks.writes.labels(self.name, "ok").inc()
+        self._metrics.sinks.written.labels(self.name).inc(points)
         self._metrics.write_seconds.observe(now - started)
         self._metrics.batch_points.observe(points)
         self._resize(self._sizer.on_success(now - started, points, now))
@@ -90,3 +96,4 @@ class Writer:
     def _resize(self, size: int) -> None:
         self.batch_size = size
         self._metrics.batch_size.set(size)
+        self._metrics.sinks.batch_size.labels(self.name).set(size)

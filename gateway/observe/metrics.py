@@ -27,6 +27,7 @@ from gateway import __version__
 from gateway.observe.accounting import SUMMARY_OUTCOMES, Accounting, step_label
 from gateway.observe.brokerstats import BrokerStats
 from gateway.observe.diskwear import DiskWear, DiskWearCollector
+from gateway.observe.sinkmetrics import SinkMetrics
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -218,6 +219,7 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.sinks = SinkMetrics(r)
         self.writes_in_flight = Gauge(
             "gateway_writes_in_flight", "Database writes under way", registry=r
         )

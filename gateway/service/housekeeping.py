@@ -22,6 +22,7 @@ from gateway.errors import CapacityError
 
 if TYPE_CHECKING:
     from gateway.buffer.store import Buffer
+    from gateway.flush.fanout import Fanout
     from gateway.flush.flusher import Flusher
     from gateway.ingest.intake import Ingest
     from gateway.observe.accounting import Snapshot
@@ -46,7 +47,7 @@ class Housekeeping:
     """The chores; `run` does them until cancelled."""
 
     buffer: Buffer
-    flusher: Flusher
+    flusher: Flusher | Fanout
     ingest: Ingest
     metrics: Metrics
     health: Health

@@ -24,6 +24,7 @@ from gateway.buffer.core.admission import rules_of
 from gateway.buffer.rejects import RejectLog
 from gateway.buffer.store import Buffer
 from gateway.config import advice
+from gateway.flush.fanout import Fanout
 from gateway.flush.flusher import Flusher
 from gateway.flush.sinks import make_sink
 from gateway.ingest import faults, mqtt
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
     from gateway.config.sections import BufferSettings
     from gateway.config.settings import Settings
+    from gateway.config.sinks import ResolvedSink
+    from gateway.flush.sink import Sink
     from gateway.service.workers import Worker
 
 logger = logging.getLogger(__name__)
@@ -89,11 +92,12 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
     metrics.disk.endurance_tbw = b.endurance_tbw
     metrics.disk.endurance_used_tb = b.endurance_used_tb
     metrics.disk.sole_writer = worker is None
-    buffer = _open_buffer(settings, metrics)
+    resolved = settings.resolved_sinks()
+    buffer = _open_buffer(settings, metrics, [s.name for s in resolved])
     health = Health(started=time.monotonic(), max_loop_lag_s=settings.metrics.max_loop_lag_s)
     metrics.loop_lag_max.set_function(lambda: health.loop_lag.recent_max(time.monotonic()))
-    sink = make_sink(settings.influx)
-    flusher = Flusher(buffer, sink, settings.flush, metrics)
+    sinks = [make_sink(s.influx) for s in resolved]
+    flusher = _make_flusher(buffer, sinks, resolved, metrics)
     metrics.lag_seconds.set_function(lambda: flusher.lag_s(time.monotonic()))
     metrics.live_lag_seconds.set_function(lambda: flusher.live_lag_s(time.monotonic()))
     metrics.backlog_lag_seconds.set_function(lambda: flusher.backlog_lag_s(time.monotonic()))
@@ -192,7 +196,8 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
         breaker.stopped_cleanly()
     finally:
         with anyio.CancelScope(shield=True):
-            await sink.aclose()
+            for sink in sinks:
+                await sink.aclose()
         buffer.sync()
         buffer.close()
         notifier.close()
@@ -201,10 +206,34 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
         logger.info("retired %s: delivered and removed", settings.buffer.path)
 
 
+def _make_flusher(
+    buffer: Buffer, sinks: list[Sink], resolved: list[ResolvedSink], metrics: Metrics
+) -> Flusher | Fanout:
+    """A flusher per sink; with several, one face for them (gateway/flush/fanout.py)."""
+    flushers = [
+        Flusher(buffer, sink, r.flush, metrics, r.name)
+        for sink, r in zip(sinks, resolved, strict=True)
+    ]
+    for one in flushers:
+        metrics.sinks.lag_seconds.labels(one.name).set_function(functools.partial(_lag_now, one))
+        metrics.sinks.backlog.labels(one.name).set_function(
+            functools.partial(_backlog_of, buffer, one.name)
+        )
+    return flushers[0] if len(flushers) == 1 else Fanout(buffer, flushers, resolved)
+
+
+def _lag_now(flusher: Flusher) -> float:
+    return flusher.lag_s(time.monotonic())
+
+
+def _backlog_of(buffer: Buffer, name: str) -> float:
+    return sum(buffer.sink_backlog(name).values()) if buffer.shared else buffer.totals().readings
+
+
 def _make_ingest(
     settings: Settings,
     buffer: Buffer,
-    flusher: Flusher,
+    flusher: Flusher | Fanout,
     metrics: Metrics,
     *,
     health: Health,
@@ -254,7 +283,7 @@ def _make_decoder(settings: Settings, buffer: Buffer, metrics: Metrics) -> Decod
 
 
 def _start_background(
-    tg: anyio.abc.TaskGroup, flusher: Flusher, chores: Housekeeping, b: BufferSettings
+    tg: anyio.abc.TaskGroup, flusher: Flusher | Fanout, chores: Housekeeping, b: BufferSettings
 ) -> None:
     tg.start_soon(flusher.run, name="gateway.flush")
     tg.start_soon(chores.run, name="gateway.housekeeping")
@@ -290,8 +319,8 @@ async def _serve_pages(
             logger.warning("%s", warning)
 
 
-def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
-    """Open the buffer and start the metrics from what it holds."""
+def _open_buffer(settings: Settings, metrics: Metrics, sinks: list[str]) -> Buffer:
+    """Open the buffer for `sinks` and start the metrics from what it holds."""
     b = settings.buffer
     # Without the read API nothing reads the last-value table: no need to keep it.
     latest_series = settings.api.latest_series if settings.api.enabled else 0
@@ -303,6 +332,7 @@ def _open_buffer(settings: Settings, metrics: Metrics) -> Buffer:
         decoded_cache_bytes=b.decoded_cache_max_bytes,
         seal_pending_bytes=b.seal_pending_max_bytes,
         redelivery_fence=True,
+        sinks=sinks,
     )
     totals = buffer.totals()
     levels = buffer.level_counts()
@@ -358,7 +388,7 @@ async def _run_intake(job: Awaitable[None], scope: anyio.CancelScope, closed: an
     closed.set()
 
 
-async def _retire(ingest: Ingest, flusher: Flusher) -> None:
+async def _retire(ingest: Ingest, flusher: Flusher | Fanout) -> None:
     """Take what the old session holds, end it, deliver everything, then stop."""
     await ingest.run(retire_quiet_s=RETIRE_QUIET_S)
     await flusher.drain()

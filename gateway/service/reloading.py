@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from gateway.config.settings import Settings
+    from gateway.flush.fanout import Fanout
     from gateway.flush.flusher import Flusher
     from gateway.ingest.intake import Ingest
     from gateway.service.housekeeping import Housekeeping
@@ -35,7 +36,7 @@ class Reloader:
         settings: Settings,
         path: Path | None,
         *,
-        flusher: Flusher,
+        flusher: Flusher | Fanout,
         ingest: Ingest,
         chores: Housekeeping,
         budget_bytes: int,
