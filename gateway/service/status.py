@@ -36,6 +36,8 @@ HTTP_REDIRECTS, HTTP_SERVER_ERRORS = range(300, 400), range(500, 600)
 HTTP_UNAUTHORIZED = 401
 SERVICE_TIMEOUT_S = 2.0
 ALL_DEVICES = 1 << 31
+# One database is the "database ok" of the runtime line; a list starts to say more at two.
+MIN_SINKS_LISTED = 2
 
 
 def render(view: dict[str, Any], top: int) -> str:
@@ -99,6 +101,7 @@ def status(settings: Settings, *, as_json: bool, top: int) -> str:
         return f"{text}\n(service not answering on {settings.metrics.listen}: read from disk)"
     sink, admission = runtime["sink"], runtime["admission"]
     live, backlog = runtime.get("live_lag_s", 0.0), runtime.get("backlog_lag_s", 0.0)
+    sinks = "".join(f"\n{line}" for line in sink_lines(runtime.get("sinks") or []))
     return (
         f"{text}\nwrite-behind lag {runtime['lag_s']:.1f} s (live {live:.1f} s, backlog "
         f"{backlog:.1f} s), batch size {runtime['batch_size']}, "
@@ -106,8 +109,31 @@ def status(settings: Settings, *, as_json: bool, top: int) -> str:
         f" (policy {admission['policy']}), broker "
         f"{'connected' if runtime['mqtt_connected'] else 'not connected'}"
         f"\nevent loop lag in the last minute: max {_ms(runtime.get('loop_lag_max_s', 0.0))}, "
-        f"p99 {_ms(runtime.get('loop_lag_p99_s', 0.0))}"
+        f"p99 {_ms(runtime.get('loop_lag_p99_s', 0.0))}{sinks}"
     )
+
+
+def sink_lines(sinks: list[dict[str, Any]]) -> list[str]:
+    """A line per database when there are several; none for one, which the lines above cover.
+
+    Args:
+        sinks: `runtime.sinks` of the status JSON, in configured order.
+
+    Returns:
+        The lines, name first, or an empty list for fewer than two sinks.
+    """
+    if len(sinks) < MIN_SINKS_LISTED:
+        return []
+    width = max(len(s["name"]) for s in sinks)
+    lines = []
+    for s in sinks:
+        failed = s.get("failed_writes_in_a_row", 0)
+        state = "ok" if s["state"] == "ok" else f"failing ({failed} writes in a row)"
+        lines.append(
+            f"sink {s['name']:<{width}}  {state}, lag {s['lag_s']:.1f} s, backlog "
+            f"{s['backlog_readings']:,} readings, {s.get('skipped_readings', 0):,} skipped"
+        )
+    return lines
 
 
 def from_disk(settings: Settings) -> dict[str, Any]:

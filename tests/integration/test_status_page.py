@@ -141,6 +141,8 @@ def test_the_page_shows_the_api_figures_and_turns_red_in_an_outage(
     assert loop_lag[2] == "state ok"
     assert float(loop_lag[1]) <= status["runtime"]["loop_lag_limit_s"]  # type: ignore[index]
     assert browser.find_element("id", "version").text == f"version {__version__}"
+    # One database: its tile says it all, no table of one row.
+    assert not browser.find_element("id", "sinks-section").is_displayed()
 
     def devices_shown() -> bool:
         return sorted(row[0] for row in table(browser, "devices")) == sorted(
@@ -171,6 +173,42 @@ def test_the_page_shows_the_api_figures_and_turns_red_in_an_outage(
     assert status["readings"] == 300
     assert status["runtime"]["sink"]["state"] == "failing"  # type: ignore[index]
     keep_screenshot(browser, "status-page-outage.png")
+
+
+def test_with_two_databases_the_page_has_a_row_for_each(
+    browser: WebDriver,
+    gateway: Callable[..., GatewayProcess],
+    mosquitto: Endpoint,
+    run_id: str,
+    own_victoria: servers.Server,
+) -> None:
+    """A sink that takes the readings and one that is down: each row says so, and the down
+    one holds the backlog while the other has none."""
+    gw = gateway(
+        f'[[sinks]]\nname = "near"\nurl = "{own_victoria.url}"\napi = "v2"\norg = "o"\n'
+        'bucket = "b"\n\n[[sinks]]\nname = "far"\nurl = "http://127.0.0.1:9"\napi = "v1"\n'
+        'database = "x"\n'
+    )
+    publish_simulated(mosquitto.port, run_id, 40, DEVICES)
+    wait_for(lambda: gw.readings("accepted") == 40, 30, "the readings accepted")
+
+    def rows() -> list[tuple[str, ...]]:
+        """(sink, state without the count of failed writes, backlog, skipped) of each row."""
+        return [(r[0], r[1].split(" ")[0], r[3], r[4]) for r in table(browser, "sinks")]
+
+    browser.get(gw.base_url + "/")
+    wait_for(
+        lambda: rows() == [("near", "ok", "0", "0"), ("far", "failing", "40", "0")],
+        RED_WITHIN_S,
+        "a row per sink, the far one failing and holding the backlog",
+    )
+    assert browser.find_element("id", "sinks-section").is_displayed()
+    near, far = browser.find_elements("css selector", "#sinks tbody tr")
+    assert "state ok" in near.find_elements("tag name", "td")[1].get_attribute("class")
+    assert "state bad" in far.find_elements("tag name", "td")[1].get_attribute("class")
+    assert shown(browser, "sink")[2] == "state bad", "the Database tile: one of them fails"
+    keep_screenshot(browser, "status-page-sinks.png")
+    assert csp_violations(browser) == []
 
 
 def test_with_a_token_the_page_asks_for_it_and_then_shows_the_figures(

@@ -46,6 +46,8 @@ def exported_names() -> set[str]:
     for topic in BROKER_TOPICS:
         metrics.broker.update(topic, b"1")
     metrics.lag_seconds.set(0)
+    # A labelled counter shows its `_total` sample only once it has a child: a sink configured.
+    metrics.sinks.skipped.labels("influx")
     metrics.disk.endurance_tbw = 1.0
     metrics.disk.day.add(0.0, 0)
     metrics.disk.day.add(3600.0, 1000)

@@ -57,10 +57,7 @@ function glance(status, now) {
   const run = status.runtime;
   show("broker", run.mqtt_connected ? "connected" : "disconnected", run.mqtt_connected,
        run.mqtt_connected ? "ok" : "bad");
-  const failing = run.sink.state !== "ok";
-  const failed = run.sink.failed_writes_in_a_row;
-  show("sink", failing ? "failing (" + failed + (failed === 1 ? " write)" : " writes)") : "ok",
-       run.sink.state, failing ? "bad" : "ok");
+  show("sink", sinkState(run.sink), run.sink.state, run.sink.state === "ok" ? "ok" : "bad");
   const paused = run.admission.paused;
   document.getElementById("policy").textContent = "policy " + run.admission.policy;
   show("admission", paused ? "paused" : "taking",
@@ -94,6 +91,25 @@ function glance(status, now) {
   document.getElementById("version").textContent = run.version ? "version " + run.version : "";
   document.getElementById("updated").textContent =
     "updated " + new Date(now).toLocaleTimeString();
+}
+
+function sinkState(sink) {
+  const failed = sink.failed_writes_in_a_row;
+  if (sink.state === "ok") return "ok";
+  return "failing (" + failed + (failed === 1 ? " write)" : " writes)");
+}
+
+// One row per database, shown only with two or more: with one, the tiles above say it all
+// (its state is the Database tile, its lag the Lag one). A parent of workers gives no list.
+function sinks(list) {
+  document.getElementById("sinks-section").hidden = list.length < 2;
+  if (list.length < 2) return;
+  fill("sinks", list, [
+    [s => s.name], [s => sinkState(s), s => "state " + (s.state === "ok" ? "ok" : "bad")],
+    [s => seconds(s.lag_s), "num"], [s => number(s.backlog_readings), "num"],
+    [s => number(s.skipped_readings ?? 0), "num"],
+    [s => s.batch_size === undefined ? null : number(s.batch_size), "num"],
+  ]);
 }
 
 function bytes(value) {
@@ -168,7 +184,10 @@ function fill(id, rows, columns) {
   body.replaceChildren();
   for (const item of rows) {
     const row = body.insertRow();
-    for (const [key, className] of columns) cell(row, key(item), className);
+    // A class may depend on the row (a sink's state): a function of the item then.
+    for (const [key, className] of columns) {
+      cell(row, key(item), typeof className === "function" ? className(item) : className);
+    }
   }
   if (rows.length === 0) cell(body.insertRow(), "none");
 }
@@ -234,6 +253,7 @@ async function poll() {
     document.getElementById("login").hidden = true;
     const now = Date.now();
     glance(status, now);
+    sinks(status.runtime.sinks ?? []);
     remember(status);
     if (polls % TABLES_EVERY === 0) await tables();
     polls += 1;

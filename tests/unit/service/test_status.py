@@ -10,12 +10,16 @@ from typing import TYPE_CHECKING
 from gateway.buffer.core.ledger import level_fifo
 from gateway.buffer.store import Buffer
 from gateway.buffer.view import combine, snapshot
+from gateway.config import loader
 from gateway.points.model import Reading
 from gateway.points.record import pack
+from gateway.service import status as status_module
 from gateway.service.status import render
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
 CONFIG = """
 [mqtt]
@@ -119,3 +123,89 @@ def test_status_without_summaries_keeps_its_table(tmp_path: Path) -> None:
     lines = render(view, top=10).splitlines()
     assert not any(line.startswith("summaries buffered") for line in lines)
     assert lines[2].split() == ["device", "class", "readings", "bytes", "oldest"]
+
+
+def running_view(sinks: list[dict[str, object]]) -> dict[str, object]:
+    """A service's status answer with no backlog, and `sinks` as its runtime's list."""
+    return {
+        "path": "/b",
+        "readings": 0,
+        "bytes": 0,
+        "budget_bytes": 1 << 20,
+        "fill_ratio": 0.0,
+        "file_bytes": 0,
+        "capacity_bytes": 1 << 20,
+        "devices_with_backlog": 0,
+        "dead_letters": 0,
+        "devices": [],
+        "runtime": {
+            "lag_s": 75.0,
+            "batch_size": 500,
+            "sink": {"state": "failing", "failed_writes_in_a_row": 3},
+            "sinks": sinks,
+            "admission": {"policy": "reject", "paused": False},
+            "mqtt_connected": True,
+        },
+    }
+
+
+SINKS = [
+    {
+        "name": "near",
+        "state": "ok",
+        "failed_writes_in_a_row": 0,
+        "lag_s": 0.3,
+        "batch_size": 1000,
+        "last_write_s": 0.01,
+        "backlog_readings": 12,
+        "skipped_readings": 0,
+    },
+    {
+        "name": "cloud",
+        "state": "failing",
+        "failed_writes_in_a_row": 3,
+        "lag_s": 75.0,
+        "batch_size": 100,
+        "last_write_s": 2.0,
+        "backlog_readings": 48_000,
+        "skipped_readings": 1_200,
+    },
+]
+
+
+def test_status_prints_a_line_per_sink_when_there_are_several(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two sinks: a line each after the runtime lines, names aligned; --json passes them on."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(CONFIG.format(path=tmp_path / "buffer"))
+    settings = loader.load(config, {})
+    monkeypatch.setattr(status_module, "from_service", lambda *_a, **_k: running_view(SINKS))
+    lines = status_module.status(settings, as_json=False, top=10).splitlines()
+    assert lines[-2:] == [
+        "sink near   ok, lag 0.3 s, backlog 12 readings, 0 skipped",
+        (
+            "sink cloud  failing (3 writes in a row), lag 75.0 s, backlog 48,000 readings, "
+            "1,200 skipped"
+        ),
+    ]
+    as_json = json.loads(status_module.status(settings, as_json=True, top=10))
+    assert as_json["runtime"]["sinks"] == SINKS
+
+
+def test_status_of_one_sink_keeps_its_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One sink (or a service that gives no list) prints what it printed before sinks."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(CONFIG.format(path=tmp_path / "buffer"))
+    settings = loader.load(config, {})
+    texts = []
+    for sinks in ([], SINKS[:1]):
+        monkeypatch.setattr(
+            status_module, "from_service", lambda *_a, s=sinks, **_k: running_view(s)
+        )
+        texts.append(status_module.status(settings, as_json=False, top=10))
+    assert texts[0] == texts[1]
+    assert texts[0].splitlines()[-1].startswith("event loop lag in the last minute: ")
+    assert "sink " not in texts[0]
