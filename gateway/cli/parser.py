@@ -208,6 +208,13 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
         "--sync", choices=("commit", "interval", "none"), default="commit", help="[buffer] sync"
     )
     bench.add_argument(
+        "--sinks",
+        type=int,
+        choices=(1, 2),
+        action="append",
+        help="end-to-end: 2 adds VictoriaMetrics as a second sink; repeat to compare (1)",
+    )
+    bench.add_argument(
         "--workers",
         type=int,
         action="append",

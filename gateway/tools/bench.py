@@ -189,16 +189,17 @@ def _run_end_to_end(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     # A steady load needs a rate: the default one when the others run at their maximum.
     rate = args.rate or END_TO_END_RATE
     for workers in args.workers or [1]:
-        label = f"end-to-end {rate:.0f}/s for {args.duration:.0f} s{_devices(args)}"
-        label += f" workers={workers}"
-        results = [
-            scenarios.bench_end_to_end(
-                rate, args.duration, args.publishers, workers, devices=args.devices
-            )
-            for _ in range(args.runs)
-        ]
-        _collect(figures, label, results)
-        figures.setdefault("timelines", {})[label] = [r["timeline"] for r in results]
+        for sinks in args.sinks or [1]:
+            label = f"end-to-end {rate:.0f}/s for {args.duration:.0f} s{_devices(args)}"
+            label += f" workers={workers}" + (f" sinks={sinks}" if sinks > 1 else "")
+            results = [
+                scenarios.bench_end_to_end(
+                    rate, args.duration, args.publishers, workers, devices=args.devices, sinks=sinks
+                )
+                for _ in range(args.runs)
+            ]
+            _collect(figures, label, results)
+            figures.setdefault("timelines", {})[label] = [r["timeline"] for r in results]
 
 
 def _devices(args: argparse.Namespace) -> str:

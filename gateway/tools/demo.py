@@ -84,11 +84,25 @@ def write_config(
     workers: int = 1,
     flush: str = "",
     sparkplug: bool = False,
+    far_url: str = "",
 ) -> None:
     """A gateway configuration for the local servers; `flush`: more `[flush]` lines.
 
-    `sparkplug`: also take Sparkplug B edge nodes' messages (spBv1.0/#).
+    `sparkplug`: also take Sparkplug B edge nodes' messages (spBv1.0/#). `far_url`: a second
+    database (VictoriaMetrics, api v2) as a second sink; the first is then the sink "near".
     """
+    target = (
+        f'api = "v1"{chr(10)}database = "{DATABASE}"'
+        if api == "v1"
+        else f'api = "v2"{chr(10)}org = "edge"{chr(10)}bucket = "{DATABASE}"'
+    )
+    databases = f'[influx]\nurl = "{influx_url}"\n{target}\n'
+    if far_url:
+        databases = (
+            f'[[sinks]]\nname = "near"\nurl = "{influx_url}"\n{target}\n\n'
+            f'[[sinks]]\nname = "far"\nurl = "{far_url}"\napi = "v2"\norg = "edge"\n'
+            f'bucket = "{DATABASE}"\n'
+        )
     path.write_text(
         f"""\
 [mqtt]
@@ -107,14 +121,7 @@ path = "{buffer_dir}"
 capacity = "{capacity}"
 sync = "{sync}"
 
-[influx]
-url = "{influx_url}"
-{
-            f'api = "v1"{chr(10)}database = "{DATABASE}"'
-            if api == "v1"
-            else f'api = "v2"{chr(10)}org = "edge"{chr(10)}bucket = "{DATABASE}"'
-        }
-
+{databases}
 [flush]
 linger_s = 0.5
 {flush}

@@ -43,6 +43,7 @@ class Gateway:
         flush: str = "",
         sparkplug: bool = False,
         profile: Path | None = None,
+        far_url: str = "",
     ) -> None:
         """Start it on `broker_port` and wait until it is connected; `flush`: `[flush]` lines.
 
@@ -71,6 +72,7 @@ class Gateway:
                 workers=workers,
                 flush=flush,
                 sparkplug=sparkplug,
+                far_url=far_url,
             )
         else:
             config = profile

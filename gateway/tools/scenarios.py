@@ -251,24 +251,43 @@ def load_plan(
 
 
 def bench_end_to_end(
-    rate: float, duration_s: float, publishers: int, workers: int = 1, devices: int = BENCH_DEVICES
+    rate: float,
+    duration_s: float,
+    publishers: int,
+    workers: int = 1,
+    *,
+    devices: int = BENCH_DEVICES,
+    sinks: int = 1,
 ) -> dict[str, Any]:
-    """Steady load at `rate` for `duration_s` into a local influxd: lag, backlog, CPU, RSS."""
+    """Steady load at `rate` for `duration_s` into a local influxd: lag, backlog, CPU, RSS.
+
+    `sinks` = 2: VictoriaMetrics as a second sink beside influxd; a reading counts as
+    delivered once both had it, and each sink's lag is sampled too.
+    """
     count = int(rate * duration_s)
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         work = Path(tmp)
         broker = servers.start_mosquitto(work / "mosquitto")
         db = servers.start_influxd(work / "influxd")
         servers.influxql(db.url, "CREATE DATABASE telemetry")
+        far = servers.start_victoria_metrics(work / "vm") if sinks > 1 else None
         gateway = None
         try:
-            gateway = Gateway(work, broker.port, "commit", database_url=db.url, workers=workers)
+            gateway = Gateway(
+                work,
+                broker.port,
+                "commit",
+                database_url=db.url,
+                workers=workers,
+                far_url=far.url if far is not None else "",
+            )
             jobs = load_plan(broker.port, count, rate, publishers, devices=devices)
             cpu0, db_cpu0 = gateway.cpu_s(), cpu_s(db.process.pid)
             broker_cpu0 = cpu_s(broker.process.pid)
             written0 = gateway.write_bytes()
             started = time.perf_counter()
             lags, backlogs, sizes = [], [], []
+            sink_lags: dict[str, list[float]] = {"near": [], "far": []} if far else {}
             # (seconds, readings delivered, lag s, backlog) per sample, for `bench --plot`.
             timeline: list[tuple[float, float, float, float]] = []
             with multiprocessing.get_context("fork").Pool(publishers) as pool:
@@ -282,6 +301,8 @@ def bench_end_to_end(
                     lags.append(metrics["gateway_buffer_lag_seconds"])
                     backlogs.append(metrics["gateway_buffer_readings"])
                     sizes.append(metrics["gateway_batch_size"])
+                    for name, found in sink_lags.items():
+                        found.append(metrics.get(f"gateway_sink_lag_seconds{{sink={name}}}", 0.0))
                     timeline.append(
                         (time.perf_counter() - started, delivered, lags[-1], backlogs[-1])
                     )
@@ -308,11 +329,16 @@ def bench_end_to_end(
                 "written_bytes_per_reading": (gateway.write_bytes() - written0) / delivered,
                 "wire_bytes_per_reading": metrics.get(SENT_BYTES, 0.0) / delivered,
                 "timeline": timeline,
+            } | {
+                f"{name}_lag_p99_s": quantile(sorted(found), 0.99)
+                for name, found in sink_lags.items()
             }
         finally:
             if gateway is not None:
                 gateway.stop()
             db.stop()
+            if far is not None:
+                far.stop()
             broker.stop()
 
 
