@@ -64,15 +64,15 @@ def config_text(
     metrics_extra: str = "",
     api: str = "",
 ) -> str:
-    """A gateway configuration; `influx` is the body of the [influx] table."""
+    """A gateway configuration; `influx` is the body of the [influx] table, or [[sinks]] tables."""
     return (
         f'[mqtt]\n{mqtt_extra}port = {mqtt_port}\nclient_id = "{client_id}"\n'
         f"{subscriptions}\n"
         "[buffer]\n"
         + ("" if buffer.startswith("path =") else f'path = "{buffer_dir}"\n')
         + f"{buffer}\n"
-        f"[influx]\n{influx}\n"
-        f"[flush]\n{flush}\n"
+        + (influx + "\n" if influx.lstrip().startswith("[[sinks]]") else f"[influx]\n{influx}\n")
+        + f"[flush]\n{flush}\n"
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n{metrics_extra}'
         + (f"\n[api]\n{api}" if api else "")
     )
