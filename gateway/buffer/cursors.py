@@ -57,6 +57,9 @@ class SinkLease:
     start: int
     end: int
     nbytes: int
+    # The buffer's count of chunks set aside as damaged when it was read: one set aside since
+    # may have taken readings inside it, and then its count and bytes are not the run's.
+    damage_seen: int = 0
 
 
 def note_key(sink: str, fifo: str) -> bytes:
@@ -143,6 +146,7 @@ class Cursors:
         walker: FifoWalker,
         states: Mapping[str, DeviceState],
         wanted: Iterable[tuple[str, int]],
+        damage_seen: int = 0,
     ) -> list[Span]:
         """Read and lease up to n readings of each (FIFO, n) from `sink`'s position, one run."""
         self._check(sink)
@@ -164,7 +168,7 @@ class Cursors:
                 last = seq
             if values:
                 nbytes = sum(reading_bytes(v) for v in values)
-                self.leases[sink][fifo] = SinkLease(first, last + 1, nbytes)
+                self.leases[sink][fifo] = SinkLease(first, last + 1, nbytes, damage_seen)
                 spans.append(Span(fifo, first, tuple(values)))
         return spans
 
@@ -202,12 +206,17 @@ class Cursors:
             lowest[fifo] = min(at, *others)
         return lowest
 
-    def leased_bytes(self, sink: str, fifo: str, start: int, end: int) -> int | None:
-        """The bytes of `sink`'s lease of `fifo` if it is exactly `start` to `end` - 1."""
+    def leased_bytes(
+        self, sink: str, fifo: str, start: int, end: int, damage_seen: int
+    ) -> int | None:
+        """The bytes of `sink`'s lease of `fifo`, if it is the run `start` to `end` - 1.
+
+        None as well when a chunk was set aside as damaged since the read.
+        """
         lease = self.leases[sink].get(fifo)
-        if lease is None or lease.start != start or lease.end != end:
+        if lease is None or (lease.start, lease.end) != (start, end):
             return None
-        return lease.nbytes
+        return lease.nbytes if lease.damage_seen == damage_seen else None
 
     def move(self, sink: str, moves: Mapping[str, int], states: Mapping[str, DeviceState]) -> None:
         """Move `sink` to these positions; its leases of those FIFOs end."""
@@ -271,11 +280,13 @@ class Cursors:
         """The moves of `targets` still ahead of `sink` and free of its leases, and their count."""
         self._check(sink)
         moves, count = {}, 0
-        for fifo, at in targets.items():
+        for fifo, target in targets.items():
             state = states.get(fifo)
             if state is None or fifo in self.leases[sink]:
                 continue
             start = self.at(sink, fifo, state)
+            # A target from before the FIFO was forgotten and made again may lie past its tail.
+            at = min(target, state.next)
             taken = waiting(start, state) - waiting(at, state)
             if at > start and taken > 0:
                 moves[fifo] = at

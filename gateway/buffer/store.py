@@ -175,6 +175,9 @@ class Buffer:
 
     # What the last confirmation or skip of a sink took out of a shared buffer, by level.
     last_removed: Counter[int]
+    # Chunks set aside as damaged since opening: a sink's lease read before one may count
+    # readings it took (gateway/buffer/cursors.py).
+    _damage_seen: int = 0
     # Failures after an admission's journal commit since opening (`_after_commit`), and the
     # count at the first of the failures running now, if any.
     after_commit_failures: int = 0
@@ -389,6 +392,7 @@ class Buffer:
 
     def _set_aside(self, exc: DamagedChunkError) -> None:
         """Set a damaged chunk aside and take its readings out of the accounting (lock held)."""
+        self._damage_seen += 1
         with self._env.begin() as txn:
             if exc.kind == "sealed":
                 raw = txn.get(exc.key, db=self._tables.sealed)
@@ -702,7 +706,9 @@ class Buffer:
         with self._lock, self._walker() as walker:
             if self._cursors is None:
                 return self._reads.read(walker, self._ledger.states, wanted)
-            spans = self._cursors.read(self._sink(sink), walker, self._ledger.states, wanted)
+            spans = self._cursors.read(
+                self._sink(sink), walker, self._ledger.states, wanted, self._damage_seen
+            )
             self._follow_leases(self._cursors, (span.device for span in spans))
             return spans
 
@@ -754,7 +760,7 @@ class Buffer:
                 if state is None or not state.readings or low <= state.head:
                     continue
                 had = state.readings
-                nbytes = sinks.leased_bytes(sink, fifo, state.head, low)
+                nbytes = sinks.leased_bytes(sink, fifo, state.head, low, self._damage_seen)
                 if nbytes is not None and state.read_limit >= low:
                     # The run this sink read from the head: its lease knows its bytes.
                     w.delete_head(state, low - state.head, nbytes)
@@ -968,10 +974,10 @@ class Buffer:
             )
             return sum(backlog.values()), nbytes
 
-    def fifo_nexts(self) -> dict[str, int]:
-        """The sequence each FIFO holding readings gives its next reading."""
+    def fifo_nexts(self) -> dict[str, tuple[int, int]]:
+        """(FIFO number, the sequence its next reading gets) of each FIFO holding readings."""
         with self._lock:
-            return {fifo: s.next for fifo, s in self._ledger.states.items() if s.readings}
+            return {f: (s.number, s.next) for f, s in self._ledger.states.items() if s.readings}
 
     def share_targets(self, sink: str, fraction: float) -> dict[str, int]:
         """Where `sink` would be, giving up the oldest `fraction` of its backlog in each FIFO.

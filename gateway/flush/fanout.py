@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
@@ -45,6 +46,15 @@ MIN_MARK_STEP_S = 1.0
 SKIP_STEP_FIFOS = 200
 
 
+@dataclass(slots=True)
+class _Marking:
+    """One sink's marks of when readings came, and how often they are taken."""
+
+    marks: Marks
+    every_s: float
+    marked_at: float = -math.inf
+
+
 class Fanout:
     """The flushers of several sinks as one; see the module docstring."""
 
@@ -58,11 +68,13 @@ class Fanout:
         self.space_freed = anyio.Event()
         for flusher in self.flushers:
             flusher.on_freed = self._freed
-        lags = [s.max_lag_s for s in sinks if s.max_lag_s is not None]
-        # When readings came, for the sinks with a `max_lag_s` (none: not kept).
-        self._marks = Marks(max(lags)) if lags else None
-        self._mark_every_s = max(MIN_MARK_STEP_S, min(lags) / MARK_STEPS) if lags else 0.0
-        self._marked_at = -math.inf
+        # When readings came, per sink with a `max_lag_s`, marked every eighth of it: each
+        # keeps about eight marks per device whatever the other sinks' limits.
+        self._marks = {
+            s.name: _Marking(Marks(s.max_lag_s), max(MIN_MARK_STEP_S, s.max_lag_s / MARK_STEPS))
+            for s in sinks
+            if s.max_lag_s is not None
+        }
 
     def _freed(self) -> None:
         self.space_freed.set()
@@ -134,10 +146,13 @@ class Fanout:
         while limited:
             await anyio.sleep(LIMITS_INTERVAL_S)
             now = time.monotonic()
-            if self._marks is not None and now - self._marked_at >= self._mark_every_s:
-                self._marks.note(self._buffer.fifo_nexts(), now)
-                self._marked_at = now
-                await anyio.lowlevel.checkpoint()
+            due = [m for m in self._marks.values() if now - m.marked_at >= m.every_s]
+            if due:
+                nexts = self._buffer.fifo_nexts()
+                for marking in due:
+                    marking.marks.note(nexts, now)
+                    marking.marked_at = now
+                    await anyio.lowlevel.checkpoint()
             for flusher in limited:
                 await self._keep_limit(flusher, now)
 
@@ -145,8 +160,9 @@ class Fanout:
         """Give up the oldest of what `flusher`'s sink holds past its limits."""
         sink = self._sinks[flusher.name]
         skipped = 0
-        if sink.max_lag_s is not None and self._marks is not None:
-            overdue = self._marks.overdue(now - sink.max_lag_s)
+        marking = self._marks.get(sink.name)
+        if sink.max_lag_s is not None and marking is not None:
+            overdue = marking.marks.overdue(now - sink.max_lag_s)
             skipped += await self._skip(flusher, overdue)
         if sink.max_share is not None:
             _, held = self._buffer.sink_totals(sink.name)

@@ -25,19 +25,23 @@ class Marks:
         """Keep what decides a limit of `keep_s` seconds."""
         self._keep_s = keep_s
         self._marks: dict[str, deque[tuple[float, int]]] = {}
+        # The FIFO number each FIFO's marks are of: one forgotten and made again (a new
+        # number, its sequences from 0) starts its marks afresh.
+        self._numbers: dict[str, int] = {}
 
     def __len__(self) -> int:
         """How many marks are kept, all FIFOs together."""
         return sum(len(found) for found in self._marks.values())
 
-    def note(self, nexts: Mapping[str, int], now: float) -> None:
-        """Mark each FIFO's next sequence `nexts` at `now`, where it moved since its last mark."""
-        marks = self._marks
+    def note(self, nexts: Mapping[str, tuple[int, int]], now: float) -> None:
+        """Mark each FIFO's (number, next sequence) at `now`, where it moved since its last mark."""
+        marks, numbers = self._marks, self._numbers
         cutoff = now - self._keep_s
-        for fifo, seq in nexts.items():
+        for fifo, (number, seq) in nexts.items():
             found = marks.get(fifo)
-            if found is None:
+            if found is None or numbers[fifo] != number or seq < found[-1][1]:
                 marks[fifo] = deque([(now, seq)])
+                numbers[fifo] = number
                 continue
             if found[-1][1] != seq:
                 found.append((now, seq))
@@ -46,6 +50,7 @@ class Marks:
                 found.popleft()
         for fifo in [f for f in marks if f not in nexts]:
             del marks[fifo]
+            del numbers[fifo]
 
     def overdue(self, before: float) -> dict[str, int]:
         """Per FIFO, the sequence below which every reading was accepted before `before`."""
