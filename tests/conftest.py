@@ -117,6 +117,18 @@ def own_victoria(tmp_path: Path) -> Iterator[servers.Server]:
 
 
 @pytest.fixture
+def restartable_victoria(tmp_path: Path) -> Iterator[list[servers.Server]]:
+    """A VictoriaMetrics of this test's own; the test appends the one it starts again on its data.
+
+    Every server in the list is stopped afterwards.
+    """
+    started = [backends.start_victoria_metrics(tmp_path / "vm")]
+    yield started
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
 def run_id() -> str:
     """A name unique to this test, for its database, topics and tags."""
     return f"t{uuid.uuid4().hex[:12]}"

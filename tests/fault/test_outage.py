@@ -15,7 +15,7 @@ from tests import backends
 from tests.gatewayproc import publish_simulated, simulated_plan, wait_for
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from tests.conftest import Endpoint, InfluxV1
     from tests.gatewayproc import GatewayProcess
@@ -23,15 +23,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.fault
 
 DEVICES = 10
-
-
-@pytest.fixture
-def own_victoria(tmp_path: Path) -> Iterator[list[servers.Server]]:
-    """A VictoriaMetrics of this test's own, so the test can stop and restart it."""
-    started = [backends.start_victoria_metrics(tmp_path / "vm")]
-    yield started
-    for server in started:
-        server.stop()
 
 
 def victoria_count(url: str, run_id: str) -> int:
@@ -71,11 +62,11 @@ def test_database_down_then_back_loses_nothing(
     gateway: Callable[..., GatewayProcess],
     mosquitto: Endpoint,
     run_id: str,
-    own_victoria: list[servers.Server],
+    restartable_victoria: list[servers.Server],
     tmp_path: Path,
 ) -> None:
     """Readings accepted while the database is down are all written once it returns."""
-    vm = own_victoria[0]
+    vm = restartable_victoria[0]
     gw = deliver_then_lose_the_database(
         gateway,
         mosquitto,
@@ -88,7 +79,7 @@ def test_database_down_then_back_loses_nothing(
     assert gw.metrics()["gateway_buffer_readings"] == 3000
     assert gw.metrics()["gateway_writes_total{result=retry}"] >= 1
 
-    own_victoria.append(backends.start_victoria_metrics(vm.workdir, port=vm.port))
+    restartable_victoria.append(backends.start_victoria_metrics(vm.workdir, port=vm.port))
     wait_for(lambda: gw.metrics()["gateway_buffer_readings"] == 0, 60, "the backlog drained")
     assert gw.readings("delivered") == 4000
     # The first 1,000 were re-published with the same timestamps: 3,000 distinct new points.
@@ -223,10 +214,10 @@ def test_the_first_batch_lands_within_two_seconds_of_the_database_s_return(
     gateway: Callable[..., GatewayProcess],
     mosquitto: Endpoint,
     run_id: str,
-    own_victoria: list[servers.Server],
+    restartable_victoria: list[servers.Server],
 ) -> None:
     """The write backoff may be a minute long by then; the readiness probe does not wait it out."""
-    vm = own_victoria[0]
+    vm = restartable_victoria[0]
     gw = deliver_then_lose_the_database(
         gateway,
         mosquitto,
@@ -242,7 +233,7 @@ def test_the_first_batch_lands_within_two_seconds_of_the_database_s_return(
         "a failed write, then probes that find the database still down",
     )
 
-    own_victoria.append(backends.start_victoria_metrics(vm.workdir, port=vm.port))
+    restartable_victoria.append(backends.start_victoria_metrics(vm.workdir, port=vm.port))
     back = time.monotonic()
     wait_for(lambda: gw.readings("delivered") > 500, 2.0, "a batch within 2 s of the return")
     resumed_s = time.monotonic() - back

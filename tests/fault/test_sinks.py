@@ -21,8 +21,7 @@ from tests import backends
 from tests.gatewayproc import assert_identities, simulated_plan, wait_for
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from pathlib import Path
+    from collections.abc import Callable
 
     from tests.conftest import Endpoint, InfluxV1
     from tests.gatewayproc import GatewayProcess
@@ -34,15 +33,6 @@ RATE = 1000
 OUTAGE_S = int(os.environ.get("SINK_OUTAGE_S", "60"))
 NEAR_LAG_MAX_S = 2.0
 FLUSH = "linger_s = 0.2\nretry_initial_s = 0.2\nretry_max_s = 1\nprobe_interval_s = 0.5\n"
-
-
-@pytest.fixture
-def far(tmp_path: Path) -> Iterator[list[servers.Server]]:
-    """A VictoriaMetrics of this test's own, which it stops and starts again on its data."""
-    started = [backends.start_victoria_metrics(tmp_path / "vm")]
-    yield started
-    for server in started:
-        server.stop()
 
 
 def two_sinks(near: InfluxV1, far: servers.Server, far_extra: str = "") -> str:
@@ -136,24 +126,17 @@ def run_outage(
         assert_identities(gw)
 
 
-def test_far_sink_down_a_minute_the_near_one_keeps_pace(
+@pytest.mark.parametrize("kill_during", [False, True], ids=["stays_up", "killed"])
+def test_far_sink_down_a_minute_the_near_one_keeps_pace_and_none_is_lost(
     gateway: Callable[..., GatewayProcess],
     mosquitto: Endpoint,
     run_id: str,
     influx: InfluxV1,
-    far: list[servers.Server],
+    restartable_victoria: list[servers.Server],
+    *,
+    kill_during: bool,
 ) -> None:
-    run_outage(gateway, mosquitto, run_id, influx, far, kill_during=False)
-
-
-def test_far_sink_down_and_the_gateway_killed_loses_nothing(
-    gateway: Callable[..., GatewayProcess],
-    mosquitto: Endpoint,
-    run_id: str,
-    influx: InfluxV1,
-    far: list[servers.Server],
-) -> None:
-    run_outage(gateway, mosquitto, run_id, influx, far, kill_during=True)
+    run_outage(gateway, mosquitto, run_id, influx, restartable_victoria, kill_during=kill_during)
 
 
 def test_far_sink_past_its_max_lag_gives_up_only_its_own_readings(
@@ -161,8 +144,9 @@ def test_far_sink_past_its_max_lag_gives_up_only_its_own_readings(
     mosquitto: Endpoint,
     run_id: str,
     influx: InfluxV1,
-    far: list[servers.Server],
+    restartable_victoria: list[servers.Server],
 ) -> None:
+    far = restartable_victoria
     vm = far[0]
     capacity = 64 << 20
     gw = gateway(

@@ -940,9 +940,8 @@ class TwoSinkMachine(RuleBasedStateMachine):
         found = sorted(d for d in self.appended if d not in self.leased[sink] and self._buffered(d))
         return data.draw(st.sampled_from(found)) if found else None
 
-    @rule(devices=st.lists(DEVICE, min_size=1, max_size=12), shape=SHAPES)
-    def append(self, devices: list[str], shape: tuple[int, int, int]) -> None:
-        extra, length, _ = shape
+    def _append_fields(self, devices: list[str], extra: int, length: int) -> None:
+        """One group commit of a reading per device; the guard may refuse it whole."""
         items = []
         for device in devices:
             self.clock += 1
@@ -957,23 +956,64 @@ class TwoSinkMachine(RuleBasedStateMachine):
             self.appended[device].append(value)
         self._after()
 
+    @rule(devices=st.lists(DEVICE, min_size=1, max_size=12), shape=SHAPES)
+    def append(self, devices: list[str], shape: tuple[int, int, int]) -> None:
+        extra, length, _ = shape
+        self._append_fields(devices, extra, length)
+
     @rule(start=st.integers(0, POOL_SIZE - 1), count=st.integers(1, 300), size=BIG_SIZES)
     def append_many(self, start: int, count: int, size: int) -> None:
-        """Many devices in one commit, or one reading of any size; the guard may refuse it."""
+        """Many devices in one commit, or one reading of any size."""
         devices = [pool_device(start + i) for i in range(count)] if size < 3_000 else ["a"]
-        items = []
-        for device in devices:
-            self.clock += 1
-            fields = (("v", self.clock), ("s", "y" * size))
-            reading = Reading(device, "m", (("device", device),), fields, self.clock * TS_STEP_NS)
-            items.append((device, pack(reading)))
-        try:
-            self.buffer.append(items)
-        except CapacityError:
+        self._append_fields(devices, 1, size)
+
+    @rule(
+        data=st.data(),
+        sink=st.sampled_from(SINKS),
+        n=st.integers(1, 10),
+        write=FAULT_WRITES,
+        error=ERRORS,
+    )
+    def fail_dead_letters(
+        self, data: st.DataObject, sink: str, n: int, write: int | None, error: type
+    ) -> None:
+        """A sink's delete whose dead letters' checkpoint fails moves nothing, for any sink."""
+        device = self._pick(data, sink)
+        if device is None:
             return
-        for device, value in items:
-            self.appended[device].append(value)
-        self._after()
+        spans = self.buffer.read([(device, n)], sink=sink)
+        if not spans:
+            return
+        first, count = spans[0].first_seq, len(spans[0].values)
+        self.leased[sink][device] = (first, count)
+        before = (self.buffer.totals(), self.buffer.dead_letter_count())
+        self.faults.arm(Fault("store", 0, write, error))
+        try:
+            self.buffer.delete([(device, first, count)], [(device, "HTTP 400", "m v=1i 1")], sink)
+        except StorageError:
+            assert (self.buffer.totals(), self.buffer.dead_letter_count()) == before
+        else:
+            del self.leased[sink][device]
+            self.had[sink][device].update(range(first, first + count))
+            self.pos[sink][device] = first + count
+        self.faults.disarm()
+        self.saved = None
+        self.checkpoints_seen = self.buffer.checkpoints
+
+    @rule(devices=st.lists(DEVICE, min_size=1, max_size=8), write=FAULT_WRITES, error=ERRORS)
+    def fail_group_commit(self, devices: list[str], write: int | None, error: type) -> None:
+        """A group commit whose journal transaction fails stores nothing; positions stay."""
+        before = {s: self.buffer.sink_backlog(s) for s in SINKS}
+        self.clock += 1
+        items = [
+            (d, pack(Reading(d, "m", (("device", d),), (("v", self.clock),), self.clock)))
+            for d in devices
+        ]
+        self.faults.arm(Fault("journal", 0, write, error))
+        with pytest.raises(StorageError):
+            self.buffer.append(items)
+        self.faults.disarm()  # the page guard may have refused it before the fault fired
+        assert {s: self.buffer.sink_backlog(s) for s in SINKS} == before
 
     @rule(data=st.data(), sink=st.sampled_from(SINKS), n=st.integers(1, 30))
     def read(self, data: st.DataObject, sink: str, n: int) -> None:
