@@ -90,6 +90,7 @@ from gateway.buffer import (
 from gateway.buffer.admitter import Admitter
 from gateway.buffer.checkpointer import Checkpointer, unreachable
 from gateway.buffer.core.admission import Lane, Rules
+from gateway.buffer.core.chunk import encode_journal, journal_contents, journal_header
 from gateway.buffer.core.damage import JOURNAL_KIND
 from gateway.buffer.core.fence import NOTE as FENCE_NOTE
 from gateway.buffer.core.fence import START as FENCE_START
@@ -112,8 +113,9 @@ from gateway.buffer.core.verify import Report, is_plausible
 from gateway.buffer.cursors import Cursors
 from gateway.buffer.fiforead import JOURNAL_PREFIX, MAX_DECODED_BYTES, DecodedChunks, Walking
 from gateway.buffer.reads import Reads
+from gateway.buffer.replica import Applier, ReplicaGapError
 from gateway.buffer.sealing import PENDING_MAX_BYTES
-from gateway.buffer.transaction import FifoTransaction
+from gateway.buffer.transaction import FifoTransaction, pack_states
 from gateway.config.sections import ApiSettings, SyncMode
 from gateway.errors import CapacityError, DamagedChunkError, StorageError
 
@@ -182,6 +184,13 @@ class Buffer:
     # count at the first of the failures running now, if any.
     after_commit_failures: int = 0
     _after_commit_failing: int | None = None
+    # Told (record number, chunk) of each journal record committed: a primary ships them to its
+    # standby (gateway/replication/primary.py). Called after the ledger adopted the record.
+    on_journal: Callable[[int, bytes], None] | None = None
+    # FIFOs moved since a standby was last told (None: no standby follows).
+    _unshipped: set[str] | None = None
+    # Set while the buffer is a standby's replica (`follow`).
+    _applier: Applier | None = None
 
     def __init__(
         self,
@@ -678,6 +687,176 @@ class Buffer:
             skipped=self._damage.skipped,
         )
 
+    # Replication (gateway/buffer/replica.py): a primary ships, a standby applies.
+
+    def ship_moves(self) -> None:
+        """From now on, remember which FIFOs moved between journal records for a standby."""
+        with self._lock:
+            if self._unshipped is None:
+                self._unshipped = set()
+
+    def last_record(self) -> int:
+        """The newest journal record committed (applied, on a standby); -1 for none."""
+        with self._lock:
+            return self._ledger.next_record - 1
+
+    def unshipped_states(self, *, every: bool = False) -> tuple[int, bytes] | None:
+        """The states of FIFOs moved since the last call (`every`: of all), as a chunk.
+
+        A chunk of states alone, with the newest record, after which they apply; None if
+        there are none.
+        """
+        with self._lock:
+            if self._unshipped is None or not (self._unshipped or every):
+                return None
+            held = self._damage.unsettled
+            states = self._ledger.states
+            fifos = states.keys() if every else self._unshipped
+            moved = [states[f] for f in fifos - held if f in states]
+            self._unshipped.clear()
+            if not moved:
+                return None
+            value = encode_journal([], [], (), (), pack_states(moved))
+            return self._ledger.next_record - 1, value
+
+    def journal_since(self, first: int, max_bytes: int) -> list[tuple[int, bytes]] | None:
+        """Journal records from `first` on, up to about `max_bytes`; None if `first` is gone.
+
+        Gone: sealed and deleted, or never written (ahead of the journal). A standby that
+        needs it is sent a snapshot instead (gateway/replication/snapshot.py).
+        """
+        journal = self._writable_journal()
+        found: list[tuple[int, bytes]] = []
+        with self._lock:
+            if first > self._ledger.next_record:
+                return None
+            with journal.begin() as txn:
+                cursor = txn.cursor()
+                if not cursor.set_key(U64.pack(first)):
+                    return [] if first == self._ledger.next_record else None
+                size = 0
+                for key, value in cursor:
+                    found.append((U64.unpack(key)[0], bytes(value)))
+                    size += len(value)
+                    if size >= max_bytes:
+                        break
+        return found
+
+    def copy_frozen(self, directory: Path, journal_file: Path) -> int:
+        """Copy the store and the journal, from read transactions taken at one instant.
+
+        The store goes to `directory` as `data.mdb`, the journal to `journal_file`, compacted.
+        Opening the copies is a start after kill -9 at that instant: crash recovery makes it
+        exact. Returns the newest journal record the copy holds. Meant for a worker thread:
+        it blocks for as long as the copy takes (`_thread_reads` keeps the maps open).
+
+        Raises:
+            StorageError: the buffer is closed, or LMDB failed.
+        """
+        journal = self._writable_journal()
+        with self._thread_reads:
+            if self._closed:
+                raise StorageError("the buffer is closed")
+            with self._lock:
+                txn = self._env.begin()
+                jtxn = journal.begin()
+                last = self._ledger.next_record - 1
+            try:
+                self._env.copy(str(directory), compact=True, txn=txn)
+                journal.copy(str(journal_file), compact=True, txn=jtxn)
+            except lmdb.Error as exc:
+                raise StorageError(f"copying the buffer failed: {exc}") from exc
+            finally:
+                jtxn.abort()
+                txn.abort()
+        return last
+
+    def follow(self) -> None:
+        """Be a standby's replica: no FIFO is forgotten, since the primary's records name them."""
+        with self._lock:
+            self._applier = Applier(self._ledger)
+
+    def apply_replicated(self, record: int, value: bytes) -> bool:
+        """Store and apply a journal record the primary shipped; False if applied before.
+
+        Raises:
+            ReplicaGapError: it does not follow the last record applied; nothing changed.
+            ValueError: the record is damaged (or another of chunk.DECODE_ERRORS); nothing
+                changed.
+            CapacityError, StorageError: as `admit`; nothing changed.
+        """
+        journal = self._writable_journal()
+        with self._lock:
+            applier = self._following()
+            expected = self._ledger.next_record
+            if record < expected:
+                return False
+            if record > expected:
+                raise ReplicaGapError(expected, record)
+            header = journal_header(value, verify=True)
+            _, groups, carried = journal_contents(value)
+            change, placed, renamed = applier.change(
+                self._ledger, header, groups, carried, numbered=True
+            )
+            with self._journal_write_errors(), journal.begin(write=True) as txn:
+                if not txn.put(U64.pack(record), value, append=True):
+                    raise StorageError(f"journal record {record} exists already")
+                self._guard.check(txn)
+            try:
+                self._adopt(change, len(value))
+                applier.adopted(renamed)
+            except Exception as exc:
+                raise StorageError(f"a replicated record could not be accounted: {exc}") from exc
+            self._unwritten_notes.update(header.notes)
+            if self.latest is not None and placed:
+                self.latest.note(placed, time.time_ns())
+            self._checkpoint_contained()
+            return True
+
+    def apply_replicated_states(self, after: int, value: bytes) -> bool:
+        """Apply states the primary shipped after its record `after`; False if outdated.
+
+        Outdated: a later record applied since carries them if they still hold.
+
+        Raises:
+            ReplicaGapError: record `after` was not applied yet; nothing changed.
+            ValueError: the chunk is damaged; nothing changed.
+        """
+        with self._lock:
+            applier = self._following()
+            last = self._ledger.next_record - 1
+            if after < last:
+                return False
+            if after > last:
+                raise ReplicaGapError(last + 1, after)
+            header = journal_header(value, verify=True)
+            _, groups, carried = journal_contents(value)
+            change, _, renamed = applier.change(
+                self._ledger, header, groups, carried, numbered=False
+            )
+            self._adopt(change)
+            applier.adopted(renamed)
+            self._checkpoint_contained()
+            return True
+
+    def _following(self) -> Applier:
+        if self._applier is None:
+            raise StorageError("the buffer does not follow a primary (call `follow` first)")
+        return self._applier
+
+    def _checkpoint_contained(self) -> None:
+        """A checkpoint of a replica, if due; a failure stays due and is logged, not raised."""
+        try:
+            self._checkpoint_if_due()
+        except (CapacityError, StorageError) as exc:
+            logger.warning("replica checkpoint failed, retrying with the next record: %s", exc)
+
+    def _mark_moved(self, fifos: set[str]) -> None:
+        """FIFOs whose head or gap moved: the next journal chunk (and a standby) learns them."""
+        self._moved |= fifos
+        if self._unshipped is not None:
+            self._unshipped |= fifos
+
     def _adopt(self, change: LedgerChange, chunk_bytes: int = 0) -> None:
         """Take a committed change into the ledger and the journal index."""
         states = self._ledger.states
@@ -772,7 +951,7 @@ class Buffer:
             before()
         sinks.move(sink, moves, self._ledger.states)
         self._adopt(change)
-        self._moved |= taken
+        self._mark_moved(taken)
         self.last_removed = removed
         self._follow_leases(sinks, moves)
         for fifo in lowest:
@@ -921,7 +1100,7 @@ class Buffer:
                 self._index_follow(change)
             else:
                 self._adopt(change)
-            self._moved |= taken
+            self._mark_moved(taken)
             for fifo, _, _ in spans:
                 if fifo in live_deleted:
                     self._reads.live_leases.pop(fifo, None)
@@ -1103,8 +1282,11 @@ class Buffer:
         try:
             # Before the ledger adopts the states the transaction compares with.
             taken = w.taken()
-            self._moved |= taken
+            self._mark_moved(taken)
+            record = self._ledger.next_record
             self._adopt(w.change(), w.chunk_bytes)
+            if w.written is not None and self.on_journal is not None:
+                self.on_journal(record, w.record_value)
             if w.written is not None:
                 # Carried by the chunk, but for FIFOs whose loss to damage is not written.
                 self._moved &= self._damage.unsettled
@@ -1165,7 +1347,9 @@ class Buffer:
         # Looked for once per interval at most: it walks every FIFO's state.
         if now - self._last_pruned >= checkpoint.CHECKPOINT_INTERVAL_S:
             self._last_pruned = now
-            if checkpoint.is_pruning_due(self._ledger, under_pressure=self._guard.under_pressure):
+            if self._applier is None and checkpoint.is_pruning_due(
+                self._ledger, under_pressure=self._guard.under_pressure
+            ):
                 self._forget_idle()
         try:
             return self._checkpointer.maintain(self._ledger, self._index, self._unwritten_notes)

@@ -39,7 +39,7 @@ from gateway.buffer.core.ledger import (
 from gateway.points.record import HEADER, timestamp_of
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterator, Sequence
+    from collections.abc import Collection, Iterable, Iterator, Sequence
 
     import lmdb
 
@@ -160,6 +160,8 @@ class FifoTransaction:
         self.chunk_bytes = 0
         # The journal chunk `finish` wrote, as a walker decodes it: (key, groups, record bytes).
         self.written: tuple[bytes, dict[int, tuple[int, list[bytes]]], int] | None = None
+        # The journal chunk `finish` wrote, as stored (a standby is shipped it).
+        self.record_value = b""
 
     def state(self, fifo: str) -> DeviceState | None:
         """The FIFO's accounting as this transaction has it, copied for change."""
@@ -505,20 +507,7 @@ class FifoTransaction:
                 state = self._base.get(fifo)
             if state is not None:
                 by_number[state.number] = state
-        return [
-            (
-                s.number,
-                s.head,
-                s.next,
-                s.readings,
-                s.nbytes,
-                s.oldest_ts_ns,
-                s.gap_start,
-                s.gap_end,
-                s.newest_ts_ns,
-            )
-            for _, s in sorted(by_number.items())
-        ]
+        return pack_states(s for _, s in sorted(by_number.items()))
 
     def finish(
         self,
@@ -556,6 +545,7 @@ class FifoTransaction:
         names = [(n, f) for n, f in self._new_numbers.items() if f in self.changed]
         value = encode_journal(segments, groups, names, notes, self._carried(moved, held))
         key = U64.pack(self._ledger.next_record)
+        self.record_value = value
         if not journal.put(key, value, append=True):
             raise AssertionError("journal record numbers must grow")
         self._segments = segments
@@ -574,3 +564,21 @@ class FifoTransaction:
             next_device=self._next_device & U32_MAX,
             segments=self._segments,
         )
+
+
+def pack_states(states: Iterable[DeviceState]) -> list[State]:
+    """FIFO states as a journal chunk carries them (gateway/buffer/core/chunk.py `STATE`)."""
+    return [
+        (
+            s.number,
+            s.head,
+            s.next,
+            s.readings,
+            s.nbytes,
+            s.oldest_ts_ns,
+            s.gap_start,
+            s.gap_end,
+            s.newest_ts_ns,
+        )
+        for s in states
+    ]

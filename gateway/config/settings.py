@@ -7,6 +7,7 @@ import math
 from pydantic import Field, model_validator
 
 from gateway.config.mqtt import MqttSettings
+from gateway.config.replication import ReplicationSettings
 from gateway.config.section import Section
 from gateway.config.sections import (
     ApiSettings,
@@ -53,6 +54,22 @@ class Settings(Section):
     log: LogSettings = LogSettings()
     limits: LimitSettings = LimitSettings()
     sparkplug: SparkplugSettings = SparkplugSettings()
+    replication: ReplicationSettings = ReplicationSettings()
+
+    @model_validator(mode="after")
+    def _replication_fits(self) -> Settings:
+        if self.replication.role == "off":
+            return self
+        if self.mqtt.workers > 1:
+            msg = "replication: a replicated gateway runs one process ([mqtt] workers = 1)"
+            raise ValueError(msg)
+        if not self.mqtt.persistent_session:
+            msg = (
+                "replication: the standby takes over the primary's broker session, which needs "
+                "[mqtt] persistent_session = true"
+            )
+            raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _sinks_are_consistent(self) -> Settings:

@@ -1,27 +1,29 @@
 """The group commit: store the taken messages in one buffer transaction, then acknowledge them.
 
-This is the only module that acknowledges MQTT messages, and it does so only after the readings
-of those messages are committed (DESIGN invariant 1); no await stands between the commit and its
-acks. A message that yields no valid reading is acknowledged with its batch, after being counted
-as invalid; so is one whose readings were all within their deadband, counted as suppressed
-(deliberately not stored, gateway/ingest/core/deadband.py). The kept readings of the committed
-messages then become their series' deadband references, unless admission refused readings of
-the batch: a reading judged against one never stored could be lost unseen. Acks go out in
-arrival order, as MQTT requires. When admission pauses at a message (the `reject` policy at
-its watermark), the messages before it are committed and acknowledged and the rest stay with
-the broker. A batch the disk budget (the page guard) refuses whole is
-admitted in parts, halved until they fit, so that a flood of redelivered messages cannot need
-more pages than a small buffer has even when empty; intake pauses at a message refused on its
-own. A bug in admission costs only the message that meets it: the batch
-is admitted again message by message. That is safe because only an exception raised before the
-journal commit leaves `Buffer.admit` as anything but a `GatewayError` (the buffer contains what
-follows its commit), so such an exception means nothing of the batch was stored. Failures of the
-buffer itself (`GatewayError`) acknowledge nothing.
+This is the only module that acknowledges MQTT messages, and it does so only after the readings of
+those messages are committed (DESIGN invariant 1); no await stands between the commit and its acks,
+except that a primary in `sync` replication hands them to its gate, which sends them once the
+standby has the commit too (gateway/replication/gate.py). A message that yields no valid reading is
+acknowledged with its batch, after being counted as invalid; so is one whose readings were all
+within their deadband, counted as suppressed (deliberately not stored,
+gateway/ingest/core/deadband.py). The kept readings of the committed messages then become their
+series' deadband references, unless admission refused readings of the batch: a reading judged
+against one never stored could be lost unseen. Acks go out in arrival order, as MQTT requires. When
+admission pauses at a message (the `reject` policy at its watermark), the messages before it are
+committed and acknowledged and the rest stay with the broker. A batch the disk budget (the page
+guard) refuses whole is admitted in parts, halved until they fit, so that a flood of redelivered
+messages cannot need more pages than a small buffer has even when empty; intake pauses at a message
+refused on its own. A bug in admission costs only the message that meets it: the batch is admitted
+again message by message. That is safe because only an exception raised before the journal commit
+leaves `Buffer.admit` as anything but a `GatewayError` (the buffer contains what follows its
+commit), so such an exception means nothing of the batch was stored. Failures of the buffer itself
+(`GatewayError`) acknowledge nothing.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import time
 from collections import Counter
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from gateway.ingest.mqtt import Connection
     from gateway.ingest.taking import Pending
     from gateway.observe.metrics import Metrics
+    from gateway.replication.gate import AckGate
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +102,15 @@ class Committer:
         on_commit: Callable[[int], None],
         on_drop: Callable[[int], None],
         deadbands: Deadbands | None = None,
+        gate: AckGate | None = None,
     ) -> None:
         """`on_commit` and `on_drop` tell the flusher how many readings came and went.
 
         `deadbands`: the takers' (gateway/ingest/taking.py), settled after each commit.
+        `gate`: a replicating primary's, which may hold the acks until the standby has the
+        commit (gateway/replication/gate.py).
         """
+        self._gate = gate
         self.rules = rules
         self.deadbands = deadbands
         # A message of the batch lost its readings to a bug in admission: they stand for nothing.
@@ -131,7 +138,7 @@ class Committer:
             # turn a committed batch into a redelivered one.
             admitted, paused = self._admit(batch)
             committed = len(batch) if paused is None else paused.at_message
-            connection.ack([(p.mid, p.qos) for p in batch[:committed] if p.qos])
+            self._ack(connection, [(p.mid, p.qos) for p in batch[:committed] if p.qos])
             self._send_after_commit(connection, batch, committed)
             if not admitted.refused and not self._unsettled:
                 marks = [mark for p in batch[:committed] if p.marks for mark in p.marks]
@@ -157,6 +164,18 @@ class Committer:
             # The messages from the one that met the watermark on were not acknowledged: the
             # broker keeps them and delivers them again after the pause.
             raise IntakePaused.of(paused.error)
+
+    def _ack(self, connection: Connection, pairs: list[tuple[int, int]]) -> None:
+        """Acknowledge now, or hand the acks to the replication gate with the commit's record."""
+        if self._gate is None:
+            connection.ack(pairs)
+        elif pairs:
+            self._gate.submit(self._buffer.last_record(), functools.partial(connection.ack, pairs))
+
+    def connection_ended(self) -> None:
+        """Acks still held belong to a connection that is gone: the broker sends those again."""
+        if self._gate is not None:
+            self._gate.drop()
 
     def _send_after_commit(self, connection: Connection, batch: list[Pending], end: int) -> None:
         """Publish what the first `end` messages of the batch asked for (Sparkplug B).

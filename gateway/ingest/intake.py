@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from gateway.observe.brokerstats import BrokerStats
     from gateway.observe.health import Health
     from gateway.observe.metrics import Metrics
+    from gateway.replication.gate import AckGate
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +90,14 @@ class Ingest:
         breaker: Breaker | None = None,
         fault: Callable[[bytes], None] | None = None,
         sparkplug_host_id: str | None = None,
+        gate: AckGate | None = None,
     ) -> None:
         """Wire the ingest loop; `run` starts it. `on_ready` follows each subscription.
 
         `breaker`: consulted after an unclean stop (gateway/ingest/breaker.py). `fault`: a hook
         called with each payload while it is taken, for the fault tests (ingest/faults.py).
         `sparkplug_host_id`: announce the gateway as that Sparkplug B host application.
+        `gate`: a replicating primary's acks wait there for the standby (gateway/replication).
         """
         self._host_id = sparkplug_host_id
         self._settings = settings
@@ -133,6 +136,7 @@ class Ingest:
             on_commit=on_commit,
             on_drop=on_drop,
             deadbands=self.deadbands,
+            gate=gate,
         )
         for sub in settings.subscriptions:
             if sub.qos == 2:  # noqa: PLR2004
@@ -181,6 +185,7 @@ class Ingest:
                         with anyio.CancelScope(shield=True):
                             await connection.leave()
                         self.taker.connection_ended()
+                        self.committer.connection_ended()
             except IntakePaused as paused:
                 self._set_connected(False)
                 await self._pause(paused)

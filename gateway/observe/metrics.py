@@ -27,6 +27,7 @@ from gateway import __version__
 from gateway.observe.accounting import SUMMARY_OUTCOMES, Accounting, step_label
 from gateway.observe.brokerstats import BrokerStats
 from gateway.observe.diskwear import DiskWear, DiskWearCollector
+from gateway.observe.replicationmetrics import ReplicationMetrics
 from gateway.observe.sinkmetrics import SinkMetrics
 
 if TYPE_CHECKING:
@@ -219,7 +220,7 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.sinks = SinkMetrics(r)
+        self.sinks, self.replication = SinkMetrics(r), ReplicationMetrics(r)
         self.writes_in_flight = Gauge(
             "gateway_writes_in_flight", "Database writes under way", registry=r
         )

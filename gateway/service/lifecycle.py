@@ -34,6 +34,10 @@ from gateway.ingest.intake import Ingest
 from gateway.observe.accounting import Accounting
 from gateway.observe.health import Health
 from gateway.observe.metrics import Metrics
+from gateway.replication import roles
+from gateway.replication.gate import AckGate
+from gateway.replication.primary import Shipper
+from gateway.replication.standby import Follower
 from gateway.service import workers
 from gateway.service.housekeeping import Housekeeping
 from gateway.service.loopwatch import LoopWatch
@@ -88,6 +92,13 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
     for speedup, active in mqtt.install_speedups().items():
         metrics.mqtt_speedup.labels(speedup).set(int(active))
     notifier = Notifier()
+    replicated = settings.replication.role != "off" and worker is None
+    took_over = False
+    if replicated and await roles.starting_role(settings) == "standby":
+        if not await _follow(settings, metrics, notifier):
+            notifier.close()
+            return
+        took_over = True
     b = settings.buffer
     metrics.disk.endurance_tbw = b.endurance_tbw
     metrics.disk.endurance_used_tb = b.endurance_used_tb
@@ -103,6 +114,7 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
     metrics.backlog_lag_seconds.set_function(lambda: flusher.backlog_lag_s(time.monotonic()))
     breaker = Breaker(b.path, careful_max=CAREFUL_COMMITS * b.commit_max_readings)
     rejects = RejectLog(settings.buffer.path)
+    shipper = _make_shipper(settings, buffer, metrics, took_over=took_over) if replicated else None
     ingest = _make_ingest(
         settings,
         buffer,
@@ -112,6 +124,7 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
         notifier=notifier,
         breaker=breaker,
         rejects=rejects,
+        gate=shipper.gate if shipper is not None else None,
     )
     chores = Housekeeping(
         buffer=buffer,
@@ -165,6 +178,9 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
             retiring = retire or (worker is not None and worker.slot.index is None)
             job = _retire(ingest, flusher) if retiring else ingest.run()
             tg.start_soon(_run_intake, job, intake, intake_closed, name="gateway.ingest")
+            if shipper is not None:
+                tg.start_soon(shipper.run, name="gateway.replication")
+                tg.start_soon(_step_down_when_deposed, shipper, intake, name="gateway.deposed")
             with anyio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
@@ -240,6 +256,7 @@ def _make_ingest(
     notifier: Notifier,
     breaker: Breaker,
     rejects: RejectLog,
+    gate: AckGate | None = None,
 ) -> Ingest:
     b = settings.buffer
     return Ingest(
@@ -261,7 +278,63 @@ def _make_ingest(
         breaker=breaker,
         fault=faults.from_environment(),
         sparkplug_host_id=settings.sparkplug.host_id,
+        gate=gate,
     )
+
+
+def _make_shipper(
+    settings: Settings, buffer: Buffer, metrics: Metrics, *, took_over: bool
+) -> Shipper:
+    """The primary's replication, under its buffer's term (a new one after a takeover)."""
+    r = settings.replication
+    gate = AckGate(r.mode, r.standby_away, r.confirm_timeout_s)
+    term = roles.primary_term(buffer, took_over=took_over)
+    if took_over:
+        metrics.replication.takeovers.inc()
+        logger.warning(
+            "replication: took over as the primary (term %s) with %d readings from the replica",
+            term.hex()[:8],
+            buffer.totals().readings,
+        )
+    metrics.replication.set_role("primary")
+    return Shipper(settings, buffer, gate, metrics, term)
+
+
+async def _follow(settings: Settings, metrics: Metrics, notifier: Notifier) -> bool:
+    """Be the standby until the primary is gone (True) or a stop signal came (False)."""
+    follower = Follower(settings, metrics)
+    stopped = False
+    health = Health(started=time.monotonic(), max_loop_lag_s=settings.metrics.max_loop_lag_s)
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            nonlocal stopped
+            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                async for signum in signals:
+                    logger.info("%s: the standby stops", signal.Signals(signum).name)
+                    stopped = True
+                    tg.cancel_scope.cancel()
+
+        tg.start_soon(stop_on_signal, name="gateway.standby_signals")
+        if settings.metrics.enabled:
+            await tg.start(
+                functools.partial(httpserver.serve, registry=metrics.registry),
+                settings.metrics,
+                httpserver.LocalPages(metrics, health),
+                [],
+            )
+        notifier.send(READY="1", STATUS="standby: following the primary")
+        await follower.run()
+        tg.cancel_scope.cancel()
+    return not stopped
+
+
+async def _step_down_when_deposed(shipper: Shipper, intake: anyio.CancelScope) -> None:
+    """Another box took over the sensors' session: stop taking readings, keep delivering."""
+    await shipper.deposed.wait()
+    shipper.gate.drop()
+    intake.cancel()
+    shipper.metrics.replication.set_role("deposed")
 
 
 def _make_decoder(settings: Settings, buffer: Buffer, metrics: Metrics) -> Decoder:

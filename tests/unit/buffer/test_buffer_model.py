@@ -71,8 +71,10 @@ from gateway.buffer.core.ledger import (
 )
 from gateway.buffer.core.summary import Ladder, read_stats, summarise
 from gateway.buffer.fiforead import MAX_DECODED_BYTES
+from gateway.buffer.replica import ReplicaGapError
 from gateway.buffer.sealing import PENDING_MAX_BYTES
 from gateway.buffer.store import (
+    DEFAULT_LANE,
     DEFAULT_LATEST_SERIES,
     FENCE_BUDGET_SHARE,
     FENCE_MAX_BYTES,
@@ -81,9 +83,10 @@ from gateway.buffer.store import (
 from gateway.errors import CapacityError, StorageError
 from gateway.points.model import Reading
 from gateway.points.record import pack
+from gateway.replication import snapshot
 from tests.points import unpack
-from tests.unit.buffer.checks import window_stats
-from tests.unit.buffer.faults import Fault, Faults
+from tests.unit.buffer.checks import assert_counts_match, reading, window_stats
+from tests.unit.buffer.faults import Env, Fault, Faults
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -1210,6 +1213,200 @@ class TwoSinkMachine(RuleBasedStateMachine):
                 assert len(missing) <= self.skipped[sink], (sink, device)
 
 
+class ReplicaMachine(RuleBasedStateMachine):
+    """A standby's replica following a primary's buffer (gateway/buffer/replica.py).
+
+    The primary takes group commits (some dropping the oldest readings of a small buffer),
+    deliveries, checkpoints, seals and crashes; what it ships (its journal records, and the
+    states of FIFOs moved between them) travels on a wire that may lose messages, and the
+    standby applies it, crashes, and catches up from the primary's journal or, once that is
+    sealed away, from a snapshot. Whenever the wire is empty and the standby has what it
+    needs, every FIFO of the standby holds a suffix of the primary's readings that keeps all
+    of them not yet delivered: nothing the primary acknowledged is missing from the replica,
+    and nothing is in it that the primary never had. Its accounting matches what it reads.
+    """
+
+    CAPACITY: ClassVar[int] = 1 << 20
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.root = Path(tempfile.mkdtemp(prefix="replica-model-"))
+        self.saved = checkpoint.CHECKPOINT_INTERVAL_S, checkpoint.SEAL_READINGS
+        checkpoint.CHECKPOINT_INTERVAL_S = 1e9
+        checkpoint.SEAL_READINGS = SEAL_READINGS
+        self.clock = 0
+        self.wire: deque[tuple[str, int, bytes]] = deque()
+        self.delivered: set[bytes] = set()
+        self.primary = self._open_primary()
+        self.standby = self._open_standby()
+        self.catch_up()
+
+    def _open_primary(self) -> Buffer:
+        buffer = Buffer(self.root / "primary", self.CAPACITY)
+        buffer.ship_moves()
+        buffer.on_journal = lambda record, value: self.wire.append(("record", record, value))
+        return buffer
+
+    def _open_standby(self) -> Buffer:
+        buffer = Buffer(self.root / "standby", self.CAPACITY)
+        buffer.follow()
+        self.faults = Faults(buffer)
+        return buffer
+
+    def teardown(self) -> None:
+        for buffer in (self.primary, self.standby):
+            with contextlib.suppress(StorageError):
+                buffer.close()
+        shutil.rmtree(self.root)
+        checkpoint.CHECKPOINT_INTERVAL_S, checkpoint.SEAL_READINGS = self.saved
+
+    @rule(
+        devices=st.lists(DEVICE, min_size=1, max_size=8),
+        size=st.sampled_from([10, 60, 400, 3_000]),
+        dropping=st.booleans(),
+    )
+    def append(self, devices: list[str], size: int, *, dropping: bool) -> None:
+        items = []
+        for device in devices:
+            self.clock += 1
+            items.append(
+                (device, reading(device, self.clock, size), DROPPING if dropping else DEFAULT_LANE)
+            )
+        rules = Rules(
+            budget_bytes=self.primary.budget_bytes // 8 if dropping else self.primary.budget_bytes
+        )
+        with contextlib.suppress(CapacityError):
+            self.primary.admit(items, rules)
+
+    @rule(device=DEVICE, n=st.integers(1, 6))
+    def deliver(self, device: str, n: int) -> None:
+        spans = self.primary.read([(device, n)])
+        for span in spans:
+            self.primary.delete([(span.device, span.first_seq, len(span.values))])
+            self.delivered.update(span.values)
+
+    @rule()
+    def ship_states(self) -> None:
+        moved = self.primary.unshipped_states()
+        if moved is not None:
+            self.wire.append(("states", *moved))
+
+    @rule()
+    def lose_a_message(self) -> None:
+        if self.wire:
+            self.wire.popleft()
+
+    @rule(seal=st.booleans())
+    def checkpoint_primary(self, *, seal: bool) -> None:
+        with sealing() if seal else contextlib.nullcontext():
+            self.primary.checkpoint()
+
+    @rule(seal=st.booleans())
+    def checkpoint_standby(self, *, seal: bool) -> None:
+        with sealing() if seal else contextlib.nullcontext():
+            self.standby.checkpoint()
+
+    @rule(where=st.sampled_from(["journal", "store"]), write=FAULT_WRITES, error=ERRORS)
+    def apply_fails(self, where: Env, write: int | None, error: type[lmdb.Error]) -> None:
+        """A failed write of the standby (its journal, or a checkpoint it runs) changes nothing
+        the next attempt would not redo, and the message is applied again."""
+        if not self.wire:
+            return
+        kind, after, value = self.wire[0]
+        before = self.standby.last_record()
+        self.faults.arm(Fault(where, 0, write, error))
+        try:
+            if kind == "record":
+                self.standby.apply_replicated(after, value)
+            else:
+                self.standby.apply_replicated_states(after, value)
+        except (StorageError, CapacityError):
+            assert self.standby.last_record() == before
+            return
+        except ReplicaGapError:
+            return
+        finally:
+            self.faults.disarm()
+        self.wire.popleft()
+
+    @rule()
+    def crash_primary(self) -> None:
+        self.primary.abandon()
+        self.primary = self._open_primary()
+
+    @rule()
+    def crash_standby(self) -> None:
+        self.standby.abandon()
+        self.standby = self._open_standby()
+
+    @rule()
+    def deliver_wire(self) -> None:
+        """Apply what the wire holds; a gap (a lost message, a crash) asks for a catch-up."""
+        while self.wire:
+            kind, after, value = self.wire.popleft()
+            try:
+                if kind == "record":
+                    self.standby.apply_replicated(after, value)
+                else:
+                    self.standby.apply_replicated_states(after, value)
+            except ReplicaGapError:
+                self.catch_up()
+                return
+
+    def catch_up(self) -> None:
+        """As the primary answers a standby's hello: its journal from there, or a snapshot."""
+        self.wire.clear()
+        wanted = self.standby.last_record() + 1
+        records = self.primary.journal_since(wanted, 1 << 30)
+        if records is None:
+            self._snapshot()
+            records = self.primary.journal_since(self.standby.last_record() + 1, 1 << 30)
+            assert records is not None
+        for number, value in records:
+            assert self.standby.apply_replicated(number, value)
+        moved = self.primary.unshipped_states(every=True)
+        if moved is not None:
+            self.standby.apply_replicated_states(*moved)
+
+    def _snapshot(self) -> None:
+        copy = self.root / "copy"
+        last = snapshot.write(self.primary, copy)
+        self.standby.close()
+        snapshot.install(copy, self.root / "standby")
+        self.standby = self._open_standby()
+        assert self.standby.last_record() == last
+
+    @rule()
+    def take_over(self) -> None:
+        """What a takeover opens: the replica as an ordinary buffer, its accounting exact."""
+        self.deliver_wire()
+        self.standby.close()
+        reopened = Buffer(self.root / "standby", self.CAPACITY)
+        try:
+            assert_counts_match(reopened)
+        finally:
+            reopened.close()
+        self.standby = self._open_standby()
+
+    @invariant()
+    def replica_holds_what_is_undelivered(self) -> None:
+        if self.wire:
+            return
+        self.catch_up()
+        primary, standby = self.primary.devices(), self.standby.devices()
+        for fifo, state in primary.items():
+            if not state.readings:
+                continue
+            mine = self.primary.readings_of(fifo)
+            theirs = self.standby.readings_of(fifo)
+            assert mine[len(mine) - len(theirs) :] == theirs, fifo
+            assert not [v for v in mine[: len(mine) - len(theirs)] if v not in self.delivered], fifo
+        for fifo, state in standby.items():
+            if state.readings:
+                assert fifo in primary, fifo
+        assert_counts_match(self.standby)
+
+
 # Each example opens LMDB environments and walks every changed FIFO after each step: these
 # counts keep both machines near half a minute together on a 2-core box. Without the explain
 # phase (it traces every line), a failure shrinks within the test timeout.
@@ -1229,4 +1426,8 @@ TestTinyBufferModel.settings = settings(
 TestTwoSinkModel = TwoSinkMachine.TestCase
 TestTwoSinkModel.settings = settings(
     max_examples=80, stateful_step_count=40, deadline=None, phases=PHASES
+)
+TestReplicaModel = ReplicaMachine.TestCase
+TestReplicaModel.settings = settings(
+    max_examples=120, stateful_step_count=40, deadline=None, phases=PHASES
 )

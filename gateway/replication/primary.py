@@ -1,0 +1,303 @@
+"""The primary's side: ship each journal record to the standby, catch it up, hear its confirms.
+
+After each group commit the buffer hands over the journal record it wrote (`Buffer.on_journal`),
+one compressed chunk per commit, and it goes out on the pair's log topic at QoS 1 at once, in
+commit order, while the standby follows. Between commits, the states of FIFOs that deliveries
+moved go out every `STATES_INTERVAL_S` as a chunk of states alone. The standby confirms the
+newest record it has committed; the ack gate releases the sensors' acks that waited for it
+(gateway/replication/gate.py).
+
+A standby says hello with its term and the record it needs next: when it (re)connects, when it
+finds a gap, and when the primary's state comes online. The primary then stops shipping as it
+commits and catches it up: from its own journal while the records are still there, or with a
+snapshot of the whole buffer first (gateway/replication/snapshot.py), awaiting each message's
+PUBACK so that a catch-up of any size holds bounded memory. When the journal has nothing more,
+the standby follows again, with no commit in between (no await stands between the last read of
+the journal and the switch), and is sent every FIFO's state.
+
+A primary that sees another node claim the primary's role with another term was taken over:
+it stops taking readings (the other holds the sensors' session now) and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import aiomqtt
+import anyio
+
+from gateway.replication import link, snapshot
+from gateway.replication.protocol import Message, ProtocolError, State, decode
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gateway.buffer.store import Buffer
+    from gateway.config.settings import Settings
+    from gateway.observe.metrics import Metrics
+    from gateway.replication.gate import AckGate
+
+logger = logging.getLogger(__name__)
+
+STATES_INTERVAL_S = 0.5
+TICK_S = 0.1
+
+
+class Shipper:
+    """A primary's replication: see the module docstring."""
+
+    def __init__(
+        self, settings: Settings, buffer: Buffer, gate: AckGate, metrics: Metrics, term: bytes
+    ) -> None:
+        """Ship `buffer`'s records under `term` to the standby of `settings`' pair."""
+        self._settings = settings
+        self._node = settings.replication.node
+        self._buffer = buffer
+        self.gate = gate
+        self.metrics = metrics
+        self.term = term
+        self.topics = link.topics_of(settings)
+        self.snapshot_dir: Path = buffer.path.with_name(buffer.path.name + ".snapshot-out")
+        # Records go out as committed only while the standby follows; `shipped` is the newest.
+        self.following = False
+        self.shipped = -1
+        self.peer: State | None = None
+        self.deposed = anyio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._hello: int | None = None
+        self._hello_term = b""
+        self._wake = anyio.Event()
+        self._next_states = 0.0
+        self._last_confirm = time.monotonic()
+        self._unconfirmed_seen = 0
+        buffer.ship_moves()
+        buffer.on_journal = self._committed
+        metrics.replication.confirmed.set(-1)
+        metrics.replication.peer_up.set(0)
+
+    def _committed(self, record: int, value: bytes) -> None:
+        """A group commit's record: out now if the standby follows (called in the loop)."""
+        if not self.following or self._client is None:
+            return
+        if record != self.shipped + 1:
+            # Cannot happen while following; if it did, the standby would find the gap.
+            self._stop_following(f"record {record} committed after {self.shipped} shipped")
+            return
+        self._publish(Message("record", self.term, record, value))
+        self.shipped = record
+        self.metrics.replication.shipped.inc()
+
+    def _publish(self, message: Message) -> None:
+        assert self._client is not None  # noqa: S101 - only while connected
+        self._client._client.publish(self.topics.log, message.encode(), qos=1)  # noqa: SLF001
+
+    async def _send(self, message: Message) -> None:
+        """Publish and wait for the broker's PUBACK: a catch-up's pace."""
+        assert self._client is not None  # noqa: S101 - only while connected
+        await self._client.publish(self.topics.log, message.encode(), qos=1, timeout=30)
+
+    def _stop_following(self, why: str) -> None:
+        if self.following:
+            logger.warning("standby no longer follows (%s); acks %s", why, self._away_means())
+        self.following = False
+        self.gate.away()
+
+    def _away_means(self) -> str:
+        if self.gate.mode == "async":
+            return "never waited for it"
+        if self.gate.standby_away == "hold":
+            return "are held until it is back"
+        return "go out after the local commit (local durability only)"
+
+    async def run(self) -> None:
+        """Connect, ship and reconnect until cancelled."""
+        delay = link.RECONNECT_INITIAL_S
+        while True:
+            try:
+                async with link.connect(self._settings, "primary", self.term.hex()) as client:
+                    self._client = client
+                    delay = link.RECONNECT_INITIAL_S
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                logger.warning("replication connection lost (%s); reconnecting", exc)
+            finally:
+                self._client = None
+                self._stop_following("replication connection lost")
+            if self.deposed.is_set():
+                return
+            await anyio.sleep(delay)
+            delay = min(delay * 2, link.RECONNECT_MAX_S)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        topics = self.topics
+        await client.subscribe(topics.standby, qos=1)
+        await client.subscribe(topics.state("standby"), qos=1)
+        await client.subscribe(topics.state("primary"), qos=1)
+        online = State(self._node, online=True, term=self.term.hex())
+        await client.publish(topics.state("primary"), online.encode(), qos=1, retain=True)
+        logger.info("replication: primary %s, term %s", self._node, self.term.hex()[:8])
+        try:
+            await self._follow_messages(client)
+        except anyio.get_cancelled_exc_class():
+            # A primary that stops hands over: its standby takes over after takeover_after_s
+            # (a restart then comes back as the standby: gateway/replication/roles.py).
+            offline = State(self._node, online=False, term=self.term.hex())
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(1.0),
+                contextlib.suppress(aiomqtt.MqttError),
+            ):
+                await client.publish(topics.state("primary"), offline.encode(), qos=1, retain=True)
+            raise
+
+    async def _follow_messages(self, client: aiomqtt.Client) -> None:
+        topics = self.topics
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._tick, name="replication.tick")
+            tg.start_soon(self._catch_up_on_hello, name="replication.catch_up")
+            async for message in client.messages:
+                topic = message.topic.value
+                payload = bytes(message.payload) if message.payload else b""
+                if topic == topics.standby:
+                    self._heard(payload)
+                elif topic == topics.state("standby"):
+                    self._standby_state(payload)
+                elif topic == topics.state("primary") and not message.retain:
+                    if not self._taken_over(payload):
+                        continue
+                    tg.cancel_scope.cancel()
+                    return
+
+    def _heard(self, payload: bytes) -> None:
+        try:
+            message = decode(payload)
+        except ProtocolError as exc:
+            logger.warning("replication: ignored a message on %s: %s", self.topics.standby, exc)
+            return
+        if message.kind == "confirm" and message.term == self.term:
+            self.gate.confirm(message.number)
+            self.metrics.replication.confirmed.set(message.number)
+            self._last_confirm = time.monotonic()
+            if self.following and message.number >= self.shipped and not self.gate.following:
+                self.gate.follow()
+                logger.info("standby caught up at record %d; acks wait for it", message.number)
+        elif message.kind == "hello":
+            self._hello, self._hello_term = message.number, message.term
+            self._stop_following(f"it asked for record {message.number}")
+            self._wake.set()
+
+    def _standby_state(self, payload: bytes) -> None:
+        state = State.decode(payload)
+        self.peer = state
+        if state is not None and not state.online:
+            self._stop_following(f"its will says {state.node} is offline")
+
+    def _taken_over(self, payload: bytes) -> bool:
+        state = State.decode(payload)
+        if state is None or state.node == self._node or not state.online:
+            return False
+        if state.term == self.term.hex():
+            return False
+        logger.error(
+            "replication: %s took over as primary (term %s); this gateway stops taking "
+            "readings and delivers what it holds",
+            state.node,
+            state.term[:8],
+        )
+        self.deposed.set()
+        return True
+
+    def _observe(self, now: float) -> None:
+        m = self.metrics.replication
+        m.set_durability(self.gate.durability)
+        m.held_acks.set(self.gate.held)
+        last = self._buffer.last_record()
+        # Without a standby heard from yet there is nothing to lag behind.
+        behind = max(0, last - self.gate.confirmed) if self.peer is not None else 0
+        m.lag_records.set(behind)
+        m.lag_seconds.set(now - self._last_confirm if behind else 0.0)
+        m.peer_up.set(int(bool(self.peer and self.peer.online)))
+        if self.gate.unconfirmed_acks > self._unconfirmed_seen:
+            m.unconfirmed_acks.inc(self.gate.unconfirmed_acks - self._unconfirmed_seen)
+            self._unconfirmed_seen = self.gate.unconfirmed_acks
+
+    async def _tick(self) -> None:
+        while True:
+            await anyio.sleep(TICK_S)
+            now = time.monotonic()
+            self._observe(now)
+            if self.gate.overdue():
+                self._stop_following(
+                    f"no confirmation for {self._settings.replication.confirm_timeout_s:g} s"
+                )
+            if self.following and now >= self._next_states:
+                self._next_states = now + STATES_INTERVAL_S
+                moved = self._buffer.unshipped_states()
+                if moved is not None:
+                    self._publish(Message("states", self.term, moved[0], moved[1]))
+
+    async def _catch_up_on_hello(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            wanted, term = self._hello, self._hello_term
+            if wanted is None:
+                continue
+            try:
+                await self._catch_up(wanted, term)
+            except aiomqtt.MqttError:
+                raise
+            except Exception:
+                logger.exception("replication: catching the standby up failed; it will ask again")
+
+    async def _catch_up(self, wanted: int, term: bytes) -> None:
+        """Bring the standby from `wanted` to the newest record, then let it follow."""
+        buffer = self._buffer
+        if term != self.term or buffer.journal_since(wanted, 0) is None:
+            wanted = await self._send_snapshot() + 1
+        while True:
+            if self._wake.is_set():
+                return  # a newer hello: start again from what it says
+            records = buffer.journal_since(wanted, link.PART_BYTES)
+            if records is None:
+                wanted = await self._send_snapshot() + 1
+                continue
+            if not records:
+                # No await from the journal's last read to here: no commit came in between.
+                self.following = True
+                self.shipped = wanted - 1
+                every = buffer.unshipped_states(every=True)
+                if every is not None:
+                    self._publish(Message("states", self.term, every[0], every[1]))
+                logger.info("standby caught up to record %d; shipping as committed", wanted - 1)
+                return
+            for number, value in records:
+                await self._send(Message("record", self.term, number, value))
+                self.metrics.replication.shipped.inc()
+            wanted = records[-1][0] + 1
+
+    async def _send_snapshot(self) -> int:
+        """Copy the buffer and ship it; returns the newest record the copy holds."""
+        directory = self.snapshot_dir
+        logger.info("replication: sending the standby a snapshot of the buffer")
+        last = await anyio.to_thread.run_sync(snapshot.write, self._buffer, directory)
+        try:
+            files = [directory / name for name in snapshot.PARTS]
+            sizes = (files[0].stat().st_size, files[1].stat().st_size)
+            await self._send(Message("begin", self.term, last, sizes=sizes))
+            for index, path in enumerate(files):
+                with path.open("rb") as handle:
+                    offset = 0
+                    while chunk := handle.read(link.PART_BYTES):
+                        part = Message("part", self.term, last, chunk, index, offset)
+                        await self._send(part)
+                        offset += len(chunk)
+            await self._send(Message("end", self.term, last))
+            self.metrics.replication.snapshots.inc()
+            logger.info("replication: snapshot through record %d sent (%d bytes)", last, sum(sizes))
+        finally:
+            await anyio.to_thread.run_sync(snapshot.remove, directory)
+        return last

@@ -1,0 +1,67 @@
+"""Which role a box of a pair starts in, and the primary's term.
+
+`[replication] role` is the role a box starts in when the pair has no primary yet. A box set
+to start as the primary that finds another node holding the role (its retained state online,
+under another term) starts as the standby instead: that is how the old primary of a takeover
+returns, and the README's failback procedure builds on it. A box that becomes the primary
+keeps its buffer's term, or makes one if the buffer has none or it has just taken over, and
+notes it in the buffer with a group commit of its own, so the standby's replica carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import aiomqtt
+import anyio
+
+from gateway.buffer.core.admission import Rules
+from gateway.replication import link
+from gateway.replication.protocol import TERM_NOTE, Role, State, new_term
+
+if TYPE_CHECKING:
+    from gateway.buffer.store import Buffer
+    from gateway.config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# How long a starting box waits for the retained state of the primary's role.
+RETAINED_WAIT_S = 1.0
+
+
+async def primary_state(settings: Settings) -> State | None:
+    """The retained state of the pair's primary (None if there is none or the broker is away)."""
+    topic = link.topics_of(settings).state("primary")
+    try:
+        async with link.connect(settings, "standby") as client:
+            await client.subscribe(topic, qos=1)
+            with anyio.move_on_after(RETAINED_WAIT_S):
+                async for message in client.messages:
+                    return State.decode(bytes(message.payload) if message.payload else b"")
+    except aiomqtt.MqttError as exc:
+        logger.warning("replication: could not read the pair's state (%s)", exc)
+    return None
+
+
+async def starting_role(settings: Settings) -> Role:
+    """The role this box starts in (see the module docstring)."""
+    configured = settings.replication.role
+    if configured != "primary":
+        return "standby"
+    state = await primary_state(settings)
+    if state is not None and state.online and state.node != settings.replication.node:
+        logger.warning(
+            "replication: %s holds the primary's role; starting as its standby", state.node
+        )
+        return "standby"
+    return "primary"
+
+
+def primary_term(buffer: Buffer, *, took_over: bool) -> bytes:
+    """The term this box serves as the primary under, noted in `buffer`."""
+    term = buffer.notes(TERM_NOTE).get(TERM_NOTE)
+    if term is None or took_over:
+        term = new_term()
+        buffer.admit([], Rules(budget_bytes=buffer.budget_bytes), notes={TERM_NOTE: term})
+    return term
