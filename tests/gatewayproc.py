@@ -63,8 +63,12 @@ def config_text(
     mqtt_extra: str = 'host = "127.0.0.1"\n',
     metrics_extra: str = "",
     api: str = "",
+    extra: str = "",
 ) -> str:
-    """A gateway configuration; `influx` is the body of the [influx] table, or [[sinks]] tables."""
+    """A gateway configuration; `influx` is the body of the [influx] table, or [[sinks]] tables.
+
+    `extra`: more sections, appended as given.
+    """
     return (
         f'[mqtt]\n{mqtt_extra}port = {mqtt_port}\nclient_id = "{client_id}"\n'
         f"{subscriptions}\n"
@@ -75,6 +79,7 @@ def config_text(
         + f"[flush]\n{flush}\n"
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n{metrics_extra}'
         + (f"\n[api]\n{api}" if api else "")
+        + (f"\n{extra}" if extra else "")
     )
 
 

@@ -31,6 +31,8 @@ from gateway.flush.fanout import sink_states
 from gateway.points.names import Names
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gateway.buffer.latest import Latest
     from gateway.buffer.rejects import RejectLog
     from gateway.buffer.store import Buffer
@@ -63,11 +65,14 @@ class ReadApi:
         health: Health,
         rejects: RejectLog,
         sparkplug: Sessions | None = None,
+        replication: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         """Serve what these hold; `settings` names the database a miss reads.
 
         `sparkplug`: the state of Sparkplug B edge nodes, when a subscription reads them.
+        `replication`: the pair as this gateway sees it (gateway/replication), if it has one.
         """
+        self._replication = replication
         self._sparkplug = sparkplug
         self._settings = settings
         # A device name the gateway could never have accepted is a 404 without a query.
@@ -233,6 +238,8 @@ class ReadApi:
         disk = self._metrics.disk.figures(snapshot.outcomes["accepted"])
         if disk is not None:
             view["runtime"]["disk"] = disk
+        if self._replication is not None:
+            view["runtime"]["replication"] = self._replication()
         return web.json_response(view)
 
 

@@ -31,8 +31,8 @@ def topics_of(settings: Settings) -> Topics:
     return Topics.of(settings.replication.topic_prefix, settings.mqtt.client_id)
 
 
-def connect(settings: Settings, role: Role, term: str = "") -> aiomqtt.Client:
-    """This box's replication client, its will saying its `role` is offline."""
+def connect(settings: Settings, role: Role, offline: State | None = None) -> aiomqtt.Client:
+    """This box's replication client, its will saying its `role` is offline (as `offline`)."""
     r = settings.replication
     s = settings.mqtt.model_copy(
         update={
@@ -41,8 +41,8 @@ def connect(settings: Settings, role: Role, term: str = "") -> aiomqtt.Client:
             "keepalive_s": r.keepalive_s,
         }
     )
-    offline = State(r.node, online=False, term=term).encode()
-    will = aiomqtt.Will(topics_of(settings).state(role), offline, qos=1, retain=True)
+    said = (offline or State(r.node, online=False)).encode()
+    will = aiomqtt.Will(topics_of(settings).state(role), said, qos=1, retain=True)
     client = make_client(s, will)
     # Publishes are queued in order without limit; a catch-up awaits each of its own.
     client._client.max_inflight_messages_set(1000)  # noqa: SLF001

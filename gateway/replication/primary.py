@@ -15,8 +15,10 @@ PUBACK so that a catch-up of any size holds bounded memory. When the journal has
 the standby follows again, with no commit in between (no await stands between the last read of
 the journal and the switch), and is sent every FIFO's state.
 
-A primary that sees another node claim the primary's role with another term was taken over:
-it stops taking readings (the other holds the sensors' session now) and says so.
+A primary that sees another node claim the primary's role at a later epoch (one more takeover)
+was taken over: it stops taking readings (the other holds the sensors' session now) and says
+so. It looks at the retained state before it claims the role on each connection, so a primary
+whose connection comes back after its standby took over never deposes its successor.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import anyio
@@ -39,10 +41,13 @@ if TYPE_CHECKING:
     from gateway.config.settings import Settings
     from gateway.observe.metrics import Metrics
     from gateway.replication.gate import AckGate
+    from gateway.replication.roles import Term
 
 logger = logging.getLogger(__name__)
 
 STATES_INTERVAL_S = 0.5
+# How long a (re)connecting primary waits for the retained state of its role.
+RETAINED_WAIT_S = 1.0
 TICK_S = 0.1
 
 
@@ -50,7 +55,7 @@ class Shipper:
     """A primary's replication: see the module docstring."""
 
     def __init__(
-        self, settings: Settings, buffer: Buffer, gate: AckGate, metrics: Metrics, term: bytes
+        self, settings: Settings, buffer: Buffer, gate: AckGate, metrics: Metrics, term: Term
     ) -> None:
         """Ship `buffer`'s records under `term` to the standby of `settings`' pair."""
         self._settings = settings
@@ -58,7 +63,8 @@ class Shipper:
         self._buffer = buffer
         self.gate = gate
         self.metrics = metrics
-        self.term = term
+        self.term = term.term
+        self.epoch = term.epoch
         self.topics = link.topics_of(settings)
         self.snapshot_dir: Path = buffer.path.with_name(buffer.path.name + ".snapshot-out")
         # Records go out as committed only while the standby follows; `shipped` is the newest.
@@ -117,7 +123,7 @@ class Shipper:
         delay = link.RECONNECT_INITIAL_S
         while True:
             try:
-                async with link.connect(self._settings, "primary", self.term.hex()) as client:
+                async with link.connect(self._settings, "primary", self._state(False)) as client:
                     self._client = client
                     delay = link.RECONNECT_INITIAL_S
                     await self._serve(client)
@@ -133,18 +139,18 @@ class Shipper:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         topics = self.topics
+        if await self._outranked(client):
+            return
         await client.subscribe(topics.standby, qos=1)
         await client.subscribe(topics.state("standby"), qos=1)
-        await client.subscribe(topics.state("primary"), qos=1)
-        online = State(self._node, online=True, term=self.term.hex())
-        await client.publish(topics.state("primary"), online.encode(), qos=1, retain=True)
+        await self._claim(client)
         logger.info("replication: primary %s, term %s", self._node, self.term.hex()[:8])
         try:
             await self._follow_messages(client)
         except anyio.get_cancelled_exc_class():
             # A primary that stops hands over: its standby takes over after takeover_after_s
             # (a restart then comes back as the standby: gateway/replication/roles.py).
-            offline = State(self._node, online=False, term=self.term.hex())
+            offline = self._state(False)
             with (
                 anyio.CancelScope(shield=True),
                 anyio.move_on_after(1.0),
@@ -152,6 +158,28 @@ class Shipper:
             ):
                 await client.publish(topics.state("primary"), offline.encode(), qos=1, retain=True)
             raise
+
+    def _state(self, online: bool) -> State:
+        return State(self._node, online=online, term=self.term.hex(), epoch=self.epoch)
+
+    async def _claim(self, client: aiomqtt.Client) -> None:
+        """Say, retained, that this box is the primary."""
+        state = self._state(True).encode()
+        await client.publish(self.topics.state("primary"), state, qos=1, retain=True)
+
+    async def _outranked(self, client: aiomqtt.Client) -> bool:
+        """Whether the retained state names a primary that took over from this one.
+
+        Looked at before this box says it is the primary, so that a primary whose connection
+        came back after a takeover does not claim the role over its successor.
+        """
+        await client.subscribe(self.topics.state("primary"), qos=1)
+        with anyio.move_on_after(RETAINED_WAIT_S):
+            async for message in client.messages:
+                if message.topic.value == self.topics.state("primary"):
+                    payload = bytes(message.payload) if message.payload else b""
+                    return self._taken_over(payload)
+        return False
 
     async def _follow_messages(self, client: aiomqtt.Client) -> None:
         topics = self.topics
@@ -165,11 +193,13 @@ class Shipper:
                     self._heard(payload)
                 elif topic == topics.state("standby"):
                     self._standby_state(payload)
-                elif topic == topics.state("primary") and not message.retain:
-                    if not self._taken_over(payload):
-                        continue
-                    tg.cancel_scope.cancel()
-                    return
+                elif topic == topics.state("primary"):
+                    if self._taken_over(payload):
+                        tg.cancel_scope.cancel()
+                        return
+                    if State.decode(payload) != self._state(True):
+                        # Another box's will or an older primary's claim: the role is ours.
+                        tg.start_soon(self._claim, client)
 
     def _heard(self, payload: bytes) -> None:
         try:
@@ -191,15 +221,15 @@ class Shipper:
 
     def _standby_state(self, payload: bytes) -> None:
         state = State.decode(payload)
+        if state is not None and state.node == self._node:
+            state = None  # what this box said as a standby, before it took over
         self.peer = state
         if state is not None and not state.online:
             self._stop_following(f"its will says {state.node} is offline")
 
     def _taken_over(self, payload: bytes) -> bool:
         state = State.decode(payload)
-        if state is None or state.node == self._node or not state.online:
-            return False
-        if state.term == self.term.hex():
+        if state is None or not state.outranks(self._node, self.epoch):
             return False
         logger.error(
             "replication: %s took over as primary (term %s); this gateway stops taking "
@@ -209,6 +239,30 @@ class Shipper:
         )
         self.deposed.set()
         return True
+
+    def describe(self) -> dict[str, Any]:
+        """The pair as this primary sees it, for the status JSON (`runtime.replication`)."""
+        now = time.monotonic()
+        last = self._buffer.last_record()
+        confirmed = self.gate.confirmed
+        behind = max(0, last - confirmed) if self.peer is not None else 0
+        return {
+            "role": "deposed" if self.deposed.is_set() else "primary",
+            "node": self._node,
+            "mode": self.gate.mode,
+            "durability": self.gate.durability,
+            "standby_away": self.gate.standby_away,
+            "term": self.term.hex(),
+            "peer": None
+            if self.peer is None
+            else {"node": self.peer.node, "online": self.peer.online, "following": self.following},
+            "last_record": last,
+            "confirmed_record": confirmed,
+            "lag_records": behind,
+            "lag_s": now - self._last_confirm if behind else 0.0,
+            "held_acks": self.gate.held,
+            "unconfirmed_acks": self.gate.unconfirmed_acks,
+        }
 
     def _observe(self, now: float) -> None:
         m = self.metrics.replication

@@ -23,6 +23,8 @@ from typing import Literal
 
 TERM_BYTES = 16
 TERM_NOTE = b"replication.term"
+# How many takeovers made this buffer's term (`>Q`): a newer primary outranks an older one.
+EPOCH_NOTE = b"replication.epoch"
 # The term of a standby whose replica has none yet.
 NO_TERM = bytes(TERM_BYTES)
 U64 = struct.Struct(">Q")
@@ -145,16 +147,31 @@ class State:
     node: str
     online: bool
     term: str = ""
+    epoch: int = 0
 
     def encode(self) -> bytes:
         """As the retained payload."""
-        return json.dumps({"node": self.node, "online": self.online, "term": self.term}).encode()
+        fields = {"node": self.node, "online": self.online, "term": self.term, "epoch": self.epoch}
+        return json.dumps(fields).encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> State | None:
         """From a retained payload; None if it is not one (or empty: the role was cleared)."""
         try:
             found = json.loads(payload)
-            return cls(str(found["node"]), bool(found["online"]), str(found.get("term", "")))
-        except (ValueError, KeyError, TypeError):
+            return cls(
+                str(found["node"]),
+                bool(found["online"]),
+                str(found.get("term", "")),
+                int(found.get("epoch", 0)),
+            )
+        except (ValueError, KeyError, TypeError, OverflowError):
             return None
+
+    def outranks(self, node: str, epoch: int) -> bool:
+        """Whether this online primary, not `node`, holds the role over `node` at `epoch`.
+
+        The later takeover wins; two primaries of one epoch (both started as the primary at
+        once) are ordered by name, so exactly one of them steps down.
+        """
+        return self.online and self.node != node and (self.epoch, self.node) > (epoch, node)

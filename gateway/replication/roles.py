@@ -11,6 +11,7 @@ notes it in the buffer with a group commit of its own, so the standby's replica 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiomqtt
@@ -18,7 +19,7 @@ import anyio
 
 from gateway.buffer.core.admission import Rules
 from gateway.replication import link
-from gateway.replication.protocol import TERM_NOTE, Role, State, new_term
+from gateway.replication.protocol import EPOCH_NOTE, TERM_NOTE, U64, Role, State, new_term
 
 if TYPE_CHECKING:
     from gateway.buffer.store import Buffer
@@ -51,6 +52,7 @@ async def starting_role(settings: Settings) -> Role:
         return "standby"
     state = await primary_state(settings)
     if state is not None and state.online and state.node != settings.replication.node:
+        # Whatever its epoch: a box that comes back finds the one that kept the sensors.
         logger.warning(
             "replication: %s holds the primary's role; starting as its standby", state.node
         )
@@ -58,10 +60,24 @@ async def starting_role(settings: Settings) -> Role:
     return "primary"
 
 
-def primary_term(buffer: Buffer, *, took_over: bool) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Term:
+    """What a primary serves under: its term and how many takeovers led to it."""
+
+    term: bytes
+    epoch: int
+
+
+def primary_term(buffer: Buffer, *, took_over: bool) -> Term:
     """The term this box serves as the primary under, noted in `buffer`."""
-    term = buffer.notes(TERM_NOTE).get(TERM_NOTE)
+    notes = buffer.notes(b"replication.")
+    term = notes.get(TERM_NOTE)
+    epoch = U64.unpack(notes[EPOCH_NOTE])[0] if EPOCH_NOTE in notes else 0
     if term is None or took_over:
-        term = new_term()
-        buffer.admit([], Rules(budget_bytes=buffer.budget_bytes), notes={TERM_NOTE: term})
-    return term
+        term, epoch = new_term(), epoch + took_over
+        buffer.admit(
+            [],
+            Rules(budget_bytes=buffer.budget_bytes),
+            notes={TERM_NOTE: term, EPOCH_NOTE: U64.pack(epoch)},
+        )
+    return Term(term, epoch)

@@ -17,10 +17,11 @@ off), so the broker hands it every message the primary had not acknowledged, and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import aiomqtt
 import anyio
@@ -83,6 +84,24 @@ class Follower:
             return NO_TERM
         return self.buffer.notes(TERM_NOTE).get(TERM_NOTE, NO_TERM)
 
+    def describe(self) -> dict[str, Any]:
+        """The pair as this standby sees it, for the status JSON (`runtime.replication`)."""
+        primary = self.primary
+        since = self._offline_since
+        return {
+            "role": "standby",
+            "node": self._node,
+            "mode": self._settings.replication.mode,
+            "term": self.term.hex(),
+            "peer": None if primary is None else {"node": primary.node, "online": primary.online},
+            "last_record": self.buffer.last_record() if self.buffer is not None else -1,
+            "following": not self._behind,
+            "receiving_snapshot": self._snapshot is not None,
+            "takeover_in_s": None
+            if since is None
+            else max(0.0, self._settings.replication.takeover_after_s - (time.monotonic() - since)),
+        }
+
     async def run(self) -> None:
         """Follow until the primary has been gone for `takeover_after_s`; the replica is closed."""
         self.buffer = self._open()
@@ -122,6 +141,22 @@ class Follower:
         online = State(self._node, online=True)
         await client.publish(topics.state("standby"), online.encode(), qos=1, retain=True)
         self._hello()
+        try:
+            return await self._follow_messages(client)
+        finally:
+            # Stopped or taking over: the primary stops waiting for it at once. Not after a
+            # lost connection: the will says it then, if the broker lost it too.
+            if not client._disconnected.done():  # noqa: SLF001
+                offline = State(self._node, online=False).encode()
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(1.0),
+                    contextlib.suppress(aiomqtt.MqttError),
+                ):
+                    await client.publish(topics.state("standby"), offline, qos=1, retain=True)
+
+    async def _follow_messages(self, client: aiomqtt.Client) -> bool:
+        topics = self.topics
         done = False
         async with anyio.create_task_group() as tg:
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from gateway.api import httpserver, statuspage
+from gateway.api import httpserver, standbyapi, statuspage
 from gateway.api.readapi import ReadApi
 from gateway.buffer.core.admission import rules_of
 from gateway.buffer.rejects import RejectLog
@@ -155,6 +155,7 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
                 health=health,
                 rejects=rejects,
                 sparkplug=ingest.taker.sparkplug_state,
+                replication=shipper.describe if shipper is not None else None,
             )
             await _serve_pages(tg, settings, httpserver.LocalPages(metrics, health), api, worker)
             _start_background(tg, flusher, chores, b)
@@ -292,8 +293,10 @@ def _make_shipper(
     if took_over:
         metrics.replication.takeovers.inc()
         logger.warning(
-            "replication: took over as the primary (term %s) with %d readings from the replica",
-            term.hex()[:8],
+            "replication: took over as the primary (term %s, epoch %d) with %d readings from "
+            "the replica",
+            term.term.hex()[:8],
+            term.epoch,
             buffer.totals().readings,
         )
     metrics.replication.set_role("primary")
@@ -317,11 +320,16 @@ async def _follow(settings: Settings, metrics: Metrics, notifier: Notifier) -> b
 
         tg.start_soon(stop_on_signal, name="gateway.standby_signals")
         if settings.metrics.enabled:
+            routes = [standbyapi.status_route(settings, follower)] if settings.api.enabled else []
             await tg.start(
                 functools.partial(httpserver.serve, registry=metrics.registry),
                 settings.metrics,
                 httpserver.LocalPages(metrics, health),
-                [],
+                routes,
+            )
+            logger.info(
+                "standby: metrics on %s/metrics, health on /healthz and /readyz",
+                settings.metrics.listen,
             )
         notifier.send(READY="1", STATUS="standby: following the primary")
         await follower.run()

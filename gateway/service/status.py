@@ -99,6 +99,9 @@ def status(settings: Settings, *, as_json: bool, top: int) -> str:
     runtime = view.get("runtime")
     if runtime is None:
         return f"{text}\n(service not answering on {settings.metrics.listen}: read from disk)"
+    pair = runtime.get("replication")
+    if pair is not None and pair["role"] == "standby":
+        return f"{text}\n{replication_line(pair)}"
     sink, admission = runtime["sink"], runtime["admission"]
     live, backlog = runtime.get("live_lag_s", 0.0), runtime.get("backlog_lag_s", 0.0)
     sinks = "".join(f"\n{line}" for line in sink_lines(runtime.get("sinks") or []))
@@ -110,6 +113,50 @@ def status(settings: Settings, *, as_json: bool, top: int) -> str:
         f"{'connected' if runtime['mqtt_connected'] else 'not connected'}"
         f"\nevent loop lag in the last minute: max {_ms(runtime.get('loop_lag_max_s', 0.0))}, "
         f"p99 {_ms(runtime.get('loop_lag_p99_s', 0.0))}{sinks}"
+        + (f"\n{replication_line(pair)}" if pair is not None else "")
+    )
+
+
+def replication_line(pair: dict[str, Any]) -> str:
+    """The pair as `runtime.replication` of the status JSON says (gateway/replication)."""
+    peer = pair.get("peer")
+    if pair["role"] == "standby":
+        primary = "no primary seen yet" if peer is None else f"primary {peer['node']}"
+        if peer is not None and not peer["online"]:
+            primary += f" offline, taking over in {pair.get('takeover_in_s') or 0:.1f} s"
+        state = (
+            "receiving a snapshot"
+            if pair.get("receiving_snapshot")
+            else ("following" if pair.get("following") else "catching up")
+        )
+        return (
+            f"replication: standby {pair['node']} ({pair['mode']}), {state} {primary}; "
+            f"applied through record {pair['last_record']:,}"
+        )
+    if pair["role"] == "deposed":
+        return (
+            f"replication: {pair['node']} was taken over as the primary: it takes no readings "
+            "and delivers what it holds"
+        )
+    if peer is None:
+        standby = "no standby seen yet"
+    else:
+        standby = f"standby {peer['node']} " + (
+            ("following" if peer.get("following") else "catching up")
+            if peer["online"]
+            else "offline"
+        )
+    meaning = {
+        "sync": "acks wait for the standby",
+        "degraded": "standby away: "
+        + ("acks held" if pair.get("standby_away") == "hold" else "local durability only"),
+        "async": "acks do not wait",
+    }[pair["durability"]]
+    return (
+        f"replication: primary {pair['node']} ({pair['mode']}: {meaning}), {standby}; "
+        f"record {pair['last_record']:,}, confirmed {pair['confirmed_record']:,}, lag "
+        f"{pair['lag_records']:,} records / {pair['lag_s']:.1f} s, {pair['held_acks']:,} "
+        "commits' acks waiting"
     )
 
 

@@ -112,6 +112,33 @@ function sinks(list) {
   ]);
 }
 
+// The pair, when this gateway has a standby (or was taken over): shown only then.
+const DURABILITY = {
+  sync: "wait for the standby", degraded: "standby away: local only", async: "do not wait",
+};
+
+function standbyState(peer) {
+  if (!peer) return "none seen yet";
+  if (!peer.online) return peer.node + " offline";
+  return peer.node + (peer.following ? " following" : " catching up");
+}
+
+function replication(pair) {
+  document.getElementById("replication-section").hidden = !pair;
+  if (!pair) return;
+  const held = pair.durability === "degraded" && pair.standby_away === "hold";
+  fill("replication", [pair], [
+    [p => p.role, p => "state " + (p.role === "primary" ? "ok" : "bad")],
+    [p => p.node],
+    [p => held ? "held until the standby is back" : DURABILITY[p.durability],
+     p => "state " + (p.durability === "degraded" ? "bad" : "ok")],
+    [p => standbyState(p.peer)],
+    [p => number(p.last_record), "num"], [p => number(p.confirmed_record), "num"],
+    [p => number(p.lag_records) + " records, " + seconds(p.lag_s), "num"],
+    [p => number(p.held_acks), "num"],
+  ]);
+}
+
 function bytes(value) {
   const units = ["B", "kB", "MB", "GB", "TB"];
   let i = 0;
@@ -254,6 +281,7 @@ async function poll() {
     const now = Date.now();
     glance(status, now);
     sinks(status.runtime.sinks ?? []);
+    replication(status.runtime.replication);
     remember(status);
     if (polls % TABLES_EVERY === 0) await tables();
     polls += 1;
