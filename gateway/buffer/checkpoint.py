@@ -488,6 +488,11 @@ class _Replay:
         if name is None:
             return  # its FIFO was forgotten and its name given to a new number since
         state = self.states[name]
+        if head < state.head:
+            # Only in a standby's journal: its primary, restarted after kill -9, delivers again
+            # what the standby was told it had delivered, and a seal may have taken those
+            # readings out since (gateway/buffer/replica.py keeps the head alike).
+            return
         self.readings += readings - state.readings
         self.nbytes += nbytes - state.nbytes
         state.head, state.next = head, max(next_seq, state.next)

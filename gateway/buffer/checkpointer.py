@@ -93,6 +93,8 @@ class Checkpointer:
         self.sealing: Sealing | None = None
         # A seal asked for whatever the journal's size: its map refused a record.
         self.seal_wanted = False
+        # Delivered journal records from this one on are kept until a seal (None: none kept).
+        self.keep_from: int | None = None
         # Checkpoints written since opening, for tests and tools that follow them.
         self.checkpoints = 0
 
@@ -246,7 +248,7 @@ class Checkpointer:
         self._last = time.monotonic()
         self.checkpoints += 1
         self._guard.measure_store()
-        self._delete_journal(index)
+        self._delete_journal(index, ledger.sealed_through)
 
     def _undo_seal(self) -> None:
         """Give up the seal under way; the next one starts over with the same number."""
@@ -257,9 +259,18 @@ class Checkpointer:
         """Give up a seal under way (closing); a restart removes what it wrote."""
         self._undo_seal()
 
-    def _delete_journal(self, index: JournalIndex) -> None:
-        """Delete the journal records nothing buffered is in; a failure waits for the next try."""
-        dead = index.dead_records()
+    def _delete_journal(self, index: JournalIndex, sealed_through: int) -> None:
+        """Delete the journal records nothing buffered is in; a failure waits for the next try.
+
+        Records from `keep_from` on stay until a seal takes them (a standby may still need
+        them: gateway/replication/primary.py catches it up from the journal).
+        """
+        keep_from = self.keep_from
+        dead = [
+            r
+            for r in index.dead_records()
+            if keep_from is None or r < keep_from or r <= sealed_through
+        ]
         if self._journal is None or not dead:
             return
         try:

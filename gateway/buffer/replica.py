@@ -8,6 +8,10 @@ numbers FIFOs and sequences as the primary's does, so the next record applies on
 the standby's own checkpoints and seals keep its journal bounded as the primary's keep its own.
 A takeover is then an ordinary start on that directory.
 
+A standby that (re)connects is sent the state of every FIFO the primary has: one the primary
+forgot (it was emptied, then idle) is emptied on the standby, which may have missed the
+states that emptied it.
+
 Deliveries between the primary's commits travel as a record of states alone (`encode_journal`
 with no segment), applied to the accounting and written by the standby's next checkpoint: lost
 to a crash of the standby, they only make it deliver again what the primary had delivered, which
@@ -26,12 +30,31 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from gateway.buffer.core.chunk import journal_header
 from gateway.buffer.core.ledger import LEVEL_SEPARATOR, NEWEST_NONE, DeviceState, LedgerChange
 from gateway.points.record import timestamp_of
 
 if TYPE_CHECKING:
     from gateway.buffer.core.chunk import JournalHeader, Segment, State
     from gateway.buffer.core.ledger import Ledger
+
+
+def shipped_header(value: bytes, *, states_only: bool) -> JournalHeader:
+    """The header of a shipped chunk, its checksum verified; a chunk of states has no appends.
+
+    A shipped chunk must carry its checksum: one without (as chunks written before checksums
+    existed) would be taken unverified.
+
+    Raises:
+        ValueError: it is damaged, has no checksum, or a chunk of states carries appends or
+            names (or another of chunk.DECODE_ERRORS).
+    """
+    header = journal_header(value, verify=True)
+    if header.body_end >= len(value):
+        raise ValueError("a shipped chunk carries no checksum")
+    if states_only and (header.segments or header.names or header.notes):
+        raise ValueError("a chunk of states carries appends, names or notes")
+    return header
 
 
 class ReplicaGapError(Exception):
@@ -59,6 +82,7 @@ class Applier:
         carried: list[State],
         *,
         numbered: bool,
+        complete: bool = False,
     ) -> tuple[LedgerChange, list[tuple[str, int, int, bytes]], dict[int, str | None]]:
         """The ledger change one record makes, its placed readings and its renames.
 
@@ -80,6 +104,8 @@ class Applier:
                 )
         for fields in carried:
             step.set_state(fields)
+        if complete:
+            step.empty_all_but({fields[0] for fields in carried})
         live = [
             s
             for s in header.segments
@@ -185,6 +211,19 @@ class _Step:
         self.readings += segment.count
         self.nbytes += segment.nbytes
         return name, state
+
+    def empty_all_but(self, numbers: set[int]) -> None:
+        """Empty every FIFO with readings whose number is not in `numbers`."""
+        for name, state in self.ledger.states.items():
+            if state.readings and state.number not in numbers and name not in self.touched:
+                copy = self._copy(name)
+                if copy is None:
+                    continue
+                self.readings -= copy.readings
+                self.nbytes -= copy.nbytes
+                self.active -= 1
+                copy.head, copy.readings, copy.nbytes = copy.next, 0, 0
+                copy.gap_start = copy.gap_end = 0
 
     def set_state(self, fields: State) -> None:
         number, head, next_seq, readings, nbytes, oldest, gap_start, gap_end, newest = fields

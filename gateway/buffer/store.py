@@ -90,7 +90,7 @@ from gateway.buffer import (
 from gateway.buffer.admitter import Admitter
 from gateway.buffer.checkpointer import Checkpointer, unreachable
 from gateway.buffer.core.admission import Lane, Rules
-from gateway.buffer.core.chunk import encode_journal, journal_contents, journal_header
+from gateway.buffer.core.chunk import encode_journal, journal_contents
 from gateway.buffer.core.damage import JOURNAL_KIND
 from gateway.buffer.core.fence import NOTE as FENCE_NOTE
 from gateway.buffer.core.fence import START as FENCE_START
@@ -113,7 +113,7 @@ from gateway.buffer.core.verify import Report, is_plausible
 from gateway.buffer.cursors import Cursors
 from gateway.buffer.fiforead import JOURNAL_PREFIX, MAX_DECODED_BYTES, DecodedChunks, Walking
 from gateway.buffer.reads import Reads
-from gateway.buffer.replica import Applier, ReplicaGapError
+from gateway.buffer.replica import Applier, ReplicaGapError, shipped_header
 from gateway.buffer.sealing import PENDING_MAX_BYTES
 from gateway.buffer.transaction import FifoTransaction, pack_states
 from gateway.config.sections import ApiSettings, SyncMode
@@ -695,6 +695,16 @@ class Buffer:
             if self._unshipped is None:
                 self._unshipped = set()
 
+    def keep_journal_from(self, record: int | None) -> None:
+        """Keep delivered journal records from `record` on until a seal takes them.
+
+        A primary keeps what its standby has not confirmed, so that a standby a little behind
+        is caught up from the journal rather than with a snapshot. A seal still takes them:
+        the journal stays bounded, and a standby behind a seal gets a snapshot.
+        """
+        with self._lock:
+            self._checkpointer.keep_from = record
+
     def last_record(self) -> int:
         """The newest journal record committed (applied, on a standby); -1 for none."""
         with self._lock:
@@ -709,12 +719,16 @@ class Buffer:
         with self._lock:
             if self._unshipped is None or not (self._unshipped or every):
                 return None
-            held = self._damage.unsettled
             states = self._ledger.states
-            fifos = states.keys() if every else self._unshipped
-            moved = [states[f] for f in fifos - held if f in states]
+            if every:
+                # All of them, those a damaged chunk took readings of too: a FIFO missing
+                # from the set would be emptied on the standby.
+                moved = list(states.values())
+            else:
+                held = self._damage.unsettled
+                moved = [states[f] for f in self._unshipped - held if f in states]
             self._unshipped.clear()
-            if not moved:
+            if not moved and not every:
                 return None
             value = encode_journal([], [], (), (), pack_states(moved))
             return self._ledger.next_record - 1, value
@@ -793,7 +807,7 @@ class Buffer:
                 return False
             if record > expected:
                 raise ReplicaGapError(expected, record)
-            header = journal_header(value, verify=True)
+            header = shipped_header(value, states_only=False)
             _, groups, carried = journal_contents(value)
             change, placed, renamed = applier.change(
                 self._ledger, header, groups, carried, numbered=True
@@ -813,10 +827,11 @@ class Buffer:
             self._checkpoint_contained()
             return True
 
-    def apply_replicated_states(self, after: int, value: bytes) -> bool:
+    def apply_replicated_states(self, after: int, value: bytes, *, complete: bool = False) -> bool:
         """Apply states the primary shipped after its record `after`; False if outdated.
 
-        Outdated: a later record applied since carries them if they still hold.
+        Outdated: a later record applied since carries them if they still hold. `complete`:
+        they are every FIFO the primary has (gateway/buffer/replica.py).
 
         Raises:
             ReplicaGapError: record `after` was not applied yet; nothing changed.
@@ -829,10 +844,10 @@ class Buffer:
                 return False
             if after > last:
                 raise ReplicaGapError(last + 1, after)
-            header = journal_header(value, verify=True)
+            header = shipped_header(value, states_only=True)
             _, groups, carried = journal_contents(value)
             change, _, renamed = applier.change(
-                self._ledger, header, groups, carried, numbered=False
+                self._ledger, header, groups, carried, numbered=False, complete=complete
             )
             self._adopt(change)
             applier.adopted(renamed)

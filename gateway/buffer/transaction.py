@@ -150,6 +150,8 @@ class FifoTransaction:
         self._base = ledger.states
         self.changed: dict[str, DeviceState] = {}
         self.pruned: set[str] = set()
+        # FIFOs this transaction emptied and then forgot, as they were when emptied.
+        self._emptied: dict[str, DeviceState] = {}
         self.readings, self.nbytes = ledger.readings, ledger.nbytes
         self.active = ledger.active
         self._entries = len(self._base)
@@ -483,7 +485,9 @@ class FifoTransaction:
         for fifo, state in list(self._base.items()) + list(self.changed.items()):
             if not state.readings and fifo not in self.pruned:
                 self.pruned.add(fifo)
-                self.changed.pop(fifo, None)
+                if self.changed.pop(fifo, None) is not None:
+                    # Emptied by this transaction: what a journal chunk carries for it.
+                    self._emptied[fifo] = state
                 self._entries -= 1
 
     def taken(self) -> set[str]:
@@ -503,8 +507,9 @@ class FifoTransaction:
         for fifo in (set(moved) | self.taken()).difference(held):
             state = self.changed.get(fifo)
             if fifo in self.pruned or state is None:
-                # A forgotten FIFO keeps the number of its last state until a seal.
-                state = self._base.get(fifo)
+                # A forgotten FIFO keeps the number of its last state until a seal; one this
+                # transaction emptied is carried empty, not as it was before.
+                state = self._emptied.get(fifo) or self._base.get(fifo)
             if state is not None:
                 by_number[state.number] = state
         return pack_states(s for _, s in sorted(by_number.items()))

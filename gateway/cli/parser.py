@@ -215,6 +215,12 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
         help="end-to-end: 2 adds VictoriaMetrics as a second sink; repeat to compare (1)",
     )
     bench.add_argument(
+        "--replication",
+        choices=("off", "sync", "async"),
+        action="append",
+        help="end-to-end: a standby gateway follows the measured one; repeat to compare (off)",
+    )
+    bench.add_argument(
         "--workers",
         type=int,
         action="append",

@@ -70,6 +70,8 @@ class Shipper:
         # Records go out as committed only while the standby follows; `shipped` is the newest.
         self.following = False
         self.shipped = -1
+        # Records sent to a standby since start, as committed and in catch-ups.
+        self.shipped_records = 0
         self.peer: State | None = None
         self.deposed = anyio.Event()
         self._client: aiomqtt.Client | None = None
@@ -94,6 +96,10 @@ class Shipper:
             return
         self._publish(Message("record", self.term, record, value))
         self.shipped = record
+        self._ship_count()
+
+    def _ship_count(self) -> None:
+        self.shipped_records += 1
         self.metrics.replication.shipped.inc()
 
     def _publish(self, message: Message) -> None:
@@ -209,6 +215,7 @@ class Shipper:
             return
         if message.kind == "confirm" and message.term == self.term:
             self.gate.confirm(message.number)
+            self._buffer.keep_journal_from(self.gate.confirmed + 1)
             self.metrics.replication.confirmed.set(message.number)
             self._last_confirm = time.monotonic()
             if self.following and message.number >= self.shipped and not self.gate.following:
@@ -216,6 +223,8 @@ class Shipper:
                 logger.info("standby caught up at record %d; acks wait for it", message.number)
         elif message.kind == "hello":
             self._hello, self._hello_term = message.number, message.term
+            if message.term == self.term:
+                self._buffer.keep_journal_from(message.number)
             self._stop_following(f"it asked for record {message.number}")
             self._wake.set()
 
@@ -261,6 +270,7 @@ class Shipper:
             "lag_records": behind,
             "lag_s": now - self._last_confirm if behind else 0.0,
             "held_acks": self.gate.held,
+            "shipped_records": self.shipped_records,
             "unconfirmed_acks": self.gate.unconfirmed_acks,
         }
 
@@ -325,12 +335,12 @@ class Shipper:
                 self.shipped = wanted - 1
                 every = buffer.unshipped_states(every=True)
                 if every is not None:
-                    self._publish(Message("states", self.term, every[0], every[1]))
+                    self._publish(Message("every", self.term, every[0], every[1]))
                 logger.info("standby caught up to record %d; shipping as committed", wanted - 1)
                 return
             for number, value in records:
                 await self._send(Message("record", self.term, number, value))
-                self.metrics.replication.shipped.inc()
+                self._ship_count()
             wanted = records[-1][0] + 1
 
     async def _send_snapshot(self) -> int:

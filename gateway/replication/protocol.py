@@ -31,10 +31,11 @@ U64 = struct.Struct(">Q")
 PART = struct.Struct(">BQ")
 BEGIN = struct.Struct(">QQQ")
 
-Kind = Literal["record", "states", "begin", "part", "end", "hello", "confirm"]
+Kind = Literal["record", "states", "every", "begin", "part", "end", "hello", "confirm"]
 _CODES: dict[Kind, bytes] = {
     "record": b"R",
     "states": b"S",
+    "every": b"A",
     "begin": b"B",
     "part": b"P",
     "end": b"E",
@@ -58,7 +59,8 @@ def new_term() -> bytes:
 class Message:
     """One message of the pair: its kind, term, number and body.
 
-    `number`: the record (record, confirm), the record after which states apply (states),
+    `number`: the record (record, confirm), the record after which states apply (states,
+    every: the states of all FIFOs),
     the record wanted next (hello), the snapshot's newest record (begin, part, end).
     `body`: a journal chunk (record, states), a part of a snapshot file (part).
     `file`, `offset`: which snapshot file and where in it (part); sizes of the two files
@@ -109,7 +111,7 @@ def decode(payload: bytes) -> Message:
             return Message(kind, term, number, rest[PART.size :], file, offset)
     except struct.error as exc:
         raise ProtocolError(f"a {kind} message cut short") from exc
-    if kind in ("record", "states") and not rest:
+    if kind in ("record", "states", "every") and not rest:
         raise ProtocolError(f"a {kind} message without its chunk")
     return Message(kind, term, number, rest)
 

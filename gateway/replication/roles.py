@@ -68,12 +68,18 @@ class Term:
     epoch: int
 
 
-def primary_term(buffer: Buffer, *, took_over: bool) -> Term:
-    """The term this box serves as the primary under, noted in `buffer`."""
+def primary_term(buffer: Buffer, *, took_over: bool, fresh: bool = False) -> Term:
+    """The term this box serves as the primary under, noted in `buffer`.
+
+    `fresh`: a new term even without a takeover. Needed when the buffer does not fsync each
+    commit (`[buffer] sync` other than "commit"): a power cut may have lost records the
+    standby has, and the next commits would reuse their numbers for other readings; under a
+    new term the standby is sent a snapshot instead of taking them for ones it has.
+    """
     notes = buffer.notes(b"replication.")
     term = notes.get(TERM_NOTE)
     epoch = U64.unpack(notes[EPOCH_NOTE])[0] if EPOCH_NOTE in notes else 0
-    if term is None or took_over:
+    if term is None or took_over or fresh:
         term, epoch = new_term(), epoch + took_over
         buffer.admit(
             [],

@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import aiomqtt
 import anyio
 
+from gateway.buffer.core.chunk import DECODE_ERRORS
 from gateway.buffer.replica import ReplicaGapError
 from gateway.buffer.store import Buffer
-from gateway.errors import GatewayError
+from gateway.errors import CapacityError, GatewayError
 from gateway.replication import link, snapshot
 from gateway.replication.protocol import NO_TERM, TERM_NOTE, Message, ProtocolError, State, decode
 
@@ -63,6 +64,8 @@ class Follower:
         self._asked_at = -math.inf
         self._behind = True
         self._snapshot: _Incoming | None = None
+        # Records applied since start (snapshots aside).
+        self.applied_records = 0
 
     def _open(self) -> Buffer:
         b = self._settings.buffer
@@ -96,6 +99,7 @@ class Follower:
             "peer": None if primary is None else {"node": primary.node, "online": primary.online},
             "last_record": self.buffer.last_record() if self.buffer is not None else -1,
             "following": not self._behind,
+            "applied_records": self.applied_records,
             "receiving_snapshot": self._snapshot is not None,
             "takeover_in_s": None
             if since is None
@@ -204,14 +208,15 @@ class Follower:
             if not retained:  # the primary (re)connected: it needs to hear where we are
                 self._hello()
 
-    def _hello(self) -> None:
-        """Ask for the record after the last one applied."""
+    def _hello(self, *, snapshot: bool = False) -> None:
+        """Ask for the record after the last one applied (`snapshot`: for a whole copy)."""
         if self._client is None or self.buffer is None:
             return
         self._asked_at = time.monotonic()
         self._behind = True
         wanted = self.buffer.last_record() + 1
-        self._send(Message("hello", self.term, wanted))
+        # A term that is no one's makes the primary send a snapshot.
+        self._send(Message("hello", NO_TERM if snapshot else self.term, wanted))
 
     def _send(self, message: Message) -> None:
         if self._client is not None:
@@ -231,22 +236,39 @@ class Follower:
         if buffer is None or message.term != self.term:
             return  # of another history: the snapshot it was sent comes first
         try:
-            if message.kind == "record":
-                if buffer.apply_replicated(message.number, message.body):
-                    self._metrics.replication.applied.inc()
-                self._confirm(buffer)
-            elif message.kind == "states":
-                buffer.apply_replicated_states(message.number, message.body)
-            self._behind = False
+            self._apply(buffer, message)
         except ReplicaGapError as gap:
             # Once per wait: the records in flight behind the gap each find it too.
-            if not self._behind or time.monotonic() - self._asked_at > HELLO_AGAIN_S:
+            if self._may_ask():
                 logger.info("replication: %s; asking for it", gap)
                 self._hello()
-        except (GatewayError, ValueError) as exc:
+        except CapacityError as exc:
+            # The replica takes more pages than the primary's buffer (it sealed at other
+            # times): a snapshot, compacted, is the primary's size again.
+            if self._may_ask():
+                logger.warning("replication: the replica is full (%s); asking for a snapshot", exc)
+                self._hello(snapshot=True)
+        except (GatewayError, MemoryError, *DECODE_ERRORS) as exc:
             # Not applied, not confirmed: the primary's confirm timeout notices, and the
             # records after it find the gap and ask for it again.
-            logger.error("replication: record %d not applied: %s", message.number, exc)  # noqa: TRY400 - the reason is enough
+            logger.error(  # noqa: TRY400 - the reason is enough; a traceback per message is not
+                "replication: %s %d not applied: %s", message.kind, message.number, exc
+            )
+
+    def _apply(self, buffer: Buffer, message: Message) -> None:
+        if message.kind == "record":
+            if buffer.apply_replicated(message.number, message.body):
+                self._metrics.replication.applied.inc()
+                self.applied_records += 1
+            self._confirm(buffer)
+        elif message.kind in ("states", "every"):
+            complete = message.kind == "every"
+            buffer.apply_replicated_states(message.number, message.body, complete=complete)
+        self._behind = False
+
+    def _may_ask(self) -> bool:
+        """Whether to say hello now: not while one is waiting for its answer, unless long."""
+        return not self._behind or time.monotonic() - self._asked_at > HELLO_AGAIN_S
 
     def _confirm(self, buffer: Buffer) -> None:
         last = buffer.last_record()
@@ -278,12 +300,14 @@ class Follower:
             return
         incoming.close()
         self._snapshot = None
-        assert self.buffer is not None  # noqa: S101 - open while following
-        self.buffer.close()
-        self.buffer = None
+        replica, self.buffer = self.buffer, None
+        assert replica is not None  # noqa: S101 - open while following
+        # In a worker thread, all of it: closing, replacing and opening a buffer of any size
+        # may take longer than the event loop may be held.
+        await anyio.to_thread.run_sync(replica.close)
         await anyio.to_thread.run_sync(snapshot.install, self.incoming, self.path)
-        snapshot.remove(self.incoming)
-        self.buffer = self._open()
+        await anyio.to_thread.run_sync(snapshot.remove, self.incoming)
+        self.buffer = await anyio.to_thread.run_sync(self._open)
         self._metrics.replication.snapshots.inc()
         logger.info("replication: snapshot through record %d installed", message.number)
         self._confirm(self.buffer)

@@ -289,7 +289,7 @@ def _make_shipper(
     """The primary's replication, under its buffer's term (a new one after a takeover)."""
     r = settings.replication
     gate = AckGate(r.mode, r.standby_away, r.confirm_timeout_s)
-    term = roles.primary_term(buffer, took_over=took_over)
+    term = roles.primary_term(buffer, took_over=took_over, fresh=settings.buffer.sync != "commit")
     if took_over:
         metrics.replication.takeovers.inc()
         logger.warning(

@@ -131,7 +131,8 @@ def replication_line(pair: dict[str, Any]) -> str:
         )
         return (
             f"replication: standby {pair['node']} ({pair['mode']}), {state} {primary}; "
-            f"applied through record {pair['last_record']:,}"
+            f"applied through record {pair['last_record']:,} "
+            f"({pair.get('applied_records', 0):,} records since start)"
         )
     if pair["role"] == "deposed":
         return (
@@ -154,6 +155,7 @@ def replication_line(pair: dict[str, Any]) -> str:
     }[pair["durability"]]
     return (
         f"replication: primary {pair['node']} ({pair['mode']}: {meaning}), {standby}; "
+        f"{pair.get('shipped_records', 0):,} records shipped since start; "
         f"record {pair['last_record']:,}, confirmed {pair['confirmed_record']:,}, lag "
         f"{pair['lag_records']:,} records / {pair['lag_s']:.1f} s, {pair['held_acks']:,} "
         "commits' acks waiting"

@@ -32,6 +32,7 @@ Each scenario runs `--runs` times; the table shows medians.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
@@ -189,12 +190,19 @@ def _run_end_to_end(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     # A steady load needs a rate: the default one when the others run at their maximum.
     rate = args.rate or END_TO_END_RATE
     for workers in args.workers or [1]:
-        for sinks in args.sinks or [1]:
+        for sinks, pair in itertools.product(args.sinks or [1], args.replication or ["off"]):
             label = f"end-to-end {rate:.0f}/s for {args.duration:.0f} s{_devices(args)}"
             label += f" workers={workers}" + (f" sinks={sinks}" if sinks > 1 else "")
+            label += f" replication={pair}" if pair != "off" else ""
             results = [
                 scenarios.bench_end_to_end(
-                    rate, args.duration, args.publishers, workers, devices=args.devices, sinks=sinks
+                    rate,
+                    args.duration,
+                    args.publishers,
+                    workers,
+                    devices=args.devices,
+                    sinks=sinks,
+                    replication=pair,
                 )
                 for _ in range(args.runs)
             ]

@@ -85,8 +85,11 @@ def write_config(
     flush: str = "",
     sparkplug: bool = False,
     far_url: str = "",
+    extra: str = "",
 ) -> None:
     """A gateway configuration for the local servers; `flush`: more `[flush]` lines.
+
+    `extra`: more sections, appended as given (a `[replication]` table).
 
     `sparkplug`: also take Sparkplug B edge nodes' messages (spBv1.0/#). `far_url`: a second
     database (VictoriaMetrics, api v2) as a second sink; the first is then the sink "near".
@@ -130,7 +133,7 @@ listen = "127.0.0.1:{metrics_port}"
 
 [log]
 level = "{log_level}"
-""",
+{extra}""",
         encoding="utf-8",
     )
 

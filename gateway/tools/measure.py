@@ -44,8 +44,14 @@ class Gateway:
         sparkplug: bool = False,
         profile: Path | None = None,
         far_url: str = "",
+        replication: str = "",
+        buffer_name: str = "buffer",
     ) -> None:
         """Start it on `broker_port` and wait until it is connected; `flush`: `[flush]` lines.
+
+        `replication`: a `[replication]` table; as a standby it is waited for until it follows
+        (it takes the broker's session only when it takes over). `buffer_name`: its buffer's
+        directory under `work`, and the name of its configuration and log there.
 
         `sparkplug`: subscribe to Sparkplug B too (gateway/tools/demo.py `write_config`).
         `profile`: a configuration file to run instead of the benchmark's own (`sync`, `api`,
@@ -54,8 +60,8 @@ class Gateway:
         """
         metrics_port = servers.free_port()
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        config = work / "gateway.toml"
-        self.buffer_dir = work / "buffer"
+        config = work / f"{buffer_name}.toml"
+        self.buffer_dir = work / buffer_name
         database_url = database_url or f"http://127.0.0.1:{servers.free_port()}"
         environ = dict(os.environ)
         if profile is None:
@@ -63,7 +69,7 @@ class Gateway:
                 config,
                 broker_port,
                 database_url,
-                work / "buffer",
+                self.buffer_dir,
                 metrics_port,
                 capacity=f"{CAPACITY_BYTES}B",
                 sync=sync,
@@ -73,6 +79,7 @@ class Gateway:
                 flush=flush,
                 sparkplug=sparkplug,
                 far_url=far_url,
+                extra=replication,
             )
         else:
             config = profile
@@ -89,7 +96,7 @@ class Gateway:
             # A profile may run several workers: each reports its connection.
             workers = load(profile, environ).mqtt.workers
         # The child keeps its own descriptor of the log; this process's is closed at once.
-        with (work / "gateway.log").open("wb") as log:
+        with (work / f"{buffer_name}.log").open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "run", "--config", str(config)],
                 stdout=log,
@@ -97,7 +104,12 @@ class Gateway:
                 env=environ,
             )
         deadline = time.monotonic() + 30
-        while self.metric("gateway_mqtt_connected") != workers:
+        standby = 'role = "standby"' in replication
+        while (
+            self.metric("gateway_replication_role{role=standby}") != 1
+            if standby
+            else self.metric("gateway_mqtt_connected") != workers
+        ):
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise servers.ServerError("the gateway did not start; see its log")
             time.sleep(POLL_S)

@@ -258,11 +258,14 @@ def bench_end_to_end(
     *,
     devices: int = BENCH_DEVICES,
     sinks: int = 1,
+    replication: str = "off",
 ) -> dict[str, Any]:
     """Steady load at `rate` for `duration_s` into a local influxd: lag, backlog, CPU, RSS.
 
     `sinks` = 2: VictoriaMetrics as a second sink beside influxd; a reading counts as
-    delivered once both had it, and each sink's lag is sampled too.
+    delivered once both had it, and each sink's lag is sampled too. `replication` "sync" or
+    "async": a standby gateway on the same broker follows the measured one (the primary);
+    its CPU and disk writes per reading are measured too.
     """
     count = int(rate * duration_s)
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
@@ -271,7 +274,7 @@ def bench_end_to_end(
         db = servers.start_influxd(work / "influxd")
         servers.influxql(db.url, "CREATE DATABASE telemetry")
         far = servers.start_victoria_metrics(work / "vm") if sinks > 1 else None
-        gateway = None
+        gateway = standby = None
         try:
             gateway = Gateway(
                 work,
@@ -280,9 +283,12 @@ def bench_end_to_end(
                 database_url=db.url,
                 workers=workers,
                 far_url=far.url if far is not None else "",
+                replication=_pair_section("a", "primary", replication),
             )
+            standby = _start_standby(gateway, work, broker.port, db.url, replication)
             jobs = load_plan(broker.port, count, rate, publishers, devices=devices)
             cpu0, db_cpu0 = gateway.cpu_s(), cpu_s(db.process.pid)
+            standby_before = (standby.cpu_s(), standby.write_bytes()) if standby else (0.0, 0)
             broker_cpu0 = cpu_s(broker.process.pid)
             written0 = gateway.write_bytes()
             started = time.perf_counter()
@@ -307,39 +313,102 @@ def bench_end_to_end(
                         (time.perf_counter() - started, delivered, lags[-1], backlogs[-1])
                     )
                 elapsed = time.perf_counter() - started
-                pending.get(timeout=600)
+                loads = pending.get(timeout=600)
             half = len(backlogs) // 2
             gateway_s = gateway.cpu_s() - cpu0
+            pair = _standby_figures(standby, standby_before, delivered) if standby else {}
             broker_s = max(cpu_s(broker.process.pid) - broker_cpu0, 1e-9)
-            return {
-                "delivered_per_s": delivered / elapsed,
-                "lag_p50_s": quantile(sorted(lags), 0.5),
-                "lag_p99_s": quantile(sorted(lags), 0.99),
-                "backlog_first_half_max": max(backlogs[:half] or [0]),
-                "backlog_second_half_max": max(backlogs[half:] or [0]),
-                "batch_size_median": statistics.median(sizes),
-                # Ingest and flush together, one reading per message.
-                "gateway_cpu_us_per_reading": gateway_s / delivered * 1e6,
-                "gateway_cpu_percent": gateway_s / elapsed * 100,
-                "broker_cpu_us_per_message": broker_s / delivered * 1e6,
-                "gateway_to_broker_cpu_ratio": gateway_s / broker_s,
-                "gateway_peak_rss_mib": gateway.rss_mib("VmHWM"),
-                "database_cpu_percent": (cpu_s(db.process.pid) - db_cpu0) / elapsed * 100,
-                "database_rss_mib": rss_mib(db.process.pid),
-                "written_bytes_per_reading": (gateway.write_bytes() - written0) / delivered,
-                "wire_bytes_per_reading": metrics.get(SENT_BYTES, 0.0) / delivered,
-                "timeline": timeline,
-            } | {
-                f"{name}_lag_p99_s": quantile(sorted(found), 0.99)
-                for name, found in sink_lags.items()
-            }
+            return (
+                {
+                    "delivered_per_s": delivered / elapsed,
+                    "lag_p50_s": quantile(sorted(lags), 0.5),
+                    "lag_p99_s": quantile(sorted(lags), 0.99),
+                    "backlog_first_half_max": max(backlogs[:half] or [0]),
+                    "backlog_second_half_max": max(backlogs[half:] or [0]),
+                    "batch_size_median": statistics.median(sizes),
+                    # Ingest and flush together, one reading per message.
+                    "gateway_cpu_us_per_reading": gateway_s / delivered * 1e6,
+                    "gateway_cpu_percent": gateway_s / elapsed * 100,
+                    "broker_cpu_us_per_message": broker_s / delivered * 1e6,
+                    "gateway_to_broker_cpu_ratio": gateway_s / broker_s,
+                    "gateway_peak_rss_mib": gateway.rss_mib("VmHWM"),
+                    "database_cpu_percent": (cpu_s(db.process.pid) - db_cpu0) / elapsed * 100,
+                    "database_rss_mib": rss_mib(db.process.pid),
+                    "written_bytes_per_reading": (gateway.write_bytes() - written0) / delivered,
+                    "wire_bytes_per_reading": metrics.get(SENT_BYTES, 0.0) / delivered,
+                    **_puback_figures(loads),
+                    "timeline": timeline,
+                }
+                | pair
+                | {
+                    f"{name}_lag_p99_s": quantile(sorted(found), 0.99)
+                    for name, found in sink_lags.items()
+                }
+            )
         finally:
+            if standby is not None:
+                standby.stop()
             if gateway is not None:
                 gateway.stop()
             db.stop()
             if far is not None:
                 far.stop()
             broker.stop()
+
+
+def _puback_figures(loads: list[loadgen.LoadResult]) -> dict[str, float]:
+    """The publishers' PUBACK latency: when the broker had each message acknowledged."""
+    latencies = sorted(x for r in loads for x in r.puback_latencies_s)
+    return {
+        "broker_puback_p50_ms": quantile(latencies, 0.5) * 1000,
+        "broker_puback_p99_ms": quantile(latencies, 0.99) * 1000,
+    }
+
+
+def _start_standby(
+    primary: Gateway, work: Path, broker_port: int, database_url: str, mode: str
+) -> Gateway | None:
+    """A standby following `primary` (None with replication off), once its acks wait for it."""
+    if mode == "off":
+        return None
+    standby = Gateway(
+        work,
+        broker_port,
+        "commit",
+        database_url=database_url,
+        replication=_pair_section("b", "standby", mode),
+        buffer_name="standby",
+    )
+    _wait_durability(primary, "sync" if mode == "sync" else "async")
+    return standby
+
+
+def _standby_figures(
+    standby: Gateway, before: tuple[float, int], delivered: float
+) -> dict[str, float]:
+    """What the standby cost per reading the pair delivered: CPU, disk writes, memory."""
+    cpu0, written0 = before
+    return {
+        "standby_cpu_us_per_reading": (standby.cpu_s() - cpu0) / delivered * 1e6,
+        "standby_written_bytes_per_reading": (standby.write_bytes() - written0) / delivered,
+        "standby_peak_rss_mib": standby.rss_mib("VmHWM"),
+    }
+
+
+def _pair_section(node: str, role: str, mode: str) -> str:
+    """The `[replication]` table of one box of a benchmarked pair ("" without one)."""
+    if mode == "off":
+        return ""
+    return f'\n[replication]\nrole = "{role}"\nnode = "{node}"\nmode = "{mode}"\n'
+
+
+def _wait_durability(gateway: Gateway, state: str, timeout_s: float = 60) -> None:
+    """Until the primary's acks mean `state` (its standby caught up and followed)."""
+    deadline = time.monotonic() + timeout_s
+    while gateway.metric(f"gateway_replication_durability{{state={state}}}") != 1:
+        if time.monotonic() > deadline:
+            raise servers.ServerError(f"the pair did not reach {state} in {timeout_s:g} s")
+        time.sleep(POLL_S)
 
 
 def bench_outage(

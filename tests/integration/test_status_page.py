@@ -19,6 +19,7 @@ from gateway import __version__
 from gateway.sparkplug.core.payload import DataType, encode
 from gateway.tools.simulate import device_name
 from tests.gatewayproc import publish_messages, publish_simulated, wait_for
+from tests.replicationpair import start_pair
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -208,6 +209,36 @@ def test_with_two_databases_the_page_has_a_row_for_each(
     assert "state bad" in far.find_elements("tag name", "td")[1].get_attribute("class")
     assert shown(browser, "sink")[2] == "state bad", "the Database tile: one of them fails"
     keep_screenshot(browser, "status-page-sinks.png")
+    assert csp_violations(browser) == []
+
+
+def test_with_a_standby_the_page_shows_the_pair_and_when_it_is_away(
+    browser: WebDriver,
+    gateway: Callable[..., GatewayProcess],
+    own_victoria: servers.Server,
+) -> None:
+    primary, standby = start_pair(gateway, own_victoria)
+    browser.get(primary.base_url + "/")
+
+    def row() -> list[str]:
+        rows = table(browser, "replication")
+        return rows[0] if rows else []
+
+    wait_for(
+        lambda: row()[:4] == ["primary", "a", "wait for the standby", "b following"],
+        10,
+        "the pair's row",
+    )
+    assert browser.find_element("id", "replication-section").is_displayed()
+    keep_screenshot(browser, "status-page-replication.png")
+    standby.stop()
+    wait_for(
+        lambda: row()[2:4] == ["standby away: local only", "b offline"],
+        RED_WITHIN_S,
+        "the standby away on the page",
+    )
+    cell = browser.find_elements("css selector", "#replication tbody tr td")[2]
+    assert "state bad" in (cell.get_attribute("class") or "")
     assert csp_violations(browser) == []
 
 

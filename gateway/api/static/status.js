@@ -132,7 +132,7 @@ function replication(pair) {
     [p => p.node],
     [p => held ? "held until the standby is back" : DURABILITY[p.durability],
      p => "state " + (p.durability === "degraded" ? "bad" : "ok")],
-    [p => standbyState(p.peer)],
+    [p => standbyState(p.peer)], [p => number(p.shipped_records), "num"],
     [p => number(p.last_record), "num"], [p => number(p.confirmed_record), "num"],
     [p => number(p.lag_records) + " records, " + seconds(p.lag_s), "num"],
     [p => number(p.held_acks), "num"],

@@ -22,9 +22,10 @@ NUMBERS = st.integers(0, 2**64 - 1)
 
 @st.composite
 def messages(draw: st.DrawFn) -> Message:
-    kind = draw(st.sampled_from(["record", "states", "begin", "part", "end", "hello", "confirm"]))
+    kinds = ["record", "states", "every", "begin", "part", "end", "hello", "confirm"]
+    kind = draw(st.sampled_from(kinds))
     term, number = draw(TERMS), draw(NUMBERS)
-    if kind in ("record", "states"):
+    if kind in ("record", "states", "every"):
         return Message(kind, term, number, draw(st.binary(min_size=1, max_size=300)))
     if kind == "begin":
         return Message(kind, term, number, sizes=(draw(NUMBERS), draw(NUMBERS)))
@@ -58,7 +59,7 @@ def test_a_message_cut_short_is_refused_or_shorter(message: Message, cut: int) -
         return
     # Only a body may be cut and still decode: never a header field.
     assert (found.kind, found.term, found.number) == (message.kind, message.term, message.number)
-    assert found.kind in ("record", "states", "part", "hello", "confirm", "end")
+    assert found.kind in ("record", "states", "every", "part", "hello", "confirm", "end")
 
 
 def test_a_term_of_the_wrong_size_is_not_sent() -> None:
