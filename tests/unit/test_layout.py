@@ -6,9 +6,9 @@ annotations only and are not counted: they make no run-time dependency.
 Ranks, lowest first; a module may import its own package and anything ranked lower, never
 higher, and two stages of one rank (ingest and flush) never import each other:
 errors, backoff < points < config < tls < observe < buffer, sparkplug < ingest, flush
-< api < service < tools < cli. The command line is on top so that it can start the tools;
-nothing else imports them. Pure folders (every stage's `core/`, `config/`, `points/`) and the
-pure root modules import no I/O library.
+< replication < api < service < tools < cli. The command line is on top so that it can start
+the tools; nothing else imports them. Pure folders (every stage's `core/`, `config/`,
+`points/`) and the pure root modules import no I/O library.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ PACKAGE = Path(__file__).parents[2] / "gateway"
 RANK = {
     "errors": 0, "backoff": 0, "points": 1, "config": 2, "tls": 3, "observe": 4, "buffer": 5,
     "sparkplug": 5,
-    "ingest": 6, "flush": 6, "api": 7, "service": 8, "tools": 9, "cli": 10,
-    "__init__": 0, "__main__": 11,
+    "ingest": 6, "flush": 6, "replication": 7, "api": 8, "service": 9, "tools": 10, "cli": 11,
+    "__init__": 0, "__main__": 12,
 }  # fmt: skip
 IO_LIBRARIES = {
     "anyio",
