@@ -8,12 +8,13 @@ newest record it has committed; the ack gate releases the sensors' acks that wai
 (gateway/replication/gate.py).
 
 A standby says hello with its term and the record it needs next: when it (re)connects, when it
-finds a gap, and when the primary's state comes online. The primary then stops shipping as it
-commits and catches it up: from its own journal while the records are still there, or with a
+finds a gap, and when the primary's state comes online. A standby that was overdue and confirms
+again has no gap to find: its confirmation starts the catch-up. The primary then stops shipping as
+it commits and catches it up: from its own journal while the records are still there, or with a
 snapshot of the whole buffer first (gateway/replication/snapshot.py), awaiting each message's
-PUBACK so that a catch-up of any size holds bounded memory. When the journal has nothing more,
-the standby follows again, with no commit in between (no await stands between the last read of
-the journal and the switch), and is sent every FIFO's state.
+PUBACK so that a catch-up of any size holds bounded memory. When the journal has nothing more, the
+standby follows again, with no commit in between (no await stands between the last read of the
+journal and the switch), and is sent every FIFO's state.
 
 A primary that sees another node claim the primary's role at a later epoch (one more takeover)
 was taken over: it stops taking readings (the other holds the sensors' session now) and says
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STATES_INTERVAL_S = 0.5
+# A catch-up that failed is tried again this long after.
+RETRY_CATCH_UP_S = 1.0
 # How long a (re)connecting primary waits for the retained state of its role.
 RETAINED_WAIT_S = 1.0
 TICK_S = 0.1
@@ -70,6 +73,11 @@ class Shipper:
         # Records go out as committed only while the standby follows; `shipped` is the newest.
         self.following = False
         self.shipped = -1
+        # The newest record sent in any way (as committed, in a catch-up, in a snapshot), or
+        # committed before this start: a confirmation beyond it is not believed. (No ack of
+        # this run waits for a record from before it.)
+        self.sent_through = buffer.last_record()
+        self._catching_up = False
         # Records sent to a standby since start, as committed and in catch-ups.
         self.shipped_records = 0
         self.peer: State | None = None
@@ -91,11 +99,12 @@ class Shipper:
         if not self.following or self._client is None:
             return
         if record != self.shipped + 1:
-            # Cannot happen while following; if it did, the standby would find the gap.
+            # Cannot happen while following; if it did, a catch-up sends what is missing.
             self._stop_following(f"record {record} committed after {self.shipped} shipped")
+            self._catch_up_soon()
             return
         self._publish(Message("record", self.term, record, value))
-        self.shipped = record
+        self.shipped = self.sent_through = record
         self._ship_count()
 
     def _ship_count(self) -> None:
@@ -214,19 +223,42 @@ class Shipper:
             logger.warning("replication: ignored a message on %s: %s", self.topics.standby, exc)
             return
         if message.kind == "confirm" and message.term == self.term:
-            self.gate.confirm(message.number)
-            self._buffer.keep_journal_from(self.gate.confirmed + 1)
-            self.metrics.replication.confirmed.set(message.number)
-            self._last_confirm = time.monotonic()
-            if self.following and message.number >= self.shipped and not self.gate.following:
-                self.gate.follow()
-                logger.info("standby caught up at record %d; acks wait for it", message.number)
+            self._confirmed(message.number)
         elif message.kind == "hello":
             self._hello, self._hello_term = message.number, message.term
             if message.term == self.term:
                 self._buffer.keep_journal_from(message.number)
             self._stop_following(f"it asked for record {message.number}")
             self._wake.set()
+
+    def _confirmed(self, number: int) -> None:
+        if number > self.sent_through:
+            # Never sent: a standby of another history, or a broken one. Not believed, or
+            # acks would go out for readings on one disk only.
+            logger.warning(
+                "replication: the standby confirmed record %d, only %d was sent; taking %d",
+                number,
+                self.sent_through,
+                self.sent_through,
+            )
+            number = self.sent_through
+        self.gate.confirm(number)
+        self._buffer.keep_journal_from(self.gate.confirmed + 1)
+        self.metrics.replication.confirmed.set(number)
+        self._last_confirm = time.monotonic()
+        if self.following and number >= self.shipped and not self.gate.following:
+            self.gate.follow()
+            logger.info("standby caught up at record %d; acks wait for it", number)
+        elif not self.following:
+            # A standby that was overdue is back: it will not ask, it has no gap to find.
+            self._catch_up_soon()
+
+    def _catch_up_soon(self) -> None:
+        """Catch the standby up from its last confirmation, unless a catch-up runs already."""
+        if self._catching_up or self._wake.is_set():
+            return
+        self._hello, self._hello_term = self.gate.confirmed + 1, self.term
+        self._wake.set()
 
     def _standby_state(self, payload: bytes) -> None:
         state = State.decode(payload)
@@ -306,16 +338,26 @@ class Shipper:
     async def _catch_up_on_hello(self) -> None:
         while True:
             await self._wake.wait()
-            self._wake = anyio.Event()
-            wanted, term = self._hello, self._hello_term
-            if wanted is None:
-                continue
-            try:
-                await self._catch_up(wanted, term)
-            except aiomqtt.MqttError:
-                raise
-            except Exception:
-                logger.exception("replication: catching the standby up failed; it will ask again")
+            await self._answer_hello()
+
+    async def _answer_hello(self) -> None:
+        """Catch the standby up from the newest hello (or confirmation that asked for it)."""
+        self._wake = anyio.Event()
+        wanted, term = self._hello, self._hello_term
+        if wanted is None:
+            return
+        self._catching_up = True
+        try:
+            await self._catch_up(wanted, term)
+        except aiomqtt.MqttError:
+            raise
+        except Exception:
+            logger.exception("replication: catching the standby up failed; trying again")
+            await anyio.sleep(RETRY_CATCH_UP_S)
+            self._catching_up = False
+            self._catch_up_soon()
+        finally:
+            self._catching_up = False
 
     async def _catch_up(self, wanted: int, term: bytes) -> None:
         """Bring the standby from `wanted` to the newest record, then let it follow."""
@@ -340,6 +382,7 @@ class Shipper:
                 return
             for number, value in records:
                 await self._send(Message("record", self.term, number, value))
+                self.sent_through = max(self.sent_through, number)
                 self._ship_count()
             wanted = records[-1][0] + 1
 
@@ -360,6 +403,7 @@ class Shipper:
                         await self._send(part)
                         offset += len(chunk)
             await self._send(Message("end", self.term, last))
+            self.sent_through = max(self.sent_through, last)
             self.metrics.replication.snapshots.inc()
             logger.info("replication: snapshot through record %d sent (%d bytes)", last, sum(sizes))
         finally:

@@ -25,6 +25,8 @@ TERM_BYTES = 16
 TERM_NOTE = b"replication.term"
 # How many takeovers made this buffer's term (`>Q`): a newer primary outranks an older one.
 EPOCH_NOTE = b"replication.epoch"
+# The node whose term it is (UTF-8): a box finds its own history in a buffer by it.
+NODE_NOTE = b"replication.node"
 # The term of a standby whose replica has none yet.
 NO_TERM = bytes(TERM_BYTES)
 U64 = struct.Struct(">Q")

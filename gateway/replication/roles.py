@@ -19,7 +19,15 @@ import anyio
 
 from gateway.buffer.core.admission import Rules
 from gateway.replication import link
-from gateway.replication.protocol import EPOCH_NOTE, TERM_NOTE, U64, Role, State, new_term
+from gateway.replication.protocol import (
+    EPOCH_NOTE,
+    NODE_NOTE,
+    TERM_NOTE,
+    U64,
+    Role,
+    State,
+    new_term,
+)
 
 if TYPE_CHECKING:
     from gateway.buffer.store import Buffer
@@ -45,19 +53,18 @@ async def primary_state(settings: Settings) -> State | None:
     return None
 
 
-async def starting_role(settings: Settings) -> Role:
-    """The role this box starts in (see the module docstring)."""
-    configured = settings.replication.role
-    if configured != "primary":
-        return "standby"
+async def starting_role(settings: Settings) -> tuple[Role, State | None]:
+    """The role this box starts in (see the module docstring), and the primary's state."""
     state = await primary_state(settings)
+    if settings.replication.role != "primary":
+        return "standby", state
     if state is not None and state.online and state.node != settings.replication.node:
         # Whatever its epoch: a box that comes back finds the one that kept the sensors.
         logger.warning(
             "replication: %s holds the primary's role; starting as its standby", state.node
         )
-        return "standby"
-    return "primary"
+        return "standby", state
+    return "primary", state
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,22 +75,24 @@ class Term:
     epoch: int
 
 
-def primary_term(buffer: Buffer, *, took_over: bool, fresh: bool = False) -> Term:
+def primary_term(buffer: Buffer, *, took_over: bool, fresh: bool = False, node: str = "") -> Term:
     """The term this box serves as the primary under, noted in `buffer`.
 
     `fresh`: a new term even without a takeover. Needed when the buffer does not fsync each
     commit (`[buffer] sync` other than "commit"): a power cut may have lost records the
     standby has, and the next commits would reuse their numbers for other readings; under a
     new term the standby is sent a snapshot instead of taking them for ones it has.
+    `node`: this box, noted beside the term: a box that starts as a standby finds its own
+    history by it (gateway/service/pairing.py).
     """
     notes = buffer.notes(b"replication.")
     term = notes.get(TERM_NOTE)
     epoch = U64.unpack(notes[EPOCH_NOTE])[0] if EPOCH_NOTE in notes else 0
-    if term is None or took_over or fresh:
+    if term is None or took_over or fresh or notes.get(NODE_NOTE) != node.encode():
         term, epoch = new_term(), epoch + took_over
         buffer.admit(
             [],
             Rules(budget_bytes=buffer.budget_bytes),
-            notes={TERM_NOTE: term, EPOCH_NOTE: U64.pack(epoch)},
+            notes={TERM_NOTE: term, EPOCH_NOTE: U64.pack(epoch), NODE_NOTE: node.encode()},
         )
     return Term(term, epoch)

@@ -134,7 +134,8 @@ class Follower:
                 delay = min(delay * 2, link.RECONNECT_MAX_S)
         finally:
             self._drop_snapshot()
-            self.buffer.close()
+            if self.buffer is not None:  # None: stopped while a snapshot was being installed
+                self.buffer.close()
             self.buffer = None
 
     async def _serve(self, client: aiomqtt.Client) -> bool:
@@ -276,6 +277,8 @@ class Follower:
         self._send(Message("confirm", self.term, last))
 
     async def _snapshot_part(self, message: Message) -> None:
+        # A part answers the hello: no other while the snapshot comes, however long it takes.
+        self._asked_at = time.monotonic()
         if message.kind == "begin":
             self._drop_snapshot()
             self._snapshot = _Incoming(self.incoming, message)

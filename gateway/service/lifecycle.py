@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from gateway.api import httpserver, standbyapi, statuspage
+from gateway.api import httpserver, statuspage
 from gateway.api.readapi import ReadApi
 from gateway.buffer.core.admission import rules_of
 from gateway.buffer.rejects import RejectLog
@@ -35,10 +35,7 @@ from gateway.observe.accounting import Accounting
 from gateway.observe.health import Health
 from gateway.observe.metrics import Metrics
 from gateway.replication import roles
-from gateway.replication.gate import AckGate
-from gateway.replication.primary import Shipper
-from gateway.replication.standby import Follower
-from gateway.service import workers
+from gateway.service import pairing, workers
 from gateway.service.housekeeping import Housekeeping
 from gateway.service.loopwatch import LoopWatch
 from gateway.service.reloading import Reloader
@@ -53,6 +50,7 @@ if TYPE_CHECKING:
     from gateway.config.settings import Settings
     from gateway.config.sinks import ResolvedSink
     from gateway.flush.sink import Sink
+    from gateway.replication.gate import AckGate
     from gateway.service.workers import Worker
 
 logger = logging.getLogger(__name__)
@@ -94,11 +92,14 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
     notifier = Notifier()
     replicated = settings.replication.role != "off" and worker is None
     took_over = False
-    if replicated and await roles.starting_role(settings) == "standby":
-        if not await _follow(settings, metrics, notifier):
-            notifier.close()
-            return
-        took_over = True
+    if replicated:
+        role, primary = await roles.starting_role(settings)
+        if role == "standby":
+            own = functools.partial(_deliver_until_empty, settings, metrics)
+            if not await pairing.follow(settings, metrics, notifier, primary, own):
+                notifier.close()
+                return
+            took_over = True
     b = settings.buffer
     metrics.disk.endurance_tbw = b.endurance_tbw
     metrics.disk.endurance_used_tb = b.endurance_used_tb
@@ -114,7 +115,9 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
     metrics.backlog_lag_seconds.set_function(lambda: flusher.backlog_lag_s(time.monotonic()))
     breaker = Breaker(b.path, careful_max=CAREFUL_COMMITS * b.commit_max_readings)
     rejects = RejectLog(settings.buffer.path)
-    shipper = _make_shipper(settings, buffer, metrics, took_over=took_over) if replicated else None
+    shipper = (
+        pairing.make_shipper(settings, buffer, metrics, took_over=took_over) if replicated else None
+    )
     ingest = _make_ingest(
         settings,
         buffer,
@@ -181,7 +184,9 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
             tg.start_soon(_run_intake, job, intake, intake_closed, name="gateway.ingest")
             if shipper is not None:
                 tg.start_soon(shipper.run, name="gateway.replication")
-                tg.start_soon(_step_down_when_deposed, shipper, intake, name="gateway.deposed")
+                tg.start_soon(
+                    pairing.step_down_when_deposed, shipper, intake, name="gateway.deposed"
+                )
             with anyio.open_signal_receiver(*STOP_SIGNALS, signal.SIGHUP) as signals:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
@@ -283,66 +288,28 @@ def _make_ingest(
     )
 
 
-def _make_shipper(
-    settings: Settings, buffer: Buffer, metrics: Metrics, *, took_over: bool
-) -> Shipper:
-    """The primary's replication, under its buffer's term (a new one after a takeover)."""
-    r = settings.replication
-    gate = AckGate(r.mode, r.standby_away, r.confirm_timeout_s)
-    term = roles.primary_term(buffer, took_over=took_over, fresh=settings.buffer.sync != "commit")
-    if took_over:
-        metrics.replication.takeovers.inc()
-        logger.warning(
-            "replication: took over as the primary (term %s, epoch %d) with %d readings from "
-            "the replica",
-            term.term.hex()[:8],
-            term.epoch,
-            buffer.totals().readings,
-        )
-    metrics.replication.set_role("primary")
-    return Shipper(settings, buffer, gate, metrics, term)
+async def _deliver_until_empty(settings: Settings, metrics: Metrics) -> None:
+    """Deliver everything the buffer holds, taking no readings; returns once it is empty.
 
-
-async def _follow(settings: Settings, metrics: Metrics, notifier: Notifier) -> bool:
-    """Be the standby until the primary is gone (True) or a stop signal came (False)."""
-    follower = Follower(settings, metrics)
-    stopped = False
-    health = Health(started=time.monotonic(), max_loop_lag_s=settings.metrics.max_loop_lag_s)
-    async with anyio.create_task_group() as tg:
-
-        async def stop_on_signal() -> None:
-            nonlocal stopped
-            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
-                async for signum in signals:
-                    logger.info("%s: the standby stops", signal.Signals(signum).name)
-                    stopped = True
-                    tg.cancel_scope.cancel()
-
-        tg.start_soon(stop_on_signal, name="gateway.standby_signals")
-        if settings.metrics.enabled:
-            routes = [standbyapi.status_route(settings, follower)] if settings.api.enabled else []
-            await tg.start(
-                functools.partial(httpserver.serve, registry=metrics.registry),
-                settings.metrics,
-                httpserver.LocalPages(metrics, health),
-                routes,
-            )
-            logger.info(
-                "standby: metrics on %s/metrics, health on /healthz and /readyz",
-                settings.metrics.listen,
-            )
-        notifier.send(READY="1", STATUS="standby: following the primary")
-        await follower.run()
-        tg.cancel_scope.cancel()
-    return not stopped
-
-
-async def _step_down_when_deposed(shipper: Shipper, intake: anyio.CancelScope) -> None:
-    """Another box took over the sensors' session: stop taking readings, keep delivering."""
-    await shipper.deposed.wait()
-    shipper.gate.drop()
-    intake.cancel()
-    shipper.metrics.replication.set_role("deposed")
+    A box that served as the primary and now starts as the standby of another may hold
+    readings it acknowledged that the other never had: they go to the database before its
+    buffer becomes a replica (gateway/service/pairing.py).
+    """
+    resolved = settings.resolved_sinks()
+    buffer = _open_buffer(settings, metrics, [s.name for s in resolved])
+    sinks = [make_sink(s.influx) for s in resolved]
+    try:
+        flusher = _make_flusher(buffer, sinks, resolved, metrics)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flusher.run, name="gateway.flush")
+            await flusher.drain()
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            for sink in sinks:
+                await sink.aclose()
+        buffer.sync()
+        buffer.close()
 
 
 def _make_decoder(settings: Settings, buffer: Buffer, metrics: Metrics) -> Decoder:

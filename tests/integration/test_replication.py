@@ -9,10 +9,12 @@ again when the new primary dies, with every reading delivered.
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests import backends
 from tests.gatewayproc import wait_for
 from tests.replicationpair import durability, publish, role, start_pair, stored
 
@@ -115,3 +117,55 @@ def test_failback_the_old_primary_returns_as_standby_and_takes_over_again(
     publish(mosquitto.port, run_id, 200, DEVICES, after=400)
     wait_for(lambda: stored(own_victoria.url, run_id) == 600, 30, "every reading delivered")
     assert a.metrics()["gateway_replication_takeovers_total"] == 1
+
+
+def test_a_standby_frozen_past_the_confirm_timeout_is_caught_up_when_it_thaws(
+    gateway: Callable[..., GatewayProcess],
+    mosquitto: Endpoint,
+    run_id: str,
+    own_victoria: servers.Server,
+) -> None:
+    """No will (its connection stays up), no gap it could find: its confirmations restart
+    the catch-up."""
+    primary, standby = start_pair(gateway, own_victoria)
+    standby.signal(signal.SIGSTOP)
+    try:
+        publish(mosquitto.port, run_id, 20, DEVICES)
+        wait_for(lambda: durability(primary) == "degraded", 10, "the primary degraded")
+        publish(mosquitto.port, run_id, 20, DEVICES, after=20)
+    finally:
+        standby.signal(signal.SIGCONT)
+    wait_for(lambda: durability(primary) == "sync", 20, "the standby caught up again")
+    wait_for(
+        lambda: pair_of(standby)["last_record"] == pair_of(primary)["last_record"],
+        10,
+        "the replica up to the primary's newest record",
+    )
+    wait_for(lambda: stored(own_victoria.url, run_id) == 40, 30, "every reading stored")
+
+
+def test_an_old_primary_delivers_what_only_it_acknowledged_before_it_follows(
+    gateway: Callable[..., GatewayProcess],
+    mosquitto: Endpoint,
+    run_id: str,
+    restartable_victoria: list[servers.Server],
+) -> None:
+    """Readings a degraded primary acknowledged alone, then died with its disk intact: the new
+    primary never had them, and the old one, returning as its standby, delivers them first
+    instead of letting a snapshot replace them."""
+    vm = restartable_victoria[0]
+    a, b = start_pair(gateway, vm)
+    b.stop()
+    wait_for(lambda: durability(a) == "degraded", 5, "a without its standby")
+    vm.stop()
+    publish(mosquitto.port, run_id, 50, DEVICES)  # acknowledged by a alone
+    wait_for(lambda: a.readings("accepted") == 50, 30, "a holding them")
+    a.kill()
+    b.start(wait_connected=False)
+    wait_for(lambda: role(b) == "primary", 20, "b taking over without them")
+    restartable_victoria.append(backends.start_victoria_metrics(vm.workdir, port=vm.port))
+    a.start(wait_connected=False)
+    wait_for(lambda: role(a) == "standby", 60, "a following b once it delivered its own")
+    assert "delivering them before it follows" in a.log()
+    wait_for(lambda: stored(vm.url, run_id) == 50, 30, "the readings only a had, stored")
+    wait_for(lambda: durability(b) == "sync", 30, "b's acks waiting for a")
