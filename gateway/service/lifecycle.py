@@ -217,11 +217,7 @@ async def run(  # noqa: PLR0915 - start and stop order read best in one place
         # and acknowledged, and the next start needs no care.
         breaker.stopped_cleanly()
     finally:
-        with anyio.CancelScope(shield=True):
-            for sink in sinks:
-                await sink.aclose()
-        buffer.sync()
-        buffer.close()
+        await _close(sinks, buffer)
         notifier.close()
     if retired:
         workers.remove_environment(settings.buffer.path)
@@ -305,11 +301,16 @@ async def _deliver_until_empty(settings: Settings, metrics: Metrics) -> None:
             await flusher.drain()
             tg.cancel_scope.cancel()
     finally:
-        with anyio.CancelScope(shield=True):
-            for sink in sinks:
-                await sink.aclose()
-        buffer.sync()
-        buffer.close()
+        await _close(sinks, buffer)
+
+
+async def _close(sinks: list[Sink], buffer: Buffer) -> None:
+    """Close the sinks' connections, whatever cancels around it, then sync and close."""
+    with anyio.CancelScope(shield=True):
+        for sink in sinks:
+            await sink.aclose()
+    buffer.sync()
+    buffer.close()
 
 
 def _make_decoder(settings: Settings, buffer: Buffer, metrics: Metrics) -> Decoder:
