@@ -286,7 +286,7 @@ class Shipper:
         now = time.monotonic()
         last = self._buffer.last_record()
         confirmed = self.gate.confirmed
-        behind = max(0, last - confirmed) if self.peer is not None else 0
+        behind, behind_s = self._lag(now)
         return {
             "role": "deposed" if self.deposed.is_set() else "primary",
             "node": self._node,
@@ -300,21 +300,25 @@ class Shipper:
             "last_record": last,
             "confirmed_record": confirmed,
             "lag_records": behind,
-            "lag_s": now - self._last_confirm if behind else 0.0,
+            "lag_s": behind_s,
             "held_acks": self.gate.held,
             "shipped_records": self.shipped_records,
             "unconfirmed_acks": self.gate.unconfirmed_acks,
         }
 
+    def _lag(self, now: float) -> tuple[int, float]:
+        """Records the standby has not confirmed, and for how long it has confirmed none."""
+        # Without a standby heard from yet there is nothing to lag behind.
+        behind = max(0, self._buffer.last_record() - self.gate.confirmed) if self.peer else 0
+        return behind, now - self._last_confirm if behind else 0.0
+
     def _observe(self, now: float) -> None:
         m = self.metrics.replication
         m.set_durability(self.gate.durability)
         m.held_acks.set(self.gate.held)
-        last = self._buffer.last_record()
-        # Without a standby heard from yet there is nothing to lag behind.
-        behind = max(0, last - self.gate.confirmed) if self.peer is not None else 0
+        behind, behind_s = self._lag(now)
         m.lag_records.set(behind)
-        m.lag_seconds.set(now - self._last_confirm if behind else 0.0)
+        m.lag_seconds.set(behind_s)
         m.peer_up.set(int(bool(self.peer and self.peer.online)))
         if self.gate.unconfirmed_acks > self._unconfirmed_seen:
             m.unconfirmed_acks.inc(self.gate.unconfirmed_acks - self._unconfirmed_seen)

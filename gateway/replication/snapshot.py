@@ -46,8 +46,7 @@ def install(source: Path, buffer_dir: Path) -> None:
         with (source / name).open("rb+") as handle:
             os.fsync(handle.fileno())
     buffer_dir.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        (buffer_dir / name).unlink(missing_ok=True)
+    discard(buffer_dir)
     _sync_dir(buffer_dir)
     for name in PARTS:
         (source / name).replace(buffer_dir / name)
@@ -65,3 +64,9 @@ def _sync_dir(directory: Path) -> None:
 def remove(directory: Path) -> None:
     """Remove a snapshot's directory, if there is one."""
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def discard(buffer_dir: Path) -> None:
+    """Remove a buffer's files (a snapshot that did not open), leaving an empty directory."""
+    for name in FILES:
+        (buffer_dir / name).unlink(missing_ok=True)

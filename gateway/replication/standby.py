@@ -310,7 +310,16 @@ class Follower:
         await anyio.to_thread.run_sync(replica.close)
         await anyio.to_thread.run_sync(snapshot.install, self.incoming, self.path)
         await anyio.to_thread.run_sync(snapshot.remove, self.incoming)
-        self.buffer = await anyio.to_thread.run_sync(self._open)
+        try:
+            self.buffer = await anyio.to_thread.run_sync(self._open)
+        except GatewayError as exc:
+            # Files that are no buffer (damaged on the way, or not the primary's): nothing
+            # of ours is in them any more. Start empty and ask for another snapshot.
+            logger.error("replication: the snapshot does not open (%s); asking again", exc)  # noqa: TRY400 - the reason is enough
+            await anyio.to_thread.run_sync(snapshot.discard, self.path)
+            self.buffer = await anyio.to_thread.run_sync(self._open)
+            self._hello(snapshot=True)
+            return
         self._metrics.replication.snapshots.inc()
         logger.info("replication: snapshot through record %d installed", message.number)
         self._confirm(self.buffer)
